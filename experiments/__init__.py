@@ -1,0 +1,1 @@
+"""The shipped experiments (data only; installed as tuner.experiments)."""

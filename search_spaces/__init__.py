@@ -1,0 +1,1 @@
+"""The shipped search spaces (data only; installed as tuner.search_spaces)."""

@@ -1,0 +1,99 @@
+"""After the studies: each optimizer's summary, the winner and the comparison table.
+
+Plain functions on plain data; the figures of a later step draw from the same data.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from tuner import study as studies
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One optimizer's study, reduced to what the table and the exported YAML show."""
+
+    optimizer: str
+    study: str
+    best_trial: int | None
+    best_value: float | None
+    counts: dict[str, int]
+    final: dict[str, Any] | None
+
+    def stat(self, key: str) -> tuple[float, float]:
+        """Mean and sample standard deviation of a final-evaluation list (NaN when there is none)."""
+        values = (self.final or {}).get(key) or []
+        if not values:
+            return math.nan, math.nan
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(optimizer: str, study: optuna.Study, final: dict[str, Any] | None) -> Summary:
+    best = studies.best_trial(study)
+    return Summary(
+        optimizer=optimizer,
+        study=study.study_name,
+        best_trial=None if best is None else best.number,
+        best_value=None if best is None else best.value,
+        counts=studies.counts(study),
+        final=final,
+    )
+
+
+def winner(summaries: list[Summary], direction: str) -> Summary | None:
+    """The optimizer whose best config did best over the final seeds (validation mean).
+
+    The single best trial is optimistic, picked out of many on one seed; the
+    final seeds are fresh, so their mean is the fairer judge.
+    """
+    ranked = [s for s in summaries if s.final and math.isfinite(s.stat("val_objective")[0])]
+    if not ranked:
+        return None
+    sign = -1.0 if direction == "maximize" else 1.0
+    return min(ranked, key=lambda s: sign * s.stat("val_objective")[0])
+
+
+def metrics(summary: Summary, objective: str, direction: str) -> dict[str, Any]:
+    """The ``metrics`` section of a best-config YAML file."""
+    data: dict[str, Any] = {
+        "objective": objective,
+        "direction": direction,
+        "tuning": {"trial": summary.best_trial, "val_objective": summary.best_value},
+    }
+    if summary.final:
+        final: dict[str, Any] = {"seeds": summary.final["seeds"]}
+        for key in ("val_objective", "test_objective", "val_metric", "test_metric"):
+            mean, sd = summary.stat(key)
+            final[key] = {"mean": mean, "sd": sd, "values": summary.final[key]}
+        data["final"] = final
+    return data
+
+
+def _pm(summary: Summary, key: str) -> str:
+    mean, sd = summary.stat(key)
+    return "-" if math.isnan(mean) and not summary.final else f"{mean:.4g} ± {sd:.2g}"
+
+
+def table(summaries: list[Summary], objective: str, best: Summary | None) -> str:
+    """The end-of-study comparison, one row per optimizer; ``*`` marks the winner."""
+    header = ["optimizer", f"best val {objective}", "final val (mean ± sd)", "final test (mean ± sd)", "complete/pruned/diverged/failed"]
+    rows = [header]
+    for s in summaries:
+        c = s.counts
+        rows.append([
+            s.optimizer + (" *" if s is best else ""),
+            "-" if s.best_value is None else f"{s.best_value:.4g}",
+            _pm(s, "val_objective"),
+            _pm(s, "test_objective"),
+            f"{c['complete']}/{c['pruned']}/{c['diverged']}/{c['failed']}",
+        ])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

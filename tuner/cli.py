@@ -1,0 +1,214 @@
+"""``python -m tuner``: commands, argument parsing and exit codes.
+
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback),
+130 interrupted (finished trials are kept), 1 anything unexpected.
+Heavy libraries are imported inside the commands so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tuner import __version__
+from tuner.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (an integer >= 1)")
+    return value
+
+
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (an integer >= 0)")
+    return value
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="tuner", description="Which optimizer, with which settings, trains this PyTorch model best.")
+    parser.add_argument("--version", action="version", version=f"tuner {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    study = commands.add_parser("study", help="tune each optimizer of an experiment, then export the best configs")
+    study.add_argument("experiment", nargs="?", help="experiment YAML file, or a shipped name (default: quickstart)")
+    study.add_argument("--trials", type=positive_int, help="trials per optimizer (the study is topped up to this)")
+    study.add_argument("--epochs", type=positive_int, help="epochs per trial")
+    study.add_argument("--optimizers", nargs="+", metavar="SPACE", help="shipped search spaces (adam adamw sgd rmsprop) or .yaml paths")
+    study.add_argument("--task", help="task name or package.module:factory")
+    study.add_argument("--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)")
+    study.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
+    study.add_argument("--seed", type=seed_int, help="seed of every trial; final seeds are seed+1 ... seed+N")
+    study.add_argument("--final-seeds", type=positive_int, help="seeds the best configs are re-trained on (default 3)")
+    study.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda or cuda:N")
+    study.add_argument("--no-progress", action="store_true", help="no progress bars")
+    study.set_defaults(func=run_study)
+
+    train = commands.add_parser("train", help="re-train an exported config and report mean ± sd")
+    train.add_argument("config", type=Path, help="best-config YAML written by `tuner study`")
+    train.add_argument("--seeds", type=positive_int, default=1, help="number of seeds: the config's seed, seed+1, ... (default 1)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.set_defaults(func=run_train)
+
+    tasks = commands.add_parser("tasks", help="list the built-in tasks")
+    tasks.set_defaults(func=run_tasks)
+    return parser
+
+
+def run_study(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import optuna
+
+    from tuner import analysis, config, export
+    from tuner.study import Setup, StudyRunner, mask_url, open_storage
+    from tuner.tasks import load_task
+    from tuner.train import resolve_device
+
+    path = config.find_experiment(args.experiment)
+    # Paths given on the command line are relative to the working directory.
+    refs = args.optimizers and [str(Path(r).resolve()) if Path(r).is_file() else r for r in args.optimizers]
+    overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed, "final_seeds": args.final_seeds}
+    experiment = config.load_experiment(path, overrides)
+    task = load_task(experiment.task, experiment.task_args)
+    setup = Setup.resolve(experiment, task)
+    device = resolve_device(args.device)
+    data = _task_data(task, experiment.task, device)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(args.storage)
+    out = args.out or Path("runs") / experiment.name
+
+    seeds = [experiment.seed + i for i in range(1, experiment.final_seeds + 1)]
+    print(f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
+          f"{setup.epochs} epochs, device {device}, storage {mask_url(args.storage)}", file=sys.stderr)
+    summaries, configs = [], {}
+    for space in experiment.optimizers:
+        runner = StudyRunner(experiment, space, setup, task, data, storage)
+        with _progress(runner, experiment.trials, disable=args.no_progress) as progress:
+            runner.run(experiment.trials, progress)
+        final = runner.final_evaluation(seeds)
+        summary = analysis.summarize(space.name, runner.study, final)
+        summaries.append(summary)
+        if summary.best_trial is not None:
+            trial = runner.study.trials[summary.best_trial]
+            source = {"experiment": experiment.name, "experiment_file": experiment.source, "study": runner.name,
+                      "trial": trial.number, "storage": mask_url(args.storage), "tuner_version": __version__}
+            configs[space.name] = dataclasses.replace(
+                export.config_from_dict(trial.user_attrs["config"]),
+                metrics=analysis.metrics(summary, setup.objective if setup.objective == "loss" else task.metric, setup.direction),
+                source=source,
+            )
+
+    best = analysis.winner(summaries, setup.direction)
+    for name, cfg in configs.items():
+        export.write_config(cfg, out / f"best-{name}.yaml")
+    if best is not None:
+        export.write_config(configs[best.optimizer], out / "best.yaml")
+    label = "loss" if setup.objective == "loss" else task.metric
+    print(analysis.table(summaries, label, best))
+    written = ["best.yaml"] * (best is not None) + [f"best-{n}.yaml" for n in configs]
+    print(f"\noutputs in {out}/: {', '.join(written) or 'none (no trial completed)'}")
+    if best is not None:
+        print(f"winner: {best.optimizer} (final-seed validation {label} mean over seeds {seeds})")
+    return 0
+
+
+def _task_data(task: Any, spec: str, device: Any) -> Any:
+    try:
+        return task.data().to(device)
+    except Exception as err:  # a task's data() may fail in any way
+        raise UserError(f"task {spec!r}: data() raised {type(err).__name__}: {err}") from None
+
+
+class _progress:
+    """A tqdm bar for one study: trials counted of the budget, best so far, elapsed and ETA."""
+
+    def __init__(self, runner: Any, budget: int, disable: bool) -> None:
+        from tqdm.auto import tqdm
+
+        from tuner.study import finished
+
+        done = min(finished(runner.study), budget)
+        self.bar = tqdm(total=budget, initial=done, desc=runner.space.name, unit="trial", disable=disable, dynamic_ncols=True)
+
+    def __enter__(self) -> _progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def __call__(self, runner: Any, trial: Any) -> None:
+        from tuner.study import best_trial, outcome
+
+        state = outcome(trial)
+        if state == "failed":
+            self.bar.write(f"{runner.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
+        best = best_trial(runner.study)
+        if best is not None:
+            self.bar.set_postfix_str(f"best {best.value:.4g} (#{best.number})", refresh=False)
+        self.bar.update(1)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import statistics
+
+    from tuner.export import load_config
+    from tuner.tasks import load_task
+    from tuner.train import resolve_device, train
+
+    cfg = load_config(args.config)
+    task = load_task(cfg.task, cfg.task_args)
+    device = resolve_device(args.device)
+    data = _task_data(task, cfg.task, device)
+    label = "loss" if cfg.objective == "loss" else task.metric
+    objectives, metrics = [], []
+    for seed in range(cfg.seed, cfg.seed + args.seeds):
+        result = train(task, data, cfg, seed=seed, test=True)
+        last = result.history[-1]
+        objectives.append(last.objective(cfg.objective))
+        metrics.append(last.val_metric)
+        note = f" ({result.reason})" if result.reason else ""
+        print(f"seed {seed}: val {label} {objectives[-1]:.6g}, val {task.metric} {last.val_metric:.6g}, test {task.metric} {result.test_metric if result.test_metric is not None else float('nan'):.6g}{note}")
+    sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+    print(f"val {label}: {statistics.fmean(objectives):.6g} ± {sd(objectives):.2g}; val {task.metric}: {statistics.fmean(metrics):.6g} ± {sd(metrics):.2g} over {args.seeds} seed(s)")
+    return 0
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    from tuner.tasks import describe
+
+    descriptions = describe()
+    width = max(map(len, descriptions))
+    for name, line in descriptions.items():
+        print(f"{name.ljust(width)}  {line}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"tuner: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tuner: interrupted; finished trials are kept: run the same command to resume", file=sys.stderr)
+        return 130

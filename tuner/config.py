@@ -1,0 +1,430 @@
+"""Experiments, search spaces and configs: read from YAML and validated up front.
+
+Every check happens here, before any study exists, and fails with a
+:class:`~tuner.errors.UserError` naming the file, the field, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuner import optim
+from tuner.errors import UserError
+
+SCALES = ("linear", "log", "log1m")
+SAMPLERS = ("tpe", "random", "qmc")
+PRUNERS = ("median", "hyperband", "none")
+
+
+def shipped_dir(kind: str) -> Path:
+    """The folder of shipped ``search_spaces`` or ``experiments``, wherever tuner is installed."""
+    return Path(str(resources.files(f"tuner.{kind}")))
+
+
+def shipped_names(kind: str) -> list[str]:
+    return sorted(p.stem for p in shipped_dir(kind).glob("*.yaml"))
+
+
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (safe loader only)."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read {what}: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}: malformed YAML{at}: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _check_keys(where: str, data: dict, allowed: list[str] | tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            raise UserError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text_number_hint(value: Any) -> str:
+    """A hint for YAML 1.1's trap: ``1e-3`` and ``1.0e4`` are strings, ``1.0e-3`` and ``1.0e+4`` floats."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return ""
+    return "; YAML reads this as text: write the number with a dot and a signed exponent, like 1.0e-3 or 1.0e+4" if isinstance(value, str) else ""
+
+
+def _positive_int(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{where}: {value!r} is not allowed (an integer >= 1)")
+    return value
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter of a search space.
+
+    Either fixed (``value``), a range ``[low, high]`` sampled on a ``scale``
+    (``linear``; ``log``; ``log1m``: 1 - x on a log scale, for betas and
+    momenta near 1), or a list of ``choices``.
+    """
+
+    name: str
+    value: Any = None
+    low: float | None = None
+    high: float | None = None
+    scale: str = "linear"
+    integer: bool = False
+    choices: tuple | None = None
+
+    @property
+    def searched(self) -> bool:
+        return self.low is not None or self.choices is not None
+
+    def candidates(self) -> list[Any]:
+        """The extreme values this parameter can take (checked against torch up front)."""
+        if self.choices is not None:
+            return list(self.choices)
+        if self.low is not None:
+            return [self.low, self.high]
+        return [self.value]
+
+    def typical(self) -> Any:
+        """A value from the middle of the range (on its scale), the first choice, or the fixed value."""
+        if self.choices is not None:
+            return self.choices[0]
+        if self.low is None:
+            return self.value
+        if self.scale == "log":
+            return math.sqrt(self.low * self.high)
+        if self.scale == "log1m":
+            return 1.0 - math.sqrt((1.0 - self.low) * (1.0 - self.high))
+        middle = (self.low + self.high) / 2
+        return round(middle) if self.integer else middle
+
+
+def parse_param(where: str, name: str, raw: Any) -> Param:
+    """A :class:`Param` from its YAML form: a scalar, ``{low, high[, scale, int]}``, ``{choices}`` or ``{value}``."""
+    if not isinstance(raw, dict):
+        if isinstance(raw, (list, tuple)):
+            raise UserError(f"{where}: a list is not allowed; use {{choices: [...]}} to search, or one value")
+        return Param(name, value=raw)
+    _check_keys(where, raw, ("low", "high", "scale", "int", "choices", "value"))
+    if "value" in raw:
+        if len(raw) > 1:
+            raise UserError(f"{where}: 'value' fixes the parameter and cannot go with {sorted(set(raw) - {'value'})}")
+        return Param(name, value=raw["value"])
+    if "choices" in raw:
+        choices = raw["choices"]
+        if len(raw) > 1:
+            raise UserError(f"{where}: 'choices' cannot go with {sorted(set(raw) - {'choices'})}")
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"{where}.choices: {choices!r} is not allowed (a non-empty list)")
+        return Param(name, choices=tuple(choices))
+    if "low" not in raw or "high" not in raw:
+        raise UserError(f"{where}: a searched range needs both 'low' and 'high' (or 'choices', or 'value')")
+    low, high, scale = raw["low"], raw["high"], raw.get("scale", "linear")
+    integer = raw.get("int", False)
+    for key, bound in (("low", low), ("high", high)):
+        if not _is_number(bound) or not math.isfinite(bound):
+            raise UserError(f"{where}.{key}: {bound!r} is not allowed (a finite number{_text_number_hint(bound)})")
+    if scale not in SCALES:
+        raise UserError(f"{where}.scale: {scale!r} is not allowed (allowed: {', '.join(SCALES)})")
+    if not isinstance(integer, bool):
+        raise UserError(f"{where}.int: {integer!r} is not allowed (true or false)")
+    if integer and not (isinstance(low, int) and isinstance(high, int)):
+        raise UserError(f"{where}: int: true needs integer bounds, got low={low!r}, high={high!r}")
+    if low >= high:
+        kind = "empty" if low == high else "inverted"
+        raise UserError(f"{where}: {kind} range low={low!r}, high={high!r} (allowed: low < high; use 'value' to fix it)")
+    if scale == "log" and low <= 0:
+        raise UserError(f"{where}.low: {low!r} is not allowed on a log scale (low > 0)")
+    if scale == "log1m" and high >= 1:
+        raise UserError(f"{where}.high: {high!r} is not allowed with scale log1m, which samples 1 - x on a log scale (high < 1)")
+    if integer and scale != "linear":
+        raise UserError(f"{where}: int: true is only allowed with scale linear")
+    return Param(name, low=low, high=high, scale=scale, integer=integer)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Which keyword arguments of one ``torch.optim`` class are searched, and how."""
+
+    name: str
+    optimizer: str
+    params: tuple[Param, ...]
+    source: str
+
+
+def load_space(path: Path, name: str | None = None) -> SearchSpace:
+    """Read and validate a search-space file (``search_spaces/adam.yaml`` or a user's copy)."""
+    where = str(path)
+    data = read_yaml(path, "search space")
+    _check_keys(where, data, ("optimizer", "params"))
+    cls = data.get("optimizer")
+    if cls not in optim.OPTIMIZERS:
+        raise UserError(f"{where}: optimizer: {cls!r} is not allowed (allowed: {', '.join(optim.OPTIMIZERS)})")
+    raw_params = data.get("params") or {}
+    if not isinstance(raw_params, dict):
+        raise UserError(f"{where}: params: expected a mapping of torch.optim.{cls} arguments")
+    allowed = optim.optimizer_arguments(cls)
+    params = []
+    for key, raw in raw_params.items():
+        if key not in allowed:
+            raise UserError(f"{where}: params: unknown argument {key!r} of torch.optim.{cls} (allowed: {', '.join(allowed)})")
+        params.append(parse_param(f"{where}: params.{key}", key, raw))
+    _probe_optimizer(f"{where}: params", cls, params)
+    return SearchSpace(name or path.stem, cls, tuple(params), where)
+
+
+def _probe_optimizer(where: str, cls: str, params: list[Param]) -> None:
+    """Let torch itself judge every extreme value: its checks are the truth (beta in [0, 1), lr >= 0, ...).
+
+    Each value is tried with the other parameters at their typical values.
+    """
+    import torch
+
+    defaults = optim.optimizer_arguments(cls)
+    typical = {p.name: p.typical() for p in params}
+    for param in params:
+        default = defaults[param.name]
+        for value in param.candidates():
+            if default is not None and type(value) is not type(default) and not (_is_number(value) and _is_number(default)):
+                raise UserError(f"{where}.{param.name}: {value!r} is not allowed (a {type(default).__name__}, like the default {default!r}{_text_number_hint(value)})")
+            kwargs = optim.torch_kwargs(cls, typical | {param.name: value})
+            try:
+                optim.build_optimizer(cls, kwargs, [torch.zeros(1, requires_grad=True)])
+            except (ValueError, TypeError, RuntimeError) as err:
+                raise UserError(f"{where}.{param.name}: {value!r} is not allowed by torch.optim.{cls}: {err}") from None
+
+
+@dataclass(frozen=True)
+class ScheduleSpace:
+    """The schedules to choose from, each with its own parameters."""
+
+    params: dict[str, tuple[Param, ...]]
+    source: str
+
+
+def load_schedules(path: Path, names: list[str] | None = None, where_names: str = "schedules") -> ScheduleSpace:
+    """Read ``schedules.yaml`` and keep ``names`` (all of them when None)."""
+    where = str(path)
+    data = read_yaml(path, "schedules")
+    _check_keys(where, data, list(optim.SCHEDULES))
+    chosen = list(data) if names is None else names
+    spaces: dict[str, tuple[Param, ...]] = {}
+    for name in chosen:
+        if name not in data:
+            raise UserError(f"{where_names}: {name!r} is not allowed (allowed: {', '.join(data)})")
+        raw = data[name] or {}
+        if not isinstance(raw, dict):
+            raise UserError(f"{where}: {name}: expected a mapping of its parameters")
+        arguments = optim.schedule_arguments(name)
+        _check_keys(f"{where}: {name}", raw, list(arguments) or ["(none)"])
+        for key, default in arguments.items():
+            if default is inspect.Parameter.empty and key not in raw:
+                raise UserError(f"{where}: {name}: missing required parameter {key!r}")
+        params = tuple(parse_param(f"{where}: {name}.{key}", key, value) for key, value in raw.items())
+        _probe_schedule(f"{where}: {name}", name, params)
+        spaces[name] = params
+    return ScheduleSpace(spaces, where)
+
+
+def _probe_schedule(where: str, name: str, params: tuple[Param, ...]) -> None:
+    import torch
+
+    for param in params:
+        for value in param.candidates():
+            if not _is_number(value):
+                raise UserError(f"{where}.{param.name}: {value!r} is not allowed (a number{_text_number_hint(value)})")
+    for param in params:
+        for value in param.candidates():
+            values = {p.name: p.typical() for p in params} | {param.name: value}
+            optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+            try:
+                optim.build_scheduler(name, values, optimizer, total_steps=100)
+            except (ValueError, TypeError, ZeroDivisionError) as err:
+                raise UserError(f"{where}.{param.name}: {value!r} is not allowed: {err}") from None
+
+
+def find_space(ref: str, base: Path, where: str) -> SearchSpace:
+    """A search space by shipped name (``adam``) or by path (relative to ``base``)."""
+    if ref in shipped_names("search_spaces") and ref != "schedules":
+        return load_space(shipped_dir("search_spaces") / f"{ref}.yaml")
+    path = Path(ref).expanduser()
+    path = path if path.is_absolute() else base / path
+    if ref.endswith((".yaml", ".yml")) and path.is_file():
+        return load_space(path)
+    shipped = [n for n in shipped_names("search_spaces") if n != "schedules"]
+    raise UserError(f"{where}: {ref!r} is neither a shipped search space ({', '.join(shipped)}) nor a .yaml file")
+
+
+def find_experiment(ref: str | None) -> Path:
+    """An experiment file by path, or a shipped one by name; ``quickstart`` when none is given."""
+    ref = ref or "quickstart"
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    if ref in shipped_names("experiments"):
+        return shipped_dir("experiments") / f"{ref}.yaml"
+    raise UserError(f"experiment {ref!r}: no such file, and not a shipped experiment ({', '.join(shipped_names('experiments'))})")
+
+
+EXPERIMENT_KEYS = (
+    "name", "task", "task_args", "optimizers", "schedules", "trials", "epochs", "batch_size",
+    "seed", "sampler", "pruner", "objective", "final_seeds",
+)  # fmt: skip
+REQUIRED_KEYS = ("name", "task", "optimizers", "trials", "epochs", "seed")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A sampler or pruner: its name and keyword arguments for the Optuna class."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What to tune: one task, several optimizers (one study each), one budget."""
+
+    name: str
+    task: str
+    task_args: dict[str, Any]
+    optimizers: tuple[SearchSpace, ...]
+    schedules: ScheduleSpace
+    trials: int
+    epochs: int
+    batch_size: int | None
+    seed: int
+    sampler: Component
+    pruner: Component
+    objective: str
+    direction: str | None
+    final_seeds: int
+    source: str
+
+
+def _component(where: str, raw: Any, allowed: tuple[str, ...], default: str) -> Component:
+    if raw is None:
+        return Component(default)
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict) or raw.get("name") not in allowed:
+        name = raw.get("name") if isinstance(raw, dict) else raw
+        raise UserError(f"{where}: {name!r} is not allowed (allowed: {', '.join(allowed)}, or {{name: ..., <arguments>}})")
+    return Component(raw["name"], {k: v for k, v in raw.items() if k != "name"})
+
+
+def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Experiment:
+    """Read and validate an experiment file; ``overrides`` (CLI flags) win over its keys."""
+    where = str(path)
+    data = read_yaml(path, "experiment") | {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_keys(where, data, EXPERIMENT_KEYS)
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            raise UserError(f"{where}: missing required key {key!r} (required: {', '.join(REQUIRED_KEYS)})")
+    name = data["name"]
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise UserError(f"{where}: name: {name!r} is not allowed (a non-empty string without '/')")
+    if not isinstance(data["task"], str):
+        raise UserError(f"{where}: task: {data['task']!r} is not allowed (a task name or package.module:factory)")
+    task_args = data.get("task_args") or {}
+    if not isinstance(task_args, dict):
+        raise UserError(f"{where}: task_args: {task_args!r} is not allowed (a mapping)")
+    refs = data["optimizers"]
+    if isinstance(refs, str):
+        refs = [refs]
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+        raise UserError(f"{where}: optimizers: {refs!r} is not allowed (a non-empty list of space names or paths)")
+    base = path.parent
+    spaces = tuple(find_space(ref, base, f"{where}: optimizers") for ref in refs)
+    names = [s.name for s in spaces]
+    if len(set(names)) != len(names):
+        raise UserError(f"{where}: optimizers: {names} names a study twice (each search space needs its own file name)")
+    schedule_names = data.get("schedules")
+    if schedule_names is not None and (
+        not isinstance(schedule_names, list) or not schedule_names or not all(isinstance(s, str) for s in schedule_names)
+    ):
+        raise UserError(f"{where}: schedules: {schedule_names!r} is not allowed (a non-empty list of: {', '.join(optim.SCHEDULES)})")
+    schedules = load_schedules(shipped_dir("search_spaces") / "schedules.yaml", schedule_names, f"{where}: schedules")
+    batch_size = data.get("batch_size")
+    if batch_size is not None:
+        _positive_int(f"{where}: batch_size", batch_size)
+    seed = data["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"{where}: seed: {seed!r} is not allowed (an integer >= 0)")
+    objective, direction = data.get("objective", "metric"), None
+    if isinstance(objective, dict):
+        _check_keys(f"{where}: objective", objective, ("metric", "direction"))
+        objective, direction = objective.get("metric", "metric"), objective.get("direction")
+        if direction not in (None, "minimize", "maximize"):
+            raise UserError(f"{where}: objective.direction: {direction!r} is not allowed (minimize, maximize)")
+    if not isinstance(objective, str):
+        raise UserError(f"{where}: objective: {objective!r} is not allowed ('loss', 'metric' or the task's metric name)")
+    return Experiment(
+        name=name,
+        task=data["task"],
+        task_args=task_args,
+        optimizers=spaces,
+        schedules=schedules,
+        trials=_positive_int(f"{where}: trials", data["trials"]),
+        epochs=_positive_int(f"{where}: epochs", data["epochs"]),
+        batch_size=batch_size,
+        seed=seed,
+        sampler=_component(f"{where}: sampler", data.get("sampler"), SAMPLERS, "tpe"),
+        pruner=_component(f"{where}: pruner", data.get("pruner"), PRUNERS, "median"),
+        objective=objective,
+        direction=direction,
+        final_seeds=_positive_int(f"{where}: final_seeds", data.get("final_seeds", 3)),
+        source=where,
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """One fully specified training: optimizer, schedule and training set-up.
+
+    ``optimizer_kwargs`` are the keyword arguments of ``torch.optim.<optimizer>``
+    as given to it; ``schedule_params`` those of the schedule (see
+    :mod:`tuner.optim` for how they map onto ``torch.optim.lr_scheduler``).
+    ``objective`` is ``"loss"`` (validation loss) or ``"metric"`` (the task's metric).
+    """
+
+    optimizer: str
+    optimizer_kwargs: dict[str, Any]
+    schedule: str
+    schedule_params: dict[str, Any]
+    task: str
+    task_args: dict[str, Any]
+    epochs: int
+    batch_size: int
+    seed: int
+    objective: str = "metric"
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+    source: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def build(self, params: Any, *, steps_per_epoch: int):
+        """``(optimizer, scheduler_or_None)`` for ``params``; step the scheduler after every optimizer step."""
+        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch: {steps_per_epoch!r} is not allowed (an integer >= 1)")
+        optimizer = optim.build_optimizer(self.optimizer, self.optimizer_kwargs, params)
+        scheduler = optim.build_scheduler(self.schedule, self.schedule_params, optimizer, self.epochs * steps_per_epoch)
+        return optimizer, scheduler

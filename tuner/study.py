@@ -1,0 +1,280 @@
+"""Optuna glue: one study per (experiment, optimizer), its budget, resume and final evaluation.
+
+Trial outcomes are kept in the user attribute ``outcome``:
+
+=========== =============== =====================================================
+outcome     Optuna state    counts toward the budget
+=========== =============== =====================================================
+complete    COMPLETE        yes
+pruned      PRUNED          yes
+diverged    PRUNED          yes; NaN reported at the diverged epoch, so TPE ranks
+                            the trial below every finished one and learns the
+                            region is bad (a FAIL state would be ignored by TPE)
+failed      FAIL            yes (an exception in the task's code; ``reason``)
+interrupted FAIL            no: Ctrl-C, or a RUNNING trial found at start-up
+=========== =============== =====================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner import spaces
+from tuner.config import Component, Config, Experiment, SearchSpace
+from tuner.errors import UserError
+from tuner.export import config_from_dict, config_to_dict
+from tuner.tasks import Data, Task
+from tuner.train import RunResult, train
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna RDB storage at ``url`` (any SQLAlchemy URL), created if missing."""
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or server
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(
+            f"--storage: cannot open {mask_url(url)!r}: {reason} "
+            "(allowed: an SQLAlchemy URL such as sqlite:///tuner.db or postgresql://user:password@host/db)"
+        ) from None
+
+
+def _build(where: str, cls: type, component: Component, **defaults: Any) -> Any:
+    try:
+        return cls(**(defaults | component.kwargs))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{where}: {component.name} {component.kwargs}: {err}") from None
+
+
+def make_sampler(component: Component, seed: int, where: str = "sampler") -> optuna.samplers.BaseSampler:
+    """``tpe`` (multivariate, grouped: the schedule parameters are conditional), ``random`` or ``qmc``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if component.name == "tpe":
+            return _build(where, optuna.samplers.TPESampler, component, seed=seed, multivariate=True, group=True, constant_liar=True)
+        if component.name == "random":
+            return _build(where, optuna.samplers.RandomSampler, component, seed=seed)
+        return _build(where, optuna.samplers.QMCSampler, component, seed=seed, scramble=True, warn_independent_sampling=False)
+
+
+def make_pruner(component: Component, epochs: int, where: str = "pruner") -> optuna.pruners.BasePruner:
+    """``median`` (after 5 complete trials and 1/4 of the epochs), ``hyperband`` or ``none``."""
+    if component.name == "median":
+        return _build(where, optuna.pruners.MedianPruner, component, n_startup_trials=5, n_warmup_steps=max(1, epochs // 4))
+    if component.name == "hyperband":
+        return _build(where, optuna.pruners.HyperbandPruner, component, min_resource=1, max_resource=epochs, reduction_factor=3)
+    return _build(where, optuna.pruners.NopPruner, component)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every trial of a study shares; a study resumed with another setup is refused."""
+
+    task: str
+    task_args: dict[str, Any]
+    epochs: int
+    batch_size: int
+    seed: int
+    objective: str
+    direction: str
+
+    @classmethod
+    def resolve(cls, experiment: Experiment, task: Task) -> Setup:
+        objective = experiment.objective
+        if objective in ("metric", task.metric) and objective != "loss":
+            objective, natural = "metric", task.direction
+        elif objective == "loss":
+            natural = "minimize"
+        else:
+            raise UserError(f"{experiment.source}: objective: {objective!r} is not allowed (loss, metric or {task.metric!r})")
+        return cls(
+            task=experiment.task,
+            task_args=experiment.task_args,
+            epochs=experiment.epochs,
+            batch_size=experiment.batch_size or task.batch_size,
+            seed=experiment.seed,
+            objective=objective,
+            direction=experiment.direction or natural,
+        )
+
+
+def study_name(experiment: Experiment, space: SearchSpace) -> str:
+    return f"{experiment.name}/{space.name}"
+
+
+def outcome(trial: optuna.trial.FrozenTrial) -> str:
+    """complete, pruned, diverged, failed, interrupted or running."""
+    if trial.state == TrialState.RUNNING:
+        return "running"
+    return trial.user_attrs.get("outcome") or ("complete" if trial.state == TrialState.COMPLETE else "interrupted")
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """How many trials ended in each outcome."""
+    tally = dict.fromkeys(("complete", "pruned", "diverged", "failed", "interrupted", "running"), 0)
+    for trial in study.get_trials(deepcopy=False):
+        tally[outcome(trial)] += 1
+    return tally
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count toward the budget."""
+    tally = counts(study)
+    return tally["complete"] + tally["pruned"] + tally["diverged"] + tally["failed"]
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
+
+
+class StudyRunner:
+    """Runs one optimizer's study up to its budget; resumable at any point."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        space: SearchSpace,
+        setup: Setup,
+        task: Task,
+        data: Data,
+        storage: optuna.storages.BaseStorage,
+    ) -> None:
+        self.experiment, self.space, self.setup, self.task, self.data = experiment, space, setup, task, data
+        self.storage = storage
+        self.name = study_name(experiment, space)
+        study = optuna.create_study(storage=storage, study_name=self.name, direction=setup.direction, load_if_exists=True)
+        self._check_setup(study)
+        self._fail_interrupted(study)
+        # Seeding the sampler with the trial count keeps a resumed random or
+        # QMC sampler from replaying the first run's suggestions.
+        self.study = optuna.load_study(
+            study_name=self.name,
+            storage=storage,
+            sampler=make_sampler(experiment.sampler, experiment.seed + len(study.trials), f"{experiment.source}: sampler"),
+            pruner=make_pruner(experiment.pruner, setup.epochs, f"{experiment.source}: pruner"),
+        )
+
+    def _check_setup(self, study: optuna.Study) -> None:
+        setup = dataclasses.asdict(self.setup) | {"optimizer": self.space.optimizer}
+        stored = study.user_attrs.get("setup")
+        if stored is None:
+            study.set_user_attr("setup", setup)
+            return
+        changed = [f"{k}={stored.get(k)!r} -> {v!r}" for k, v in setup.items() if stored.get(k) != v]
+        if changed:
+            raise UserError(
+                f"study {self.name!r} in {mask_url(str(self.storage.url))!r} was run with another setup "
+                f"({'; '.join(changed)}): use another --storage or experiment name to start afresh"
+            )
+
+    def _fail_interrupted(self, study: optuna.Study) -> None:
+        # One worker per study: a RUNNING trial left in the storage is from a
+        # killed run. It is marked failed and does not count toward the budget.
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.storage.set_trial_user_attr(trial._trial_id, "outcome", "interrupted")
+            self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+    def _sample(self, trial: optuna.Trial) -> Config:
+        schedule, schedule_params = spaces.sample_schedule(trial, self.experiment.schedules)
+        shared = {k: v for k, v in dataclasses.asdict(self.setup).items() if k != "direction"}
+        return Config(
+            optimizer=self.space.optimizer,
+            optimizer_kwargs=spaces.sample_optimizer(trial, self.space),
+            schedule=schedule,
+            schedule_params=schedule_params,
+            **shared,
+        )
+
+    def run_trial(self) -> optuna.trial.FrozenTrial:
+        """Ask, train, tell: one trial to its end."""
+        trial = self.study.ask()
+        config = self._sample(trial)
+        trial.set_user_attr("config", config_to_dict(config))
+
+        def report(metrics) -> bool:
+            trial.report(metrics.objective(config.objective), metrics.epoch)
+            return trial.should_prune()
+
+        try:
+            result = train(self.task, self.data, config, callback=report)
+        except KeyboardInterrupt:
+            trial.set_user_attr("outcome", "interrupted")
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as err:  # the task's code may raise anything; the study goes on
+            trial.set_user_attr("outcome", "failed")
+            trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
+            trial.set_user_attr("traceback", traceback.format_exc())
+            return self.study.tell(trial, state=TrialState.FAIL)
+        return self._tell(trial, result)
+
+    def _tell(self, trial: optuna.Trial, result: RunResult) -> optuna.trial.FrozenTrial:
+        if result.status == "diverged":
+            trial.report(math.nan, result.history[-1].epoch)
+            trial.set_user_attr("outcome", "diverged")
+            trial.set_user_attr("reason", result.reason)
+            return self.study.tell(trial, state=TrialState.PRUNED)
+        if result.status == "stopped":
+            trial.set_user_attr("outcome", "pruned")
+            return self.study.tell(trial, state=TrialState.PRUNED)
+        trial.set_user_attr("outcome", "complete")
+        return self.study.tell(trial, result.history[-1].objective(self.setup.objective))
+
+    def run(self, budget: int, progress: Any = None) -> optuna.Study:
+        """Top the study up to ``budget`` counted trials (never beyond)."""
+        while finished(self.study) < budget:
+            frozen = self.run_trial()
+            if progress is not None:
+                progress(self, frozen)
+        return self.study
+
+    def final_evaluation(self, seeds: list[int]) -> dict[str, Any] | None:
+        """Re-train the best config on ``seeds`` with test evaluation; stored in the study and reused."""
+        best = best_trial(self.study)
+        if best is None:
+            return None
+        cached = self.study.user_attrs.get("final")
+        if cached and cached["trial"] == best.number and cached["seeds"] == seeds:
+            return cached
+        config = config_from_dict(best.user_attrs["config"])
+        runs = [train(self.task, self.data, config, seed=seed, test=True) for seed in seeds]
+        final = {
+            "trial": best.number,
+            "seeds": seeds,
+            "status": [run.status for run in runs],
+            "val_objective": [run.history[-1].objective(config.objective) for run in runs],
+            "val_metric": [run.history[-1].val_metric for run in runs],
+            "test_objective": [_test_objective(run, config.objective) for run in runs],
+            "test_metric": [math.nan if run.test_metric is None else run.test_metric for run in runs],
+            "history": [[[m.epoch, m.train_loss, m.val_loss, m.val_metric, m.lr] for m in run.history] for run in runs],
+        }
+        self.study.set_user_attr("final", final)
+        return final
+
+
+def _test_objective(run: RunResult, objective: str) -> float:
+    value = run.test_loss if objective == "loss" else run.test_metric
+    return math.nan if value is None else value

@@ -1,0 +1,53 @@
+"""``digits-mlp``: scikit-learn's 8x8 digits, classified by a small MLP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tuner.tasks import Data, Split
+
+
+def digits_data(seed: int = 0) -> Data:
+    """Digits (1797 images) split 60/20/20, stratified, standardised with the train statistics."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, stratify=y, random_state=seed)
+    x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=seed)
+    mean, std = x_train.mean(0), x_train.std(0)
+    std[std == 0] = 1.0  # pixels that are blank in every training image
+
+    def split(xs: np.ndarray, ys: np.ndarray) -> Split:
+        return Split(torch.tensor((xs - mean) / std, dtype=torch.float32), torch.tensor(ys, dtype=torch.long))
+
+    return Data(split(x_train, y_train), split(x_val, y_val), split(x_test, y_test))
+
+
+@dataclass
+class DigitsMLP:
+    """Digits 8x8 classification, MLP 64-hidden-10, cross-entropy, accuracy."""
+
+    hidden: int = 128
+    name: str = "digits-mlp"
+    metric: str = "accuracy"
+    direction: str = "maximize"
+    epochs: int = 20
+    batch_size: int = 64
+
+    def data(self) -> Data:
+        return digits_data()
+
+    def model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(64, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 10))
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target)
+
+    def score(self, output: torch.Tensor, target: torch.Tensor) -> float:
+        return (output.argmax(1) == target).float().mean().item()

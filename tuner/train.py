@@ -1,0 +1,138 @@
+"""The trainer: one function for tuning trials, the final evaluation and ``tuner train``.
+
+It knows nothing of Optuna or MLflow. After every epoch it calls ``callback``
+with the epoch's metrics; a truthy return stops the run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from tuner.config import Config
+from tuner.errors import UserError
+from tuner.tasks import Data, Split, Task
+
+# Evaluation runs in chunks of this many samples to bound activation memory.
+EVAL_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch reached. ``lr`` is the learning rate of the epoch's last step."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_metric: float
+    lr: float
+
+    def objective(self, name: str) -> float:
+        """The validation ``loss`` or ``metric``."""
+        return self.val_loss if name == "loss" else self.val_metric
+
+
+@dataclass
+class RunResult:
+    """A finished run: ``status`` is ``complete``, ``stopped`` (by the callback) or ``diverged``."""
+
+    history: list[EpochMetrics] = field(default_factory=list)
+    status: str = "complete"
+    reason: str | None = None
+    test_loss: float | None = None
+    test_metric: float | None = None
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch: the last, smaller batch is kept."""
+    return math.ceil(n_train / batch_size)
+
+
+@torch.inference_mode()
+def evaluate(task: Task, model: torch.nn.Module, split: Split) -> tuple[float, float]:
+    """Loss and metric of ``model`` over a whole split."""
+    model.eval()
+    output = torch.cat([model(split.x[i : i + EVAL_CHUNK]) for i in range(0, len(split), EVAL_CHUNK)])
+    return task.loss(output, split.y).item(), task.score(output, split.y)
+
+
+def train(
+    task: Task,
+    data: Data,
+    config: Config,
+    *,
+    seed: int | None = None,
+    callback: Callable[[EpochMetrics], bool | None] | None = None,
+    test: bool = False,
+) -> RunResult:
+    """Train ``task``'s model with ``config`` on ``data`` (already on its device).
+
+    ``seed`` (default ``config.seed``) fixes the initial parameters and the
+    batch order: CPU runs are bit-for-bit repeatable. A non-finite training or
+    validation loss ends the run as ``diverged``. With ``test``, the test split
+    is evaluated at the end.
+    """
+    seed = config.seed if seed is None else seed
+    x, y = data.train.x, data.train.y
+    device = x.device
+    n, batch_size = len(x), config.batch_size
+    steps = steps_per_epoch(n, batch_size)
+    result = RunResult()
+    # The model's initialisation and dropout use torch's global generator:
+    # fork it so that the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = task.model().to(device)
+        optimizer, scheduler = config.build(model.parameters(), steps_per_epoch=steps)
+        order = torch.Generator(device=device).manual_seed(seed)
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            permutation = torch.randperm(n, generator=order, device=device)
+            xs, ys = x[permutation], y[permutation]
+            loss_sum = torch.zeros((), device=device)
+            for start in range(0, n, batch_size):
+                loss = task.loss(model(xs[start : start + batch_size]), ys[start : start + batch_size])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                loss_sum += loss.detach()
+            # One host sync per epoch: the divergence check waits until here.
+            train_loss = loss_sum.item() / steps
+            val_loss, val_metric = evaluate(task, model, data.val)
+            metrics = EpochMetrics(epoch, train_loss, val_loss, val_metric, lr)
+            result.history.append(metrics)
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                result.status, result.reason = "diverged", f"diverged at epoch {epoch}: non-finite loss (train {train_loss}, val {val_loss})"
+                return result
+            if callback is not None and callback(metrics):
+                result.status = "stopped"
+                return result
+        if test:
+            result.test_loss, result.test_metric = evaluate(task, model, data.test)
+    return result
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device: {spec!r} is not allowed (auto, cpu, cuda, cuda:N, mps)")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device: {spec!r} is not available here ({torch.cuda.device_count()} CUDA device(s)); use auto or cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"--device: {spec!r} is not available here; use auto or cpu")
+    return device
