@@ -79,8 +79,8 @@ def run_study(args: argparse.Namespace) -> int:
     import optuna
 
     from tuner import analysis, config, export
-    from tuner.study import Setup, StudyRunner, mask_url, open_storage
-    from tuner.tasks import load_task
+    from tuner.study import Setup, StudyRunner, check_components, check_resumable, mask_url, open_storage, study_name
+    from tuner.tasks import load_data, load_task
     from tuner.train import resolve_device
 
     path = config.find_experiment(args.experiment)
@@ -88,17 +88,23 @@ def run_study(args: argparse.Namespace) -> int:
     refs = args.optimizers and [str(Path(r).resolve()) if Path(r).is_file() else r for r in args.optimizers]
     overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed, "final_seeds": args.final_seeds}
     experiment = config.load_experiment(path, overrides)
-    task = load_task(experiment.task, experiment.task_args)
-    setup = Setup.resolve(experiment, task)
     device = resolve_device(args.device)
-    data = _task_data(task, experiment.task, device)
+    task = load_task(experiment.task, experiment.task_args, experiment.at("task"))
+    setup = Setup.resolve(experiment, task)
+    check_components(experiment, setup)
+    out = args.out or Path("runs") / experiment.name
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {str(out)!r} is a file (allowed: a folder, created if missing)")
+    with_args = f" with task_args {experiment.task_args}" if experiment.task_args else ""
+    data = load_data(task, device, experiment.at("task") + with_args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(args.storage)
-    out = args.out or Path("runs") / experiment.name
-
+    for space in experiment.optimizers:
+        check_resumable(storage, study_name(experiment, space), setup, space)
     seeds = [experiment.seed + i for i in range(1, experiment.final_seeds + 1)]
     print(f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
           f"{setup.epochs} epochs, device {device}, storage {mask_url(args.storage)}", file=sys.stderr)
+
     summaries, configs = [], {}
     for space in experiment.optimizers:
         runner = StudyRunner(experiment, space, setup, task, data, storage)
@@ -129,13 +135,6 @@ def run_study(args: argparse.Namespace) -> int:
     if best is not None:
         print(f"winner: {best.optimizer} (final-seed validation {label} mean over seeds {seeds})")
     return 0
-
-
-def _task_data(task: Any, spec: str, device: Any) -> Any:
-    try:
-        return task.data().to(device)
-    except Exception as err:  # a task's data() may fail in any way
-        raise UserError(f"task {spec!r}: data() raised {type(err).__name__}: {err}") from None
 
 
 class _progress:
@@ -171,13 +170,13 @@ def run_train(args: argparse.Namespace) -> int:
     import statistics
 
     from tuner.export import load_config
-    from tuner.tasks import load_task
+    from tuner.tasks import load_data, load_task
     from tuner.train import resolve_device, train
 
     cfg = load_config(args.config)
-    task = load_task(cfg.task, cfg.task_args)
     device = resolve_device(args.device)
-    data = _task_data(task, cfg.task, device)
+    task = load_task(cfg.task, cfg.task_args, f"{args.config}: training.task")
+    data = load_data(task, device, f"{args.config}: training.task")
     label = "loss" if cfg.objective == "loss" else task.metric
     objectives, metrics = [], []
     for seed in range(cfg.seed, cfg.seed + args.seeds):

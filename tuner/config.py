@@ -39,6 +39,8 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
         text = path.read_text()
     except OSError as err:
         raise UserError(f"{path}: cannot read {what}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: cannot read {what}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -46,6 +48,8 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UserError(f"{path}: malformed YAML{at}: {problem}") from None
+    if data is None:
+        raise UserError(f"{path}: the {what} file is empty (expected a mapping of keys to values)")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
     return data
@@ -211,7 +215,8 @@ def _probe_optimizer(where: str, cls: str, params: list[Param]) -> None:
             try:
                 optim.build_optimizer(cls, kwargs, [torch.zeros(1, requires_grad=True)])
             except (ValueError, TypeError, RuntimeError) as err:
-                raise UserError(f"{where}.{param.name}: {value!r} is not allowed by torch.optim.{cls}: {err}") from None
+                allowed = optim.ALLOWED.get(param.name, f"what torch.optim.{cls} accepts")
+                raise UserError(f"{where}.{param.name}: {value!r} is not allowed by torch.optim.{cls}: {err} (allowed: {param.name} {allowed})") from None
 
 
 @dataclass(frozen=True)
@@ -269,10 +274,16 @@ def find_space(ref: str, base: Path, where: str) -> SearchSpace:
         return load_space(shipped_dir("search_spaces") / f"{ref}.yaml")
     path = Path(ref).expanduser()
     path = path if path.is_absolute() else base / path
-    if ref.endswith((".yaml", ".yml")) and path.is_file():
+    if ref.endswith((".yaml", ".yml")):
+        if not path.is_file():
+            raise UserError(f"{where}: {ref!r}: no such file ({path}; allowed: a search-space file, or a shipped space: {', '.join(_shipped_spaces())})")
         return load_space(path)
-    shipped = [n for n in shipped_names("search_spaces") if n != "schedules"]
+    shipped = _shipped_spaces()
     raise UserError(f"{where}: {ref!r} is neither a shipped search space ({', '.join(shipped)}) nor a .yaml file")
+
+
+def _shipped_spaces() -> list[str]:
+    return [n for n in shipped_names("search_spaces") if n != "schedules"]
 
 
 def find_experiment(ref: str | None) -> Path:
@@ -320,6 +331,11 @@ class Experiment:
     direction: str | None
     final_seeds: int
     source: str
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def at(self, key: str) -> str:
+        """Where ``key`` came from, for messages: ``--trials`` or ``exp.yaml: trials``."""
+        return self.origins.get(key, f"{self.source}: {key}")
 
 
 def _component(where: str, raw: Any, allowed: tuple[str, ...], default: str) -> Component:
@@ -336,65 +352,71 @@ def _component(where: str, raw: Any, allowed: tuple[str, ...], default: str) -> 
 def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Experiment:
     """Read and validate an experiment file; ``overrides`` (CLI flags) win over its keys."""
     where = str(path)
-    data = read_yaml(path, "experiment") | {k: v for k, v in (overrides or {}).items() if v is not None}
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data = read_yaml(path, "experiment") | flags
+
+    def at(key: str) -> str:
+        return "--" + key.replace("_", "-") if key in flags else f"{where}: {key}"
+
     _check_keys(where, data, EXPERIMENT_KEYS)
     for key in REQUIRED_KEYS:
         if key not in data:
             raise UserError(f"{where}: missing required key {key!r} (required: {', '.join(REQUIRED_KEYS)})")
     name = data["name"]
     if not isinstance(name, str) or not name.strip() or "/" in name:
-        raise UserError(f"{where}: name: {name!r} is not allowed (a non-empty string without '/')")
+        raise UserError(f"{at('name')}: {name!r} is not allowed (a non-empty string without '/')")
     if not isinstance(data["task"], str):
-        raise UserError(f"{where}: task: {data['task']!r} is not allowed (a task name or package.module:factory)")
+        raise UserError(f"{at('task')}: {data['task']!r} is not allowed (a task name or package.module:factory)")
     task_args = data.get("task_args") or {}
     if not isinstance(task_args, dict):
-        raise UserError(f"{where}: task_args: {task_args!r} is not allowed (a mapping)")
+        raise UserError(f"{at('task_args')}: {task_args!r} is not allowed (a mapping)")
     refs = data["optimizers"]
     if isinstance(refs, str):
         refs = [refs]
     if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
-        raise UserError(f"{where}: optimizers: {refs!r} is not allowed (a non-empty list of space names or paths)")
+        raise UserError(f"{at('optimizers')}: {refs!r} is not allowed (a non-empty list of space names or paths)")
     base = path.parent
-    spaces = tuple(find_space(ref, base, f"{where}: optimizers") for ref in refs)
+    spaces = tuple(find_space(ref, base, at("optimizers")) for ref in refs)
     names = [s.name for s in spaces]
     if len(set(names)) != len(names):
-        raise UserError(f"{where}: optimizers: {names} names a study twice (each search space needs its own file name)")
+        raise UserError(f"{at('optimizers')}: {names} names a study twice (each search space needs its own file name)")
     schedule_names = data.get("schedules")
     if schedule_names is not None and (
         not isinstance(schedule_names, list) or not schedule_names or not all(isinstance(s, str) for s in schedule_names)
     ):
-        raise UserError(f"{where}: schedules: {schedule_names!r} is not allowed (a non-empty list of: {', '.join(optim.SCHEDULES)})")
-    schedules = load_schedules(shipped_dir("search_spaces") / "schedules.yaml", schedule_names, f"{where}: schedules")
+        raise UserError(f"{at('schedules')}: {schedule_names!r} is not allowed (a non-empty list of: {', '.join(optim.SCHEDULES)})")
+    schedules = load_schedules(shipped_dir("search_spaces") / "schedules.yaml", schedule_names, at("schedules"))
     batch_size = data.get("batch_size")
     if batch_size is not None:
-        _positive_int(f"{where}: batch_size", batch_size)
+        _positive_int(at("batch_size"), batch_size)
     seed = data["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UserError(f"{where}: seed: {seed!r} is not allowed (an integer >= 0)")
+        raise UserError(f"{at('seed')}: {seed!r} is not allowed (an integer >= 0)")
     objective, direction = data.get("objective", "metric"), None
     if isinstance(objective, dict):
-        _check_keys(f"{where}: objective", objective, ("metric", "direction"))
+        _check_keys(at("objective"), objective, ("metric", "direction"))
         objective, direction = objective.get("metric", "metric"), objective.get("direction")
         if direction not in (None, "minimize", "maximize"):
-            raise UserError(f"{where}: objective.direction: {direction!r} is not allowed (minimize, maximize)")
+            raise UserError(f"{at('objective')}.direction: {direction!r} is not allowed (minimize, maximize)")
     if not isinstance(objective, str):
-        raise UserError(f"{where}: objective: {objective!r} is not allowed ('loss', 'metric' or the task's metric name)")
+        raise UserError(f"{at('objective')}: {objective!r} is not allowed ('loss', 'metric' or the task's metric name)")
     return Experiment(
         name=name,
         task=data["task"],
         task_args=task_args,
         optimizers=spaces,
         schedules=schedules,
-        trials=_positive_int(f"{where}: trials", data["trials"]),
-        epochs=_positive_int(f"{where}: epochs", data["epochs"]),
+        trials=_positive_int(at("trials"), data["trials"]),
+        epochs=_positive_int(at("epochs"), data["epochs"]),
         batch_size=batch_size,
         seed=seed,
-        sampler=_component(f"{where}: sampler", data.get("sampler"), SAMPLERS, "tpe"),
-        pruner=_component(f"{where}: pruner", data.get("pruner"), PRUNERS, "median"),
+        sampler=_component(at("sampler"), data.get("sampler"), SAMPLERS, "tpe"),
+        pruner=_component(at("pruner"), data.get("pruner"), PRUNERS, "median"),
         objective=objective,
         direction=direction,
-        final_seeds=_positive_int(f"{where}: final_seeds", data.get("final_seeds", 3)),
+        final_seeds=_positive_int(at("final_seeds"), data.get("final_seeds", 3)),
         source=where,
+        origins={key: at(key) for key in EXPERIMENT_KEYS},
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from tuner import optim
@@ -54,9 +55,14 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
         raise UserError(f"{where}: optimizer.class: {cls!r} is not allowed (allowed: {', '.join(TORCH_PREFIX + n for n in optim.OPTIMIZERS)})")
     if schedule not in optim.SCHEDULES:
         raise UserError(f"{where}: schedule.name: {schedule!r} is not allowed (allowed: {', '.join(optim.SCHEDULES)})")
-    if "betas" in kwargs:
+    if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])
-    return Config(
+    for key in ("epochs", "batch_size"):
+        if isinstance(training[key], bool) or not isinstance(training[key], int) or training[key] < 1:
+            raise UserError(f"{where}: training.{key}: {training[key]!r} is not allowed (an integer >= 1)")
+    if training["objective"] not in ("loss", "metric"):
+        raise UserError(f"{where}: training.objective: {training['objective']!r} is not allowed (loss, metric)")
+    config = Config(
         optimizer=cls,
         optimizer_kwargs=kwargs,
         schedule=schedule,
@@ -65,6 +71,17 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
         source=data.get("source") or {},
         **training,
     )
+    # torch's own checks, on a throwaway parameter.
+    try:
+        optimizer = optim.build_optimizer(cls, kwargs, [torch.zeros(1, requires_grad=True)])
+    except (ValueError, TypeError) as err:
+        allowed = "; ".join(f"{k} {optim.ALLOWED[k]}" for k in kwargs if k in optim.ALLOWED) or f"keyword arguments of torch.optim.{cls}"
+        raise UserError(f"{where}: optimizer.kwargs {kwargs}: not allowed by torch.optim.{cls}: {err} (allowed: {allowed})") from None
+    try:
+        optim.build_scheduler(schedule, schedule_params, optimizer, total_steps=config.epochs)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{where}: schedule.params {schedule_params}: not allowed for {schedule}: {err}") from None
+    return config
 
 
 def load_config(path: str | Path) -> Config:

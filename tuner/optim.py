@@ -43,6 +43,13 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 _NOT_HYPERPARAMETERS = {"params", "foreach", "capturable", "differentiable", "fused", "maximize"}
 
 
+# What torch accepts, for messages (torch's own errors name the value, not the range).
+ALLOWED = {
+    "lr": ">= 0", "beta1": "in [0, 1)", "beta2": "in [0, 1)", "eps": ">= 0", "weight_decay": ">= 0",
+    "momentum": ">= 0", "dampening": "any float; 0 for nesterov", "alpha": ">= 0", "betas": "each in [0, 1)",
+}  # fmt: skip
+
+
 def optimizer_arguments(name: str) -> dict[str, Any]:
     """The tunable keyword arguments of ``torch.optim.<name>`` with their defaults.
 

@@ -18,6 +18,7 @@ interrupted FAIL            no: Ctrl-C, or a RUNNING trial found at start-up
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import traceback
 import warnings
@@ -63,7 +64,8 @@ def _build(where: str, cls: type, component: Component, **defaults: Any) -> Any:
     try:
         return cls(**(defaults | component.kwargs))
     except (TypeError, ValueError) as err:
-        raise UserError(f"{where}: {component.name} {component.kwargs}: {err}") from None
+        allowed = list(inspect.signature(cls).parameters)
+        raise UserError(f"{where}: {component.name} {component.kwargs}: {err} (allowed arguments: {', '.join(allowed)})") from None
 
 
 def make_sampler(component: Component, seed: int, where: str = "sampler") -> optuna.samplers.BaseSampler:
@@ -106,7 +108,7 @@ class Setup:
         elif objective == "loss":
             natural = "minimize"
         else:
-            raise UserError(f"{experiment.source}: objective: {objective!r} is not allowed (loss, metric or {task.metric!r})")
+            raise UserError(f"{experiment.at('objective')}: {objective!r} is not allowed (loss, metric or {task.metric!r})")
         return cls(
             task=experiment.task,
             task_args=experiment.task_args,
@@ -115,6 +117,29 @@ class Setup:
             seed=experiment.seed,
             objective=objective,
             direction=experiment.direction or natural,
+        )
+
+    def stored(self, space: SearchSpace) -> dict[str, Any]:
+        """What a study records of its setup, to refuse resuming it with another."""
+        return dataclasses.asdict(self) | {"optimizer": space.optimizer}
+
+
+def check_components(experiment: Experiment, setup: Setup) -> None:
+    """Build the sampler and pruner once, so that a bad argument fails before any study exists."""
+    make_sampler(experiment.sampler, experiment.seed, experiment.at("sampler"))
+    make_pruner(experiment.pruner, setup.epochs, experiment.at("pruner"))
+
+
+def check_resumable(storage: optuna.storages.BaseStorage, name: str, setup: Setup, space: SearchSpace) -> None:
+    """Refuse to resume study ``name`` if its trials were run with another setup; changes nothing."""
+    if name not in optuna.get_all_study_names(storage):
+        return
+    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("setup") or {}
+    changed = [f"{k}={stored.get(k)!r} -> {v!r}" for k, v in setup.stored(space).items() if stored.get(k) != v]
+    if changed:
+        raise UserError(
+            f"study {name!r} in {mask_url(str(storage.url))!r} was run with another setup "
+            f"({'; '.join(changed)}): use another --storage or experiment name to start afresh"
         )
 
 
@@ -165,30 +190,19 @@ class StudyRunner:
         self.experiment, self.space, self.setup, self.task, self.data = experiment, space, setup, task, data
         self.storage = storage
         self.name = study_name(experiment, space)
+        check_resumable(storage, self.name, setup, space)
         study = optuna.create_study(storage=storage, study_name=self.name, direction=setup.direction, load_if_exists=True)
-        self._check_setup(study)
+        if "setup" not in study.user_attrs:
+            study.set_user_attr("setup", setup.stored(space))
         self._fail_interrupted(study)
         # Seeding the sampler with the trial count keeps a resumed random or
         # QMC sampler from replaying the first run's suggestions.
         self.study = optuna.load_study(
             study_name=self.name,
             storage=storage,
-            sampler=make_sampler(experiment.sampler, experiment.seed + len(study.trials), f"{experiment.source}: sampler"),
-            pruner=make_pruner(experiment.pruner, setup.epochs, f"{experiment.source}: pruner"),
+            sampler=make_sampler(experiment.sampler, experiment.seed + len(study.trials), experiment.at("sampler")),
+            pruner=make_pruner(experiment.pruner, setup.epochs, experiment.at("pruner")),
         )
-
-    def _check_setup(self, study: optuna.Study) -> None:
-        setup = dataclasses.asdict(self.setup) | {"optimizer": self.space.optimizer}
-        stored = study.user_attrs.get("setup")
-        if stored is None:
-            study.set_user_attr("setup", setup)
-            return
-        changed = [f"{k}={stored.get(k)!r} -> {v!r}" for k, v in setup.items() if stored.get(k) != v]
-        if changed:
-            raise UserError(
-                f"study {self.name!r} in {mask_url(str(self.storage.url))!r} was run with another setup "
-                f"({'; '.join(changed)}): use another --storage or experiment name to start afresh"
-            )
 
     def _fail_interrupted(self, study: optuna.Study) -> None:
         # One worker per study: a RUNNING trial left in the storage is from a

@@ -77,24 +77,26 @@ BUILTIN: dict[str, str] = {
 }
 
 
-def _factory(spec: str) -> Any:
+def _factory(spec: str, where: str) -> Any:
     path = BUILTIN.get(spec, spec)
     if ":" not in path:
-        raise UserError(f"task {spec!r}: unknown (built-in: {', '.join(BUILTIN)}; or a dotted path package.module:factory)")
+        raise UserError(f"{where}: {spec!r} is not a task (allowed: {', '.join(BUILTIN)}, or a dotted path package.module:factory)")
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # a plugin's import can fail in any way
-        raise UserError(f"task {spec!r}: cannot import module {module_name!r}: {type(err).__name__}: {err}") from None
-    factory = getattr(module, attribute, None)
+        raise UserError(f"{where}: {spec!r}: cannot import module {module_name!r}: {type(err).__name__}: {err}") from None
+    if not hasattr(module, attribute):
+        raise UserError(f"{where}: {spec!r}: module {module_name!r} has no attribute {attribute!r} (allowed: a callable task factory)")
+    factory = getattr(module, attribute)
     if not callable(factory):
-        raise UserError(f"task {spec!r}: module {module_name!r} has no callable {attribute!r}")
+        raise UserError(f"{where}: {spec!r}: {attribute!r} is a {type(factory).__name__}, not callable (allowed: a callable task factory)")
     return factory
 
 
-def load_task(spec: str, args: dict[str, Any] | None = None) -> Task:
-    """The task named ``spec``, built with ``args``; a clear :class:`UserError` when it cannot be."""
-    factory = _factory(spec)
+def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task") -> Task:
+    """The task named ``spec``, built with ``args``; a clear :class:`UserError` naming ``where`` when it cannot be."""
+    factory = _factory(spec, where)
     args = args or {}
     try:
         signature = inspect.signature(factory)
@@ -105,19 +107,44 @@ def load_task(spec: str, args: dict[str, Any] | None = None) -> Task:
         if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
             for key in args:
                 if key not in accepted:
-                    raise UserError(f"task {spec!r}: task_args: unknown argument {key!r} (allowed: {', '.join(accepted) or 'none'})")
+                    raise UserError(f"{where}: {spec!r}: task_args: unknown argument {key!r} (allowed: {', '.join(accepted) or 'none'})")
     try:
         task = factory(**args)
     except Exception as err:  # a factory may reject its arguments in any way
-        raise UserError(f"task {spec!r}: the factory raised {type(err).__name__}: {err}") from None
+        raise UserError(f"{where}: {spec!r}: the factory raised {type(err).__name__}: {err}") from None
     if not isinstance(task, Task):
         missing = [name for name in ("name", "metric", "direction", "epochs", "batch_size", "data", "model", "loss", "score") if not hasattr(task, name)]
-        raise UserError(f"task {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (see tuner.tasks.Task)")
+        raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task)")
     if task.direction not in ("minimize", "maximize"):
-        raise UserError(f"task {spec!r}: direction {task.direction!r} is not allowed (minimize, maximize)")
+        raise UserError(f"{where}: {spec!r}: direction {task.direction!r} is not allowed (minimize, maximize)")
     return task
+
+
+def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
+    """The task's data on ``device``, checked with one cheap forward pass of a fresh model.
+
+    A task whose data, model, loss or metric do not fit together fails here
+    with one line, before any study exists, rather than in every trial.
+    """
+    try:
+        data = task.data()
+        if not isinstance(data, Data):
+            raise TypeError(f"data() returned {type(data).__name__} (allowed: tuner.tasks.Data)")
+        data = data.to(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model = task.model().to(device)
+            output = model(data.train.x[:2])
+            loss = task.loss(output, data.train.y[:2])
+            if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+                raise TypeError(f"loss() returned {getattr(loss, 'shape', type(loss).__name__)} (allowed: a scalar tensor)")
+            score = task.score(output.detach(), data.train.y[:2])
+            if not isinstance(score, (int, float)):
+                raise TypeError(f"score() returned {type(score).__name__} (allowed: a float)")
+    except Exception as err:  # a task's code may fail in any way
+        raise UserError(f"{where}: {task.name!r} does not work: {type(err).__name__}: {err}") from None
+    return data
 
 
 def describe() -> dict[str, str]:
     """Each built-in task's name with the first line of its docstring."""
-    return {name: (inspect.getdoc(_factory(name)) or "").splitlines()[0] for name in BUILTIN}
+    return {name: (inspect.getdoc(_factory(name, "task")) or "").splitlines()[0] for name in BUILTIN}

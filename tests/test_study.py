@@ -1,0 +1,180 @@
+"""End to end: `tuner study` on both built-in tasks, resume and top-up, divergence, reuse of the YAML."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+
+import tuner
+from tuner.cli import main
+from tuner.study import counts, finished
+
+FAST = ["--epochs", "2", "--final-seeds", "2", "--no-progress"]
+
+
+def study_args(tmp_path, *extra: str) -> list[str]:
+    return ["study", *extra, "--storage", f"sqlite:///{tmp_path}/t.db", "--out", str(tmp_path / "out"), *FAST]
+
+
+def load(tmp_path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/t.db")
+
+
+@pytest.mark.parametrize(("experiment", "task"), [("quickstart", "digits-mlp"), ("quadratic-deep", "quadratic-deep")])
+def test_study_end_to_end_on_each_shipped_experiment(workdir, capsys, experiment, task):
+    assert main(study_args(workdir, experiment, "--trials", "3")) == 0
+    out = capsys.readouterr().out
+    for name in ("adam", "sgd", "rmsprop"):
+        study = load(workdir, f"{experiment}/{name}")
+        assert finished(study) == 3
+        assert name in out
+        config = tuner.load_config(workdir / "out" / f"best-{name}.yaml")
+        best = study.best_trial
+        assert config.source["trial"] == best.number and config.source["study"] == f"{experiment}/{name}"
+        assert config.metrics["tuning"]["val_objective"] == best.value
+        final = config.metrics["final"]
+        assert final["seeds"] == [1, 2] and len(final["val_objective"]["values"]) == 2
+        assert all(math.isfinite(final[k]["mean"]) for k in ("val_objective", "test_objective", "val_metric", "test_metric"))
+    best = yaml.safe_load((workdir / "out" / "best.yaml").read_text())
+    assert best["format"] == 1 and best["training"]["task"] == task and best["training"]["epochs"] == 2
+    assert "final test (mean ± sd)" in out and "winner:" in out
+
+
+def test_resume_keeps_finished_trials_and_tops_up_to_the_budget(workdir, capsys):
+    args = study_args(workdir, "quickstart", "--optimizers", "sgd")
+    assert main([*args, "--trials", "3"]) == 0
+    study = load(workdir, "quickstart/sgd")
+    first = [(t.number, t.params, t.value) for t in study.trials]
+    assert len(first) == 3
+
+    # A killed run leaves a RUNNING trial behind: it is marked failed and redone.
+    orphan = study.ask()
+    assert main([*args, "--trials", "3"]) == 0
+    study = load(workdir, "quickstart/sgd")
+    assert [(t.number, t.params, t.value) for t in study.trials[:3]] == first
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert counts(study)["interrupted"] == 1 and finished(study) == 3 and len(study.trials) == 4
+
+    assert main([*args, "--trials", "5"]) == 0
+    study = load(workdir, "quickstart/sgd")
+    assert finished(study) == 5 and len(study.trials) == 6
+    assert main([*args, "--trials", "2"]) == 0  # never beyond, never fewer
+    assert len(load(workdir, "quickstart/sgd").trials) == 6
+
+
+def test_resume_with_another_setup_is_refused(workdir, capsys):
+    args = study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "1")
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "epochs=2 -> 3" in err and len(err.splitlines()) == 1
+
+
+def test_same_seed_same_study(tmp_path, monkeypatch):
+    results = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        monkeypatch.chdir(tmp_path / run)
+        assert main(study_args(tmp_path / run, "quickstart", "--optimizers", "adam", "--trials", "4")) == 0
+        study = load(tmp_path / run, "quickstart/adam")
+        results.append([(t.params, t.value, t.intermediate_values) for t in study.trials])
+    assert results[0] == results[1]
+
+
+def test_exported_config_retrains_to_the_trials_value(workdir, capsys):
+    assert main(study_args(workdir, "quickstart", "--optimizers", "rmsprop", "--trials", "3")) == 0
+    best = load(workdir, "quickstart/rmsprop").best_trial
+    capsys.readouterr()
+    assert main(["train", str(workdir / "out" / "best.yaml"), "--seeds", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"seed 0: val loss {best.value:.6g}," in out
+    assert "over 2 seed(s)" in out and "±" in out
+
+
+def divergent_space(tmp_path):
+    path = tmp_path / "hot-sgd.yaml"
+    path.write_text("optimizer: SGD\nparams:\n  lr: {low: 100.0, high: 1000.0, scale: log}\n")
+    return path
+
+
+def test_diverged_trials_are_recorded_with_their_reason(workdir, capsys):
+    space = divergent_space(workdir)
+    assert main(study_args(workdir, "quadratic-deep", "--optimizers", str(space), "--trials", "3")) == 0
+    study = load(workdir, "quadratic-deep/hot-sgd")
+    assert counts(study)["diverged"] == 3 and finished(study) == 3
+    for trial in study.trials:
+        # PRUNED with a NaN at the diverged epoch: TPE ranks it below every finished trial.
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        epoch = max(trial.intermediate_values)
+        assert math.isnan(trial.intermediate_values[epoch])
+        assert trial.user_attrs["reason"].startswith(f"diverged at epoch {epoch}")
+    captured = capsys.readouterr()
+    assert "0/0/3/0" in captured.out and "none (no trial completed)" in captured.out
+
+
+def test_a_trial_whose_task_code_raises_fails_and_the_study_goes_on(workdir, capsys, monkeypatch):
+    from tuner.tasks.digits import DigitsMLP
+
+    calls = {"n": 0}
+    original = DigitsMLP.model
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom in user code")
+        return original(self)
+
+    monkeypatch.setattr(DigitsMLP, "model", flaky)
+    assert main(study_args(workdir, "quickstart", "--optimizers", "adam", "--trials", "3")) == 0
+    study = load(workdir, "quickstart/adam")
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["reason"] == "RuntimeError: boom in user code"
+    assert "Traceback" in failed[0].user_attrs["traceback"]
+    assert finished(study) == 3
+
+
+def test_kill_9_mid_study_loses_nothing_and_the_rerun_completes_the_budget(workdir):
+    cmd = [sys.executable, "-m", "tuner", *study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "6")]
+    cmd[cmd.index("--epochs") + 1] = "30"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    done = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            done = [t for t in load(workdir, "quickstart/sgd").trials if t.state.is_finished()]
+        except Exception:  # the study may not exist yet
+            continue
+        if len(done) >= 2:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(done) >= 2, "the study did not get going"
+    kept = {t.number: t.value for t in load(workdir, "quickstart/sgd").trials if t.state.is_finished()}
+
+    assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode == 0
+    study = load(workdir, "quickstart/sgd")
+    assert finished(study) == 6
+    assert {n: v for n, v in ((t.number, t.value) for t in study.trials) if n in kept} == kept
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
+def test_tasks_lists_the_built_ins(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("digits-mlp") and "quadratic-deep" in out
+
+
+def test_help_does_not_import_the_heavy_libraries():
+    code = "import sys; from tuner.cli import build_parser; build_parser().format_help(); print(sorted({'torch', 'optuna', 'mlflow', 'sklearn'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,279 @@
+"""Bad input ends before any study exists: one line on stderr, exit code 2, no traceback.
+
+Each case writes the files it needs into a fresh working directory, runs the
+CLI in-process, and checks that stderr is exactly one line naming the file (or
+flag), the field, the bad value and what is allowed; that the exit code is 2;
+and that nothing was created: no storage file, no output folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tuner.cli import main
+from tuner.config import load_experiment, load_space
+from tuner.export import load_config
+
+DROP = object()  # an experiment key to leave out
+
+BASE_EXPERIMENT = {
+    "name": "t",
+    "task": "digits-mlp",
+    "optimizers": ["adam"],
+    "trials": 1,
+    "epochs": 1,
+    "seed": 0,
+    "final_seeds": 1,
+}
+
+BASE_CONFIG = {
+    "format": 1,
+    "optimizer": {"class": "torch.optim.Adam", "kwargs": {"lr": 0.01, "betas": [0.9, 0.999], "eps": 1.0e-8}},
+    "schedule": {"name": "cosine", "interval": "step", "params": {}},
+    "training": {"task": "digits-mlp", "task_args": {}, "epochs": 1, "batch_size": 64, "seed": 0, "objective": "loss"},
+}
+
+
+def experiment(**changes: object) -> str:
+    """The text of a valid experiment file with ``changes`` (``DROP`` removes a key)."""
+    data = {k: v for k, v in (BASE_EXPERIMENT | changes).items() if v is not DROP}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def adam_space(*lines: str, optimizer: str = "Adam") -> str:
+    """The text of a search space with ``lines`` under ``params`` (raw YAML, so ``1e-3`` stays as typed)."""
+    return f"optimizer: {optimizer}\nparams:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+def config(**changes: object) -> str:
+    """The text of a valid best-config file with sections updated by ``changes``."""
+    data = dict(BASE_CONFIG)
+    for key, value in changes.items():
+        data[key] = data[key] | value if isinstance(data.get(key), dict) and isinstance(value, dict) else value
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def case(id: str, argv: list[str], expect: list[str], files: dict[str, str | bytes] | None = None):
+    return pytest.param(argv, files or {}, expect, id=id)
+
+
+def study(id: str, expect: list[str], *, exp: str | None = None, flags: tuple[str, ...] = (), files: dict | None = None):
+    """A ``tuner study exp.yaml`` case; ``exp`` is the experiment text (default: a valid one)."""
+    files = {"exp.yaml": experiment() if exp is None else exp} | (files or {})
+    return case(id, ["study", "exp.yaml", *flags], expect, files)
+
+
+def space(id: str, text: str, expect: list[str]):
+    """A ``tuner study`` case whose experiment uses the user's search space ``space.yaml``."""
+    return study(id, ["space.yaml", *expect], exp=experiment(optimizers=["space.yaml"]), files={"space.yaml": text})
+
+
+
+CASES = [
+    # --- the experiment file itself --------------------------------------------------------------
+    study("exp-unknown-key", ["exp.yaml", "'trails'", "allowed", "trials"], exp=experiment(trails=3)),
+    study("exp-missing-name", ["exp.yaml", "missing", "'name'", "required"], exp=experiment(name=DROP)),
+    study("exp-missing-task", ["exp.yaml", "missing", "'task'", "required"], exp=experiment(task=DROP)),
+    study("exp-missing-optimizers", ["exp.yaml", "missing", "'optimizers'", "required"], exp=experiment(optimizers=DROP)),
+    study("exp-missing-trials", ["exp.yaml", "missing", "'trials'", "required"], exp=experiment(trials=DROP)),
+    study("exp-missing-epochs", ["exp.yaml", "missing", "'epochs'", "required"], exp=experiment(epochs=DROP)),
+    study("exp-missing-seed", ["exp.yaml", "missing", "'seed'", "required"], exp=experiment(seed=DROP)),
+    study("exp-name-with-slash", ["exp.yaml", "name", "'a/b'", "without '/'"], exp=experiment(name="a/b")),
+    study("exp-name-empty", ["exp.yaml", "name", "''", "non-empty"], exp=experiment(name="")),
+    study("exp-unknown-optimizer", ["exp.yaml", "optimizers", "'adagrad'", "adam"], exp=experiment(optimizers=["adam", "adagrad"])),
+    study("exp-optimizers-missing-yaml", ["exp.yaml", "optimizers", "missing.yaml", "adam"], exp=experiment(optimizers=["missing.yaml"])),
+    study("exp-optimizers-empty", ["exp.yaml", "optimizers", "[]", "non-empty"], exp=experiment(optimizers=[])),
+    study("exp-optimizers-not-strings", ["exp.yaml", "optimizers", "3", "list"], exp=experiment(optimizers=[3])),
+    study("exp-optimizers-schedules", ["exp.yaml", "optimizers", "'schedules'", "adam"], exp=experiment(optimizers=["schedules"])),
+    study("exp-optimizers-twice", ["exp.yaml", "optimizers", "adam", "twice"], exp=experiment(optimizers=["adam", "adam"])),
+    study("exp-trials-zero", ["exp.yaml", "trials", "0", ">= 1"], exp=experiment(trials=0)),
+    study("exp-trials-text", ["exp.yaml", "trials", "'ten'", "integer"], exp=experiment(trials="ten")),
+    study("exp-trials-float", ["exp.yaml", "trials", "2.5", "integer"], exp=experiment(trials=2.5)),
+    study("exp-trials-bool", ["exp.yaml", "trials", "True", "integer"], exp=experiment(trials=True)),
+    study("exp-epochs-negative", ["exp.yaml", "epochs", "-1", ">= 1"], exp=experiment(epochs=-1)),
+    study("exp-batch-size-zero", ["exp.yaml", "batch_size", "0", ">= 1"], exp=experiment(batch_size=0)),
+    study("exp-seed-negative", ["exp.yaml", "seed", "-1", ">= 0"], exp=experiment(seed=-1)),
+    study("exp-seed-text", ["exp.yaml", "seed", "'zero'", ">= 0"], exp=experiment(seed="zero")),
+    study("exp-final-seeds-zero", ["exp.yaml", "final_seeds", "0", ">= 1"], exp=experiment(final_seeds=0)),
+    study("exp-unknown-sampler", ["exp.yaml", "sampler", "'grid'", "tpe"], exp=experiment(sampler="grid")),
+    study("exp-unknown-pruner", ["exp.yaml", "pruner", "'asha'", "median"], exp=experiment(pruner="asha")),
+    study("exp-sampler-not-a-name", ["exp.yaml", "sampler", "3", "tpe"], exp=experiment(sampler=3)),
+    study("exp-sampler-unknown-argument", ["exp.yaml", "sampler", "n_startup", "n_startup_trials"],
+          exp=experiment(sampler={"name": "tpe", "n_startup": 3})),
+    study("exp-pruner-unknown-argument", ["exp.yaml", "pruner", "warmup", "n_warmup_steps"],
+          exp=experiment(pruner={"name": "median", "warmup": 3})),
+    study("exp-unknown-schedule", ["exp.yaml", "schedules", "'warmup'", "cosine"], exp=experiment(schedules=["cosine", "warmup"])),
+    study("exp-schedules-empty", ["exp.yaml", "schedules", "[]", "cosine"], exp=experiment(schedules=[])),
+    study("exp-schedules-text", ["exp.yaml", "schedules", "'cosine'", "list"], exp=experiment(schedules="cosine")),
+    study("exp-objective-unknown", ["exp.yaml", "objective", "'recall'", "accuracy"], exp=experiment(objective="recall")),
+    study("exp-objective-direction", ["exp.yaml", "direction", "'up'", "maximize"],
+          exp=experiment(objective={"metric": "loss", "direction": "up"})),
+    study("exp-objective-unknown-key", ["exp.yaml", "objective", "'goal'", "direction"], exp=experiment(objective={"goal": "loss"})),
+    study("exp-task-args-not-mapping", ["exp.yaml", "task_args", "[1]", "mapping"], exp=experiment(task_args=[1])),
+    study("exp-malformed-yaml", ["exp.yaml", "malformed YAML", "line"], exp="name: [unclosed\ntrials: 3\n"),
+    study("exp-yaml-is-list", ["exp.yaml", "mapping", "list"], exp="- name: t\n- trials: 3\n"),
+    study("exp-yaml-empty", ["exp.yaml", "mapping"], exp=""),
+    study("exp-not-utf8", ["exp.yaml", "UTF-8"], exp=b"name: t\xff\xfe\n"),
+    case("exp-file-missing", ["study", "nonexistent.yaml"], ["nonexistent.yaml", "no such file", "quickstart"]),
+    # --- the task ---------------------------------------------------------------------------------
+    study("task-unknown-name", ["exp.yaml", "task", "'nosuch'", "digits-mlp"], exp=experiment(task="nosuch")),
+    study("task-path-does-not-import", ["exp.yaml", "task", "nosuchpkg.mod", "import"],
+          exp=experiment(task="nosuchpkg.mod:factory")),
+    study("task-path-no-attribute", ["exp.yaml", "task", "'NoSuch'", "callable"], exp=experiment(task="tuner.tasks:NoSuch")),
+    study("task-path-not-callable", ["exp.yaml", "task", "'BUILTIN'", "callable"], exp=experiment(task="tuner.tasks:BUILTIN")),
+    study("task-factory-returns-no-task", ["exp.yaml", "task", "dict", "Task"], exp=experiment(task="builtins:dict")),
+    study("task-not-a-string", ["exp.yaml", "task", "3", "package.module:factory"], exp=experiment(task=3)),
+    study("task-args-unknown-key", ["exp.yaml", "task_args", "'widht'", "hidden"], exp=experiment(task_args={"widht": 3})),
+    study("task-args-wrong-type", ["exp.yaml", "task_args", "hidden", "'wide'", "int"], exp=experiment(task_args={"hidden": "wide"})),
+    # --- a user's search space --------------------------------------------------------------------
+    space("space-unknown-param", adam_space("momentum: 0.9"), ["params", "'momentum'", "Adam", "beta1"]),
+    space("space-betas-not-split", adam_space("betas: [0.9, 0.999]"), ["params", "'betas'", "beta1"]),
+    space("space-inverted-range", adam_space("lr: {low: 1.0, high: 1.0e-5, scale: log}"), ["lr", "inverted", "low=1.0", "low < high"]),
+    space("space-empty-range", adam_space("lr: {low: 0.01, high: 0.01}"), ["lr", "empty", "0.01", "low < high"]),
+    space("space-log-zero-low", adam_space("lr: {low: 0.0, high: 1.0, scale: log}"), ["lr", "low", "0.0", "log", "> 0"]),
+    space("space-log-negative-low", adam_space("eps: {low: -1.0e-8, high: 1.0, scale: log}"), ["eps", "low", "-1e-08", "> 0"]),
+    space("space-beta1-high-one-linear", adam_space("beta1: {low: 0.5, high: 1.0}"), ["beta1", "1.0", "[0, 1)"]),
+    space("space-beta2-low-negative", adam_space("beta2: {low: -0.1, high: 0.99}"), ["beta2", "-0.1", "[0, 1)"]),
+    space("space-beta1-fixed-one", adam_space("beta1: 1.0"), ["beta1", "1.0", "[0, 1)"]),
+    space("space-log1m-high-one", adam_space("beta2: {low: 0.9, high: 1.0, scale: log1m}"), ["beta2", "high", "1.0", "log1m", "< 1"]),
+    space("space-negative-lr", adam_space("lr: -0.001"), ["lr", "-0.001", ">= 0"]),
+    space("space-lr-text", adam_space("lr: fast"), ["lr", "'fast'", "float"]),
+    space("space-lr-1e-3-is-text", adam_space("lr: 1e-3"), ["lr", "'1e-3'", "text", "1.0e-3"]),
+    space("space-low-1e-5-is-text", adam_space("lr: {low: 1e-5, high: 1.0, scale: log}"), ["lr", "low", "'1e-5'", "text", "1.0e-3"]),
+    space("space-bool-for-float", adam_space("eps: true"), ["eps", "True", "float"]),
+    space("space-unknown-scale", adam_space("lr: {low: 1.0e-5, high: 1.0, scale: exp}"), ["lr", "scale", "'exp'", "log1m"]),
+    space("space-range-unknown-key", adam_space("lr: {low: 1.0e-5, hi: 1.0}"), ["lr", "'hi'", "high"]),
+    space("space-range-missing-high", adam_space("lr: {low: 1.0e-5}"), ["lr", "low", "high"]),
+    space("space-int-not-bool", adam_space("lr: {low: 1, high: 2, int: yes please}"), ["lr", "int", "'yes please'", "true or false"]),
+    space("space-list-not-choices", adam_space("lr: [0.1, 0.01]"), ["lr", "list", "choices"]),
+    space("space-choices-empty", adam_space("lr: {choices: []}"), ["lr", "choices", "[]", "non-empty"]),
+    space("space-choices-wrong-type", adam_space("amsgrad: {choices: [false, maybe]}"), ["amsgrad", "'maybe'", "bool"]),
+    space("space-optimizer-adagrad", adam_space("lr: 0.01", optimizer="Adagrad"), ["optimizer", "'Adagrad'", "Adam"]),
+    space("space-optimizer-missing", "params:\n  lr: 0.01\n", ["optimizer", "None", "Adam"]),
+    space("space-unknown-top-key", adam_space("lr: 0.01") + "schedule: cosine\n", ["'schedule'", "params"]),
+    space("space-params-not-mapping", "optimizer: Adam\nparams: [lr]\n", ["params", "mapping"]),
+    space("space-malformed-yaml", "optimizer: Adam\nparams: {lr: [0.1\n", ["malformed YAML", "line"]),
+    space("space-yaml-is-list", "- optimizer: Adam\n", ["mapping", "list"]),
+    # --- command-line flags (the experiment file is valid) ------------------------------------------
+    study("flag-trials-zero", ["--trials", "'0'", ">= 1"], flags=("--trials", "0")),
+    study("flag-epochs-text", ["--epochs", "'abc'", "integer"], flags=("--epochs", "abc")),
+    study("flag-seed-negative", ["--seed", "'-3'", ">= 0"], flags=("--seed", "-3")),
+    study("flag-final-seeds-zero", ["--final-seeds", "'0'", ">= 1"], flags=("--final-seeds", "0")),
+    pytest.param(
+        ["study", "exp.yaml", "--device", "cuda:7"], {"exp.yaml": experiment()}, ["--device", "'cuda:7'", "cpu"], id="flag-device-cuda-7",
+        marks=pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() > 7, reason="this machine has a cuda:7"),
+    ),
+    study("flag-device-tpu", ["--device", "'tpu'", "cpu"], flags=("--device", "tpu")),
+    study("flag-device-mps-unavailable", ["--device", "'mps'", "cpu"], flags=("--device", "mps")),
+    study("flag-storage-bad-url", ["--storage", "notaurl://x", "sqlite:///"], exp=experiment(task="quadratic-deep"), flags=("--storage", "notaurl://x")),
+    study("flag-optimizers-adagrad", ["--optimizers", "'adagrad'", "adam"], flags=("--optimizers", "adagrad")),
+    study("flag-task-unknown", ["--task", "'nosuch'", "digits-mlp"], flags=("--task", "nosuch")),
+    study("flag-out-is-a-file", ["--out", "outfile", "folder"], exp=experiment(task="quadratic-deep"), flags=("--out", "outfile"),
+          files={"outfile": ""}),
+    study("flag-unknown-option", ["--trails", "unrecognized"], flags=("--trails", "3")),
+    # --- tuner train -------------------------------------------------------------------------------
+    case("train-file-missing", ["train", "missing.yaml"], ["missing.yaml", "No such file"]),
+    case("train-format-2", ["train", "cfg.yaml"], ["cfg.yaml", "format", "2", "format 1"], {"cfg.yaml": config(format=2)}),
+    case("train-seeds-zero", ["train", "cfg.yaml", "--seeds", "0"], ["--seeds", "'0'", ">= 1"], {"cfg.yaml": config()}),
+    case("train-unknown-optimizer-class", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.class", "Adagrad", "torch.optim.Adam"],
+         {"cfg.yaml": config(optimizer={"class": "torch.optim.Adagrad"})}),
+    case("train-unknown-schedule", ["train", "cfg.yaml"], ["cfg.yaml", "schedule.name", "'warmup'", "cosine"],
+         {"cfg.yaml": config(schedule={"name": "warmup"})}),
+    case("train-missing-section", ["train", "cfg.yaml"], ["cfg.yaml", "training", "missing"],
+         {"cfg.yaml": yaml.safe_dump({k: v for k, v in BASE_CONFIG.items() if k != "training"})}),
+    case("train-negative-lr", ["train", "cfg.yaml"], ["cfg.yaml", "lr", "-1.0", ">= 0"],
+         {"cfg.yaml": config(optimizer={"kwargs": {"lr": -1.0}})}),
+    case("train-unknown-kwarg", ["train", "cfg.yaml"], ["cfg.yaml", "'lrr'", "lr"],
+         {"cfg.yaml": config(optimizer={"kwargs": {"lrr": 0.1}})}),
+    case("train-schedule-missing-param", ["train", "cfg.yaml"], ["cfg.yaml", "step", "step_size"],
+         {"cfg.yaml": config(schedule={"name": "step", "params": {}})}),
+    case("train-epochs-zero", ["train", "cfg.yaml"], ["cfg.yaml", "epochs", "0", ">= 1"],
+         {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"epochs": 0})}),
+]
+
+STUDY_FLAGS = ("--storage", "--out", "--no-progress")
+
+
+def full_argv(argv: list[str], tmp_path: Path) -> list[str]:
+    """``argv`` plus this test's storage and output folder (``tuner study`` only; a case's own flags win)."""
+    if argv[0] != "study":
+        return argv
+    extra = {"--storage": f"sqlite:///{tmp_path}/t.db", "--out": str(tmp_path / "out"), "--no-progress": None}
+    added = []
+    for flag, value in extra.items():
+        if flag not in argv:
+            added += [flag] if value is None else [flag, value]
+    return [*argv, *added]
+
+
+def write_files(tmp_path: Path, files: dict[str, str | bytes]) -> None:
+    for name, text in files.items():
+        path = tmp_path / name
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+
+
+def check(rc: object, out: str, err: str, expect: list[str], tmp_path: Path, before: set[str]) -> None:
+    shown = f"exit code {rc!r}\nstdout:\n{out}\nstderr:\n{err}"
+    assert "Traceback" not in out + err, shown
+    assert rc == 2, shown
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), shown
+    assert "error:" in lines[0], shown
+    for text in expect:
+        assert text in lines[0], f"{text!r} missing from the message\n{shown}"
+    assert out == "", shown
+    assert not (tmp_path / "t.db").exists(), "the storage was created before the input was found bad\n" + shown
+    assert not (tmp_path / "out").exists(), shown
+    created = {p.name for p in tmp_path.iterdir()} - before
+    assert not created, f"created {sorted(created)}\n{shown}"
+
+
+@pytest.mark.parametrize(("argv", "files", "expect"), CASES)
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(argv, files, expect, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    write_files(tmp_path, files)
+    before = {p.name for p in tmp_path.iterdir()}
+    try:
+        rc: object = main(full_argv(argv, tmp_path))
+    except SystemExit as exit:  # argparse's errors
+        rc = exit.code
+    except Exception:  # what a real run would print as a traceback with exit code 1
+        traceback.print_exc()
+        rc = 1
+    captured = capsys.readouterr()
+    check(rc, captured.out, captured.err, expect, tmp_path, before)
+
+
+# A few cases again in a real process: the exit code, and nothing else on stderr (warnings included).
+PROCESS_CASES = ["flag-storage-bad-url", "flag-trials-zero"]
+
+
+@pytest.mark.parametrize(("argv", "files", "expect"), [p for p in CASES if p.id in PROCESS_CASES])
+def test_bad_input_in_a_real_process(argv, files, expect, tmp_path):
+    write_files(tmp_path, files)
+    before = {p.name for p in tmp_path.iterdir()}
+    env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner", *full_argv(argv, tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    check(result.returncode, result.stdout, result.stderr, expect, tmp_path, before)
+
+
+def test_the_valid_files_the_cases_start_from_are_accepted(tmp_path, monkeypatch):
+    """Each case changes one thing in these; they must pass on their own."""
+    monkeypatch.chdir(tmp_path)
+    write_files(tmp_path, {"exp.yaml": experiment(), "space.yaml": adam_space("lr: {low: 1.0e-5, high: 1.0, scale: log}", "beta1: 0.9"),
+                           "exp2.yaml": experiment(optimizers=["space.yaml"]), "cfg.yaml": config()})
+    assert [s.name for s in load_experiment(Path("exp.yaml")).optimizers] == ["adam"]
+    assert load_experiment(Path("exp2.yaml")).optimizers[0].optimizer == "Adam"
+    assert load_space(Path("space.yaml")).params[0].scale == "log"
+    assert load_config(Path("cfg.yaml")).optimizer == "Adam"
