@@ -5,6 +5,7 @@ Plain functions on plain data; the figures of a later step draw from the same da
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from typing import Any
 import optuna
 
 from tuner import study as studies
+from tuner.config import Config
+from tuner.export import config_from_dict
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,16 @@ def metrics(summary: Summary, objective: str, direction: str) -> dict[str, Any]:
             final[key] = {"mean": mean, "sd": sd, "values": summary.final[key]}
         data["final"] = final
     return data
+
+
+def best_config(summary: Summary, study: optuna.Study, objective: str, direction: str, source: dict[str, Any]) -> Config:
+    """The study's best config with the metrics it reached and where it came from, ready to export."""
+    trial = study.trials[summary.best_trial]
+    return dataclasses.replace(
+        config_from_dict(trial.user_attrs["config"]),
+        metrics=metrics(summary, objective, direction),
+        source=source | {"study": study.study_name, "trial": trial.number},
+    )
 
 
 def _pm(summary: Summary, key: str) -> str:

@@ -74,8 +74,6 @@ def build_parser() -> Parser:
 
 
 def run_study(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import optuna
 
     from tuner import analysis, config, export
@@ -105,6 +103,7 @@ def run_study(args: argparse.Namespace) -> int:
     print(f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
           f"{setup.epochs} epochs, device {device}, storage {mask_url(args.storage)}", file=sys.stderr)
 
+    source = {"experiment": experiment.name, "experiment_file": experiment.source, "storage": mask_url(args.storage), "tuner_version": __version__}
     summaries, configs = [], {}
     for space in experiment.optimizers:
         runner = StudyRunner(experiment, space, setup, task, data, storage)
@@ -114,26 +113,18 @@ def run_study(args: argparse.Namespace) -> int:
         summary = analysis.summarize(space.name, runner.study, final)
         summaries.append(summary)
         if summary.best_trial is not None:
-            trial = runner.study.trials[summary.best_trial]
-            source = {"experiment": experiment.name, "experiment_file": experiment.source, "study": runner.name,
-                      "trial": trial.number, "storage": mask_url(args.storage), "tuner_version": __version__}
-            configs[space.name] = dataclasses.replace(
-                export.config_from_dict(trial.user_attrs["config"]),
-                metrics=analysis.metrics(summary, setup.objective if setup.objective == "loss" else task.metric, setup.direction),
-                source=source,
-            )
+            configs[space.name] = analysis.best_config(summary, runner.study, setup.label, setup.direction, source)
 
     best = analysis.winner(summaries, setup.direction)
     for name, cfg in configs.items():
         export.write_config(cfg, out / f"best-{name}.yaml")
     if best is not None:
         export.write_config(configs[best.optimizer], out / "best.yaml")
-    label = "loss" if setup.objective == "loss" else task.metric
-    print(analysis.table(summaries, label, best))
+    print(analysis.table(summaries, setup.label, best))
     written = ["best.yaml"] * (best is not None) + [f"best-{n}.yaml" for n in configs]
     print(f"\noutputs in {out}/: {', '.join(written) or 'none (no trial completed)'}")
     if best is not None:
-        print(f"winner: {best.optimizer} (final-seed validation {label} mean over seeds {seeds})")
+        print(f"winner: {best.optimizer} (final-seed validation {setup.label} mean over seeds {seeds})")
     return 0
 
 

@@ -99,6 +99,12 @@ class Setup:
     seed: int
     objective: str
     direction: str
+    metric: str
+
+    @property
+    def label(self) -> str:
+        """The objective's name for people: ``loss`` or the task's metric (``accuracy``)."""
+        return "loss" if self.objective == "loss" else self.metric
 
     @classmethod
     def resolve(cls, experiment: Experiment, task: Task) -> Setup:
@@ -117,6 +123,7 @@ class Setup:
             seed=experiment.seed,
             objective=objective,
             direction=experiment.direction or natural,
+            metric=task.metric,
         )
 
     def stored(self, space: SearchSpace) -> dict[str, Any]:
@@ -213,7 +220,7 @@ class StudyRunner:
 
     def _sample(self, trial: optuna.Trial) -> Config:
         schedule, schedule_params = spaces.sample_schedule(trial, self.experiment.schedules)
-        shared = {k: v for k, v in dataclasses.asdict(self.setup).items() if k != "direction"}
+        shared = {k: v for k, v in dataclasses.asdict(self.setup).items() if k not in ("direction", "metric")}
         return Config(
             optimizer=self.space.optimizer,
             optimizer_kwargs=spaces.sample_optimizer(trial, self.space),
