@@ -15,7 +15,7 @@ import yaml
 
 import tuner
 from tuner.cli import main
-from tuner.study import counts, finished
+from tuner.study import counts, finished, outcome
 
 FAST = ["--epochs", "2", "--final-seeds", "2", "--no-progress"]
 
@@ -55,19 +55,41 @@ def test_resume_keeps_finished_trials_and_tops_up_to_the_budget(workdir, capsys)
     first = [(t.number, t.params, t.value) for t in study.trials]
     assert len(first) == 3
 
-    # A killed run leaves a RUNNING trial behind: it is marked failed and redone.
-    orphan = study.ask()
     assert main([*args, "--trials", "3"]) == 0
     study = load(workdir, "quickstart/sgd")
-    assert [(t.number, t.params, t.value) for t in study.trials[:3]] == first
-    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
-    assert counts(study)["interrupted"] == 1 and finished(study) == 3 and len(study.trials) == 4
+    assert [(t.number, t.params, t.value) for t in study.trials] == first
 
     assert main([*args, "--trials", "5"]) == 0
     study = load(workdir, "quickstart/sgd")
-    assert finished(study) == 5 and len(study.trials) == 6
+    assert finished(study) == 5 and len(study.trials) == 5
+    assert [(t.number, t.params, t.value) for t in study.trials[:3]] == first
     assert main([*args, "--trials", "2"]) == 0  # never beyond, never fewer
-    assert len(load(workdir, "quickstart/sgd").trials) == 6
+    assert len(load(workdir, "quickstart/sgd").trials) == 5
+
+
+def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_rerun_redoes_it(workdir, capsys, monkeypatch):
+    from tuner.tasks.digits import DigitsMLP
+
+    args = study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "3")
+    calls = {"n": 0}
+    original = DigitsMLP.model
+
+    def interrupt_the_third(self):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the first call is the task check before the study
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(DigitsMLP, "model", interrupt_the_third)
+    assert main(args) == 130
+    assert "run the same command to resume" in capsys.readouterr().err
+    study = load(workdir, "quickstart/sgd")
+    assert [outcome(t) for t in study.trials] == ["complete", "complete", "interrupted"]
+    assert finished(study) == 2 and not (workdir / "out").exists()
+
+    assert main(args) == 0
+    study = load(workdir, "quickstart/sgd")
+    assert finished(study) == 3 and counts(study)["interrupted"] == 1
 
 
 def test_resume_with_another_setup_is_refused(workdir, capsys):

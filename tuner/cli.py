@@ -151,7 +151,7 @@ class _progress:
         state = outcome(trial)
         if state == "failed":
             self.bar.write(f"{runner.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
-        best = best_trial(runner.study)
+        best = best_trial(runner.live)
         if best is not None:
             self.bar.set_postfix_str(f"best {best.value:.4g} (#{best.number})", refresh=False)
         self.bar.update(1)
