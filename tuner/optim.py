@@ -69,14 +69,13 @@ def optimizer_arguments(name: str) -> dict[str, Any]:
 
 def torch_kwargs(name: str, values: dict[str, Any]) -> dict[str, Any]:
     """Search-space values (``beta1``/``beta2`` split) as ``torch.optim.<name>`` kwargs."""
-    kwargs = {k: v for k, v in values.items() if k not in ("beta1", "beta2")}
+    defaults = optimizer_arguments(name)
     if "beta1" in values or "beta2" in values:
-        defaults = optimizer_arguments(name)
-        kwargs["betas"] = (
-            values.get("beta1", defaults["beta1"]),
-            values.get("beta2", defaults["beta2"]),
-        )
-    return kwargs
+        betas = (values.get("beta1", defaults["beta1"]), values.get("beta2", defaults["beta2"]))
+        values = {k: v for k, v in values.items() if k not in ("beta1", "beta2")} | {"betas": betas}
+    # In torch's signature order, so that the exported YAML reads like the docs.
+    order = list(inspect.signature(OPTIMIZERS[name].__init__).parameters)
+    return dict(sorted(values.items(), key=lambda item: order.index(item[0])))
 
 
 def build_optimizer(
