@@ -1,4 +1,4 @@
-"""How much slower is ``tuner study`` than the same trainings as a bare PyTorch loop?
+"""How much slower is ``tuner study`` than the same trainings as a bare PyTorch loop or a hand-written Optuna loop?
 
 One run of this script does, on a fresh SQLite storage in a temporary folder:
 
@@ -16,21 +16,39 @@ One run of this script does, on a fresh SQLite storage in a temporary folder:
    step), a ``torch.randperm`` shuffle per epoch, and a validation loss and metric
    per epoch under ``torch.no_grad()``; no Optuna, no storage. The final
    evaluation (each study's best config re-trained on the final seeds, with a
-   test evaluation) is re-run too, so both sides do the same training work.
+   test evaluation) is re-run too, so every side does the same training work.
+3. **hand** (a hand-written Optuna loop): the same trainings with the same bare
+   loop, each trial inside what a user writing their own objective would do, on
+   a fresh SQLite file (``hand.db``, one study per tuner study, the same
+   direction, ``MedianPruner(n_startup_trials=5, n_warmup_steps=epochs // 4)``,
+   the default sampler): ``study.enqueue_trial(params)`` then
+   ``study.ask(distributions)`` (the tuner trial's own parameters: the
+   enqueued values replace sampling, so no sampler cost is counted on this side,
+   while the tuner's TPE sampling is), ``trial.set_user_attr("config", ...)``,
+   ``trial.report`` and ``trial.should_prune()`` after every epoch (the decision
+   is ignored: each trial trains for the epochs the tuner's trial ran) and
+   ``study.tell`` with the value, or with the state of a trial the tuner pruned,
+   stopped as diverged or failed. The final evaluation is re-run as on the
+   bare side, without Optuna. Optuna's log level is WARNING on every side (the
+   tuner sets it), so no side pays for a log line per trial.
 
-It prints both wall-clock times, their ratio (tuner / bare; the target is
-<= 1.05) and the same for process CPU time (less affected by other processes), the
-number of trainings and torch's CPU thread count, and checks that the bare loop
-reproduced the tuner's validation objectives (they match exactly on CPU).
-With ``--repeat N`` both sides run N times, alternating, and the fastest of each
-is kept. On a busy machine use ``--threads 1``: torch's intra-op threads slow
-down many times over when another process holds a core.
+It prints the wall-clock times of the three sides, the ratios tuner / bare (the
+target is <= 1.05) and hand / bare, and the same for process CPU time (less
+affected by other processes), the number of trainings and torch's CPU thread
+count, and checks that the bare and hand loops reproduced the tuner's
+validation objectives (they match exactly on CPU). With ``--repeat N`` every
+side runs N times, alternating, and the fastest of each is kept. On a busy
+machine use ``--threads 1``: torch's intra-op threads slow down many times over
+when another process holds a core.
 
-Reading the result: what ``tuner study`` adds is a fixed cost per epoch (Optuna's
-``trial.report`` and ``trial.should_prune``, each a round trip to the SQLite
-storage) and per trial (sampling, ask, tell), whatever the model. It weighs
-most on tasks whose epochs are short, such as ``quickstart`` (about 12 ms per
-epoch on one CPU thread); ``--epochs``/``--trials`` change the mix.
+Reading the result: what Optuna adds to the bare loop is a fixed cost per epoch
+(``trial.report`` and ``trial.should_prune``) and per trial (sampling, ask,
+tell), whatever the model. In the hand loop each epoch's calls are round trips
+to the SQLite storage; ``tuner study`` makes them on an in-memory copy of the
+study and writes each finished trial to the storage once, but it samples with
+TPE, which the hand loop skips. These costs weigh most on tasks whose epochs
+are short, such as ``quickstart`` (about 12 ms per epoch on one CPU thread);
+``--epochs``/``--trials`` change the mix.
 
 Run from the repository root::
 
@@ -48,6 +66,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -63,13 +82,19 @@ from tuner.tasks import Data, Task, load_task
 
 @dataclass(frozen=True)
 class Run:
-    """One training the tuner did: a config, a seed, the epochs it ran and its last validation objective."""
+    """One training the tuner did: a config, a seed, the epochs it ran and its last validation objective.
+
+    ``study``, ``direction`` and ``trial`` (the stored trial; None for a final-evaluation run) are for the hand side.
+    """
 
     config: Config
     seed: int
     epochs: int
     test: bool
     objective: float
+    study: str
+    direction: optuna.study.StudyDirection
+    trial: optuna.trial.FrozenTrial | None = None
 
 
 def time_tuner(args: argparse.Namespace, folder: str, budget: list[str]) -> tuple[float, float]:
@@ -96,17 +121,21 @@ def read_runs(storage: str) -> list[Run]:
             values = trial.intermediate_values
             if values:  # a trial that failed before its first epoch trained nothing worth timing
                 cfg = config_from_dict(trial.user_attrs["config"])
-                runs.append(Run(cfg, cfg.seed, len(values), False, values[max(values)]))
+                runs.append(Run(cfg, cfg.seed, len(values), False, values[max(values)], name, study.direction, trial))
         final = study.user_attrs.get("final")
         if final:
             cfg = config_from_dict(trials[final["trial"]].user_attrs["config"])
             for seed, history, objective in zip(final["seeds"], final["history"], final["val_objective"]):
-                runs.append(Run(cfg, seed, len(history), True, objective))
+                runs.append(Run(cfg, seed, len(history), True, objective, name, study.direction))
     return runs
 
 
-def train_bare(task: Task, data: Data, cfg: Config, seed: int, epochs: int, test: bool) -> float:
-    """The loop a careful user would write by hand; returns the last validation objective."""
+def train_bare(task: Task, data: Data, cfg: Config, seed: int, epochs: int, test: bool,
+               on_epoch: Callable[[int, float], object] | None = None) -> float:
+    """The loop a careful user would write by hand; returns the last validation objective.
+
+    ``on_epoch(epoch, objective)`` (epochs count from 1) is called after every epoch; what it returns is ignored.
+    """
     device = data.train.x.device
     x, y, n, batch = data.train.x, data.train.y, len(data.train.x), cfg.batch_size
     torch.manual_seed(seed)
@@ -116,7 +145,7 @@ def train_bare(task: Task, data: Data, cfg: Config, seed: int, epochs: int, test
     scheduler = build_scheduler(cfg.schedule, cfg.schedule_params, optimizer, cfg.epochs * math.ceil(n / batch))
     order = torch.Generator(device=device).manual_seed(seed)
     val_loss = val_metric = math.nan
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         model.train()
         permutation = torch.randperm(n, generator=order, device=device)
         xs, ys = x[permutation], y[permutation]
@@ -131,6 +160,8 @@ def train_bare(task: Task, data: Data, cfg: Config, seed: int, epochs: int, test
         with torch.no_grad():
             output = model(data.val.x)
             val_loss, val_metric = task.loss(output, data.val.y).item(), task.score(output, data.val.y)
+        if on_epoch is not None:
+            on_epoch(epoch, val_loss if cfg.objective == "loss" else val_metric)
     if test:
         with torch.no_grad():
             output = model(data.test.x)
@@ -138,12 +169,41 @@ def train_bare(task: Task, data: Data, cfg: Config, seed: int, epochs: int, test
     return val_loss if cfg.objective == "loss" else val_metric
 
 
-def time_bare(runs: list[Run], device: str) -> tuple[float, float, int]:
-    """Wall and CPU seconds to load the task's data and redo ``runs`` by hand; how many results matched the tuner's."""
+def train_hand(task: Task, data: Data, run: Run, studies: dict[str, optuna.Study], storage: str) -> float:
+    """``run`` as one trial of a hand-written Optuna loop on ``storage`` (a final-evaluation run: bare)."""
+    if run.trial is None:
+        return train_bare(task, data, run.config, run.seed, run.epochs, run.test)
+    if run.study not in studies:
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, run.config.epochs // 4))
+        studies[run.study] = optuna.create_study(storage=storage, study_name=run.study, direction=run.direction, pruner=pruner)
+    study = studies[run.study]
+    study.enqueue_trial(run.trial.params)
+    trial = study.ask(run.trial.distributions)
+    trial.set_user_attr("config", run.trial.user_attrs["config"])
+
+    def report(epoch: int, value: float) -> bool:
+        trial.report(value, epoch)
+        return trial.should_prune()  # ignored: the trial trains for the epochs the tuner's did
+
+    value = train_bare(task, data, run.config, run.seed, run.epochs, run.test, report)
+    if run.trial.state == optuna.trial.TrialState.COMPLETE:
+        study.tell(trial, value)
+    else:  # pruned, diverged (PRUNED) or failed (FAIL), as the tuner stored it
+        study.tell(trial, state=run.trial.state)
+    return value
+
+
+def time_side(runs: list[Run], device: str, storage: str | None = None) -> tuple[float, float, int]:
+    """Wall and CPU seconds to load the task's data and redo ``runs`` by hand, bare or (with ``storage``) in
+    a hand-written Optuna loop; how many results matched the tuner's."""
     start, cpu = time.perf_counter(), time.process_time()
     task = load_task(runs[0].config.task, runs[0].config.task_args)
     data = task.data().to(device)
-    results = [train_bare(task, data, r.config, r.seed, r.epochs, r.test) for r in runs]
+    if storage is None:
+        results = [train_bare(task, data, r.config, r.seed, r.epochs, r.test) for r in runs]
+    else:
+        studies: dict[str, optuna.Study] = {}
+        results = [train_hand(task, data, r, studies, storage) for r in runs]
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     # A diverged trial stores NaN where the bare loop sees inf or NaN.
     matched = sum(a == r.objective or not (math.isfinite(a) or math.isfinite(r.objective)) for a, r in zip(results, runs))
@@ -168,27 +228,28 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
         warm_up, _ = time_tuner(args, folder, ["--trials", "1", "--epochs", "1", "--final-seeds", "1"])
 
-    tuner_times, bare_times = [], []  # (wall, cpu) per repeat
+    times: dict[str, list[tuple[float, float]]] = {"tuner": [], "hand": [], "bare": []}  # (wall, cpu) per repeat
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
-            tuner_times.append(time_tuner(args, folder, budget))
+            times["tuner"].append(time_tuner(args, folder, budget))
             runs = read_runs(f"sqlite:///{folder}/bench.db")
-        *seconds, matched = time_bare(runs, args.device)
-        bare_times.append(tuple(seconds))
+            *seconds, hand_matched = time_side(runs, args.device, f"sqlite:///{folder}/hand.db")
+            times["hand"].append(tuple(seconds))
+        *seconds, bare_matched = time_side(runs, args.device)
+        times["bare"].append(tuple(seconds))
 
     trials, finals, epochs = sum(not r.test for r in runs), sum(r.test for r in runs), sum(r.epochs for r in runs)
     print(f"experiment {experiment.name}: {trials} trials + {finals} final runs = {epochs} epochs; "
-          f"bare results equal to tuner's: {matched}/{len(runs)}")
+          f"results equal to tuner's: bare {bare_matched}/{len(runs)}, hand {hand_matched}/{len(runs)}")
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, optuna {optuna.__version__}; "
           f"untimed warm-up (one-off imports) {warm_up:.1f} s")
-    print(f"{'':5} {'tuner s':>8} {'bare s':>8} {'ratio':>6} {'overhead':>8}")
+    print(f"{'':5} {'tuner s':>8} {'hand s':>8} {'bare s':>8} {'tuner/bare':>10} {'hand/bare':>10}")
     for k, label in enumerate(("wall", "cpu")):
-        tuner_s, bare_s = min(t[k] for t in tuner_times), min(t[k] for t in bare_times)
-        ratio = tuner_s / bare_s
-        print(f"{label:5} {tuner_s:8.2f} {bare_s:8.2f} {ratio:6.3f} {100 * (ratio - 1):7.1f}%")
+        tuner_s, hand_s, bare_s = (min(t[k] for t in times[side]) for side in ("tuner", "hand", "bare"))
+        print(f"{label:5} {tuner_s:8.2f} {hand_s:8.2f} {bare_s:8.2f} {tuner_s / bare_s:10.3f} {hand_s / bare_s:10.3f}")
     if args.repeat > 1:
-        print(f"wall s of each run: tuner {', '.join(f'{t[0]:.2f}' for t in tuner_times)}; bare {', '.join(f'{t[0]:.2f}' for t in bare_times)}")
-    wall = min(t[0] for t in tuner_times) / min(t[0] for t in bare_times)
+        print("wall s of each run: " + "; ".join(f"{side} {', '.join(f'{t[0]:.2f}' for t in ts)}" for side, ts in times.items()))
+    wall = min(t[0] for t in times["tuner"]) / min(t[0] for t in times["bare"])
     print(f"target: tuner within 5% of the bare loop (wall ratio <= 1.05): {'met' if wall <= 1.05 else 'NOT met'}")
     return 0
 
