@@ -200,3 +200,29 @@ def test_help_does_not_import_the_heavy_libraries():
     code = "import sys; from tuner.cli import build_parser; build_parser().format_help(); print(sorted({'torch', 'optuna', 'mlflow', 'sklearn'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("sampler", "pruner", "objective"),
+    [("random", "hyperband", "metric"), ("qmc", "none", "loss"), ("tpe", "median", "metric")],
+)
+def test_every_sampler_and_pruner_runs_and_resumes(workdir, capsys, sampler, pruner, objective):
+    exp = workdir / "exp.yaml"
+    exp.write_text(
+        f"name: combo\ntask: digits-mlp\noptimizers: [adam]\nschedules: [constant, step]\ntrials: 4\nepochs: 6\n"
+        f"seed: 0\nsampler: {sampler}\npruner: {pruner}\nobjective: {objective}\nfinal_seeds: 1\n"
+    )
+    args = ["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress"]
+    assert main(args) == 0
+    study = load(workdir, "combo/adam")
+    direction = optuna.study.StudyDirection.MAXIMIZE if objective == "metric" else optuna.study.StudyDirection.MINIMIZE
+    assert study.direction == direction and finished(study) == 4
+    assert all(len(t.intermediate_values) >= 1 for t in study.trials)
+    if pruner == "hyperband":  # its rung bookkeeping reaches the storage with the trial
+        assert any(k.startswith("completed_rung_") for t in study.trials for k in t.system_attrs)
+    assert main([*args, "--trials", "6"]) == 0
+    study = load(workdir, "combo/adam")
+    assert finished(study) == 6 and len({tuple(sorted(t.params.items())) for t in study.trials}) == 6
+    config = tuner.load_config(workdir / "out" / "best.yaml")
+    assert config.metrics["direction"] == direction.name.lower()
+    assert config.metrics["objective"] == ("accuracy" if objective == "metric" else "loss")

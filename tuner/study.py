@@ -34,7 +34,7 @@ from tuner.config import Component, Config, Experiment, SearchSpace
 from tuner.errors import UserError
 from tuner.export import config_from_dict, config_to_dict
 from tuner.tasks import Data, Task
-from tuner.train import RunResult, train
+from tuner.train import EpochMetrics, RunResult, train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -237,7 +237,7 @@ class StudyRunner:
         config = self._sample(trial)
         trial.set_user_attr("config", config_to_dict(config))
 
-        def report(metrics) -> bool:
+        def report(metrics: EpochMetrics) -> bool:
             trial.report(metrics.objective(config.objective), metrics.epoch)
             return trial.should_prune()
 
