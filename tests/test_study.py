@@ -101,6 +101,28 @@ def test_resume_with_another_setup_is_refused(workdir, capsys):
     assert "epochs=2 -> 3" in err and len(err.splitlines()) == 1
 
 
+def test_resume_with_another_search_space_is_refused(workdir, capsys):
+    exp = workdir / "exp.yaml"
+    base = "name: s\ntask: digits-mlp\noptimizers: [sgd]\ntrials: 1\nepochs: 1\nseed: 0\nfinal_seeds: 1\n"
+    args = ["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress"]
+    exp.write_text(base + "schedules: [constant, cosine]\n")
+    assert main(args) == 0
+    capsys.readouterr()
+    exp.write_text(base + "schedules: [constant, cosine, step]\n")
+    assert main([*args, "--trials", "2"]) == 2
+    assert "schedules changed" in capsys.readouterr().err
+    assert len(load(workdir, "s/sgd").trials) == 1
+
+
+def test_the_last_epoch_is_never_pruned(workdir, capsys):
+    exp = workdir / "exp.yaml"
+    exp.write_text("name: p\ntask: quadratic-deep\noptimizers: [sgd]\ntrials: 12\nepochs: 2\nseed: 0\n"
+                   "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\nfinal_seeds: 1\n")
+    assert main(["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress"]) == 0
+    pruned = [t for t in load(workdir, "p/sgd").trials if outcome(t) == "pruned"]
+    assert pruned and all(max(t.intermediate_values) == 1 for t in pruned)
+
+
 def test_same_seed_same_study(tmp_path, monkeypatch):
     results = []
     for run in ("a", "b"):

@@ -87,3 +87,11 @@ def test_evaluate_matches_a_direct_computation(digits):
         out = model(data.val.x)
     assert math.isclose(loss, torch.nn.functional.cross_entropy(out, data.val.y).item(), rel_tol=1e-6)
     assert metric == (out.argmax(1) == data.val.y).float().mean().item()
+
+
+def test_a_non_finite_metric_is_divergence_too(digits, monkeypatch):
+    task, data = digits
+    monkeypatch.setattr(type(task), "score", lambda self, output, target: float("nan"))
+    result = train(task, data, adam(epochs=3))
+    assert result.status == "diverged" and len(result.history) == 1
+    assert "val metric nan" in result.reason

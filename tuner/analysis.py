@@ -30,11 +30,15 @@ class Summary:
     final: dict[str, Any] | None
 
     def stat(self, key: str) -> tuple[float, float]:
-        """Mean and sample standard deviation of a final-evaluation list (NaN when there is none)."""
-        values = (self.final or {}).get(key) or []
-        if not values:
-            return math.nan, math.nan
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        """Mean and sample standard deviation of a final-evaluation list."""
+        return mean_sd((self.final or {}).get(key) or [])
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); NaN if there is none or one is not finite."""
+    if not values or not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarize(optimizer: str, study: optuna.Study, final: dict[str, Any] | None) -> Summary:
@@ -53,13 +57,19 @@ def winner(summaries: list[Summary], direction: str) -> Summary | None:
     """The optimizer whose best config did best over the final seeds (validation mean).
 
     The single best trial is optimistic, picked out of many on one seed; the
-    final seeds are fresh, so their mean is the fairer judge.
+    final seeds are fresh, so their mean is the fairer judge. A config that
+    diverged on a final seed ranks after every one that did not.
     """
-    ranked = [s for s in summaries if s.final and math.isfinite(s.stat("val_objective")[0])]
+    ranked = [s for s in summaries if s.final]
     if not ranked:
         return None
     sign = -1.0 if direction == "maximize" else 1.0
-    return min(ranked, key=lambda s: sign * s.stat("val_objective")[0])
+
+    def key(s: Summary) -> tuple[bool, float]:
+        mean = s.stat("val_objective")[0]
+        return (not math.isfinite(mean), sign * (mean if math.isfinite(mean) else s.best_value))
+
+    return min(ranked, key=key)
 
 
 def metrics(summary: Summary, objective: str, direction: str) -> dict[str, Any]:
@@ -88,9 +98,9 @@ def best_config(summary: Summary, study: optuna.Study, objective: str, direction
     )
 
 
-def _pm(summary: Summary, key: str) -> str:
-    mean, sd = summary.stat(key)
-    return "-" if math.isnan(mean) and not summary.final else f"{mean:.4g} ± {sd:.2g}"
+def pm(stat: tuple[float, float], digits: int = 4) -> str:
+    """``mean ± sd`` for people."""
+    return f"{stat[0]:.{digits}g} ± {stat[1]:.2g}"
 
 
 def table(summaries: list[Summary], objective: str, best: Summary | None) -> str:
@@ -102,8 +112,8 @@ def table(summaries: list[Summary], objective: str, best: Summary | None) -> str
         rows.append([
             s.optimizer + (" *" if s is best else ""),
             "-" if s.best_value is None else f"{s.best_value:.4g}",
-            _pm(s, "val_objective"),
-            _pm(s, "test_objective"),
+            pm(s.stat("val_objective")) if s.final else "-",
+            pm(s.stat("test_objective")) if s.final else "-",
             f"{c['complete']}/{c['pruned']}/{c['diverged']}/{c['failed']}",
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

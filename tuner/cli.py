@@ -81,9 +81,10 @@ def run_study(args: argparse.Namespace) -> int:
     from tuner.tasks import load_data, load_task
     from tuner.train import resolve_device
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = config.find_experiment(args.experiment)
     # Paths given on the command line are relative to the working directory.
-    refs = args.optimizers and [str(Path(r).resolve()) if Path(r).is_file() else r for r in args.optimizers]
+    refs = args.optimizers and [str(Path(r).resolve()) if r.endswith((".yaml", ".yml")) else r for r in args.optimizers]
     overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed, "final_seeds": args.final_seeds}
     experiment = config.load_experiment(path, overrides)
     device = resolve_device(args.device)
@@ -91,14 +92,12 @@ def run_study(args: argparse.Namespace) -> int:
     setup = Setup.resolve(experiment, task)
     check_components(experiment, setup)
     out = args.out or Path("runs") / experiment.name
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out: {str(out)!r} is a file (allowed: a folder, created if missing)")
+    _check_writable_folder(out)
     with_args = f" with task_args {experiment.task_args}" if experiment.task_args else ""
     data = load_data(task, device, experiment.at("task") + with_args)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(args.storage)
     for space in experiment.optimizers:
-        check_resumable(storage, study_name(experiment, space), setup, space)
+        check_resumable(storage, study_name(experiment, space), setup, space, experiment.schedules)
     seeds = [experiment.seed + i for i in range(1, experiment.final_seeds + 1)]
     print(f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
           f"{setup.epochs} epochs, device {device}, storage {mask_url(args.storage)}", file=sys.stderr)
@@ -126,6 +125,17 @@ def run_study(args: argparse.Namespace) -> int:
     if best is not None:
         print(f"winner: {best.optimizer} (final-seed validation {setup.label} mean over seeds {seeds})")
     return 0
+
+
+def _check_writable_folder(path: Path) -> None:
+    """``path`` is a folder, or can be made one, that we can write to; creates nothing."""
+    import os
+
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"--out: {str(path)!r} cannot be a folder here: {str(existing)!r} is not a writable folder (allowed: a folder, created if missing)")
 
 
 class _progress:
@@ -158,8 +168,7 @@ class _progress:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import statistics
-
+    from tuner.analysis import mean_sd, pm
     from tuner.export import load_config
     from tuner.tasks import load_data, load_task
     from tuner.train import resolve_device, train
@@ -175,10 +184,16 @@ def run_train(args: argparse.Namespace) -> int:
         last = result.history[-1]
         objectives.append(last.objective(cfg.objective))
         metrics.append(last.val_metric)
-        note = f" ({result.reason})" if result.reason else ""
-        print(f"seed {seed}: val {label} {objectives[-1]:.6g}, val {task.metric} {last.val_metric:.6g}, test {task.metric} {result.test_metric if result.test_metric is not None else float('nan'):.6g}{note}")
-    sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-    print(f"val {label}: {statistics.fmean(objectives):.6g} ± {sd(objectives):.2g}; val {task.metric}: {statistics.fmean(metrics):.6g} ± {sd(metrics):.2g} over {args.seeds} seed(s)")
+        parts = [f"val {label} {objectives[-1]:.6g}"]
+        if task.metric != label:
+            parts.append(f"val {task.metric} {last.val_metric:.6g}")
+        if result.test_metric is not None:
+            parts.append(f"test {task.metric} {result.test_metric:.6g}")
+        print(f"seed {seed}: {', '.join(parts)}" + (f" ({result.reason})" if result.reason else ""))
+    summary = [f"val {label}: {pm(mean_sd(objectives), 6)}"]
+    if task.metric != label:
+        summary.append(f"val {task.metric}: {pm(mean_sd(metrics), 6)}")
+    print(f"{'; '.join(summary)} over {args.seeds} seed(s)")
     return 0
 
 

@@ -252,19 +252,15 @@ def load_schedules(path: Path, names: list[str] | None = None, where_names: str 
 
 
 def _probe_schedule(where: str, name: str, params: tuple[Param, ...]) -> None:
-    import torch
-
     for param in params:
         for value in param.candidates():
-            if not _is_number(value):
-                raise UserError(f"{where}.{param.name}: {value!r} is not allowed (a number{_text_number_hint(value)})")
+            if not _is_number(value) or not math.isfinite(value):
+                raise UserError(f"{where}.{param.name}: {value!r} is not allowed (a finite number{_text_number_hint(value)})")
     for param in params:
         for value in param.candidates():
-            values = {p.name: p.typical() for p in params} | {param.name: value}
-            optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
             try:
-                optim.build_scheduler(name, values, optimizer, total_steps=100)
-            except (ValueError, TypeError, ZeroDivisionError) as err:
+                optim.check_schedule(name, {p.name: p.typical() for p in params} | {param.name: value})
+            except (ValueError, TypeError, RuntimeError, ArithmeticError) as err:
                 raise UserError(f"{where}.{param.name}: {value!r} is not allowed: {err}") from None
 
 
@@ -301,6 +297,8 @@ EXPERIMENT_KEYS = (
     "name", "task", "task_args", "optimizers", "schedules", "trials", "epochs", "batch_size",
     "seed", "sampler", "pruner", "objective", "final_seeds",
 )  # fmt: skip
+# Samplers take seeds below 2**32; seed + trial count + final seeds stay below it.
+MAX_SEED = 2**31 - 1
 REQUIRED_KEYS = ("name", "task", "optimizers", "trials", "epochs", "seed")
 
 
@@ -390,8 +388,8 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
     if batch_size is not None:
         _positive_int(at("batch_size"), batch_size)
     seed = data["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UserError(f"{at('seed')}: {seed!r} is not allowed (an integer >= 0)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{at('seed')}: {seed!r} is not allowed (an integer from 0 to {MAX_SEED})")
     objective, direction = data.get("objective", "metric"), None
     if isinstance(objective, dict):
         _check_keys(at("objective"), objective, ("metric", "direction"))
@@ -448,5 +446,11 @@ class Config:
         if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch: {steps_per_epoch!r} is not allowed (an integer >= 1)")
         optimizer = optim.build_optimizer(self.optimizer, self.optimizer_kwargs, params)
-        scheduler = optim.build_scheduler(self.schedule, self.schedule_params, optimizer, self.epochs * steps_per_epoch)
+        try:
+            scheduler = optim.build_scheduler(self.schedule, self.schedule_params, optimizer, self.epochs * steps_per_epoch)
+        except ZeroDivisionError:  # torch's OneCycleLR when a phase has no step
+            raise ValueError(
+                f"steps_per_epoch={steps_per_epoch}: {self.epochs * steps_per_epoch} steps are too few "
+                f"for schedule {self.schedule} {self.schedule_params}"
+            ) from None
         return optimizer, scheduler

@@ -8,6 +8,7 @@ becomes); ``training`` is what ``tuner train`` needs to re-run it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 import yaml
 
 from tuner import optim
-from tuner.config import Config, read_yaml
+from tuner.config import MAX_SEED, Config, read_yaml
 from tuner.errors import UserError
 
 FORMAT = 1
@@ -43,25 +44,39 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
     """The inverse of :func:`config_to_dict`, with a :class:`UserError` for anything malformed."""
     if data.get("format") != FORMAT:
         raise UserError(f"{where}: format: {data.get('format')!r} is not allowed (this tuner reads format {FORMAT})")
-    try:
-        cls = data["optimizer"]["class"].removeprefix(TORCH_PREFIX)
-        kwargs = dict(data["optimizer"]["kwargs"])
-        schedule = data["schedule"]["name"]
-        schedule_params = dict(data["schedule"].get("params") or {})
-        training = {key: data["training"][key] for key in TRAINING_KEYS}
-    except (KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"{where}: missing or malformed entry {err} (expected the layout that tuner study writes)") from None
+    opt, sched, training = (_mapping(where, key, data.get(key)) for key in ("optimizer", "schedule", "training"))
+    cls = str(opt.get("class")).removeprefix(TORCH_PREFIX)
     if cls not in optim.OPTIMIZERS:
-        raise UserError(f"{where}: optimizer.class: {cls!r} is not allowed (allowed: {', '.join(TORCH_PREFIX + n for n in optim.OPTIMIZERS)})")
-    if schedule not in optim.SCHEDULES:
-        raise UserError(f"{where}: schedule.name: {schedule!r} is not allowed (allowed: {', '.join(optim.SCHEDULES)})")
+        raise UserError(f"{where}: optimizer.class: {opt.get('class')!r} is not allowed (allowed: {', '.join(TORCH_PREFIX + n for n in optim.OPTIMIZERS)})")
+    kwargs = _mapping(where, "optimizer.kwargs", opt.get("kwargs", {}))
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])
-    for key in ("epochs", "batch_size"):
-        if isinstance(training[key], bool) or not isinstance(training[key], int) or training[key] < 1:
-            raise UserError(f"{where}: training.{key}: {training[key]!r} is not allowed (an integer >= 1)")
-    if training["objective"] not in ("loss", "metric"):
-        raise UserError(f"{where}: training.objective: {training['objective']!r} is not allowed (loss, metric)")
+    schedule = sched.get("name")
+    if schedule not in optim.SCHEDULES:
+        raise UserError(f"{where}: schedule.name: {schedule!r} is not allowed (allowed: {', '.join(optim.SCHEDULES)})")
+    if sched.get("interval", "step") != "step":
+        raise UserError(f"{where}: schedule.interval: {sched.get('interval')!r} is not allowed (step: the scheduler steps after every optimizer step)")
+    schedule_params = _mapping(where, "schedule.params", sched.get("params") or {})
+    allowed = optim.schedule_arguments(schedule)
+    for key, value in schedule_params.items():
+        if key not in allowed:
+            raise UserError(f"{where}: schedule.params: unknown parameter {key!r} of {schedule} (allowed: {', '.join(allowed) or 'none'})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{where}: schedule.params.{key}: {value!r} is not allowed (a finite number)")
+    for key in TRAINING_KEYS:
+        if key not in training:
+            raise UserError(f"{where}: training: missing {key!r} (required: {', '.join(TRAINING_KEYS)})")
+    checks = {
+        "task": (isinstance(training["task"], str), "a task name or package.module:factory"),
+        "task_args": (isinstance(training["task_args"], dict), "a mapping"),
+        "epochs": (_is_int(training["epochs"], 1), "an integer >= 1"),
+        "batch_size": (_is_int(training["batch_size"], 1), "an integer >= 1"),
+        "seed": (_is_int(training["seed"], 0) and training["seed"] <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
+        "objective": (training["objective"] in ("loss", "metric"), "loss, metric"),
+    }
+    for key, (ok, allowed_values) in checks.items():
+        if not ok:
+            raise UserError(f"{where}: training.{key}: {training[key]!r} is not allowed ({allowed_values})")
     config = Config(
         optimizer=cls,
         optimizer_kwargs=kwargs,
@@ -69,19 +84,31 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
         schedule_params=schedule_params,
         metrics=data.get("metrics") or {},
         source=data.get("source") or {},
-        **training,
+        **{key: training[key] for key in TRAINING_KEYS},
     )
-    # torch's own checks, on a throwaway parameter.
+    # torch's own checks, on a throwaway parameter and a run of typical length.
     try:
-        optimizer = optim.build_optimizer(cls, kwargs, [torch.zeros(1, requires_grad=True)])
-    except (ValueError, TypeError) as err:
+        optim.build_optimizer(cls, kwargs, [torch.zeros(1, requires_grad=True)])
+    except (ValueError, TypeError, RuntimeError) as err:
         allowed = "; ".join(f"{k} {optim.ALLOWED[k]}" for k in kwargs if k in optim.ALLOWED) or f"keyword arguments of torch.optim.{cls}"
         raise UserError(f"{where}: optimizer.kwargs {kwargs}: not allowed by torch.optim.{cls}: {err} (allowed: {allowed})") from None
     try:
-        optim.build_scheduler(schedule, schedule_params, optimizer, total_steps=config.epochs)
-    except (ValueError, TypeError) as err:
+        optim.check_schedule(schedule, schedule_params)
+    except (ValueError, TypeError, RuntimeError, ArithmeticError) as err:
         raise UserError(f"{where}: schedule.params {schedule_params}: not allowed for {schedule}: {err}") from None
     return config
+
+
+def _mapping(where: str, key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        raise UserError(f"{where}: {key}: missing (a mapping, as tuner study writes it)")
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: {key}: {value!r} is not allowed (a mapping, as tuner study writes it)")
+    return dict(value)
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def load_config(path: str | Path) -> Config:

@@ -156,6 +156,21 @@ def schedule_arguments(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in parameters}
 
 
+def check_schedule(name: str, params: dict[str, Any], total_steps: int = 1000) -> None:
+    """Build schedule ``name`` on a throwaway optimizer and take a few steps: torch's checks, and ours.
+
+    Raises what torch raises for a bad value (some only show at the first step).
+    """
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = build_scheduler(name, params, optimizer, total_steps)
+    for _ in range(3 if scheduler is not None else 0):
+        optimizer.step()
+        scheduler.step()
+        lr = optimizer.param_groups[0]["lr"]
+        if not (isinstance(lr, float) and lr >= 0 and lr == lr):
+            raise ValueError(f"the learning rate becomes {lr!r}")
+
+
 def build_scheduler(
     name: str, params: dict[str, Any], optimizer: torch.optim.Optimizer, total_steps: int
 ) -> sched.LRScheduler | None:

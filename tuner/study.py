@@ -8,8 +8,9 @@ outcome     Optuna state    counts toward the budget
 complete    COMPLETE        yes
 pruned      PRUNED          yes
 diverged    PRUNED          yes; NaN reported at the diverged epoch, so TPE ranks
-                            the trial below every finished one and learns the
-                            region is bad (a FAIL state would be ignored by TPE)
+                            it with the bad trials (below every complete trial,
+                            and below pruned trials that reached the same
+                            epoch); a FAIL state would be ignored by TPE
 failed      FAIL            yes (an exception in the task's code; ``reason``)
 interrupted FAIL            no: Ctrl-C (a killed process stores nothing)
 =========== =============== =====================================================
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 import traceback
 import warnings
@@ -30,7 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import spaces
-from tuner.config import Component, Config, Experiment, SearchSpace
+from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace
 from tuner.errors import UserError
 from tuner.export import config_from_dict, config_to_dict
 from tuner.tasks import Data, Task
@@ -126,23 +128,49 @@ class Setup:
             metric=task.metric,
         )
 
-    def stored(self, space: SearchSpace) -> dict[str, Any]:
-        """What a study records of its setup, to refuse resuming it with another."""
-        return dataclasses.asdict(self) | {"optimizer": space.optimizer}
+    def stored(self, space: SearchSpace, schedules: ScheduleSpace) -> dict[str, Any]:
+        """What a study records of its setup, to refuse resuming it with another (JSON-safe)."""
+        searched = {
+            "optimizer": space.optimizer,
+            "space": [dataclasses.asdict(p) for p in space.params],
+            "schedules": {name: [dataclasses.asdict(p) for p in params] for name, params in schedules.params.items()},
+        }
+        return json.loads(json.dumps(dataclasses.asdict(self) | searched))
 
 
 def check_components(experiment: Experiment, setup: Setup) -> None:
-    """Build the sampler and pruner once, so that a bad argument fails before any study exists."""
-    make_sampler(experiment.sampler, experiment.seed, experiment.at("sampler"))
-    make_pruner(experiment.pruner, setup.epochs, experiment.at("pruner"))
+    """Try the sampler and pruner on a throwaway study, so that a bad argument fails before any study exists."""
+    if "seed" in experiment.sampler.kwargs:
+        raise UserError(f"{experiment.at('sampler')}: 'seed' is not allowed here (the experiment's seed seeds the sampler)")
+    for name, sampler, pruner in (
+        ("sampler", make_sampler(experiment.sampler, experiment.seed, experiment.at("sampler")), optuna.pruners.NopPruner()),
+        ("pruner", optuna.samplers.RandomSampler(seed=0), make_pruner(experiment.pruner, setup.epochs, experiment.at("pruner"))),
+    ):
+        component = experiment.sampler if name == "sampler" else experiment.pruner
+        study = optuna.create_study(direction=setup.direction, sampler=sampler, pruner=pruner)
+        try:
+            for number in range(3):
+                trial = study.ask()
+                trial.suggest_float("x", 1e-3, 1.0, log=True)
+                trial.suggest_categorical("c", ["a", "b"])
+                for epoch in range(1, min(setup.epochs, 3) + 1):
+                    trial.report(float(number + epoch), epoch)
+                    trial.should_prune()
+                study.tell(trial, float(number))
+        except Exception as err:  # Optuna checks some arguments only when they are used
+            raise UserError(f"{experiment.at(name)}: {component.name} {component.kwargs}: {type(err).__name__}: {err}") from None
 
 
-def check_resumable(storage: optuna.storages.BaseStorage, name: str, setup: Setup, space: SearchSpace) -> None:
-    """Refuse to resume study ``name`` if its trials were run with another setup; changes nothing."""
+def check_resumable(storage: optuna.storages.BaseStorage, name: str, setup: Setup, space: SearchSpace, schedules: ScheduleSpace) -> None:
+    """Refuse to resume study ``name`` if its trials were run with another setup or search space; changes nothing."""
     if name not in optuna.get_all_study_names(storage):
         return
     stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("setup") or {}
-    changed = [f"{k}={stored.get(k)!r} -> {v!r}" for k, v in setup.stored(space).items() if stored.get(k) != v]
+    changed = [
+        f"{k}={stored.get(k)!r} -> {v!r}" if k not in ("space", "schedules") else f"{k} changed"
+        for k, v in setup.stored(space, schedules).items()
+        if stored.get(k) != v
+    ]
     if changed:
         raise UserError(
             f"study {name!r} in {mask_url(str(storage.url))!r} was run with another setup "
@@ -197,10 +225,10 @@ class StudyRunner:
         self.experiment, self.space, self.setup, self.task, self.data = experiment, space, setup, task, data
         self.storage = storage
         self.name = study_name(experiment, space)
-        check_resumable(storage, self.name, setup, space)
+        check_resumable(storage, self.name, setup, space, experiment.schedules)
         self.study = optuna.create_study(storage=storage, study_name=self.name, direction=setup.direction, load_if_exists=True)
         if "setup" not in self.study.user_attrs:
-            self.study.set_user_attr("setup", setup.stored(space))
+            self.study.set_user_attr("setup", setup.stored(space, experiment.schedules))
         self._study_id = storage.get_study_id_from_name(self.name)
         # Trials run against an in-memory copy of the study and reach the
         # storage once, whole, when they end. A report and a pruning decision
@@ -239,7 +267,8 @@ class StudyRunner:
 
         def report(metrics: EpochMetrics) -> bool:
             trial.report(metrics.objective(config.objective), metrics.epoch)
-            return trial.should_prune()
+            # After the last epoch there is nothing left to save: the trial completes.
+            return metrics.epoch < config.epochs and trial.should_prune()
 
         try:
             result = train(self.task, self.data, config, callback=report)

@@ -71,8 +71,8 @@ def train(
     """Train ``task``'s model with ``config`` on ``data`` (already on its device).
 
     ``seed`` (default ``config.seed``) fixes the initial parameters and the
-    batch order: CPU runs are bit-for-bit repeatable. A non-finite training or
-    validation loss ends the run as ``diverged``. With ``test``, the test split
+    batch order: CPU runs are bit-for-bit repeatable. A non-finite training
+    loss, validation loss or metric ends the run as ``diverged``. With ``test``, the test split
     is evaluated at the end.
     """
     seed = config.seed if seed is None else seed
@@ -107,8 +107,9 @@ def train(
             val_loss, val_metric = evaluate(task, model, data.val)
             metrics = EpochMetrics(epoch, train_loss, val_loss, val_metric, lr)
             result.history.append(metrics)
-            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                result.status, result.reason = "diverged", f"diverged at epoch {epoch}: non-finite loss (train {train_loss}, val {val_loss})"
+            if not all(map(math.isfinite, (train_loss, val_loss, val_metric))):
+                result.status = "diverged"
+                result.reason = f"diverged at epoch {epoch}: non-finite train loss {train_loss}, val loss {val_loss} or val metric {val_metric}"
                 return result
             if callback is not None and callback(metrics):
                 result.status = "stopped"

@@ -48,8 +48,9 @@ class Task(Protocol):
     """What the trainer needs from a task.
 
     ``metric`` names what :meth:`score` returns (``"accuracy"``), ``direction``
-    says whether it is better high (``"maximize"``) or low (``"minimize"``);
-    ``epochs`` and ``batch_size`` are the defaults an experiment may override.
+    says whether it is better high (``"maximize"``) or low (``"minimize"``).
+    ``batch_size`` is used when the experiment gives none; ``epochs`` is the
+    task's suggested training length (experiments always state theirs).
     """
 
     name: str
@@ -117,6 +118,8 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
         raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task)")
     if task.direction not in ("minimize", "maximize"):
         raise UserError(f"{where}: {spec!r}: direction {task.direction!r} is not allowed (minimize, maximize)")
+    if isinstance(task.batch_size, bool) or not isinstance(task.batch_size, int) or task.batch_size < 1:
+        raise UserError(f"{where}: {spec!r}: batch_size {task.batch_size!r} is not allowed (an integer >= 1)")
     return task
 
 
@@ -130,6 +133,9 @@ def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
         data = task.data()
         if not isinstance(data, Data):
             raise TypeError(f"data() returned {type(data).__name__} (allowed: tuner.tasks.Data)")
+        empty = [name for name in ("train", "val", "test") if len(getattr(data, name)) == 0]
+        if empty:
+            raise ValueError(f"the {', '.join(empty)} split is empty")
         data = data.to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             model = task.model().to(device)
