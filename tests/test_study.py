@@ -248,3 +248,16 @@ def test_every_sampler_and_pruner_runs_and_resumes(workdir, capsys, sampler, pru
     config = tuner.load_config(workdir / "out" / "best.yaml")
     assert config.metrics["direction"] == direction.name.lower()
     assert config.metrics["objective"] == ("accuracy" if objective == "metric" else "loss")
+
+
+def test_tpe_learns_to_avoid_the_region_that_diverges(workdir, capsys):
+    # SGD on the quadratic diverges for lr above ~2/60: about 70% of this log range.
+    (workdir / "hot.yaml").write_text("optimizer: SGD\nparams:\n  lr: {low: 1.0e-3, high: 100.0, scale: log}\n")
+    exp = workdir / "exp.yaml"
+    exp.write_text("name: learn\ntask: quadratic-deep\noptimizers: [hot.yaml]\nschedules: [constant]\ntrials: 24\n"
+                   "epochs: 2\nseed: 0\nsampler: {name: tpe, n_startup_trials: 6}\npruner: none\nfinal_seeds: 1\n")
+    assert main(["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress"]) == 0
+    outcomes = [outcome(t) for t in load(workdir, "learn/hot").trials]
+    startup, learned = outcomes[:6], outcomes[6:]
+    assert startup.count("diverged") >= 3
+    assert learned.count("diverged") <= len(learned) // 4
