@@ -43,6 +43,11 @@ def test_study_end_to_end_on_each_shipped_experiment(workdir, capsys, experiment
         final = config.metrics["final"]
         assert final["seeds"] == [1, 2] and len(final["val_objective"]["values"]) == 2
         assert all(math.isfinite(final[k]["mean"]) for k in ("val_objective", "test_objective", "val_metric", "test_metric"))
+        for trial in study.trials:  # the whole learning curve is stored with each trial
+            history = trial.user_attrs["history"]
+            assert history["epoch"] == sorted(trial.intermediate_values)
+            assert history["val_loss"] == [trial.intermediate_values[e] for e in history["epoch"]]
+            assert set(history) == {"epoch", "train_loss", "val_loss", "val_metric", "lr"}
     best = yaml.safe_load((workdir / "out" / "best.yaml").read_text())
     assert best["format"] == 1 and best["training"]["task"] == task and best["training"]["epochs"] == 2
     assert "final test (mean ± sd)" in out and "winner:" in out

@@ -36,7 +36,7 @@ from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpa
 from tuner.errors import UserError
 from tuner.export import config_from_dict, config_to_dict
 from tuner.tasks import Data, Task
-from tuner.train import EpochMetrics, RunResult, train
+from tuner.train import EpochMetrics, RunResult, columns, train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -289,6 +289,8 @@ class StudyRunner:
         return trial
 
     def _tell(self, trial: optuna.Trial, result: RunResult) -> optuna.trial.FrozenTrial:
+        # Optuna keeps only the objective per epoch; the whole learning curve goes with the trial.
+        trial.set_user_attr("history", columns(result.history))
         if result.status == "diverged":
             trial.report(math.nan, result.history[-1].epoch)
             trial.set_user_attr("outcome", "diverged")
@@ -326,7 +328,7 @@ class StudyRunner:
             "val_metric": [run.history[-1].val_metric for run in runs],
             "test_objective": [_test_objective(run, config.objective) for run in runs],
             "test_metric": [math.nan if run.test_metric is None else run.test_metric for run in runs],
-            "history": [[[m.epoch, m.train_loss, m.val_loss, m.val_metric, m.lr] for m in run.history] for run in runs],
+            "history": [columns(run.history) for run in runs],
         }
         self.study.set_user_attr("final", final)
         return final

@@ -6,6 +6,7 @@ with the epoch's metrics; a truthy return stops the run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,11 @@ class RunResult:
     reason: str | None = None
     test_loss: float | None = None
     test_metric: float | None = None
+
+
+def columns(history: list[EpochMetrics]) -> dict[str, list[float]]:
+    """A run's per-epoch metrics as one list per field (JSON-safe), as trials and final runs store them."""
+    return {f.name: [getattr(m, f.name) for m in history] for f in dataclasses.fields(EpochMetrics)}
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
