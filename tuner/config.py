@@ -61,7 +61,8 @@ def _check_keys(where: str, data: dict, allowed: list[str] | tuple[str, ...]) ->
             raise UserError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -74,8 +75,13 @@ def _text_number_hint(value: Any) -> str:
     return "; YAML reads this as text: write the number with a dot and a signed exponent, like 1.0e-3 or 1.0e+4" if isinstance(value, str) else ""
 
 
+def is_int(value: Any, low: int = 1, high: int | None = None) -> bool:
+    """An int (not a bool) in ``[low, high]``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+
+
 def _positive_int(where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value):
         raise UserError(f"{where}: {value!r} is not allowed (an integer >= 1)")
     return value
 
@@ -146,7 +152,7 @@ def parse_param(where: str, name: str, raw: Any) -> Param:
     low, high, scale = raw["low"], raw["high"], raw.get("scale", "linear")
     integer = raw.get("int", False)
     for key, bound in (("low", low), ("high", high)):
-        if not _is_number(bound) or not math.isfinite(bound):
+        if not is_number(bound) or not math.isfinite(bound):
             raise UserError(f"{where}.{key}: {bound!r} is not allowed (a finite number{_text_number_hint(bound)})")
     if scale not in SCALES:
         raise UserError(f"{where}.scale: {scale!r} is not allowed (allowed: {', '.join(SCALES)})")
@@ -209,7 +215,7 @@ def _probe_optimizer(where: str, cls: str, params: list[Param]) -> None:
     for param in params:
         default = defaults[param.name]
         for value in param.candidates():
-            if default is not None and type(value) is not type(default) and not (_is_number(value) and _is_number(default)):
+            if default is not None and type(value) is not type(default) and not (is_number(value) and is_number(default)):
                 raise UserError(f"{where}.{param.name}: {value!r} is not allowed (a {type(default).__name__}, like the default {default!r}{_text_number_hint(value)})")
             kwargs = optim.torch_kwargs(cls, typical | {param.name: value})
             try:
@@ -254,7 +260,7 @@ def load_schedules(path: Path, names: list[str] | None = None, where_names: str 
 def _probe_schedule(where: str, name: str, params: tuple[Param, ...]) -> None:
     for param in params:
         for value in param.candidates():
-            if not _is_number(value) or not math.isfinite(value):
+            if not is_number(value) or not math.isfinite(value):
                 raise UserError(f"{where}.{param.name}: {value!r} is not allowed (a finite number{_text_number_hint(value)})")
     for param in params:
         for value in param.candidates():
@@ -388,7 +394,7 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
     if batch_size is not None:
         _positive_int(at("batch_size"), batch_size)
     seed = data["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+    if not is_int(seed, 0, MAX_SEED):
         raise UserError(f"{at('seed')}: {seed!r} is not allowed (an integer from 0 to {MAX_SEED})")
     objective, direction = data.get("objective", "metric"), None
     if isinstance(objective, dict):
@@ -443,7 +449,7 @@ class Config:
 
     def build(self, params: Any, *, steps_per_epoch: int):
         """``(optimizer, scheduler_or_None)`` for ``params``; step the scheduler after every optimizer step."""
-        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        if not is_int(steps_per_epoch):
             raise ValueError(f"steps_per_epoch: {steps_per_epoch!r} is not allowed (an integer >= 1)")
         optimizer = optim.build_optimizer(self.optimizer, self.optimizer_kwargs, params)
         try:

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from tuner import optim
-from tuner.config import MAX_SEED, Config, read_yaml
+from tuner.config import MAX_SEED, Config, is_int, is_number, read_yaml
 from tuner.errors import UserError
 
 FORMAT = 1
@@ -61,7 +61,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
     for key, value in schedule_params.items():
         if key not in allowed:
             raise UserError(f"{where}: schedule.params: unknown parameter {key!r} of {schedule} (allowed: {', '.join(allowed) or 'none'})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_number(value) or not math.isfinite(value):
             raise UserError(f"{where}: schedule.params.{key}: {value!r} is not allowed (a finite number)")
     for key in TRAINING_KEYS:
         if key not in training:
@@ -69,9 +69,9 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
     checks = {
         "task": (isinstance(training["task"], str), "a task name or package.module:factory"),
         "task_args": (isinstance(training["task_args"], dict), "a mapping"),
-        "epochs": (_is_int(training["epochs"], 1), "an integer >= 1"),
-        "batch_size": (_is_int(training["batch_size"], 1), "an integer >= 1"),
-        "seed": (_is_int(training["seed"], 0) and training["seed"] <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
+        "epochs": (is_int(training["epochs"]), "an integer >= 1"),
+        "batch_size": (is_int(training["batch_size"]), "an integer >= 1"),
+        "seed": (is_int(training["seed"], 0, MAX_SEED), f"an integer from 0 to {MAX_SEED}"),
         "objective": (training["objective"] in ("loss", "metric"), "loss, metric"),
     }
     for key, (ok, allowed_values) in checks.items():
@@ -105,10 +105,6 @@ def _mapping(where: str, key: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UserError(f"{where}: {key}: {value!r} is not allowed (a mapping, as tuner study writes it)")
     return dict(value)
-
-
-def _is_int(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def load_config(path: str | Path) -> Config:

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from tuner.config import is_int
 from tuner.errors import UserError
 
 
@@ -118,7 +119,7 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
         raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task)")
     if task.direction not in ("minimize", "maximize"):
         raise UserError(f"{where}: {spec!r}: direction {task.direction!r} is not allowed (minimize, maximize)")
-    if isinstance(task.batch_size, bool) or not isinstance(task.batch_size, int) or task.batch_size < 1:
+    if not is_int(task.batch_size):
         raise UserError(f"{where}: {spec!r}: batch_size {task.batch_size!r} is not allowed (an integer >= 1)")
     return task
 
