@@ -171,13 +171,13 @@ def run_train(args: argparse.Namespace) -> int:
     from tuner.analysis import mean_sd, pm
     from tuner.export import load_config
     from tuner.tasks import load_data, load_task
-    from tuner.train import resolve_device, train
+    from tuner.train import objective_label, resolve_device, train
 
     cfg = load_config(args.config)
     device = resolve_device(args.device)
     task = load_task(cfg.task, cfg.task_args, f"{args.config}: training.task")
     data = load_data(task, device, f"{args.config}: training.task")
-    label = "loss" if cfg.objective == "loss" else task.metric
+    label = objective_label(cfg.objective, task.metric)
     objectives, metrics = [], []
     for seed in range(cfg.seed, cfg.seed + args.seeds):
         result = train(task, data, cfg, seed=seed, test=True)

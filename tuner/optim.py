@@ -26,6 +26,7 @@ would overwrite it with its own 0.85..0.95 cycle.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -167,7 +168,7 @@ def check_schedule(name: str, params: dict[str, Any], total_steps: int = 1000) -
         optimizer.step()
         scheduler.step()
         lr = optimizer.param_groups[0]["lr"]
-        if not (isinstance(lr, float) and lr >= 0 and lr == lr):
+        if not (isinstance(lr, float) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"the learning rate becomes {lr!r}")
 
 

@@ -36,7 +36,7 @@ from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpa
 from tuner.errors import UserError
 from tuner.export import config_from_dict, config_to_dict
 from tuner.tasks import Data, Task
-from tuner.train import EpochMetrics, RunResult, columns, train
+from tuner.train import EpochMetrics, RunResult, columns, objective_label, train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -106,7 +106,7 @@ class Setup:
     @property
     def label(self) -> str:
         """The objective's name for people: ``loss`` or the task's metric (``accuracy``)."""
-        return "loss" if self.objective == "loss" else self.metric
+        return objective_label(self.objective, self.metric)
 
     @classmethod
     def resolve(cls, experiment: Experiment, task: Task) -> Setup:

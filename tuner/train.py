@@ -36,6 +36,11 @@ class EpochMetrics:
         return self.val_loss if name == "loss" else self.val_metric
 
 
+def objective_label(objective: str, metric: str) -> str:
+    """The objective's name for people: ``loss``, or the task's metric (``accuracy``)."""
+    return "loss" if objective == "loss" else metric
+
+
 @dataclass
 class RunResult:
     """A finished run: ``status`` is ``complete``, ``stopped`` (by the callback) or ``diverged``."""
