@@ -188,6 +188,18 @@ CASES = [
     study("flag-out-under-a-file", ["--out", "outfile/sub", "writable folder"], flags=("--out", "outfile/sub"),
           files={"outfile": ""}),
     study("flag-unknown-option", ["--trails", "unrecognized"], flags=("--trails", "3")),
+    study("flag-tracking-unreachable", ["--tracking-uri", "'http://127.0.0.1:9'", "cannot reach", "mlflow server", "--no-tracking"],
+          flags=("--tracking-uri", "http://127.0.0.1:9")),
+    study("flag-tracking-password-masked", ["--tracking-uri", "'http://bob:***@127.0.0.1:9'", "cannot reach"],
+          flags=("--tracking-uri", "http://bob:hunter2@127.0.0.1:9")),
+    study("flag-tracking-scheme", ["--tracking-uri", "'ftp://host'", "sqlite:///mlflow.db", "http(s)://"], flags=("--tracking-uri", "ftp://host")),
+    study("flag-tracking-file-store", ["--tracking-uri", "'./mlruns'", "allowed"], flags=("--tracking-uri", "./mlruns")),
+    study("flag-tracking-sqlite-no-folder", ["--tracking-uri", "'sqlite:///nodir/m.db'", "'nodir'", "writable folder"],
+          flags=("--tracking-uri", "sqlite:///nodir/m.db")),
+    # --- tuner sync --------------------------------------------------------------------------------
+    case("sync-unknown-experiment", ["sync", "nosuch"], ["'nosuch'", "quickstart"]),
+    case("sync-storage-missing", ["sync", "quickstart", "--storage", "sqlite:///missing.db"], ["--storage", "'sqlite:///missing.db'", "does not exist"]),
+    case("sync-tracking-unreachable", ["sync", "quickstart", "--tracking-uri", "http://127.0.0.1:9"], ["--tracking-uri", "cannot reach"]),
     # --- tuner train -------------------------------------------------------------------------------
     case("train-file-missing", ["train", "missing.yaml"], ["missing.yaml", "No such file"]),
     case("train-format-2", ["train", "cfg.yaml"], ["cfg.yaml", "format", "2", "format 1"], {"cfg.yaml": config(format=2)}),

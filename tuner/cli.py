@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner import __version__
-from tuner.errors import UserError
+from tuner.errors import UserError, mask_url
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,6 +43,12 @@ def seed_int(text: str) -> int:
     return value
 
 
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): an SQLite file, http(s)://host:port or a database URL"
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="tuner", description="Which optimizer, with which settings, trains this PyTorch model best.")
     parser.add_argument("--version", action="version", version=f"tuner {__version__}")
@@ -55,6 +61,8 @@ def build_parser() -> Parser:
     study.add_argument("--optimizers", nargs="+", metavar="SPACE", help="shipped search spaces (adam adamw sgd rmsprop) or .yaml paths")
     study.add_argument("--task", help="task name or package.module:factory")
     study.add_argument("--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)")
+    add_tracking_arguments(study)
+    study.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow (`tuner sync` can do it later)")
     study.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
     study.add_argument("--seed", type=seed_int, help="seed of every trial; final seeds are seed+1 ... seed+N")
     study.add_argument("--final-seeds", type=positive_int, help="seeds the best configs are re-trained on (default 3)")
@@ -68,6 +76,12 @@ def build_parser() -> Parser:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.set_defaults(func=run_train)
 
+    sync = commands.add_parser("sync", help="rebuild or complete the MLflow runs of an experiment from the Optuna storage")
+    sync.add_argument("experiment", nargs="?", help="experiment YAML file, or a shipped name (default: quickstart)")
+    sync.add_argument("--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)")
+    add_tracking_arguments(sync)
+    sync.set_defaults(func=run_sync)
+
     tasks = commands.add_parser("tasks", help="list the built-in tasks")
     tasks.set_defaults(func=run_tasks)
     return parser
@@ -77,8 +91,9 @@ def run_study(args: argparse.Namespace) -> int:
     import optuna
 
     from tuner import analysis, config, export
-    from tuner.study import Setup, StudyRunner, check_components, check_resumable, mask_url, open_storage, study_name
+    from tuner.study import Setup, StudyRunner, check_components, check_resumable, open_storage, study_name
     from tuner.tasks import load_data, load_task
+    from tuner.tracking import Follower, check_reachable, tracking_uri
     from tuner.train import resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -95,35 +110,106 @@ def run_study(args: argparse.Namespace) -> int:
     _check_writable_folder(out)
     with_args = f" with task_args {experiment.task_args}" if experiment.task_args else ""
     data = load_data(task, device, experiment.at("task") + with_args)
+    tracking = None if args.no_tracking else tracking_uri(args.tracking_uri)
+    if tracking:
+        check_reachable(*tracking)
     storage = open_storage(args.storage)
+    names = {space.name: study_name(experiment, space) for space in experiment.optimizers}
     for space in experiment.optimizers:
-        check_resumable(storage, study_name(experiment, space), setup, space, experiment.schedules)
+        check_resumable(storage, names[space.name], setup, space, experiment.schedules)
     seeds = [experiment.seed + i for i in range(1, experiment.final_seeds + 1)]
     print(f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
-          f"{setup.epochs} epochs, device {device}, storage {mask_url(args.storage)}", file=sys.stderr)
+          f"{setup.epochs} epochs, device {device}, storage {mask_url(args.storage)}, "
+          f"tracking {mask_url(tracking[0]) if tracking else 'off'}", file=sys.stderr)
 
-    source = {"experiment": experiment.name, "experiment_file": experiment.source, "storage": mask_url(args.storage), "tuner_version": __version__}
-    summaries, configs = [], {}
-    for space in experiment.optimizers:
-        runner = StudyRunner(experiment, space, setup, task, data, storage)
-        with _progress(runner, experiment.trials, disable=args.no_progress) as progress:
-            runner.run(experiment.trials, progress)
-        final = runner.final_evaluation(seeds)
-        summary = analysis.summarize(space.name, runner.study, final)
-        summaries.append(summary)
-        if summary.best_trial is not None:
-            configs[space.name] = analysis.best_config(summary, runner.study, setup.label, setup.direction, source)
+    # MLflow is written by a follower process, off the training process's clock (see tuner.tracking).
+    follower = tracking and Follower(tracking[0], args.storage, experiment.name, list(names.values()), __version__)
+    try:
+        summaries, studies = [], {}
+        for space in experiment.optimizers:
+            runner = StudyRunner(experiment, space, setup, task, data, storage)
+            with _progress(runner, experiment.trials, disable=args.no_progress) as progress:
+                runner.run(experiment.trials, _on_trial(runner.name, progress, follower))
+            summaries.append(analysis.summarize(space.name, runner.study, runner.final_evaluation(seeds)))
+            studies[space.name] = runner.study
 
-    best = analysis.winner(summaries, setup.direction)
-    for name, cfg in configs.items():
-        export.write_config(cfg, out / f"best-{name}.yaml")
-    if best is not None:
-        export.write_config(configs[best.optimizer], out / "best.yaml")
-    print(analysis.table(summaries, setup.label, best))
-    written = ["best.yaml"] * (best is not None) + [f"best-{n}.yaml" for n in configs]
-    print(f"\noutputs in {out}/: {', '.join(written) or 'none (no trial completed)'}")
-    if best is not None:
-        print(f"winner: {best.optimizer} (final-seed validation {setup.label} mean over seeds {seeds})")
+        source = {"experiment": experiment.name, "experiment_file": experiment.source, "storage": mask_url(args.storage), "tuner_version": __version__}
+        if tracking:
+            source["tracking_uri"] = mask_url(tracking[0])
+        configs = {}
+        for summary in summaries:
+            if summary.best_trial is not None:
+                run_id = follower.runs(summary.study).get(summary.best_trial) if follower else None
+                found = source | ({"mlflow_run_id": run_id} if run_id else {})
+                configs[summary.optimizer] = analysis.best_config(summary, studies[summary.optimizer], setup.label, setup.direction, found)
+        best = analysis.winner(summaries, setup.direction)
+        files = {name: [export.write_config(cfg, out / f"best-{name}.yaml")] for name, cfg in configs.items()}
+        if best is not None:
+            shared = [export.write_config(configs[best.optimizer], out / "best.yaml")]
+            files = {name: paths + shared for name, paths in files.items()}
+        print(analysis.table(summaries, setup.label, best))
+        written = ["best.yaml"] * (best is not None) + [f"best-{n}.yaml" for n in configs]
+        print(f"\noutputs in {out}/: {', '.join(written) or 'none (no trial completed)'}")
+        if best is not None:
+            print(f"winner: {best.optimizer} (final-seed validation {setup.label} mean over seeds {seeds})")
+        if follower:
+            for name, study in names.items():
+                follower.attach(study, files.get(name, []))
+                follower.end(study, "FINISHED")
+    finally:
+        if follower:
+            _report_tracking(follower, experiment.name, tracking[0], args)
+    return 0
+
+
+def _on_trial(study: str, progress: _progress, follower: Any) -> Any:
+    """After each stored trial: the progress bar, then the MLflow follower (if tracking)."""
+
+    def on_trial(trial: Any, trial_id: int) -> None:
+        progress(trial)
+        if follower:
+            follower.trial(study, trial_id)
+
+    return on_trial
+
+
+def _report_tracking(follower: Any, experiment: str, uri: str, args: argparse.Namespace) -> None:
+    """Wait for the follower's last sync and say where the runs are, or what is missing and how to fill it."""
+    report = follower.close()
+    if report.get("error"):
+        command = f"python -m tuner sync {args.experiment or 'quickstart'} --storage {mask_url(args.storage)} --tracking-uri {mask_url(uri)}"
+        print(f"tracking: the MLflow mirror is incomplete ({report['error']}); every trial is in the Optuna storage: "
+              f"run `{command}` to complete it", file=sys.stderr)
+    else:
+        browse = f" (browse: mlflow ui --backend-store-uri {uri})" if uri.startswith("sqlite") else ""
+        print(f"tracking: {report['runs']} runs in MLflow experiment {experiment!r} at {mask_url(uri)}{browse}", file=sys.stderr)
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tuner import config
+    from tuner.study import open_storage
+    from tuner.tracking import Mirror, SyncCount, check_reachable, tracking_uri
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = config.load_experiment(config.find_experiment(args.experiment), {}).name
+    uri, where = tracking_uri(args.tracking_uri)
+    check_reachable(uri, where)
+    storage = open_storage(args.storage, must_exist=True)
+    every = optuna.get_all_study_names(storage)
+    studies = [s for s in every if s.startswith(f"{name}/")]
+    if not studies:
+        present = sorted({s.rsplit("/", 1)[0] for s in every})
+        raise UserError(f"--storage: {mask_url(args.storage)!r} has no study of experiment {name!r} (it has: {', '.join(present) or 'none'})")
+    mirror = Mirror(uri, name, storage, args.storage, __version__)
+    total = SyncCount()
+    for study in studies:
+        count = mirror.sync(study)
+        mirror.settle(study)
+        total += count
+        print(f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted (cut short or stale)")
+    print(f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: {total.written + total.kept} runs")
     return 0
 
 
@@ -146,6 +232,7 @@ class _progress:
 
         from tuner.study import finished
 
+        self.runner = runner
         done = min(finished(runner.study), budget)
         self.bar = tqdm(total=budget, initial=done, desc=runner.space.name, unit="trial", disable=disable, dynamic_ncols=True)
 
@@ -155,13 +242,13 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         self.bar.close()
 
-    def __call__(self, runner: Any, trial: Any) -> None:
-        from tuner.study import best_trial, outcome
+    def __call__(self, trial: Any) -> None:
+        from tuner.outcomes import outcome
+        from tuner.study import best_trial
 
-        state = outcome(trial)
-        if state == "failed":
-            self.bar.write(f"{runner.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
-        best = best_trial(runner.live)
+        if outcome(trial) == "failed":
+            self.bar.write(f"{self.runner.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
+        best = best_trial(self.runner.live)
         if best is not None:
             self.bar.set_postfix_str(f"best {best.value:.4g} (#{best.number})", refresh=False)
         self.bar.update(1)

@@ -113,6 +113,8 @@ def load_config(path: str | Path) -> Config:
     return config_from_dict(read_yaml(path, "config"), str(path))
 
 
-def write_config(config: Config, path: Path) -> None:
+def write_config(config: Config, path: Path) -> Path:
+    """Write ``config`` to ``path`` (folders created); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False))
+    return path

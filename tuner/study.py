@@ -1,19 +1,6 @@
 """Optuna glue: one study per (experiment, optimizer), its budget, resume and final evaluation.
 
-Trial outcomes are kept in the user attribute ``outcome``:
-
-=========== =============== =====================================================
-outcome     Optuna state    counts toward the budget
-=========== =============== =====================================================
-complete    COMPLETE        yes
-pruned      PRUNED          yes
-diverged    PRUNED          yes; NaN reported at the diverged epoch, so TPE ranks
-                            it with the bad trials (below every complete trial,
-                            and below pruned trials that reached the same
-                            epoch); a FAIL state would be ignored by TPE
-failed      FAIL            yes (an exception in the task's code; ``reason``)
-interrupted FAIL            no: Ctrl-C (a killed process stores nothing)
-=========== =============== =====================================================
+Trial outcomes (complete, pruned, diverged, failed, interrupted) are described in :mod:`tuner.outcomes`.
 """
 
 from __future__ import annotations
@@ -22,36 +9,31 @@ import dataclasses
 import inspect
 import json
 import math
+import os
+import time
 import traceback
+import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 from optuna.trial import TrialState
 
 from tuner import spaces
 from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace
-from tuner.errors import UserError
+from tuner.errors import UserError, mask_url
 from tuner.export import config_from_dict, config_to_dict
+from tuner.outcomes import FINISHED, outcome
 from tuner.tasks import Data, Task
 from tuner.train import EpochMetrics, RunResult, columns, objective_label, train
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """The Optuna RDB storage at ``url`` (any SQLAlchemy URL), created if missing."""
+def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
+    """The Optuna RDB storage at ``url`` (any SQLAlchemy URL), created if missing unless ``must_exist``."""
+    if must_exist and url.startswith("sqlite:") and not _sqlite_file_exists(url):
+        raise UserError(f"--storage: {url!r} does not exist (allowed: the storage a `tuner study` wrote, e.g. sqlite:///tuner.db)")
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or server
@@ -60,6 +42,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             f"--storage: cannot open {mask_url(url)!r}: {reason} "
             "(allowed: an SQLAlchemy URL such as sqlite:///tuner.db or postgresql://user:password@host/db)"
         ) from None
+
+
+def _sqlite_file_exists(url: str) -> bool:
+    import sqlalchemy
+
+    database = sqlalchemy.engine.make_url(url).database
+    return bool(database) and database != ":memory:" and os.path.isfile(database)
 
 
 def _build(where: str, cls: type, component: Component, **defaults: Any) -> Any:
@@ -182,13 +171,6 @@ def study_name(experiment: Experiment, space: SearchSpace) -> str:
     return f"{experiment.name}/{space.name}"
 
 
-def outcome(trial: optuna.trial.FrozenTrial) -> str:
-    """complete, pruned, diverged, failed, interrupted or running."""
-    if trial.state == TrialState.RUNNING:
-        return "running"
-    return trial.user_attrs.get("outcome") or ("complete" if trial.state == TrialState.COMPLETE else "interrupted")
-
-
 def counts(study: optuna.Study) -> dict[str, int]:
     """How many trials ended in each outcome."""
     tally = dict.fromkeys(("complete", "pruned", "diverged", "failed", "interrupted", "running"), 0)
@@ -229,6 +211,8 @@ class StudyRunner:
         self.study = optuna.create_study(storage=storage, study_name=self.name, direction=setup.direction, load_if_exists=True)
         if "setup" not in self.study.user_attrs:
             self.study.set_user_attr("setup", setup.stored(space, experiment.schedules))
+        if "uid" not in self.study.user_attrs:  # tells this study from one deleted and created again under its name
+            self.study.set_user_attr("uid", uuid.uuid4().hex)
         self._study_id = storage.get_study_id_from_name(self.name)
         # Trials run against an in-memory copy of the study and reach the
         # storage once, whole, when they end. A report and a pruning decision
@@ -259,11 +243,12 @@ class StudyRunner:
             **shared,
         )
 
-    def run_trial(self) -> optuna.trial.FrozenTrial:
-        """Ask, train, tell: one trial to its end, then stored."""
+    def run_trial(self) -> tuple[optuna.trial.FrozenTrial, int]:
+        """Ask, train, tell: one trial to its end, then stored; returns it and its id in the storage."""
         trial = self.live.ask()
         config = self._sample(trial)
         trial.set_user_attr("config", config_to_dict(config))
+        trial.set_user_attr("device", str(self.data.train.x.device))
 
         def report(metrics: EpochMetrics) -> bool:
             trial.report(metrics.objective(config.objective), metrics.epoch)
@@ -283,10 +268,9 @@ class StudyRunner:
             return self._store(self.live.tell(trial, state=TrialState.FAIL))
         return self._store(self._tell(trial, result))
 
-    def _store(self, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+    def _store(self, trial: optuna.trial.FrozenTrial) -> tuple[optuna.trial.FrozenTrial, int]:
         """Write a finished trial to the storage, whole, in one transaction."""
-        self.storage.create_new_trial(self._study_id, template_trial=trial)
-        return trial
+        return trial, self.storage.create_new_trial(self._study_id, template_trial=trial)
 
     def _tell(self, trial: optuna.Trial, result: RunResult) -> optuna.trial.FrozenTrial:
         # Optuna keeps only the objective per epoch; the whole learning curve goes with the trial.
@@ -302,12 +286,12 @@ class StudyRunner:
         trial.set_user_attr("outcome", "complete")
         return self.live.tell(trial, result.history[-1].objective(self.setup.objective))
 
-    def run(self, budget: int, progress: Any = None) -> optuna.Study:
-        """Top the study up to ``budget`` counted trials (never beyond)."""
+    def run(self, budget: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
+        """Top the study up to ``budget`` counted trials (never beyond); ``on_trial(trial, trial_id)`` after each is stored."""
         while finished(self.live) < budget:
-            frozen = self.run_trial()
-            if progress is not None:
-                progress(self, frozen)
+            stored = self.run_trial()
+            if on_trial is not None:
+                on_trial(*stored)
         return self.study
 
     def final_evaluation(self, seeds: list[int]) -> dict[str, Any] | None:
@@ -319,10 +303,14 @@ class StudyRunner:
         if cached and cached["trial"] == best.number and cached["seeds"] == seeds:
             return cached
         config = config_from_dict(best.user_attrs["config"])
-        runs = [train(self.task, self.data, config, seed=seed, test=True) for seed in seeds]
+        runs, started = [], []
+        for seed in seeds:
+            started.append(time.time())
+            runs.append(train(self.task, self.data, config, seed=seed, test=True))
         final = {
             "trial": best.number,
             "seeds": seeds,
+            "started": started,
             "status": [run.status for run in runs],
             "val_objective": [run.history[-1].objective(config.objective) for run in runs],
             "val_metric": [run.history[-1].val_metric for run in runs],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,13 +24,15 @@ EVAL_CHUNK = 8192
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """What one epoch reached. ``lr`` is the learning rate of the epoch's last step."""
+    """What one epoch reached. ``lr`` is the learning rate of the epoch's last step; ``seconds``
+    the wall-clock time since training started (model built), at the end of the epoch's evaluation."""
 
     epoch: int
     train_loss: float
     val_loss: float
     val_metric: float
     lr: float
+    seconds: float
 
     def objective(self, name: str) -> float:
         """The validation ``loss`` or ``metric``."""
@@ -99,6 +102,7 @@ def train(
         model = task.model().to(device)
         optimizer, scheduler = config.build(model.parameters(), steps_per_epoch=steps)
         order = torch.Generator(device=device).manual_seed(seed)
+        started = time.perf_counter()
         for epoch in range(1, config.epochs + 1):
             model.train()
             permutation = torch.randperm(n, generator=order, device=device)
@@ -116,7 +120,7 @@ def train(
             # One host sync per epoch: the divergence check waits until here.
             train_loss = loss_sum.item() / steps
             val_loss, val_metric = evaluate(task, model, data.val)
-            metrics = EpochMetrics(epoch, train_loss, val_loss, val_metric, lr)
+            metrics = EpochMetrics(epoch, train_loss, val_loss, val_metric, lr, time.perf_counter() - started)
             result.history.append(metrics)
             if not all(map(math.isfinite, (train_loss, val_loss, val_metric))):
                 result.status = "diverged"

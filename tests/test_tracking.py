@@ -1,0 +1,375 @@
+"""MLflow: the layout of runs, their statuses, resume, `tuner sync`, recovery and secrets, against real stores.
+
+Every test writes to a real MLflow store: an SQLite file in a temporary folder,
+or a real `mlflow server` started on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tuner.cli import main
+from tuner.outcomes import outcome
+from tuner.tracking import STATUS, metric_names
+
+FAST = ["--epochs", "3", "--final-seeds", "2", "--no-progress"]
+
+
+def study_args(workdir: Path, *extra: str, uri: str | None = None) -> list[str]:
+    return ["study", *extra, "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--tracking-uri", uri or f"sqlite:///{workdir}/mlflow.db", *FAST]
+
+
+def load(workdir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir}/t.db")
+
+
+def layout(uri: str, experiment: str, workdir: Path | None = None) -> tuple[dict[str, object], dict[str, list[object]]]:
+    """Parent runs by study name, and their child runs (active runs only, as the MLflow UI shows them).
+
+    With ``workdir``: only the studies of that test's storage (a tracking server is shared by tests).
+    """
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    studies = [r for r in runs if r.data.tags.get("tuner.role") == "study"]
+    if workdir is not None:
+        studies = [r for r in studies if r.data.tags["tuner.storage"] == f"sqlite:///{workdir}/t.db"]
+    parents = {r.data.tags["tuner.study"]: r for r in studies}
+    assert len(parents) == len(studies), "more than one parent run for a study"
+    children: dict[str, list[object]] = {study: [] for study in parents}
+    ids = {p.info.run_id: study for study, p in parents.items()}
+    for run in runs:
+        if run.data.tags.get("mlflow.parentRunId") in ids:
+            children[ids[run.data.tags["mlflow.parentRunId"]]].append(run)
+    return parents, children
+
+
+def trial_runs(children: list[object]) -> dict[int, object]:
+    runs = [r for r in children if r.data.tags["tuner.role"] == "trial"]
+    by_number = {int(r.data.tags["tuner.trial"]): r for r in runs}
+    assert len(by_number) == len(runs), "more than one run for a trial"
+    return by_number
+
+
+def same(logged: float, stored: float) -> bool:
+    """Equal, both NaN, or an infinity that MLflow stored as the largest float."""
+    if math.isinf(stored):
+        return logged == math.copysign(sys.float_info.max, stored) or logged == stored
+    return logged == stored or (math.isnan(logged) and math.isnan(stored))
+
+
+def assert_mirrors(workdir: Path, uri: str, experiment: str, studies: list[str]) -> dict[str, object]:
+    """MLflow holds exactly one finished child run per stored trial, with the trial's params and whole curve."""
+    client = MlflowClient(uri)
+    parents, children = layout(uri, experiment, workdir)
+    assert sorted(parents) == sorted(studies)
+    for name in studies:
+        study = load(workdir, name)
+        runs = trial_runs(children[name])
+        assert sorted(runs) == [t.number for t in study.trials]
+        metric = study.user_attrs["setup"]["metric"]
+        for trial in study.trials:
+            run = runs[trial.number]
+            assert run.info.status == STATUS[outcome(trial)] and run.data.tags["tuner.outcome"] == outcome(trial)
+            assert run.data.tags["tuner.study"] == name and run.info.run_name == f"{name.split('/')[1]}-{trial.number}"
+            kwargs = trial.user_attrs["config"]["optimizer"]["kwargs"]
+            assert float(run.data.params["lr"]) == kwargs["lr"]
+            assert run.data.params["schedule"] == trial.user_attrs["config"]["schedule"]["name"]
+            history = trial.user_attrs.get("history")
+            if history:
+                for column, key in metric_names(metric).items():
+                    logged = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+                    expected = [(e, v) for e, v in zip(history["epoch"], history[column])]
+                    assert [s for s, _ in logged] == [e for e, _ in expected], key
+                    assert all(same(a, b) for (_, a), (_, b) in zip(logged, expected)), key
+        assert not [r for r in children[name] if r.info.status == "RUNNING"]
+    return parents
+
+
+def test_layout_params_metrics_final_runs_and_artifacts(workdir, capsys):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    assert main(study_args(workdir, "quickstart", "--trials", "3")) == 0
+    studies = [f"quickstart/{n}" for n in ("adam", "sgd", "rmsprop")]
+    parents = assert_mirrors(workdir, uri, "quickstart", studies)
+    client = MlflowClient(uri)
+    _, children = layout(uri, "quickstart")
+    for name in studies:
+        optimizer = name.split("/")[1]
+        parent = parents[name]
+        assert parent.info.run_name == optimizer and parent.info.status == "FINISHED"
+        assert parent.data.tags["tuner.storage"] == f"sqlite:///{workdir}/t.db" and parent.data.tags["tuner.version"]
+        assert parent.data.params["task"] == "digits-mlp" and parent.data.params["epochs"] == "3"
+        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {f"best-{optimizer}.yaml", "best.yaml"}
+        exported = yaml.safe_load((workdir / "out" / f"best-{optimizer}.yaml").read_text())
+        best = trial_runs(children[name])[exported["source"]["trial"]]
+        assert exported["source"]["mlflow_run_id"] == best.info.run_id
+        finals = sorted((r for r in children[name] if r.data.tags["tuner.role"] == "final"), key=lambda r: r.data.tags["tuner.seed"])
+        assert [r.data.tags["tuner.seed"] for r in finals] == ["1", "2"]
+        for seed, run in zip((1, 2), finals):
+            assert run.data.params["seed"] == str(seed) and run.data.params["lr"] == best.data.params["lr"]
+            assert run.data.tags["tuner.trial"] == str(exported["source"]["trial"]) and run.info.status == "FINISHED"
+            assert run.data.metrics["test_loss"] == exported["metrics"]["final"]["test_objective"]["values"][seed - 1]
+            assert "test_accuracy" in run.data.metrics
+        trial = trial_runs(children[name])[0]
+        assert trial.data.params["device"] == "cpu" and trial.data.params["task"] == "digits-mlp"
+        if optimizer == "adam":
+            assert {"beta1", "beta2", "betas", "eps"} <= set(trial.data.params)
+    assert "tracking: 15 runs in MLflow experiment 'quickstart'" in capsys.readouterr().err
+
+
+def test_pruned_diverged_and_failed_trials_have_truthful_statuses(workdir, capsys, monkeypatch):
+    from tuner.tasks.quadratic import QuadraticDeep
+
+    # SGD on the quadratic diverges for lr above ~2/60; the median pruner stops the slow ones.
+    (workdir / "hot.yaml").write_text("optimizer: SGD\nparams:\n  lr: {low: 1.0e-6, high: 10.0, scale: log}\n")
+    (workdir / "exp.yaml").write_text(
+        "name: outcomes\ntask: quadratic-deep\noptimizers: [hot.yaml]\nschedules: [constant]\ntrials: 12\nepochs: 4\nseed: 0\n"
+        "sampler: random\npruner: {name: median, n_startup_trials: 2, n_warmup_steps: 1}\nfinal_seeds: 1\n"
+    )
+    calls = {"n": 0}
+    original = QuadraticDeep.model
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("boom in user code")
+        return original(self)
+
+    monkeypatch.setattr(QuadraticDeep, "model", flaky)
+    assert main([*study_args(workdir, str(workdir / "exp.yaml")), "--epochs", "4", "--final-seeds", "1"]) == 0
+    study = load(workdir, "outcomes/hot")
+    seen = {outcome(t) for t in study.trials}
+    assert seen == {"complete", "pruned", "diverged", "failed"}, seen
+    assert_mirrors(workdir, f"sqlite:///{workdir}/mlflow.db", "outcomes", ["outcomes/hot"])
+    _, children = layout(f"sqlite:///{workdir}/mlflow.db", "outcomes")
+    runs = trial_runs(children["outcomes/hot"])
+    statuses = {outcome(t): runs[t.number].info.status for t in study.trials}
+    assert statuses == {"complete": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
+    failed = next(runs[t.number] for t in study.trials if outcome(t) == "failed")
+    assert failed.data.tags["tuner.reason"] == "RuntimeError: boom in user code"
+    assert "Traceback" in failed.data.tags["tuner.traceback"]
+    diverged = next(runs[t.number] for t in study.trials if outcome(t) == "diverged")
+    assert diverged.data.tags["tuner.reason"].startswith("diverged at epoch")
+
+
+def test_resume_logs_under_the_same_parent_and_refreshes_the_final_runs(workdir):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    args = study_args(workdir, "quickstart", "--optimizers", "sgd")
+    assert main([*args, "--trials", "2"]) == 0
+    first, _ = layout(uri, "quickstart")
+    assert main([*args, "--trials", "5"]) == 0
+    parents = assert_mirrors(workdir, uri, "quickstart", ["quickstart/sgd"])
+    assert parents["quickstart/sgd"].info.run_id == first["quickstart/sgd"].info.run_id
+    _, children = layout(uri, "quickstart")
+    finals = [r for r in children["quickstart/sgd"] if r.data.tags["tuner.role"] == "final"]
+    best = load(workdir, "quickstart/sgd").best_trial.number
+    assert len(finals) == 2 and {r.data.tags["tuner.trial"] for r in finals} == {str(best)}
+
+
+def test_sync_rebuilds_the_mirror_idempotently_and_repairs_runs_cut_short(workdir, capsys):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    assert main([*study_args(workdir, "quickstart", "--optimizers", "adam", "sgd", "--trials", "3"), "--no-tracking"]) == 0
+    assert not (workdir / "mlflow.db").exists()
+    sync = ["sync", "quickstart", "--storage", f"sqlite:///{workdir}/t.db", "--tracking-uri", uri]
+    assert main(sync) == 0
+    assert "mirrors 2 studies: 10 runs" in capsys.readouterr().out
+    before = assert_mirrors(workdir, uri, "quickstart", ["quickstart/adam", "quickstart/sgd"])
+
+    # A run cut short (the writer was killed between creating and terminating it), and a duplicate.
+    client = MlflowClient(uri)
+    _, children = layout(uri, "quickstart")
+    runs = trial_runs(children["quickstart/adam"])
+    client.delete_run(runs[1].info.run_id)
+    client.create_run(runs[1].info.experiment_id, tags=runs[1].data.tags, run_name="adam-1")  # RUNNING, no metrics
+    duplicate = client.create_run(runs[2].info.experiment_id, tags=runs[2].data.tags, run_name="adam-2")
+    client.set_terminated(duplicate.info.run_id, "FINISHED")
+
+    assert main(sync) == 0
+    out = capsys.readouterr().out
+    assert "quickstart/adam: 1 runs written, 4 already there, 2 deleted" in out
+    assert "quickstart/sgd: 0 runs written, 5 already there, 0 deleted" in out
+    after = assert_mirrors(workdir, uri, "quickstart", ["quickstart/adam", "quickstart/sgd"])
+    assert {k: p.info.run_id for k, p in after.items()} == {k: p.info.run_id for k, p in before.items()}
+    assert main(sync) == 0
+    assert "0 runs written" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_kill_9_mid_study_loses_nothing_and_the_rerun_leaves_one_finished_run_per_trial(workdir):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    cmd = [sys.executable, "-m", "tuner", *study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "4")]
+    cmd[cmd.index("--epochs") + 1] = "30"
+    cmd[cmd.index("--final-seeds") + 1] = "1"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            if len([t for t in load(workdir, "quickstart/sgd").trials if t.state.is_finished()]) >= 2:
+                break
+        except Exception:  # the study may not exist yet
+            continue
+    assert proc.poll() is None, "the study ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = {t.number: t.value for t in load(workdir, "quickstart/sgd").trials if t.state.is_finished()}
+    assert len(kept) >= 2
+    # The follower outlives the killed process, mirrors what was stored and marks the parent KILLED.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            parents, _ = layout(uri, "quickstart")
+            if parents["quickstart/sgd"].info.status == "KILLED":
+                break
+        except Exception:  # not written yet
+            pass
+        time.sleep(0.5)
+    assert parents["quickstart/sgd"].info.status == "KILLED"
+    assert_mirrors(workdir, uri, "quickstart", ["quickstart/sgd"])
+
+    assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode == 0
+    after = assert_mirrors(workdir, uri, "quickstart", ["quickstart/sgd"])
+    assert after["quickstart/sgd"].info.run_id == parents["quickstart/sgd"].info.run_id
+    assert after["quickstart/sgd"].info.status == "FINISHED"
+    study = load(workdir, "quickstart/sgd")
+    assert len(study.trials) == 4 and {t.number: t.value for t in study.trials if t.number in kept} == kept
+
+
+def test_ctrl_c_closes_the_runs_and_the_rerun_resumes_under_the_same_parent(workdir, capsys, monkeypatch):
+    from tuner.study import StudyRunner
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    original = StudyRunner.run_trial
+    calls = {"n": 0}
+
+    def interrupted(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(StudyRunner, "run_trial", interrupted)
+    args = study_args(workdir, "quickstart", "--optimizers", "adam", "--trials", "4")
+    assert main(args) == 130
+    parents, children = layout(uri, "quickstart")
+    assert parents["quickstart/adam"].info.status == "KILLED"
+    assert sorted(trial_runs(children["quickstart/adam"])) == [0, 1]
+    monkeypatch.setattr(StudyRunner, "run_trial", original)
+    assert main(args) == 0
+    after = assert_mirrors(workdir, uri, "quickstart", ["quickstart/adam"])
+    assert after["quickstart/adam"].info.run_id == parents["quickstart/adam"].info.run_id
+
+
+# --------------------------------------------------------------------------
+# A real tracking server.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mlflow server` on a loopback port, with its own SQLite store and artifact folder; can be stopped and started."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port, self.proc = folder, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
+               "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 (the server writes to it until stopped)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return
+            except OSError:
+                assert self.proc.poll() is None, (self.folder / "server.log").read_text()[-2000:]
+                time.sleep(0.3)
+        raise AssertionError("mlflow server did not start")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_study_logs_over_http_to_a_real_server_and_no_password_leaks(workdir, server, capsys):
+    secret = "s3cr3t-pw"
+    uri = server.uri.replace("http://", f"http://alice:{secret}@")
+    assert main(study_args(workdir, "quickstart", "--optimizers", "adam", "--trials", "3", uri=uri)) == 0
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err and "alice:***@" in captured.err
+    assert_mirrors(workdir, server.uri, "quickstart", ["quickstart/adam"])
+    client = MlflowClient(server.uri)
+    parents, children = layout(server.uri, "quickstart", workdir)
+    parent = parents["quickstart/adam"]
+    local = client.download_artifacts(parent.info.run_id, "best.yaml", str(workdir))
+    assert yaml.safe_load(Path(local).read_text())["source"]["tracking_uri"] == uri.replace(secret, "***")
+    for run in [parent, *children["quickstart/adam"]]:
+        assert secret not in str(run.data.params) + str(run.data.tags)
+    for path in (workdir / "out").iterdir():
+        assert secret not in path.read_text()
+
+
+def test_a_server_lost_mid_study_costs_no_trial_and_sync_fills_the_gap(workdir, server, capsys, monkeypatch):
+    from tuner.study import StudyRunner
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    original = StudyRunner.run_trial
+    calls = {"n": 0}
+
+    def lose_the_server(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            server.stop()
+        return original(self)
+
+    monkeypatch.setattr(StudyRunner, "run_trial", lose_the_server)
+    try:
+        assert main(study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "5", uri=server.uri)) == 0
+        err = capsys.readouterr().err
+        assert "the MLflow mirror is incomplete" in err and "python -m tuner sync" in err
+        assert len(load(workdir, "quickstart/sgd").trials) == 5  # nothing lost on the Optuna side
+        server.start()
+        assert main(["sync", "quickstart", "--storage", f"sqlite:///{workdir}/t.db", "--tracking-uri", server.uri]) == 0
+        parents = assert_mirrors(workdir, server.uri, "quickstart", ["quickstart/sgd"])
+        assert parents["quickstart/sgd"].info.status == "FINISHED"
+    finally:
+        if server.proc.poll() is not None:
+            server.start()  # for the tests after this one
+
+
+def test_the_tracking_uri_comes_from_the_environment(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert main(["study", "--trials", "1", "--storage", f"sqlite:///{workdir}/t.db", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "MLFLOW_TRACKING_URI: cannot reach the MLflow server at 'http://127.0.0.1:9'" in err and len(err.splitlines()) == 1
+    assert not (workdir / "t.db").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/env.db")
+    assert main(["study", "--trials", "1", "--epochs", "1", "--final-seeds", "1", "--optimizers", "sgd",
+                 "--storage", f"sqlite:///{workdir}/t.db", "--no-progress"]) == 0
+    assert layout(f"sqlite:///{workdir}/env.db", "quickstart")[0]
