@@ -293,7 +293,9 @@ class Server:
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
                "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 (the server writes to it until stopped)
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        # No background job runner (seven more processes, for features tuner does not use): a quicker start.
+        env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:

@@ -77,6 +77,11 @@ def space(id: str, text: str, expect: list[str]):
 
 
 
+def broken(factory: str, expect: list[str]):
+    """A ``tuner study`` case whose task is ``broken_tasks:<factory>`` (tests/broken_tasks.py)."""
+    return study(f"task-broken-{factory}", ["exp.yaml", "task", *expect], exp=experiment(task=f"broken_tasks:{factory}"))
+
+
 CASES = [
     # --- the experiment file itself --------------------------------------------------------------
     study("exp-unknown-key", ["exp.yaml", "'trails'", "allowed", "trials"], exp=experiment(trails=3)),
@@ -139,6 +144,25 @@ CASES = [
     study("task-not-a-string", ["exp.yaml", "task", "3", "package.module:factory"], exp=experiment(task=3)),
     study("task-args-unknown-key", ["exp.yaml", "task_args", "'widht'", "hidden"], exp=experiment(task_args={"widht": 3})),
     study("task-args-wrong-type", ["exp.yaml", "task_args", "hidden", "'wide'", "int"], exp=experiment(task_args={"hidden": "wide"})),
+    # a task's own code misbehaves (tests/broken_tasks.py: each factory breaks one rule)
+    broken("raises", ["'broken_tasks:raises'", "factory raised RuntimeError: no such dataset"]),
+    broken("returns_none", ["'broken_tasks:returns_none'", "NoneType", "lacks name", "tuner.tasks.Task"]),
+    broken("bad_metric", ["'broken_tasks:bad_metric'", "metric 3", "non-empty string"]),
+    broken("bad_epochs", ["'broken_tasks:bad_epochs'", "epochs 0", "integer >= 1"]),
+    broken("DataRaises", ["'tiny' does not work", "data() raised OSError: cannot read digits.csv"]),
+    broken("DataIsTuple", ["'tiny' does not work", "data() returned tuple", "tuner.tasks.Data"]),
+    broken("SplitIsTuple", ["'tiny' does not work", "data().train", "Split of two tensors"]),
+    broken("LengthsDiffer", ["'tiny' does not work", "train split has 16 inputs but 15 targets"]),
+    broken("ShapesDoNotFit", ["'tiny' does not work", "model(train inputs of shape (8, 4))", "RuntimeError", "shapes cannot be multiplied"]),
+    broken("ModelIsAFunction", ["'tiny' does not work", "model() returned builtin_function_or_method", "torch.nn.Module"]),
+    broken("NoParameters", ["'tiny' does not work", "no trainable parameters"]),
+    broken("OutputNotBatchFirst", ["'tiny' does not work", "model() returned (1, 8) for 8 inputs", "batch first"]),
+    broken("LossNotScalar", ["'tiny' does not work", "loss() returned (8, 1)", "scalar tensor"]),
+    broken("LossBroadcasts", ["'tiny' does not work", "loss(outputs of shape (8, 1)", "UserWarning", "broadcasting"]),
+    broken("LossDetached", ["'tiny' does not work", "loss() does not depend on the model's parameters"]),
+    broken("LossNotFinite", ["'tiny' does not work", "loss() is inf", "finite"]),
+    broken("ScoreIsTensor", ["'tiny' does not work", "score() returned Tensor", "float"]),
+    broken("ScoreNaN", ["'tiny' does not work", "score() is nan", "finite"]),
     # --- a user's search space --------------------------------------------------------------------
     space("space-unknown-param", adam_space("momentum: 0.9"), ["params", "'momentum'", "Adam", "beta1"]),
     space("space-betas-not-split", adam_space("betas: [0.9, 0.999]"), ["params", "'betas'", "beta1"]),
@@ -178,6 +202,12 @@ CASES = [
         marks=pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() > 7, reason="this machine has a cuda:7"),
     ),
     study("flag-device-tpu", ["--device", "'tpu'", "cpu"], flags=("--device", "tpu")),
+    pytest.param(
+        ["study", "exp.yaml", "--device", "cuda"], {"exp.yaml": experiment()}, ["--device", "'cuda'", "not available", "available: auto, cpu"],
+        id="flag-device-cuda-unavailable", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+    ),
+    study("flag-amp-on-cpu", ["--amp", "'bf16'", "cpu", "CUDA"], flags=("--device", "cpu", "--amp", "bf16")),
+    study("flag-amp-unknown", ["--amp", "'fp16'", "none, bf16"], flags=("--amp", "fp16")),
     study("flag-device-mps-unavailable", ["--device", "'mps'", "cpu"], flags=("--device", "mps")),
     study("flag-storage-bad-url", ["--storage", "notaurl://x", "sqlite:///"], exp=experiment(task="quadratic-deep"), flags=("--storage", "notaurl://x")),
     study("flag-optimizers-adagrad", ["--optimizers", "'adagrad'", "adam"], flags=("--optimizers", "adagrad")),
@@ -230,6 +260,11 @@ CASES = [
          {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"seed": "abc"})}),
     case("train-task-not-text", ["train", "cfg.yaml"], ["cfg.yaml", "training.task", "3", "task name"],
          {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"task": 3})}),
+    case("train-amp-flag-on-cpu", ["train", "cfg.yaml", "--device", "cpu", "--amp", "bf16"], ["--amp", "'bf16'", "CUDA"], {"cfg.yaml": config()}),
+    case("train-amp-in-config-on-cpu", ["train", "cfg.yaml", "--device", "cpu"], ["cfg.yaml: training.amp", "'bf16'", "--amp none"],
+         {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"amp": "bf16"})}),
+    case("train-amp-unknown", ["train", "cfg.yaml"], ["cfg.yaml", "training.amp", "'fp16'", "none, bf16"],
+         {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"amp": "fp16"})}),
     case("train-epochs-zero", ["train", "cfg.yaml"], ["cfg.yaml", "epochs", "0", ">= 1"],
          {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"epochs": 0})}),
 ]

@@ -66,14 +66,16 @@ def build_parser() -> Parser:
     study.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
     study.add_argument("--seed", type=seed_int, help="seed of every trial; final seeds are seed+1 ... seed+N")
     study.add_argument("--final-seeds", type=positive_int, help="seeds the best configs are re-trained on (default 3)")
-    study.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda or cuda:N")
+    study.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    study.add_argument("--amp", default="none", help="mixed precision: none (default) or bf16 autocast (CUDA only)")
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
     study.set_defaults(func=run_study)
 
     train = commands.add_parser("train", help="re-train an exported config and report mean ± sd")
     train.add_argument("config", type=Path, help="best-config YAML written by `tuner study`")
     train.add_argument("--seeds", type=positive_int, default=1, help="number of seeds: the config's seed, seed+1, ... (default 1)")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    train.add_argument("--amp", help="mixed precision: none or bf16 (CUDA only); default: the config's training.amp")
     train.set_defaults(func=run_train)
 
     sync = commands.add_parser("sync", help="rebuild or complete the MLflow runs of an experiment from the Optuna storage")
@@ -82,7 +84,7 @@ def build_parser() -> Parser:
     add_tracking_arguments(sync)
     sync.set_defaults(func=run_sync)
 
-    tasks = commands.add_parser("tasks", help="list the built-in tasks")
+    tasks = commands.add_parser("tasks", help="list the built-in tasks and those of installed plugins")
     tasks.set_defaults(func=run_tasks)
     return parser
 
@@ -94,7 +96,7 @@ def run_study(args: argparse.Namespace) -> int:
     from tuner.study import Setup, StudyRunner, check_components, check_resumable, open_storage, study_name
     from tuner.tasks import load_data, load_task
     from tuner.tracking import Follower, check_reachable, tracking_uri
-    from tuner.train import resolve_device
+    from tuner.train import check_amp, resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = config.find_experiment(args.experiment)
@@ -103,8 +105,9 @@ def run_study(args: argparse.Namespace) -> int:
     overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed, "final_seeds": args.final_seeds}
     experiment = config.load_experiment(path, overrides)
     device = resolve_device(args.device)
+    check_amp(args.amp, device, "--amp")
     task = load_task(experiment.task, experiment.task_args, experiment.at("task"))
-    setup = Setup.resolve(experiment, task)
+    setup = Setup.resolve(experiment, task, args.amp)
     check_components(experiment, setup)
     out = args.out or Path("runs") / experiment.name
     _check_writable_folder(out)
@@ -119,7 +122,7 @@ def run_study(args: argparse.Namespace) -> int:
         check_resumable(storage, names[space.name], setup, space, experiment.schedules)
     seeds = [experiment.seed + i for i in range(1, experiment.final_seeds + 1)]
     print(f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
-          f"{setup.epochs} epochs, device {device}, storage {mask_url(args.storage)}, "
+          f"{setup.epochs} epochs, device {device}{'' if args.amp == 'none' else ', amp ' + args.amp}, storage {mask_url(args.storage)}, "
           f"tracking {mask_url(tracking[0]) if tracking else 'off'}", file=sys.stderr)
 
     # MLflow is written by a follower process, off the training process's clock (see tuner.tracking).
@@ -255,13 +258,18 @@ class _progress:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from tuner.analysis import mean_sd, pm
     from tuner.export import load_config
     from tuner.tasks import load_data, load_task
-    from tuner.train import objective_label, resolve_device, train
+    from tuner.train import check_amp, objective_label, resolve_device, train
 
     cfg = load_config(args.config)
     device = resolve_device(args.device)
+    if args.amp is not None:
+        cfg = dataclasses.replace(cfg, amp=args.amp)
+    check_amp(cfg.amp, device, "--amp" if args.amp else f"{args.config}: training.amp")
     task = load_task(cfg.task, cfg.task_args, f"{args.config}: training.task")
     data = load_data(task, device, f"{args.config}: training.task")
     label = objective_label(cfg.objective, task.metric)
@@ -287,10 +295,10 @@ def run_train(args: argparse.Namespace) -> int:
 def run_tasks(args: argparse.Namespace) -> int:
     from tuner.tasks import describe
 
-    descriptions = describe()
-    width = max(map(len, descriptions))
-    for name, line in descriptions.items():
-        print(f"{name.ljust(width)}  {line}")
+    infos = describe()
+    name_width, origin_width = (max(len(getattr(i, key)) for i in infos) for key in ("name", "origin"))
+    for info in infos:
+        print(f"{info.name.ljust(name_width)}  {info.origin.ljust(origin_width)}  {info.summary}")
     return 0
 
 

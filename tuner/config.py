@@ -22,6 +22,8 @@ from tuner.errors import UserError
 SCALES = ("linear", "log", "log1m")
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("median", "hyperband", "none")
+# Mixed precision: none, or bf16 autocast of the forward pass and loss (CUDA only).
+AMP = ("none", "bf16")
 
 
 def shipped_dir(kind: str) -> Path:
@@ -432,6 +434,8 @@ class Config:
     as given to it; ``schedule_params`` those of the schedule (see
     :mod:`tuner.optim` for how they map onto ``torch.optim.lr_scheduler``).
     ``objective`` is ``"loss"`` (validation loss) or ``"metric"`` (the task's metric).
+    ``amp`` is ``"none"`` (default, full precision) or ``"bf16"`` (forward pass and
+    loss under ``torch.autocast(dtype=torch.bfloat16)``, on CUDA).
     """
 
     optimizer: str
@@ -444,6 +448,7 @@ class Config:
     batch_size: int
     seed: int
     objective: str = "metric"
+    amp: str = "none"
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 

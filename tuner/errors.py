@@ -1,4 +1,5 @@
-"""What the user is told: the one exception that the CLI turns into a one-line message and exit code 2, and URLs without their secrets."""
+"""What the user is told: the one exception that the CLI turns into a one-line message and exit code 2,
+one-line reasons for any other, and URLs without their secrets."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ class UserError(Exception):
     """Bad input: the message names the file or flag, the field, the value and what is allowed."""
 
 
+def reason(err: BaseException) -> str:
+    """``Type: message`` in one line (the message's first line), for any exception."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password replaced by ``***``: the only form of a URL that is printed or logged."""
     parts = urlsplit(url)
@@ -16,3 +23,9 @@ def mask_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def url_failure(err: BaseException, url: str) -> str:
+    """:func:`reason` of a failure to open ``url``, without its password (drivers quote the URL they got)."""
+    password = urlsplit(url).password
+    return reason(err).replace(password, "***") if password else reason(err)

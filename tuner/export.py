@@ -16,12 +16,12 @@ import torch
 import yaml
 
 from tuner import optim
-from tuner.config import MAX_SEED, Config, is_int, is_number, read_yaml
+from tuner.config import AMP, MAX_SEED, Config, is_int, is_number, read_yaml
 from tuner.errors import UserError
 
 FORMAT = 1
 TORCH_PREFIX = "torch.optim."
-TRAINING_KEYS = ("task", "task_args", "epochs", "batch_size", "seed", "objective")
+TRAINING_KEYS = ("task", "task_args", "epochs", "batch_size", "seed", "objective", "amp")
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -63,6 +63,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
             raise UserError(f"{where}: schedule.params: unknown parameter {key!r} of {schedule} (allowed: {', '.join(allowed) or 'none'})")
         if not is_number(value) or not math.isfinite(value):
             raise UserError(f"{where}: schedule.params.{key}: {value!r} is not allowed (a finite number)")
+    training = {"amp": "none"} | training  # files written before amp existed ran without it
     for key in TRAINING_KEYS:
         if key not in training:
             raise UserError(f"{where}: training: missing {key!r} (required: {', '.join(TRAINING_KEYS)})")
@@ -73,6 +74,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
         "batch_size": (is_int(training["batch_size"]), "an integer >= 1"),
         "seed": (is_int(training["seed"], 0, MAX_SEED), f"an integer from 0 to {MAX_SEED}"),
         "objective": (training["objective"] in ("loss", "metric"), "loss, metric"),
+        "amp": (training["amp"] in AMP, ", ".join(AMP)),
     }
     for key, (ok, allowed_values) in checks.items():
         if not ok:

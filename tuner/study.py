@@ -6,6 +6,7 @@ Trial outcomes (complete, pruned, diverged, failed, interrupted) are described i
 from __future__ import annotations
 
 import dataclasses
+import gc
 import inspect
 import json
 import math
@@ -19,11 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from tuner import spaces
 from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace
-from tuner.errors import UserError, mask_url
+from tuner.errors import UserError, mask_url, reason, url_failure
 from tuner.export import config_from_dict, config_to_dict
 from tuner.outcomes import FINISHED, outcome
 from tuner.tasks import Data, Task
@@ -37,9 +39,8 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or server
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(
-            f"--storage: cannot open {mask_url(url)!r}: {reason} "
+            f"--storage: cannot open {mask_url(url)!r}: {url_failure(err, url)} "
             "(allowed: an SQLAlchemy URL such as sqlite:///tuner.db or postgresql://user:password@host/db)"
         ) from None
 
@@ -91,6 +92,7 @@ class Setup:
     objective: str
     direction: str
     metric: str
+    amp: str = "none"
 
     @property
     def label(self) -> str:
@@ -98,7 +100,8 @@ class Setup:
         return objective_label(self.objective, self.metric)
 
     @classmethod
-    def resolve(cls, experiment: Experiment, task: Task) -> Setup:
+    def resolve(cls, experiment: Experiment, task: Task, amp: str = "none") -> Setup:
+        """The setup of ``experiment`` on ``task``, with mixed precision ``amp`` (``none`` or ``bf16``)."""
         objective = experiment.objective
         if objective in ("metric", task.metric) and objective != "loss":
             objective, natural = "metric", task.direction
@@ -115,6 +118,7 @@ class Setup:
             objective=objective,
             direction=experiment.direction or natural,
             metric=task.metric,
+            amp=amp,
         )
 
     def stored(self, space: SearchSpace, schedules: ScheduleSpace) -> dict[str, Any]:
@@ -154,7 +158,8 @@ def check_resumable(storage: optuna.storages.BaseStorage, name: str, setup: Setu
     """Refuse to resume study ``name`` if its trials were run with another setup or search space; changes nothing."""
     if name not in optuna.get_all_study_names(storage):
         return
-    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("setup") or {}
+    # Studies stored before amp existed ran without it.
+    stored = {"amp": "none"} | (optuna.load_study(study_name=name, storage=storage).user_attrs.get("setup") or {})
     changed = [
         f"{k}={stored.get(k)!r} -> {v!r}" if k not in ("space", "schedules") else f"{k} changed"
         for k, v in setup.stored(space, schedules).items()
@@ -262,11 +267,18 @@ class StudyRunner:
             self._store(self.live.tell(trial, state=TrialState.FAIL))
             raise
         except Exception as err:  # the task's code may raise anything; the study goes on
+            out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
             trial.set_user_attr("outcome", "failed")
-            trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
+            trial.set_user_attr("reason", ("out of memory: " if out_of_memory else "") + reason(err))
             trial.set_user_attr("traceback", traceback.format_exc())
-            return self._store(self.live.tell(trial, state=TrialState.FAIL))
-        return self._store(self._tell(trial, result))
+        else:
+            return self._store(self._tell(trial, result))
+        if out_of_memory:
+            # The exception is gone, and with it the frames that held the trial's
+            # tensors: hand their cached blocks back so the next trial can use them.
+            gc.collect()
+            torch.cuda.empty_cache()
+        return self._store(self.live.tell(trial, state=TrialState.FAIL))
 
     def _store(self, trial: optuna.trial.FrozenTrial) -> tuple[optuna.trial.FrozenTrial, int]:
         """Write a finished trial to the storage, whole, in one transaction."""

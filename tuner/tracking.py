@@ -79,7 +79,7 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import UserError, mask_url
+from tuner.errors import UserError, mask_url, reason, url_failure
 from tuner.outcomes import FINISHED, outcome
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -89,6 +89,8 @@ EPOCH_COLUMNS = ("train_loss", "val_loss", "val_metric", "lr")
 # MLflow's limits per log_batch call.
 BATCH = {"metrics": 1000, "params": 100, "tags": 100}
 TRACEBACK_CHARS = 4000
+# After a tracking failure the follower leaves the store alone this long (seconds).
+RETRY_SECONDS = 30.0
 # The follower's HTTP client gives up sooner than MLflow's defaults (7 retries,
 # 120 s timeout): a study must not wait minutes at its end for a dead server.
 FOLLOWER_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -131,7 +133,7 @@ def check_reachable(uri: str, where: str) -> None:
             with urllib.request.urlopen(request, timeout=5) as response:
                 response.read()
         except Exception as err:  # URLError, timeouts, HTTP errors, bad hosts
-            raise UserError(f"{where}: cannot reach the MLflow server at {mask_url(uri)!r}: {err} (start it with `mlflow server`, or pass --no-tracking)") from None
+            raise UserError(f"{where}: cannot reach the MLflow server at {mask_url(uri)!r}: {url_failure(err, uri)} (start it with `mlflow server`, or pass --no-tracking)") from None
     elif scheme == "sqlite":
         folder = Path(parts.path[1:] if parts.path.startswith("/") else parts.path).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -142,8 +144,7 @@ def check_reachable(uri: str, where: str) -> None:
         try:
             sqlalchemy.create_engine(uri).connect().close()
         except Exception as err:  # drivers raise their own kinds
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise UserError(f"{where}: cannot connect to {mask_url(uri)!r}: {reason}") from None
+            raise UserError(f"{where}: cannot connect to {mask_url(uri)!r}: {url_failure(err, uri)}") from None
 
 
 # --------------------------------------------------------------------------
@@ -515,17 +516,20 @@ def _retry(action: Callable[[], Any], attempts: int = 3, pause: float = 1.0) -> 
 
 
 class _Session:
-    """The follower's side: mirrors what it is told at once, keeps what failed for one last try at the end.
+    """The follower's side: mirrors what it is told at once; what fails is caught up later.
 
-    After the first failure it stops trying until the end, so that a dead
-    server costs the study nothing; the last try retries with pauses.
+    After a failure it leaves the tracking store alone for ``RETRY_SECONDS``
+    (a dead server costs the study nothing), then the next message syncs its
+    study whole, filling the gap; at the end everything still owed is tried
+    once more, with pauses.
     """
 
     def __init__(self, start: dict[str, Any]) -> None:
         self.start = start
         self.mirror: Mirror | None = None
         self.error: str | None = None
-        self.dirty: set[str] = set()  # studies to sync again at the end
+        self.failed_at = 0.0
+        self.dirty: set[str] = set()  # studies to sync whole
         self.attachments: list[tuple[str, list[str]]] = []  # not attached yet
         self.running: set[str] = set()  # parent runs set RUNNING by this session
         self.ended: dict[str, str] = {}  # study -> final parent status
@@ -546,15 +550,16 @@ class _Session:
             self.attachments.append((study, message["paths"]))
         if op == "end":
             self.ended[study] = message["status"]
-        if self.error is not None:
+        if self.error is not None and time.monotonic() - self.failed_at < RETRY_SECONDS:
             self.dirty.add(study)
             return None
         try:
             mirror = self.connect()
-            if study not in self.running:
+            if study not in self.running or study in self.dirty:
                 self.count += mirror.sync(study)
                 mirror.parent(study, "RUNNING")
                 self.running.add(study)
+                self.dirty.discard(study)
             if op == "trial":
                 for record in mirror.records(study, [mirror.storage.get_trial(message["id"])]):
                     self.count += mirror.write(study, record)
@@ -563,8 +568,9 @@ class _Session:
             elif op == "end":
                 self.count += mirror.sync(study)
                 mirror.parent(study, message["status"])
-        except Exception as err:  # the study goes on; finish() tries again
-            self.error = _describe(err)
+            self.error = None
+        except Exception as err:  # the study goes on; a later message or finish() catches up
+            self.error, self.failed_at = reason(err), time.monotonic()
             self.dirty.add(study)
         return None
 
@@ -583,13 +589,8 @@ class _Session:
                 _retry(lambda s=study, p=paths: mirror.attach(s, p))
             runs = sum(len(mirror.runs.get(s, {})) for s in self.start["studies"])
         except Exception as err:  # reported: `tuner sync` fills the gap
-            self.error, runs = _describe(err), 0
+            self.error, runs = reason(err), 0
         return {"op": "report", "error": self.error, "written": self.count.written, "runs": runs}
-
-
-def _describe(err: Exception) -> str:
-    first = str(err).splitlines()[0] if str(err) else ""
-    return f"{type(err).__name__}: {first}"
 
 
 def follow(lines: IO[str], reply: IO[str]) -> None:

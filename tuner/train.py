@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tuner.config import Config
+from tuner.config import AMP, Config
 from tuner.errors import UserError
 from tuner.tasks import Data, Split, Task
 
@@ -65,12 +65,19 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return math.ceil(n_train / batch_size)
 
 
+def autocast(device: torch.device, amp: str) -> torch.autocast:
+    """bf16 autocast on ``device`` when ``amp`` is ``"bf16"``; a context that changes nothing for ``"none"``."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
 @torch.inference_mode()
-def evaluate(task: Task, model: torch.nn.Module, split: Split) -> tuple[float, float]:
-    """Loss and metric of ``model`` over a whole split."""
+def evaluate(task: Task, model: torch.nn.Module, split: Split, amp: str = "none") -> tuple[float, float]:
+    """Loss and metric of ``model`` over a whole split, under the mixed precision ``amp`` (default none)."""
     model.eval()
-    output = torch.cat([model(split.x[i : i + EVAL_CHUNK]) for i in range(0, len(split), EVAL_CHUNK)])
-    return task.loss(output, split.y).item(), task.score(output, split.y)
+    with autocast(split.x.device, amp):
+        output = torch.cat([model(split.x[i : i + EVAL_CHUNK]) for i in range(0, len(split), EVAL_CHUNK)])
+        loss = task.loss(output, split.y).item()
+    return loss, task.score(output, split.y)
 
 
 def train(
@@ -85,7 +92,8 @@ def train(
     """Train ``task``'s model with ``config`` on ``data`` (already on its device).
 
     ``seed`` (default ``config.seed``) fixes the initial parameters and the
-    batch order: CPU runs are bit-for-bit repeatable. A non-finite training
+    batch order: CPU runs are bit-for-bit repeatable. With ``config.amp`` bf16 the
+    forward pass and loss run under bf16 autocast (CUDA). A non-finite training
     loss, validation loss or metric ends the run as ``diverged``. With ``test``, the test split
     is evaluated at the end.
     """
@@ -109,7 +117,8 @@ def train(
             xs, ys = x[permutation], y[permutation]
             loss_sum = torch.zeros((), device=device)
             for start in range(0, n, batch_size):
-                loss = task.loss(model(xs[start : start + batch_size]), ys[start : start + batch_size])
+                with autocast(device, config.amp):
+                    loss = task.loss(model(xs[start : start + batch_size]), ys[start : start + batch_size])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 lr = optimizer.param_groups[0]["lr"]
@@ -119,7 +128,7 @@ def train(
                 loss_sum += loss.detach()
             # One host sync per epoch: the divergence check waits until here.
             train_loss = loss_sum.item() / steps
-            val_loss, val_metric = evaluate(task, model, data.val)
+            val_loss, val_metric = evaluate(task, model, data.val, config.amp)
             metrics = EpochMetrics(epoch, train_loss, val_loss, val_metric, lr, time.perf_counter() - started)
             result.history.append(metrics)
             if not all(map(math.isfinite, (train_loss, val_loss, val_metric))):
@@ -130,25 +139,47 @@ def train(
                 result.status = "stopped"
                 return result
         if test:
-            result.test_loss, result.test_metric = evaluate(task, model, data.test)
+            result.test_loss, result.test_metric = evaluate(task, model, data.test, config.amp)
     return result
 
 
+def available_devices() -> list[str]:
+    """The devices this machine has: ``cpu``, ``cuda:0``, ``cuda:1``, ... and ``mps`` where present."""
+    return ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count())), *(["mps"] if _mps_available() else [])]
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    """``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; one that is not here is a :class:`UserError`."""
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+        return torch.device("mps" if _mps_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device: {spec!r} is not allowed (auto, cpu, cuda, cuda:N, mps)")
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"--device: {spec!r} is not available here ({torch.cuda.device_count()} CUDA device(s)); use auto or cpu")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError(f"--device: {spec!r} is not available here; use auto or cpu")
+    present = (
+        device.type == "cpu"
+        or (device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count())
+        or (device.type == "mps" and _mps_available())
+    )
+    if not present:
+        raise UserError(f"--device: {spec!r} is not available here (available: auto, {', '.join(available_devices())})")
     return device
+
+
+def check_amp(amp: str, device: torch.device, where: str) -> None:
+    """Refuse a mixed precision ``amp`` other than ``none`` and ``bf16``, and bf16 where it cannot run: it needs a CUDA device that supports it."""
+    if amp not in AMP:
+        raise UserError(f"{where}: {amp!r} is not allowed ({', '.join(AMP)})")
+    if amp == "bf16" and device.type != "cuda":
+        raise UserError(f"{where}: 'bf16' is not allowed on {device} (bf16 runs on CUDA devices only; use --amp none, or --device cuda)")
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{where}: 'bf16' is not allowed: {torch.cuda.get_device_name(device)} does not support bfloat16 (use --amp none)")

@@ -1,21 +1,30 @@
 """Tasks: the PyTorch problems that studies tune optimizers on.
 
 A task is any object with the attributes of :class:`Task`. It is named by a
-registry name (``digits-mlp``) or a dotted path ``package.module:factory``;
-``task_args`` from the experiment become the factory's keyword arguments.
+built-in name (``digits-mlp``, see :data:`BUILTIN`), the name of an entry
+point in the group ``tuner.tasks`` of an installed package, or a dotted path
+``package.module:factory``, tried in that order; ``task_args`` from the
+experiment become the factory's keyword arguments. :func:`load_data` checks a
+task with one training step before any study; :mod:`tuner.tasks.contract`
+checks it further, for tests.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
+import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch.nn import functional as F
 
 from tuner.config import is_int
-from tuner.errors import UserError
+from tuner.errors import UserError, reason
 
 
 @dataclass(frozen=True)
@@ -73,31 +82,92 @@ class Task(Protocol):
         """The metric over a whole split."""
 
 
+class Classifier:
+    """Cross-entropy loss and accuracy over the last dimension of the output (the classes).
+
+    For one label per sample (output ``(N, C)``, target ``(N,)``) or one per
+    token (output ``(N, L, C)``, target ``(N, L)``): accuracy is then per token.
+    """
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output.flatten(0, -2), target.flatten())
+
+    def score(self, output: torch.Tensor, target: torch.Tensor) -> float:
+        return (output.argmax(-1) == target).float().mean().item()
+
+
+def generated(sample: Callable[[int, torch.Generator], Split], sizes: tuple[int, int, int], seed: int) -> Data:
+    """Train, validation and test splits of ``sizes`` samples, drawn in that order by ``sample(n, generator)``.
+
+    The generator is seeded with ``seed``, a constant of the task, not the
+    trial's seed: every trial and every call sees the same data.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return Data(*(sample(n, generator) for n in sizes))
+
+
+# The built-in tasks: name -> module:factory.
 BUILTIN: dict[str, str] = {
     "digits-mlp": "tuner.tasks.digits:DigitsMLP",
+    "digits-cnn": "tuner.tasks.digits_cnn:DigitsCNN",
+    "lstm-adding": "tuner.tasks.lstm_adding:LSTMAdding",
+    "tiny-transformer": "tuner.tasks.tiny_transformer:TinyTransformer",
     "quadratic-deep": "tuner.tasks.quadratic:QuadraticDeep",
+    "rosenbrock": "tuner.tasks.rosenbrock:Rosenbrock",
 }
 
 
+# Installed packages offer tasks as entry points of this group (name = "module:factory").
+ENTRY_POINT_GROUP = "tuner.tasks"
+# Samples in the one cheap training step that checks a task before any study exists.
+CHECK_BATCH = 8
+# The attributes of a Task.
+FIELDS = ("name", "metric", "direction", "epochs", "batch_size", "data", "model", "loss", "score")
+
+
+def plugins() -> dict[str, importlib.metadata.EntryPoint]:
+    """The tasks of installed packages: entry points of the group ``tuner.tasks``, by name."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _package(ep: importlib.metadata.EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else "an installed package"
+
+
 def _factory(spec: str, where: str) -> Any:
-    path = BUILTIN.get(spec, spec)
+    """The task factory named ``spec``: a built-in name first, then an installed entry point, then ``package.module:factory``."""
+    installed = plugins()
+    if spec in BUILTIN:
+        path, label = BUILTIN[spec], repr(spec)
+    elif spec in installed:
+        ep = installed[spec]
+        path = f"{ep.module}:{ep.attr}"
+        label = f"{spec!r} (entry point {path} of {_package(ep)})"
+    else:
+        path, label = spec, repr(spec)
     if ":" not in path:
-        raise UserError(f"{where}: {spec!r} is not a task (allowed: {', '.join(BUILTIN)}, or a dotted path package.module:factory)")
+        allowed = ", ".join([*BUILTIN, *installed])
+        raise UserError(f"{where}: {spec!r} is not a task (allowed: {allowed}, or a dotted path package.module:factory)")
     module_name, _, attribute = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        factory: Any = importlib.import_module(module_name)
     except Exception as err:  # a plugin's import can fail in any way
-        raise UserError(f"{where}: {spec!r}: cannot import module {module_name!r}: {type(err).__name__}: {err}") from None
-    if not hasattr(module, attribute):
-        raise UserError(f"{where}: {spec!r}: module {module_name!r} has no attribute {attribute!r} (allowed: a callable task factory)")
-    factory = getattr(module, attribute)
+        raise UserError(f"{where}: {label}: cannot import module {module_name!r}: {reason(err)}") from None
+    for part in attribute.split("."):
+        if not hasattr(factory, part):
+            raise UserError(f"{where}: {label}: module {module_name!r} has no attribute {attribute!r} (allowed: a callable task factory)")
+        factory = getattr(factory, part)
     if not callable(factory):
-        raise UserError(f"{where}: {spec!r}: {attribute!r} is a {type(factory).__name__}, not callable (allowed: a callable task factory)")
+        raise UserError(f"{where}: {label}: {attribute!r} is a {type(factory).__name__}, not callable (allowed: a callable task factory)")
     return factory
 
 
 def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task") -> Task:
-    """The task named ``spec``, built with ``args``; a clear :class:`UserError` naming ``where`` when it cannot be."""
+    """The task named ``spec``, built with ``args``; a clear :class:`UserError` naming ``where`` when it cannot be.
+
+    ``spec`` is a built-in name (:data:`BUILTIN`), the name of an entry point
+    in the group ``tuner.tasks``, or ``package.module:factory``, in that order.
+    """
     factory = _factory(spec, where)
     args = args or {}
     try:
@@ -113,45 +183,118 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
     try:
         task = factory(**args)
     except Exception as err:  # a factory may reject its arguments in any way
-        raise UserError(f"{where}: {spec!r}: the factory raised {type(err).__name__}: {err}") from None
+        raise UserError(f"{where}: {spec!r}: the factory raised {reason(err)}") from None
     if not isinstance(task, Task):
-        missing = [name for name in ("name", "metric", "direction", "epochs", "batch_size", "data", "model", "loss", "score") if not hasattr(task, name)]
+        missing = [name for name in FIELDS if not hasattr(task, name)]
         raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task)")
-    if task.direction not in ("minimize", "maximize"):
-        raise UserError(f"{where}: {spec!r}: direction {task.direction!r} is not allowed (minimize, maximize)")
-    if not is_int(task.batch_size):
-        raise UserError(f"{where}: {spec!r}: batch_size {task.batch_size!r} is not allowed (an integer >= 1)")
+    checks = {
+        "name": (isinstance(task.name, str) and task.name != "", "a non-empty string"),
+        "metric": (isinstance(task.metric, str) and task.metric != "", "a non-empty string"),
+        "direction": (task.direction in ("minimize", "maximize"), "minimize, maximize"),
+        "epochs": (is_int(task.epochs), "an integer >= 1"),
+        "batch_size": (is_int(task.batch_size), "an integer >= 1"),
+    }
+    for key, (ok, allowed) in checks.items():
+        if not ok:
+            raise UserError(f"{where}: {spec!r}: {key} {getattr(task, key)!r} is not allowed ({allowed})")
     return task
 
 
+class _Broken(Exception):
+    """A task's data, model, loss or metric do not fit together; the message says how."""
+
+
+def _call(what: str, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``, any exception becoming a :class:`_Broken` that says what was called."""
+    try:
+        return function(*args)
+    except Exception as err:  # a task's code may fail in any way
+        raise _Broken(f"{what} raised {reason(err)}") from None
+
+
+def _check_data(data: Any) -> None:
+    if not isinstance(data, Data):
+        raise _Broken(f"data() returned {type(data).__name__} (allowed: tuner.tasks.Data)")
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if not (isinstance(split, Split) and isinstance(split.x, torch.Tensor) and isinstance(split.y, torch.Tensor)):
+            raise _Broken(f"data().{name} is not a tuner.tasks.Split of two tensors")
+        if len(split.x) != len(split.y):
+            raise _Broken(f"the {name} split has {len(split.x)} inputs but {len(split.y)} targets (allowed: as many of each)")
+        if len(split.x) == 0:
+            raise _Broken(f"the {name} split is empty")
+
+
+def _check_step(task: Task, data: Data) -> None:
+    """One forward pass, loss, backward pass and metric on a few training samples."""
+    model = _call("model()", task.model)
+    if not isinstance(model, torch.nn.Module):
+        raise _Broken(f"model() returned {type(model).__name__} (allowed: a torch.nn.Module)")
+    model = model.to(data.train.x.device)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise _Broken("model() has no trainable parameters")
+    x, y = data.train.x[:CHECK_BATCH], data.train.y[:CHECK_BATCH]
+    output = _call(f"model(train inputs of shape {tuple(x.shape)})", model, x)
+    if not isinstance(output, torch.Tensor) or output.dim() == 0 or len(output) != len(x):
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise _Broken(f"model() returned {shape} for {len(x)} inputs (allowed: a tensor with the batch first)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns, rather than fails, when shapes broadcast by accident
+        loss = _call(f"loss(outputs of shape {tuple(output.shape)}, targets of shape {tuple(y.shape)})", task.loss, output, y)
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+        raise _Broken(f"loss() returned {tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__} (allowed: a scalar tensor)")
+    if not loss.requires_grad:
+        raise _Broken("loss() does not depend on the model's parameters (no gradient to follow)")
+    if not torch.isfinite(loss):
+        raise _Broken(f"loss() is {loss.item()} at initialisation (allowed: a finite number)")
+    _call("loss().backward()", loss.backward)
+    score = _call("score()", task.score, output.detach(), y)
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise _Broken(f"score() returned {type(score).__name__} (allowed: a float, e.g. tensor.item())")
+    if not math.isfinite(score):
+        raise _Broken(f"score() is {score} at initialisation (allowed: a finite number)")
+
+
 def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
-    """The task's data on ``device``, checked with one cheap forward pass of a fresh model.
+    """The task's data on ``device``, checked with one cheap training step of a fresh model.
 
     A task whose data, model, loss or metric do not fit together fails here
-    with one line, before any study exists, rather than in every trial.
+    with one line naming it and the problem, before any study exists, rather
+    than in every trial. The data is moved to ``device`` once, here.
     """
     try:
-        data = task.data()
-        if not isinstance(data, Data):
-            raise TypeError(f"data() returned {type(data).__name__} (allowed: tuner.tasks.Data)")
-        empty = [name for name in ("train", "val", "test") if len(getattr(data, name)) == 0]
-        if empty:
-            raise ValueError(f"the {', '.join(empty)} split is empty")
+        data = _call("data()", task.data)
+        _check_data(data)
         data = data.to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            model = task.model().to(device)
-            output = model(data.train.x[:2])
-            loss = task.loss(output, data.train.y[:2])
-            if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
-                raise TypeError(f"loss() returned {getattr(loss, 'shape', type(loss).__name__)} (allowed: a scalar tensor)")
-            score = task.score(output.detach(), data.train.y[:2])
-            if not isinstance(score, (int, float)):
-                raise TypeError(f"score() returned {type(score).__name__} (allowed: a float)")
-    except Exception as err:  # a task's code may fail in any way
-        raise UserError(f"{where}: {task.name!r} does not work: {type(err).__name__}: {err}") from None
+            _check_step(task, data)
+    except _Broken as err:
+        raise UserError(f"{where}: {task.name!r} does not work: {err}") from None
     return data
 
 
-def describe() -> dict[str, str]:
-    """Each built-in task's name with the first line of its docstring."""
-    return {name: (inspect.getdoc(_factory(name, "task")) or "").splitlines()[0] for name in BUILTIN}
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task for ``tuner tasks``: its name, where it comes from, and the first line of its docstring."""
+
+    name: str
+    origin: str
+    summary: str
+
+
+def describe() -> list[TaskInfo]:
+    """The built-in tasks, then those of installed plugins (a plugin that cannot load says why)."""
+    infos = [TaskInfo(name, "built-in", _summary(name)) for name in BUILTIN]
+    for name, ep in plugins().items():
+        origin = f"plugin: {ep.value} of {_package(ep)}"
+        summary = "unused: the built-in task of the same name comes first" if name in BUILTIN else _summary(name)
+        infos.append(TaskInfo(name, origin, summary))
+    return infos
+
+
+def _summary(name: str) -> str:
+    try:
+        factory = _factory(name, "task")
+    except UserError as err:
+        return f"cannot be loaded: {err}"
+    return (inspect.getdoc(factory) or "").partition("\n")[0]

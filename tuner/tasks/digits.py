@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from tuner.tasks import Data, Split
+from tuner.tasks import Classifier, Data, Split
 
 
 def digits_data(seed: int = 0) -> Data:
@@ -30,7 +29,7 @@ def digits_data(seed: int = 0) -> Data:
 
 
 @dataclass
-class DigitsMLP:
+class DigitsMLP(Classifier):
     """Digits 8x8 classification, MLP 64-hidden-10, cross-entropy, accuracy."""
 
     hidden: int = 128
@@ -45,9 +44,3 @@ class DigitsMLP:
 
     def model(self) -> nn.Module:
         return nn.Sequential(nn.Linear(64, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 10))
-
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(output, target)
-
-    def score(self, output: torch.Tensor, target: torch.Tensor) -> float:
-        return (output.argmax(1) == target).float().mean().item()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuner.tasks import Data, Split
+from tuner.tasks import Data, Split, generated
 
 
 class Theta(nn.Module):
@@ -52,13 +52,11 @@ class QuadraticDeep:
         self.hessian = (rotation.T @ torch.diag(eigenvalues) @ rotation).float()
 
     def data(self) -> Data:
-        generator = torch.Generator().manual_seed(43)
-
-        def split(n: int) -> Split:
+        def sample(n: int, generator: torch.Generator) -> Split:
             x = self.noise * torch.randn(n, self.dim, generator=generator)
             return Split(x, x)
 
-        return Data(split(self.train_size), split(self.train_size), split(self.train_size))
+        return generated(sample, (self.train_size,) * 3, seed=43)
 
     def model(self) -> nn.Module:
         return Theta(self.dim)

@@ -1,0 +1,137 @@
+"""Task factories that each break one rule of the task contract (``task: broken_tasks:<name>`` in tests).
+
+:class:`Tiny` is a valid task (linear regression, 16 samples per split); every
+other factory changes one thing in it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tuner.tasks import Data, Split, generated
+
+
+@dataclass
+class Tiny:
+    """Linear regression of 4 features onto 1 target, mean squared error."""
+
+    name: str = "tiny"
+    metric: str = "mse"
+    direction: str = "minimize"
+    epochs: int = 2
+    batch_size: int = 4
+
+    def data(self) -> Data:
+        def sample(n: int, generator: torch.Generator) -> Split:
+            x = torch.randn(n, 4, generator=generator)
+            return Split(x, x.sum(1, keepdim=True))
+
+        return generated(sample, (16, 16, 16), seed=0)
+
+    def model(self) -> nn.Module:
+        return nn.Linear(4, 1)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, target)
+
+    def score(self, output: torch.Tensor, target: torch.Tensor) -> float:
+        return F.mse_loss(output, target).item()
+
+
+def raises() -> Tiny:
+    raise RuntimeError("no such dataset\nsecond line of the message")
+
+
+def returns_none() -> None:
+    return None
+
+
+def bad_metric() -> Tiny:
+    return Tiny(metric=3)
+
+
+def bad_epochs() -> Tiny:
+    return Tiny(epochs=0)
+
+
+class DataRaises(Tiny):
+    def data(self) -> Data:
+        raise OSError("cannot read digits.csv")
+
+
+class DataIsTuple(Tiny):
+    def data(self) -> tuple:
+        data = super().data()
+        return data.train, data.val, data.test
+
+
+class SplitIsTuple(Tiny):
+    def data(self) -> Data:
+        data = super().data()
+        return Data((data.train.x, data.train.y), data.val, data.test)
+
+
+class LengthsDiffer(Tiny):
+    def data(self) -> Data:
+        data = super().data()
+        return Data(Split(data.train.x, data.train.y[:-1]), data.val, data.test)
+
+
+class ShapesDoNotFit(Tiny):
+    def model(self) -> nn.Module:
+        return nn.Linear(3, 1)
+
+
+class ModelIsAFunction(Tiny):
+    def model(self):
+        return torch.relu
+
+
+class NoParameters(Tiny):
+    def model(self) -> nn.Module:
+        return nn.Identity()
+
+
+class Transposed(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).T
+
+
+class OutputNotBatchFirst(Tiny):
+    def model(self) -> nn.Module:
+        return Transposed(4, 1)
+
+
+class LossNotScalar(Tiny):
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, target, reduction="none")
+
+
+class LossBroadcasts(Tiny):
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, target.flatten())
+
+
+class LossDetached(Tiny):
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output.detach(), target)
+
+
+class LossNotFinite(Tiny):
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, target) * math.inf
+
+
+class ScoreIsTensor(Tiny):
+    def score(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, target)
+
+
+class ScoreNaN(Tiny):
+    def score(self, output: torch.Tensor, target: torch.Tensor) -> float:
+        return math.nan

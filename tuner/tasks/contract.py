@@ -1,0 +1,86 @@
+"""The task contract as one check, for the built-in tasks and for a plugin author's own tests::
+
+    from tuner.tasks.contract import check_task
+
+    def test_my_task_keeps_the_contract():
+        check_task("my-task")              # or check_task(make_task(), device="cuda")
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from tuner.config import Config
+from tuner.errors import UserError
+from tuner.tasks import Data, Task, load_data, load_task
+from tuner.train import evaluate, train
+
+# The learning rate of the one epoch of Adam that must lower the validation loss.
+CHECK_LR = 1e-3
+
+
+def _same(a: Data, b: Data) -> bool:
+    return all(
+        torch.equal(getattr(getattr(a, s), t).cpu(), getattr(getattr(b, s), t).cpu()) for s in ("train", "val", "test") for t in ("x", "y")
+    )
+
+
+def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
+    """Check that ``task`` (a task, or a name for :func:`~tuner.tasks.load_task` with ``task_args``) keeps the contract.
+
+    What ``tuner study`` checks before a study (valid attributes; data, model,
+    loss and metric fit together in one training step), and beyond it:
+
+    - the data is the same on every call, whatever torch's random state (it
+      comes from a fixed seed of the task, not the trial's seed);
+    - after loading, every tensor of the data is on ``device`` (default CPU);
+    - the model's initial parameters are determined by torch's seed;
+    - one epoch of Adam (lr=1e-3, the task's batch size) runs without
+      diverging, lowers the validation loss, and has a finite test loss and
+      metric;
+    - on the CPU, two such epochs with the same seed are identical.
+
+    Raises :class:`~tuner.errors.UserError` with one line naming the task and
+    the first rule it breaks. Takes about two epochs of training.
+    """
+    if isinstance(task, str):
+        task = load_task(task, task_args)
+    device = torch.device(device)
+    data = load_data(task, device)
+
+    def broken(problem: str) -> UserError:
+        return UserError(f"task {task.name!r} breaks the contract: {problem}")
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(1)
+        first = task.data()
+        torch.manual_seed(2)
+        if not _same(first, task.data()):
+            raise broken("data() differs between calls (allowed: the same data every time, from a seed of the task's own)")
+        placed = {str(t.device) for s in (data.train, data.val, data.test) for t in (s.x, s.y)}
+        if placed != {str(data.train.x.device)} or data.train.x.device.type != device.type:
+            raise broken(f"after loading for {device}, the data is on {', '.join(sorted(placed))}")
+        models = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            models.append(task.model().state_dict())
+        if any(not torch.equal(t, models[1][k]) for k, t in models[0].items()):
+            raise broken("model() built under the same torch seed gives different initial parameters")
+        torch.manual_seed(0)
+        initial_loss, _ = evaluate(task, task.model().to(device), data.val)
+
+    config = Config("Adam", {"lr": CHECK_LR}, "constant", {}, task.name, {}, 1, task.batch_size, 0, "loss")
+    runs = [train(task, data, config, test=True) for _ in range(2 if device.type == "cpu" else 1)]
+    run = runs[0]
+    if run.status != "complete":
+        raise broken(f"one epoch of Adam (lr={CHECK_LR}): {run.reason}")
+    after = run.history[-1].val_loss
+    if not after < initial_loss:
+        raise broken(f"one epoch of Adam (lr={CHECK_LR}) did not lower the validation loss ({initial_loss:.6g} -> {after:.6g})")
+    if not (math.isfinite(run.test_loss) and math.isfinite(run.test_metric)):
+        raise broken(f"test loss {run.test_loss} or test metric {run.test_metric} is not finite")
+    if runs[-1].history != run.history:
+        raise broken("two runs with the same seed differ on the CPU (allowed: randomness only from torch's seeded generators)")
