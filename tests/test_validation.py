@@ -218,6 +218,8 @@ CASES = [
     study("flag-out-under-a-file", ["--out", "outfile/sub", "writable folder"], flags=("--out", "outfile/sub"),
           files={"outfile": ""}),
     study("flag-unknown-option", ["--trails", "unrecognized"], flags=("--trails", "3")),
+    study("flag-jobs-zero", ["--jobs", "'0'", ">= 1"], flags=("--jobs", "0")),
+    study("flag-jobs-text", ["--jobs", "'two'", "integer"], flags=("--jobs", "two")),
     study("flag-tracking-unreachable", ["--tracking-uri", "'http://127.0.0.1:9'", "cannot reach", "mlflow server", "--no-tracking"],
           flags=("--tracking-uri", "http://127.0.0.1:9")),
     study("flag-tracking-password-masked", ["--tracking-uri", "'http://bob:***@127.0.0.1:9'", "cannot reach"],

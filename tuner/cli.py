@@ -68,6 +68,7 @@ def build_parser() -> Parser:
     study.add_argument("--final-seeds", type=positive_int, help="seeds the best configs are re-trained on (default 3)")
     study.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     study.add_argument("--amp", default="none", help="mixed precision: none (default) or bf16 autocast (CUDA only)")
+    study.add_argument("--jobs", type=positive_int, default=1, help="worker processes training trials at once (default 1; CUDA devices round-robin, CPU cores split)")
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
     study.set_defaults(func=run_study)
 
@@ -89,30 +90,42 @@ def build_parser() -> Parser:
     return parser
 
 
-def run_study(args: argparse.Namespace) -> int:
-    import optuna
+def prepare(args: argparse.Namespace, device_spec: str) -> tuple[Any, Any, Any, Any]:
+    """The experiment, task, setup and data of a ``tuner study`` command, validated, with the data on ``device_spec``.
 
-    from tuner import analysis, config, export
-    from tuner.study import Setup, StudyRunner, check_components, check_resumable, open_storage, study_name
+    Every ``--jobs`` worker calls it too, for its own device.
+    """
+    from tuner import config
+    from tuner.study import Setup, check_components
     from tuner.tasks import load_data, load_task
-    from tuner.tracking import Follower, check_reachable, tracking_uri
     from tuner.train import check_amp, resolve_device
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = config.find_experiment(args.experiment)
     # Paths given on the command line are relative to the working directory.
     refs = args.optimizers and [str(Path(r).resolve()) if r.endswith((".yaml", ".yml")) else r for r in args.optimizers]
     overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed, "final_seeds": args.final_seeds}
     experiment = config.load_experiment(path, overrides)
-    device = resolve_device(args.device)
+    device = resolve_device(device_spec)
     check_amp(args.amp, device, "--amp")
     task = load_task(experiment.task, experiment.task_args, experiment.at("task"))
     setup = Setup.resolve(experiment, task, args.amp)
     check_components(experiment, setup)
-    out = args.out or Path("runs") / experiment.name
-    _check_writable_folder(out)
+    _check_writable_folder(args.out or Path("runs") / experiment.name)
     with_args = f" with task_args {experiment.task_args}" if experiment.task_args else ""
-    data = load_data(task, device, experiment.at("task") + with_args)
+    return experiment, task, setup, load_data(task, device, experiment.at("task") + with_args)
+
+
+def run_study(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tuner import analysis, export
+    from tuner.jobs import run_workers
+    from tuner.study import StudyRunner, check_resumable, open_storage, study_name
+    from tuner.tracking import Follower, check_reachable, tracking_uri
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    experiment, task, setup, data = prepare(args, args.device)
+    out = args.out or Path("runs") / experiment.name
     tracking = None if args.no_tracking else tracking_uri(args.tracking_uri)
     if tracking:
         check_reachable(*tracking)
@@ -121,17 +134,34 @@ def run_study(args: argparse.Namespace) -> int:
     for space in experiment.optimizers:
         check_resumable(storage, names[space.name], setup, space, experiment.schedules)
     seeds = [experiment.seed + i for i in range(1, experiment.final_seeds + 1)]
+    device = data.train.x.device
     print(f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
-          f"{setup.epochs} epochs, device {device}{'' if args.amp == 'none' else ', amp ' + args.amp}, storage {mask_url(args.storage)}, "
+          f"{setup.epochs} epochs, device {device}{'' if args.amp == 'none' else ', amp ' + args.amp}, "
+          f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}storage {mask_url(args.storage)}, "
           f"tracking {mask_url(tracking[0]) if tracking else 'off'}", file=sys.stderr)
 
     # MLflow is written by a follower process, off the training process's clock (see tuner.tracking).
     follower = tracking and Follower(tracking[0], args.storage, experiment.name, list(names.values()), __version__)
     try:
+        if args.jobs > 1:
+            bars = {names[s.name]: _progress(s.name, StudyRunner(experiment, s, setup, task, data, storage).study, experiment.trials,
+                                             setup.direction, args.no_progress, position=i) for i, s in enumerate(experiment.optimizers)}
+
+            def on_worker_trial(study: str, trial_id: int) -> None:
+                bars[study](storage.get_trial(trial_id))
+                if follower:
+                    follower.trial(study, trial_id)
+
+            try:
+                run_workers(args.jobs, prepare, args, device, on_worker_trial)
+            finally:
+                for bar in bars.values():
+                    bar.close()
         summaries, studies = [], {}
         for space in experiment.optimizers:
+            # With --jobs the workers met the budget; this tops up what a lost worker left.
             runner = StudyRunner(experiment, space, setup, task, data, storage)
-            with _progress(runner, experiment.trials, disable=args.no_progress) as progress:
+            with _progress(space.name, runner.study, experiment.trials, setup.direction, args.no_progress) as progress:
                 runner.run(experiment.trials, _on_trial(runner.name, progress, follower))
             summaries.append(analysis.summarize(space.name, runner.study, runner.final_evaluation(seeds)))
             studies[space.name] = runner.study
@@ -192,7 +222,7 @@ def run_sync(args: argparse.Namespace) -> int:
     import optuna
 
     from tuner import config
-    from tuner.study import open_storage
+    from tuner.study import TICKETS_PREFIX, open_storage
     from tuner.tracking import Mirror, SyncCount, check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -203,7 +233,7 @@ def run_sync(args: argparse.Namespace) -> int:
     every = optuna.get_all_study_names(storage)
     studies = [s for s in every if s.startswith(f"{name}/")]
     if not studies:
-        present = sorted({s.rsplit("/", 1)[0] for s in every})
+        present = sorted({s.rsplit("/", 1)[0] for s in every if not s.startswith(TICKETS_PREFIX)})
         raise UserError(f"--storage: {mask_url(args.storage)!r} has no study of experiment {name!r} (it has: {', '.join(present) or 'none'})")
     mirror = Mirror(uri, name, storage, args.storage, __version__)
     total = SyncCount()
@@ -230,30 +260,40 @@ def _check_writable_folder(path: Path) -> None:
 class _progress:
     """A tqdm bar for one study: trials counted of the budget, best so far, elapsed and ETA."""
 
-    def __init__(self, runner: Any, budget: int, disable: bool) -> None:
+    def __init__(self, name: str, study: Any, budget: int, direction: str, disable: bool, position: int | None = None) -> None:
         from tqdm.auto import tqdm
 
-        from tuner.study import finished
+        from tuner.study import best_trial, finished
 
-        self.runner = runner
-        done = min(finished(runner.study), budget)
-        self.bar = tqdm(total=budget, initial=done, desc=runner.space.name, unit="trial", disable=disable, dynamic_ncols=True)
+        self.name, self.sign = name, -1.0 if direction == "maximize" else 1.0
+        self.best = best_trial(study)
+        self.bar = tqdm(total=budget, initial=min(finished(study), budget), desc=name, unit="trial", disable=disable,
+                        dynamic_ncols=True, position=position)
+        self._show_best()
 
     def __enter__(self) -> _progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.bar.close()
 
+    def _show_best(self) -> None:
+        if self.best is not None:
+            self.bar.set_postfix_str(f"best {self.best.value:.4g} (#{self.best.number})", refresh=False)
+
     def __call__(self, trial: Any) -> None:
+        from optuna.trial import TrialState
+
         from tuner.outcomes import outcome
-        from tuner.study import best_trial
 
         if outcome(trial) == "failed":
-            self.bar.write(f"{self.runner.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
-        best = best_trial(self.runner.live)
-        if best is not None:
-            self.bar.set_postfix_str(f"best {best.value:.4g} (#{best.number})", refresh=False)
+            self.bar.write(f"{self.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
+        if trial.state == TrialState.COMPLETE and (self.best is None or self.sign * trial.value < self.sign * self.best.value):
+            self.best = trial
+            self._show_best()
         self.bar.update(1)
 
 

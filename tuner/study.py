@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import os
+import threading
 import time
 import traceback
 import uuid
@@ -31,13 +32,25 @@ from tuner.outcomes import FINISHED, outcome
 from tuner.tasks import Data, Task
 from tuner.train import EpochMetrics, RunResult, columns, objective_label, train
 
+# A worker's budget tickets beat every HEARTBEAT_SECONDS; one silent for
+# GRACE_SECONDS belongs to a dead worker and its slot is trained again.
+HEARTBEAT_SECONDS = 5
+GRACE_SECONDS = 20
+# How long a worker waits before looking again when every slot left is held.
+WAIT_SECONDS = 0.5
+SQLITE_LOCK_SECONDS = 60
+TICKETS_PREFIX = "tuner-tickets:"
+
 
 def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
     """The Optuna RDB storage at ``url`` (any SQLAlchemy URL), created if missing unless ``must_exist``."""
     if must_exist and url.startswith("sqlite:") and not _sqlite_file_exists(url):
         raise UserError(f"--storage: {url!r} does not exist (allowed: the storage a `tuner study` wrote, e.g. sqlite:///tuner.db)")
+    # SQLite: a writer waits for another's lock (several workers on one file)
+    # instead of failing with "database is locked" after pysqlite's 5 s.
+    engine = {"connect_args": {"timeout": SQLITE_LOCK_SECONDS}} if url.startswith("sqlite") else None
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
     except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or server
         raise UserError(
             f"--storage: cannot open {mask_url(url)!r}: {url_failure(err, url)} "
@@ -197,6 +210,62 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
+class Ticket:
+    """A reserved slot of the budget, kept alive by a heartbeat while its trial trains; released on exit."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, number: int) -> None:
+        self.storage, self.trial_id, self.number = storage, trial_id, number
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._keep_alive, daemon=True)
+
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self) -> Ticket:
+        self._beat.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._beat.join()
+        self.release()
+
+    def release(self) -> None:
+        self.storage.set_trial_state_values(self.trial_id, TrialState.COMPLETE, [0.0])
+
+
+class Tickets:
+    """Budget reservations shared by every worker of a study, so that the budget is exact.
+
+    A worker takes a ticket (a trial of the ledger study ``tuner-tickets:<study>``,
+    RUNNING while its trial trains) before training. Ticket numbers are given
+    out atomically by the storage; a ticket is kept only if the trials that
+    count plus the live tickets numbered before it leave a slot. A finished
+    trial is stored before its ticket is released, so no moment counts a trial
+    zero times. Tickets of a dead worker (kill -9, a lost machine) stop beating
+    and are failed after ``GRACE_SECONDS``; their slots are trained again.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage, name: str) -> None:
+        self.storage = storage
+        self.ledger = optuna.create_study(storage=storage, study_name=TICKETS_PREFIX + name, load_if_exists=True)
+        self._ledger_id = storage.get_study_id_from_name(self.ledger.study_name)
+
+    def take(self, budget: int, counted: Callable[[], int]) -> Ticket | None:
+        """A ticket for the next trial, or None when every slot left is held (``counted()``: trials stored that count)."""
+        optuna.storages.fail_stale_trials(self.ledger)
+        trial_id = self.storage.create_new_trial(self._ledger_id)
+        self.storage.record_heartbeat(trial_id)
+        number = self.storage.get_trial_number_from_id(trial_id)
+        running = self.storage.get_all_trials(self._ledger_id, deepcopy=False, states=(TrialState.RUNNING,))
+        ahead = sum(t.number < number for t in running)
+        if counted() + ahead >= budget:
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            return None
+        return Ticket(self.storage, trial_id, number)
+
+
 class StudyRunner:
     """Runs one optimizer's study up to its budget; resumable at any point."""
 
@@ -224,18 +293,25 @@ class StudyRunner:
         # per epoch on SQLite cost about 10 ms (SQLAlchemy), as much as an
         # epoch of a small model; in memory they cost about 0.1 ms. The sampler
         # and the pruner see the same trials either way, and a run killed
-        # mid-trial leaves nothing half-written behind.
-        trials = self.study.get_trials(deepcopy=False, states=FINISHED)
+        # mid-trial leaves nothing half-written behind. Trials that other
+        # workers stored join the copy before each new trial (refresh()).
         self.live = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(),
             study_name=self.name,
             direction=setup.direction,
-            # Seeding with the trial count keeps a resumed random or QMC
-            # sampler from replaying the first run's suggestions.
-            sampler=make_sampler(experiment.sampler, experiment.seed + len(trials), experiment.at("sampler")),
             pruner=make_pruner(experiment.pruner, setup.epochs, experiment.at("pruner")),
         )
-        self.live.add_trials(trials)
+        self.known: set[int] = set()  # storage ids of the trials in the live copy
+        self.tickets = Tickets(storage, self.name)
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Add the trials other workers stored since the last call to the live copy; returns the count toward the budget."""
+        for trial in self.study.get_trials(deepcopy=False, states=FINISHED):
+            if trial._trial_id not in self.known:
+                self.known.add(trial._trial_id)
+                self.live.add_trial(trial)
+        return finished(self.live)
 
     def _sample(self, trial: optuna.Trial) -> Config:
         schedule, schedule_params = spaces.sample_schedule(trial, self.experiment.schedules)
@@ -282,7 +358,9 @@ class StudyRunner:
 
     def _store(self, trial: optuna.trial.FrozenTrial) -> tuple[optuna.trial.FrozenTrial, int]:
         """Write a finished trial to the storage, whole, in one transaction."""
-        return trial, self.storage.create_new_trial(self._study_id, template_trial=trial)
+        trial_id = self.storage.create_new_trial(self._study_id, template_trial=trial)
+        self.known.add(trial_id)
+        return trial, trial_id
 
     def _tell(self, trial: optuna.Trial, result: RunResult) -> optuna.trial.FrozenTrial:
         # Optuna keeps only the objective per epoch; the whole learning curve goes with the trial.
@@ -299,9 +377,18 @@ class StudyRunner:
         return self.live.tell(trial, result.history[-1].objective(self.setup.objective))
 
     def run(self, budget: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
-        """Top the study up to ``budget`` counted trials (never beyond); ``on_trial(trial, trial_id)`` after each is stored."""
-        while finished(self.live) < budget:
-            stored = self.run_trial()
+        """Top the study up to ``budget`` counted trials, never beyond, however many workers share it;
+        ``on_trial(trial, trial_id)`` after each trial this worker stored."""
+        while self.refresh() < budget:
+            ticket = self.tickets.take(budget, self.refresh)
+            if ticket is None:  # every slot left is being trained by another worker: wait for one to end
+                time.sleep(WAIT_SECONDS)
+                continue
+            # Seeded by the ticket: reproducible for one worker, different for
+            # each of several, and no replay of earlier suggestions on resume.
+            self.live.sampler = make_sampler(self.experiment.sampler, self.experiment.seed + ticket.number, self.experiment.at("sampler"))
+            with ticket:
+                stored = self.run_trial()
             if on_trial is not None:
                 on_trial(*stored)
         return self.study

@@ -32,7 +32,7 @@ class EpochMetrics:
     val_loss: float
     val_metric: float
     lr: float
-    seconds: float
+    seconds: float = field(compare=False)  # two runs that reached the same values are equal
 
     def objective(self, name: str) -> float:
         """The validation ``loss`` or ``metric``."""

@@ -1,0 +1,91 @@
+"""``tuner study --jobs N``: N worker processes train an experiment's studies at once, sharing its storage.
+
+Each worker is a spawned process that loads the experiment and the task by
+itself, on its own device — CUDA devices round-robin (``cuda``, or ``auto`` on
+a CUDA machine, spreads over every GPU; ``cuda:1`` keeps all on that one), on a
+CPU the cores split evenly — and runs every study to its budget in turn. The
+budget tickets of :class:`tuner.study.Tickets` keep each budget exact. The
+parent process trains nothing: each trial a worker stores comes back as its
+storage id on a queue, for the progress bars and the MLflow follower.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+# How long the parent waits for workers to finish their trial after Ctrl-C (seconds).
+STOP_SECONDS = 60
+
+
+def worker_devices(device: torch.device, jobs: int, explicit: bool) -> list[str]:
+    """The device of each worker: CUDA devices round-robin unless one was named (``explicit``), else all on ``device``."""
+    if device.type == "cuda" and not explicit:
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(jobs)]
+    return [str(device)] * jobs
+
+
+def run_workers(
+    jobs: int,
+    prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]],
+    args: Any,
+    device: torch.device,
+    on_trial: Callable[[str, int], None],
+) -> None:
+    """Train every study of ``args``'s experiment to its budget with ``jobs`` worker processes.
+
+    ``prepare(args, device)`` loads what a worker needs (see ``tuner.cli.prepare``);
+    ``on_trial(study_name, trial_id)`` runs in this process for every trial a worker stored.
+    """
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and locks
+    trials: multiprocessing.Queue = context.Queue()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    explicit = args.device not in ("auto", "cuda")
+    workers = [
+        context.Process(target=_work, args=(prepare, args, name, threads, trials), name=f"tuner-worker-{i}")
+        for i, name in enumerate(worker_devices(device, jobs, explicit))
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        while True:
+            try:
+                on_trial(*trials.get(timeout=0.2))
+            except queue.Empty:
+                if not any(worker.is_alive() for worker in workers) and trials.empty():
+                    break
+    finally:
+        # After Ctrl-C the workers (same terminal, same signal) store their
+        # current trial as interrupted and exit.
+        for worker in workers:
+            worker.join(STOP_SECONDS)
+            if worker.is_alive():
+                worker.terminate()
+    failed = [f"{w.name} exit code {w.exitcode}" for w in workers if w.exitcode not in (0, None)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {jobs} workers failed ({', '.join(failed)}); their finished trials are stored, "
+                           "run the same command to complete the studies")
+
+
+def _work(prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, device: str, threads: int, trials: Any) -> None:
+    """One worker: every study of the experiment, in turn, to its budget."""
+    import optuna
+
+    from tuner.study import StudyRunner, open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(threads)
+    try:
+        experiment, task, setup, data = prepare(args, device)
+        storage = open_storage(args.storage)
+        for space in experiment.optimizers:
+            runner = StudyRunner(experiment, space, setup, task, data, storage)
+            runner.run(experiment.trials, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id)))
+    except KeyboardInterrupt:
+        sys.exit(130)
