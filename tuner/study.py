@@ -50,7 +50,9 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
     # instead of failing with "database is locked" after pysqlite's 5 s.
     engine = {"connect_args": {"timeout": SQLITE_LOCK_SECONDS}} if url.startswith("sqlite") else None
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough for us
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
     except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or server
         raise UserError(
             f"--storage: cannot open {mask_url(url)!r}: {url_failure(err, url)} "
@@ -254,7 +256,9 @@ class Tickets:
 
     def take(self, budget: int, counted: Callable[[], int]) -> Ticket | None:
         """A ticket for the next trial, or None when every slot left is held (``counted()``: trials stored that count)."""
-        optuna.storages.fail_stale_trials(self.ledger)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.ledger)
         trial_id = self.storage.create_new_trial(self._ledger_id)
         self.storage.record_heartbeat(trial_id)
         number = self.storage.get_trial_number_from_id(trial_id)
