@@ -8,6 +8,7 @@ Heavy libraries are imported inside the commands so that ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,19 @@ def seed_int(text: str) -> int:
     return value
 
 
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (a finite number)")
+    return value
+
+
+TARGET_HELP = "speed target: the validation objective whose first epoch is reported (default: the least good of the optimizers' final means)"
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="tuner", description="Which optimizer, with which settings, trains this PyTorch model best.")
     parser.add_argument("--version", action="version", version=f"tuner {__version__}")
@@ -60,7 +74,19 @@ def build_parser() -> Parser:
     study.add_argument("--final-seeds", type=positive_int, help="seeds the best configs are re-trained on (default 3)")
     study.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda or cuda:N")
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
+    study.add_argument("--target", type=finite_float, help=TARGET_HELP)
     study.set_defaults(func=run_study)
+
+    plot = commands.add_parser("plot", help="rebuild the figures and summary.md of an experiment from the storage, training nothing")
+    plot.add_argument("experiment", nargs="?", help="experiment YAML file, or a shipped name (default: quickstart, unless --experiment)")
+    plot.add_argument("--experiment", dest="name", metavar="NAME", help="the experiment's name in the storage, instead of its file")
+    plot.add_argument("--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)")
+    plot.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
+    plot.add_argument("--target", type=finite_float, help=TARGET_HELP)
+    # The keys of tuner.report.IMPORTANCE_EVALUATORS (not imported here, so that --help stays instant).
+    plot.add_argument("--importance", choices=("ped-anova", "fanova", "mdi"), default="ped-anova",
+                      help="Optuna importance evaluator (default: ped-anova, which keeps the conditional schedule parameters)")  # fmt: skip
+    plot.set_defaults(func=run_plot)
 
     train = commands.add_parser("train", help="re-train an exported config and report mean ± sd")
     train.add_argument("config", type=Path, help="best-config YAML written by `tuner study`")
@@ -85,7 +111,8 @@ def run_study(args: argparse.Namespace) -> int:
     path = config.find_experiment(args.experiment)
     # Paths given on the command line are relative to the working directory.
     refs = args.optimizers and [str(Path(r).resolve()) if r.endswith((".yaml", ".yml")) else r for r in args.optimizers]
-    overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed, "final_seeds": args.final_seeds}
+    overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed, "final_seeds": args.final_seeds,
+                 "target": args.target}  # fmt: skip
     experiment = config.load_experiment(path, overrides)
     device = resolve_device(args.device)
     task = load_task(experiment.task, experiment.task_args, experiment.at("task"))
@@ -119,12 +146,64 @@ def run_study(args: argparse.Namespace) -> int:
         export.write_config(cfg, out / f"best-{name}.yaml")
     if best is not None:
         export.write_config(configs[best.optimizer], out / "best.yaml")
-    print(analysis.table(summaries, setup.label, best))
     written = ["best.yaml"] * (best is not None) + [f"best-{n}.yaml" for n in configs]
-    print(f"\noutputs in {out}/: {', '.join(written) or 'none (no trial completed)'}")
+    report_files = write_report(storage, experiment.name, [s.name for s in experiment.optimizers], out, experiment.target)
+    print(f"\noutputs in {out}/: {', '.join(written) or 'none (no trial completed)'}; report: {', '.join(str(p.relative_to(out)) for p in report_files)}")
     if best is not None:
         print(f"winner: {best.optimizer} (final-seed validation {setup.label} mean over seeds {seeds})")
     return 0
+
+
+def write_report(storage: Any, experiment: str, spaces: list[str] | None, out: Path, target: float | None, importance: str = "ped-anova",
+                 where: str = "--experiment") -> list[Path]:  # fmt: skip
+    """Figures in ``out/plots/`` and ``out/summary.md`` from the studies of ``experiment`` in ``storage``; prints the summary.
+
+    ``spaces`` picks and orders the studies (None: all of the experiment's).
+    Returns the paths written, the summary first.
+    """
+    from tuner import report
+
+    built = report.build_report(report.load_studies(storage, experiment, spaces, where), target=target, evaluator=importance)
+    paths = report.write_report(built, out)
+    print(report.summary(built, out))
+    return paths
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tuner import config
+    from tuner.study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.experiment and args.name:
+        raise UserError(f"--experiment {args.name!r} and the experiment file {args.experiment!r}: give one, not both")
+    if args.name:
+        name, spaces, target, where = args.name, None, args.target, "--experiment"
+    else:
+        experiment = config.load_experiment(config.find_experiment(args.experiment), {"target": args.target})
+        name, spaces, target, where = experiment.name, [s.name for s in experiment.optimizers], experiment.target, experiment.at("name")
+    out = args.out or Path("runs") / name
+    _check_writable_folder(out)
+    _check_storage_exists(args.storage)
+    paths = write_report(open_storage(args.storage), name, spaces, out, target, args.importance, where)
+    print(f"\noutputs in {out}/: {', '.join(str(p.relative_to(out)) for p in paths)}")
+    return 0
+
+
+def _check_storage_exists(url: str) -> None:
+    """An SQLite storage file must exist: reading a report creates no database."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from tuner.study import mask_url
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # open_storage names the bad URL
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not Path(parsed.database).is_file():
+        raise UserError(f"--storage: {mask_url(url)!r}: no such database file (allowed: the storage that tuner study wrote, e.g. sqlite:///tuner.db)")
 
 
 def _check_writable_folder(path: Path) -> None:
