@@ -128,6 +128,7 @@ CASES = [
     study("exp-objective-direction", ["exp.yaml", "direction", "'up'", "maximize"],
           exp=experiment(objective={"metric": "loss", "direction": "up"})),
     study("exp-objective-unknown-key", ["exp.yaml", "objective", "'goal'", "direction"], exp=experiment(objective={"goal": "loss"})),
+    study("exp-target-text", ["exp.yaml", "target", "'1e-1'", "finite number", "1.0e-3"], exp=experiment(target="1e-1")),
     study("exp-task-args-not-mapping", ["exp.yaml", "task_args", "[1]", "mapping"], exp=experiment(task_args=[1])),
     study("exp-malformed-yaml", ["exp.yaml", "malformed YAML", "line"], exp="name: [unclosed\ntrials: 3\n"),
     study("exp-yaml-is-list", ["exp.yaml", "mapping", "list"], exp="- name: t\n- trials: 3\n"),
@@ -232,6 +233,10 @@ CASES = [
     case("sync-unknown-experiment", ["sync", "nosuch"], ["'nosuch'", "quickstart"]),
     case("sync-storage-missing", ["sync", "quickstart", "--storage", "sqlite:///missing.db"], ["--storage", "'sqlite:///missing.db'", "does not exist"]),
     case("sync-tracking-unreachable", ["sync", "quickstart", "--tracking-uri", "http://127.0.0.1:9"], ["--tracking-uri", "cannot reach"]),
+    study("flag-target-nan", ["--target", "'nan'", "finite"], flags=("--target", "nan")),
+    # --- tuner plot --------------------------------------------------------------------------------
+    case("plot-storage-missing", ["plot", "--experiment", "t", "--storage", "sqlite:///t.db"], ["--storage", "t.db", "does not exist"]),
+    case("plot-exp-target-text", ["plot", "exp.yaml"], ["exp.yaml", "target", "'high'", "finite number"], {"exp.yaml": experiment(target="high")}),
     # --- tuner train -------------------------------------------------------------------------------
     case("train-file-missing", ["train", "missing.yaml"], ["missing.yaml", "No such file"]),
     case("train-format-2", ["train", "cfg.yaml"], ["cfg.yaml", "format", "2", "format 1"], {"cfg.yaml": config(format=2)}),

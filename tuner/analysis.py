@@ -1,6 +1,9 @@
-"""After the studies: each optimizer's summary, the winner and the comparison table.
+"""After the studies: each optimizer's summary, the winner, and the statistics of the report.
 
-Plain functions on plain data; the figures of a later step draw from the same data.
+Plain functions on plain data: what a trial is worth, the expected best
+objective at a budget (Dodge et al. 2019) and its CPE score, epochs to a target
+(DeepOBS's speed), mean and sd bands of learning curves. :mod:`tuner.report`
+applies them to the studies.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tuner.export import config_from_dict
 
 @dataclass(frozen=True)
 class Summary:
-    """One optimizer's study, reduced to what the table and the exported YAML show."""
+    """One optimizer's study, reduced to what the summary and the exported YAML show."""
 
     optimizer: str
     study: str
@@ -103,20 +106,118 @@ def pm(stat: tuple[float, float], digits: int = 4) -> str:
     return f"{stat[0]:.{digits}g} ± {stat[1]:.2g}"
 
 
-def table(summaries: list[Summary], objective: str, best: Summary | None) -> str:
-    """The end-of-study comparison, one row per optimizer; ``*`` marks the winner."""
-    header = ["optimizer", f"best val {objective}", "final val (mean ± sd)", "final test (mean ± sd)", "complete/pruned/diverged/failed"]
-    rows = [header]
-    for s in summaries:
-        c = s.counts
-        rows.append([
-            s.optimizer + (" *" if s is best else ""),
-            "-" if s.best_value is None else f"{s.best_value:.4g}",
-            pm(s.stat("val_objective")) if s.final else "-",
-            pm(s.stat("test_objective")) if s.final else "-",
-            f"{c['complete']}/{c['pruned']}/{c['diverged']}/{c['failed']}",
-        ])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+def table(rows: list[list[str]]) -> str:
+    """A Markdown table whose columns also line up in a terminal; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ExpectedBest:
+    """Expected best objective of ``n`` trials drawn from a study's trials, for n = 1, 2, ... (Dodge et al. 2019)."""
+
+    n: list[int]
+    mean: list[float]
+    sd: list[float]
+
+
+def expected_best(values: list[float], budget: int, direction: str) -> ExpectedBest:
+    """The expected best of ``n`` values drawn with replacement from ``values``, and its standard deviation, n = 1..budget.
+
+    "Show Your Work" (Dodge et al. 2019): with ``values`` sorted from worst to
+    best as v(1)..v(N), E[best of n] = sum_i v(i) [(i/N)^n - ((i-1)/N)^n]; the
+    best is the largest value when maximizing, the smallest when minimizing.
+    No values give an empty curve.
+    """
+    ordered = sorted(values, reverse=direction == "minimize")  # worst first, best last
+    size = len(ordered)
+    budgets = list(range(1, budget + 1)) if size else []
+    means, sds = [], []
+    for n in budgets:
+        weights = [(i / size) ** n - ((i - 1) / size) ** n for i in range(1, size + 1)]  # P(v(i) is the best of n)
+        mean = sum(w * v for w, v in zip(weights, ordered))
+        square = sum(w * v * v for w, v in zip(weights, ordered))
+        means.append(mean)
+        sds.append(math.sqrt(max(square - mean * mean, 0.0)))
+    return ExpectedBest(budgets, means, sds)
+
+
+def cpe(curve: ExpectedBest) -> float:
+    """The curve's area score with linearly decreasing weights (CPE, Sivaprasad et al. 2020).
+
+    The weighted mean of E[best of n] over n = 1..N with weights proportional to
+    N - n + 1: small budgets count most, so an optimizer that is good after a
+    few trials scores best. In the objective's units; NaN for an empty curve.
+    """
+    size = len(curve.mean)
+    if not size:
+        return math.nan
+    weights = [size - i for i in range(size)]
+    return sum(w * m for w, m in zip(weights, curve.mean)) / sum(weights)
+
+
+def reaches(value: float, target: float, direction: str) -> bool:
+    """Whether ``value`` is at least as good as ``target``."""
+    return value <= target if direction == "minimize" else value >= target
+
+
+def worth(value: float | None, floor: float | None, direction: str) -> float | None:
+    """What a trial's ``value`` is worth: never worse than ``floor`` (the untrained model's value); no value is worth ``floor``.
+
+    Without a floor the value is kept as it is. A loss of 1e19 and a loss just
+    above the untrained model's both mean the trial learned nothing; without the
+    floor, a few exploded trials would dominate every mean.
+    """
+    if floor is None or (value is not None and reaches(value, floor, direction)):
+        return value
+    return floor
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Epochs to reach a target (DeepOBS's speed): the mean over runs, and how many runs reached it."""
+
+    epochs: float
+    reached: int
+    runs: int
+
+
+def epochs_to_target(histories: list[list[float]], target: float, direction: str, epochs: int) -> Speed:
+    """The first epoch (1-based) whose value reaches ``target``, averaged over runs.
+
+    ``histories`` holds one run's validation objective per epoch each. As in
+    DeepOBS, a run that never reaches the target counts as ``epochs + 1``
+    (one past the end of training); ``reached`` says how many did.
+    """
+    firsts = [next((e for e, v in enumerate(h, 1) if reaches(v, target, direction)), None) for h in histories]
+    counted = [epochs + 1 if first is None else first for first in firsts]
+    return Speed(statistics.fmean(counted) if counted else math.nan, sum(f is not None for f in firsts), len(histories))
+
+
+def default_target(summaries: list[Summary], direction: str) -> float | None:
+    """The least good of the optimizers' final-seed mean validation objectives: a level every optimizer reaches on average.
+
+    None when no optimizer has a finite final mean.
+    """
+    means = [m for m in (s.stat("val_objective")[0] for s in summaries if s.final) if math.isfinite(m)]
+    if not means:
+        return None
+    return max(means) if direction == "minimize" else min(means)
+
+
+@dataclass(frozen=True)
+class Band:
+    """Mean and standard deviation over runs of a per-epoch series; ``epochs`` count from 1."""
+
+    epochs: list[int]
+    mean: list[float]
+    sd: list[float]
+
+
+def band(series: list[list[float]]) -> Band:
+    """Per epoch, the mean and sd over the runs that reached that epoch with a finite value (NaN where none did)."""
+    length = max(map(len, series), default=0)
+    stats = [mean_sd([s[i] for s in series if i < len(s) and math.isfinite(s[i])]) for i in range(length)]
+    return Band(list(range(1, length + 1)), [m for m, _ in stats], [sd for _, sd in stats])

@@ -8,6 +8,7 @@ Heavy libraries are imported inside the commands so that ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,19 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (a finite number)")
+    return value
+
+
+TARGET_HELP = "speed target: the validation objective whose first epoch is reported (default: the least good of the optimizers' final means)"
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="tuner", description="Which optimizer, with which settings, trains this PyTorch model best.")
     parser.add_argument("--version", action="version", version=f"tuner {__version__}")
@@ -70,7 +84,19 @@ def build_parser() -> Parser:
     study.add_argument("--amp", default="none", help="mixed precision: none (default) or bf16 autocast (CUDA only)")
     study.add_argument("--jobs", type=positive_int, default=1, help="worker processes training trials at once (default 1; CUDA devices round-robin, CPU cores split)")
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
+    study.add_argument("--target", type=finite_float, help=TARGET_HELP)
     study.set_defaults(func=run_study)
+
+    plot = commands.add_parser("plot", help="rebuild the figures and summary.md of an experiment from the storage, training nothing")
+    plot.add_argument("experiment", nargs="?", help="experiment YAML file, or a shipped name (default: quickstart, unless --experiment)")
+    plot.add_argument("--experiment", dest="name", metavar="NAME", help="the experiment's name in the storage, instead of its file")
+    plot.add_argument("--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)")
+    plot.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
+    plot.add_argument("--target", type=finite_float, help=TARGET_HELP)
+    # The keys of tuner.report.IMPORTANCE_EVALUATORS (not imported here, so that --help stays instant).
+    plot.add_argument("--importance", choices=("ped-anova", "fanova", "mdi"), default="ped-anova",
+                      help="Optuna importance evaluator (default: ped-anova, which keeps the conditional schedule parameters)")  # fmt: skip
+    plot.set_defaults(func=run_plot)
 
     train = commands.add_parser("train", help="re-train an exported config and report mean ± sd")
     train.add_argument("config", type=Path, help="best-config YAML written by `tuner study`")
@@ -80,7 +106,8 @@ def build_parser() -> Parser:
     train.set_defaults(func=run_train)
 
     sync = commands.add_parser("sync", help="rebuild or complete the MLflow runs of an experiment from the Optuna storage")
-    sync.add_argument("experiment", nargs="?", help="experiment YAML file, or a shipped name (default: quickstart)")
+    sync.add_argument("experiment", nargs="?", help="experiment YAML file, or a shipped name (default: quickstart, unless --experiment)")
+    sync.add_argument("--experiment", dest="name", metavar="NAME", help="the experiment's name in the storage, instead of its file")
     sync.add_argument("--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)")
     add_tracking_arguments(sync)
     sync.set_defaults(func=run_sync)
@@ -103,7 +130,8 @@ def prepare(args: argparse.Namespace, device_spec: str) -> tuple[Any, Any, Any, 
     path = config.find_experiment(args.experiment)
     # Paths given on the command line are relative to the working directory.
     refs = args.optimizers and [str(Path(r).resolve()) if r.endswith((".yaml", ".yml")) else r for r in args.optimizers]
-    overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed, "final_seeds": args.final_seeds}
+    overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed, "final_seeds": args.final_seeds,
+                 "target": args.target}  # fmt: skip
     experiment = config.load_experiment(path, overrides)
     device = resolve_device(device_spec)
     check_amp(args.amp, device, "--amp")
@@ -180,14 +208,14 @@ def run_study(args: argparse.Namespace) -> int:
         if best is not None:
             shared = [export.write_config(configs[best.optimizer], out / "best.yaml")]
             files = {name: paths + shared for name, paths in files.items()}
-        print(analysis.table(summaries, setup.label, best))
         written = ["best.yaml"] * (best is not None) + [f"best-{n}.yaml" for n in configs]
-        print(f"\noutputs in {out}/: {', '.join(written) or 'none (no trial completed)'}")
+        report_files = write_report(storage, experiment.name, list(names), out, experiment.target)
+        print(f"\noutputs in {out}/: {', '.join(written) or 'none (no trial completed)'}; report: {', '.join(str(p.relative_to(out)) for p in report_files)}")
         if best is not None:
             print(f"winner: {best.optimizer} (final-seed validation {setup.label} mean over seeds {seeds})")
         if follower:
             for name, study in names.items():
-                follower.attach(study, files.get(name, []))
+                follower.attach(study, [*report_files, *files.get(name, [])])
                 follower.end(study, "FINISHED")
     finally:
         if follower:
@@ -221,20 +249,18 @@ def _report_tracking(follower: Any, experiment: str, uri: str, args: argparse.Na
 def run_sync(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuner import config
-    from tuner.study import TICKETS_PREFIX, open_storage
+    from tuner.study import experiment_names, open_storage
     from tuner.tracking import Mirror, SyncCount, check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = config.load_experiment(config.find_experiment(args.experiment), {}).name
+    name = _select_experiment(args)[0]
     uri, where = tracking_uri(args.tracking_uri)
     check_reachable(uri, where)
     storage = open_storage(args.storage, must_exist=True)
-    every = optuna.get_all_study_names(storage)
-    studies = [s for s in every if s.startswith(f"{name}/")]
+    studies = [s for s in optuna.get_all_study_names(storage) if s.startswith(f"{name}/")]
     if not studies:
-        present = sorted({s.rsplit("/", 1)[0] for s in every if not s.startswith(TICKETS_PREFIX)})
-        raise UserError(f"--storage: {mask_url(args.storage)!r} has no study of experiment {name!r} (it has: {', '.join(present) or 'none'})")
+        present = ", ".join(experiment_names(storage)) or "none"
+        raise UserError(f"--storage: {mask_url(args.storage)!r} has no study of experiment {name!r} (experiments there: {present})")
     mirror = Mirror(uri, name, storage, args.storage, __version__)
     total = SyncCount()
     for study in studies:
@@ -243,6 +269,47 @@ def run_sync(args: argparse.Namespace) -> int:
         total += count
         print(f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted (cut short or stale)")
     print(f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: {total.written + total.kept} runs")
+    return 0
+
+
+def write_report(storage: Any, experiment: str, spaces: list[str] | None, out: Path, target: float | None, importance: str = "ped-anova",
+                 where: str = "--experiment") -> list[Path]:  # fmt: skip
+    """Figures in ``out/plots/`` and ``out/summary.md`` from the studies of ``experiment`` in ``storage``; prints the summary.
+
+    ``spaces`` picks and orders the studies (None: all of the experiment's).
+    Returns the paths written, the summary first.
+    """
+    from tuner import report
+
+    built = report.build_report(report.load_studies(storage, experiment, spaces, where), target=target, evaluator=importance)
+    paths = report.write_report(built, out)
+    print(report.summary(built, out))
+    return paths
+
+
+def _select_experiment(args: argparse.Namespace) -> tuple[str, list[str] | None, float | None, str]:
+    """``plot`` and ``sync``: the experiment's name, its optimizers (None: every study of that name), target, and where they came from."""
+    from tuner import config
+
+    if args.experiment and args.name:
+        raise UserError(f"--experiment {args.name!r} and the experiment file {args.experiment!r}: give one, not both")
+    if args.name:
+        return args.name, None, getattr(args, "target", None), "--experiment"
+    experiment = config.load_experiment(config.find_experiment(args.experiment), {"target": getattr(args, "target", None)})
+    return experiment.name, [s.name for s in experiment.optimizers], experiment.target, experiment.at("name")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tuner.study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name, spaces, target, where = _select_experiment(args)
+    out = args.out or Path("runs") / name
+    _check_writable_folder(out)
+    paths = write_report(open_storage(args.storage, must_exist=True), name, spaces, out, target, args.importance, where)
+    print(f"\noutputs in {out}/: {', '.join(str(p.relative_to(out)) for p in paths)}")
     return 0
 
 

@@ -303,7 +303,7 @@ def find_experiment(ref: str | None) -> Path:
 
 EXPERIMENT_KEYS = (
     "name", "task", "task_args", "optimizers", "schedules", "trials", "epochs", "batch_size",
-    "seed", "sampler", "pruner", "objective", "final_seeds",
+    "seed", "sampler", "pruner", "objective", "final_seeds", "target",
 )  # fmt: skip
 # Samplers take seeds below 2**32; seed + trial count + final seeds stay below it.
 MAX_SEED = 2**31 - 1
@@ -336,6 +336,9 @@ class Experiment:
     objective: str
     direction: str | None
     final_seeds: int
+    # The report's speed target: epochs until the validation objective reaches
+    # it. None: the least good of the optimizers' final-seed means.
+    target: float | None
     source: str
     origins: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -406,6 +409,9 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
             raise UserError(f"{at('objective')}.direction: {direction!r} is not allowed (minimize, maximize)")
     if not isinstance(objective, str):
         raise UserError(f"{at('objective')}: {objective!r} is not allowed ('loss', 'metric' or the task's metric name)")
+    target = data.get("target")
+    if target is not None and not (is_number(target) and math.isfinite(target)):
+        raise UserError(f"{at('target')}: {target!r} is not allowed (a finite number in the objective's units{_text_number_hint(target)})")
     return Experiment(
         name=name,
         task=data["task"],
@@ -421,6 +427,7 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
         objective=objective,
         direction=direction,
         final_seeds=_positive_int(at("final_seeds"), data.get("final_seeds", 3)),
+        target=target,
         source=where,
         origins={key: at(key) for key in EXPERIMENT_KEYS},
     )

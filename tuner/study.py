@@ -187,6 +187,11 @@ def check_resumable(storage: optuna.storages.BaseStorage, name: str, setup: Setu
         )
 
 
+def experiment_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    """The experiments that have studies in ``storage`` (the budget tickets' ledgers are not experiments)."""
+    return sorted({n.split("/", 1)[0] for n in optuna.get_all_study_names(storage) if "/" in n and not n.startswith(TICKETS_PREFIX)})
+
+
 def study_name(experiment: Experiment, space: SearchSpace) -> str:
     return f"{experiment.name}/{space.name}"
 
