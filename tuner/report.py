@@ -23,9 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import analysis, plots
 from tuner.analysis import Band, ExpectedBest, Speed, Summary
 from tuner.config import Config
-from tuner.errors import UserError
+from tuner.errors import UserError, mask_url
 from tuner.export import config_from_dict
-from tuner.errors import mask_url
 from tuner.outcomes import outcome
 from tuner.study import best_trial, experiment_names
 from tuner.tasks import Data, Task, load_data, load_task
