@@ -112,7 +112,9 @@ def test_layout_params_metrics_final_runs_and_artifacts(workdir, capsys):
         assert parent.info.run_name == optimizer and parent.info.status == "FINISHED"
         assert parent.data.tags["tuner.storage"] == f"sqlite:///{workdir}/t.db" and parent.data.tags["tuner.version"]
         assert parent.data.params["task"] == "digits-mlp" and parent.data.params["epochs"] == "3"
-        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {f"best-{optimizer}.yaml", "best.yaml"}
+        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {f"best-{optimizer}.yaml", "best.yaml", "summary.md", "plots"}
+        assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {
+            f"plots/{f}.png" for f in ("importance", "convergence", "learning_curves", "budget", "sensitivity")}
         exported = yaml.safe_load((workdir / "out" / f"best-{optimizer}.yaml").read_text())
         best = trial_runs(children[name])[exported["source"]["trial"]]
         assert exported["source"]["mlflow_run_id"] == best.info.run_id

@@ -215,7 +215,7 @@ def run_study(args: argparse.Namespace) -> int:
             print(f"winner: {best.optimizer} (final-seed validation {setup.label} mean over seeds {seeds})")
         if follower:
             for name, study in names.items():
-                follower.attach(study, [*report_files, *files.get(name, [])])
+                follower.attach(study, [*report_files, *files.get(name, [])], out)
                 follower.end(study, "FINISHED")
     finally:
         if follower:

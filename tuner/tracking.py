@@ -419,10 +419,10 @@ class Mirror:
             final = self.storage.get_study_user_attrs(self.storage.get_study_id_from_name(study)).get("final")
             self.client.set_terminated(parent, "FINISHED" if final else "KILLED")
 
-    def attach(self, study: str, paths: list[str]) -> None:
-        """Log files as artifacts of the study's parent run."""
-        for path in paths:
-            self.client.log_artifact(self.parent(study), path)
+    def attach(self, study: str, files: list[tuple[str, str]]) -> None:
+        """Log files as artifacts of the study's parent run: (local path, artifact folder, "" for the top)."""
+        for path, folder in files:
+            self.client.log_artifact(self.parent(study), path, artifact_path=folder or None)
 
 
 # --------------------------------------------------------------------------
@@ -485,8 +485,10 @@ class Follower:
         reply = self._send(op="runs", study=study) and self._reply("runs", timeout)
         return {int(k): v for k, v in (reply or {}).get("runs", {}).items()}
 
-    def attach(self, study: str, paths: list[Path]) -> None:
-        self._send(op="attach", study=study, paths=[str(Path(p).resolve()) for p in paths])
+    def attach(self, study: str, paths: list[Path], root: Path) -> None:
+        """Files under ``root`` for the study's parent run, in the same folders there (``plots/``)."""
+        files = [(str(p.resolve()), str(p.parent.relative_to(root)).removeprefix(".")) for p in paths]
+        self._send(op="attach", study=study, paths=files)
 
     def end(self, study: str, status: str) -> None:
         self._send(op="end", study=study, status=status)
@@ -530,7 +532,7 @@ class _Session:
         self.error: str | None = None
         self.failed_at = 0.0
         self.dirty: set[str] = set()  # studies to sync whole
-        self.attachments: list[tuple[str, list[str]]] = []  # not attached yet
+        self.attachments: list[tuple[str, list[tuple[str, str]]]] = []  # not attached yet
         self.running: set[str] = set()  # parent runs set RUNNING by this session
         self.ended: dict[str, str] = {}  # study -> final parent status
         self.count = SyncCount()
