@@ -219,7 +219,7 @@ def test_plot_from_an_experiment_file_with_its_target(storage, tmp_path, capsys)
     ("argv", "expect"),
     [
         (["--experiment", "nosuch"], ["--experiment", "'nosuch'", "experiments there: other, x"]),
-        (["--experiment", "x", "--storage", "sqlite:///{tmp}/missing.db"], ["--storage", "missing.db", "no such database file"]),
+        (["--experiment", "x", "--storage", "sqlite:///{tmp}/missing.db"], ["--storage", "missing.db", "does not exist"]),
         (["quickstart", "--experiment", "x"], ["quickstart", "--experiment", "not both"]),
         (["quickstart"], ["name", "'quickstart'", "no studies of adam, sgd, rmsprop", "experiments there: other, x"]),
         (["--experiment", "x", "--target", "inf"], ["--target", "'inf'", "finite"]),
