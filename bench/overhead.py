@@ -133,7 +133,7 @@ def read_runs(storage: str) -> list[Run]:
         if final:
             cfg = config_from_dict(trials[final["trial"]].user_attrs["config"])
             for seed, history, objective in zip(final["seeds"], final["history"], final["val_objective"]):
-                runs.append(Run(cfg, seed, len(history), True, objective, name, study.direction))
+                runs.append(Run(cfg, seed, len(history["epoch"]), True, objective, name, study.direction))
     return runs
 
 

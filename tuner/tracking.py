@@ -411,6 +411,17 @@ class Mirror:
                 count.deleted += 1
         return count
 
+    def catch_up(self, study: str) -> SyncCount:
+        """:meth:`sync` for a study this mirror synced before: its runs since are known, so nothing is searched."""
+        records = self.records(study)
+        count = SyncCount()
+        for record in records:
+            count += self.write(study, record)
+        for key in set(self.runs[study]) - {record.key for record in records}:  # final runs of an earlier best config
+            self.client.delete_run(self.runs[study].pop(key))
+            count.deleted += 1
+        return count
+
     def settle(self, study: str) -> None:
         """A parent run left RUNNING by a command that could not close it: FINISHED if its study got to
         its final evaluation, else KILLED."""
@@ -568,7 +579,7 @@ class _Session:
             elif op == "attach":
                 mirror.attach(study, self.attachments.pop()[1])
             elif op == "end":
-                self.count += mirror.sync(study)
+                self.count += mirror.catch_up(study)
                 mirror.parent(study, message["status"])
             self.error = None
         except Exception as err:  # the study goes on; a later message or finish() catches up
