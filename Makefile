@@ -13,7 +13,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(shell command -v nvidia-smi),,--extra-index-url $(TORCH_CPU_INDEX))
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: study test bench clean
+.PHONY: study test bench bench-batched clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -30,5 +30,8 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/overhead.py $(ARGS)
 
+bench-batched: $(VENV)/.installed
+	$(PY) bench/batched.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs tuner.db
+	rm -rf $(VENV) runs tuner.db mlflow.db mlruns

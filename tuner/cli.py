@@ -83,6 +83,8 @@ def build_parser() -> Parser:
     study.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     study.add_argument("--amp", default="none", help="mixed precision: none (default) or bf16 autocast (CUDA only)")
     study.add_argument("--jobs", type=positive_int, default=1, help="worker processes training trials at once (default 1; CUDA devices round-robin, CPU cores split)")
+    study.add_argument("--batch-trials", type=positive_int, metavar="K",
+                       help="train K trials of a study at once as one vectorized model (default: the experiment's batch_trials, else 1)")
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
     study.add_argument("--target", type=finite_float, help=TARGET_HELP)
     study.set_defaults(func=run_study)
@@ -130,8 +132,8 @@ def prepare(args: argparse.Namespace, device_spec: str) -> tuple[Any, Any, Any, 
     path = config.find_experiment(args.experiment)
     # Paths given on the command line are relative to the working directory.
     refs = args.optimizers and [str(Path(r).resolve()) if r.endswith((".yaml", ".yml")) else r for r in args.optimizers]
-    overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed, "final_seeds": args.final_seeds,
-                 "target": args.target}  # fmt: skip
+    overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed,
+                 "final_seeds": args.final_seeds, "target": args.target, "batch_trials": args.batch_trials}
     experiment = config.load_experiment(path, overrides)
     device = resolve_device(device_spec)
     check_amp(args.amp, device, "--amp")
@@ -148,7 +150,7 @@ def run_study(args: argparse.Namespace) -> int:
 
     from tuner import analysis, export
     from tuner.jobs import run_workers
-    from tuner.study import StudyRunner, check_resumable, open_storage, study_name
+    from tuner.study import StudyRunner, check_resumable, open_storage, study_name, trials_at_once
     from tuner.tracking import Follower, check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -163,9 +165,12 @@ def run_study(args: argparse.Namespace) -> int:
         check_resumable(storage, names[space.name], setup, space, experiment.schedules)
     seeds = [experiment.seed + i for i in range(1, experiment.final_seeds + 1)]
     device = data.train.x.device
+    at_once, why = trials_at_once(experiment, setup, task, data, share=1 / args.jobs)
+    if why:
+        print(why, file=sys.stderr)
     print(f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
           f"{setup.epochs} epochs, device {device}{'' if args.amp == 'none' else ', amp ' + args.amp}, "
-          f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}storage {mask_url(args.storage)}, "
+          f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}{'' if at_once == 1 else f'{at_once} trials at once, '}storage {mask_url(args.storage)}, "
           f"tracking {mask_url(tracking[0]) if tracking else 'off'}", file=sys.stderr)
 
     # MLflow is written by a follower process, off the training process's clock (see tuner.tracking).
@@ -190,7 +195,7 @@ def run_study(args: argparse.Namespace) -> int:
             # With --jobs the workers met the budget; this tops up what a lost worker left.
             runner = StudyRunner(experiment, space, setup, task, data, storage)
             with _progress(space.name, runner.study, experiment.trials, setup.direction, args.no_progress) as progress:
-                runner.run(experiment.trials, _on_trial(runner.name, progress, follower))
+                runner.run_batched(experiment.trials, at_once, _on_trial(runner.name, progress, follower))
             summaries.append(analysis.summarize(space.name, runner.study, runner.final_evaluation(seeds)))
             studies[space.name] = runner.study
 

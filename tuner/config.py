@@ -303,7 +303,7 @@ def find_experiment(ref: str | None) -> Path:
 
 EXPERIMENT_KEYS = (
     "name", "task", "task_args", "optimizers", "schedules", "trials", "epochs", "batch_size",
-    "seed", "sampler", "pruner", "objective", "final_seeds", "target",
+    "seed", "sampler", "pruner", "objective", "final_seeds", "target", "batch_trials",
 )  # fmt: skip
 # Samplers take seeds below 2**32; seed + trial count + final seeds stay below it.
 MAX_SEED = 2**31 - 1
@@ -341,6 +341,8 @@ class Experiment:
     target: float | None
     source: str
     origins: dict[str, str] = field(default_factory=dict, compare=False)
+    # Trials trained at once as one vectorized population (tuner.batched); 1: one at a time.
+    batch_trials: int = 1
 
     def at(self, key: str) -> str:
         """Where ``key`` came from, for messages: ``--trials`` or ``exp.yaml: trials``."""
@@ -430,6 +432,7 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
         target=target,
         source=where,
         origins={key: at(key) for key in EXPERIMENT_KEYS},
+        batch_trials=_positive_int(at("batch_trials"), data.get("batch_trials", 1)),
     )
 
 

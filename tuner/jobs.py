@@ -77,15 +77,16 @@ def _work(prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, d
     """One worker: every study of the experiment, in turn, to its budget."""
     import optuna
 
-    from tuner.study import StudyRunner, open_storage
+    from tuner.study import StudyRunner, open_storage, trials_at_once
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(threads)
     try:
         experiment, task, setup, data = prepare(args, device)
+        at_once, _ = trials_at_once(experiment, setup, task, data, share=1 / args.jobs)  # the parent said why, if fewer
         storage = open_storage(args.storage)
         for space in experiment.optimizers:
             runner = StudyRunner(experiment, space, setup, task, data, storage)
-            runner.run(experiment.trials, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id)))
+            runner.run_batched(experiment.trials, at_once, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id)))
     except KeyboardInterrupt:
         sys.exit(130)

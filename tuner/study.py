@@ -25,6 +25,7 @@ import torch
 from optuna.trial import TrialState
 
 from tuner import spaces
+from tuner.batched import population_size, train_batched
 from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace
 from tuner.errors import UserError, mask_url, reason, url_failure
 from tuner.export import config_from_dict, config_to_dict
@@ -39,6 +40,7 @@ GRACE_SECONDS = 20
 # How long a worker waits before looking again when every slot left is held.
 WAIT_SECONDS = 0.5
 SQLITE_LOCK_SECONDS = 60
+CREATE_ATTEMPTS = 3
 TICKETS_PREFIX = "tuner-tickets:"
 
 
@@ -49,15 +51,22 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
     # SQLite: a writer waits for another's lock (several workers on one file)
     # instead of failing with "database is locked" after pysqlite's 5 s.
     engine = {"connect_args": {"timeout": SQLITE_LOCK_SECONDS}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough for us
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
-    except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or server
-        raise UserError(
-            f"--storage: cannot open {mask_url(url)!r}: {url_failure(err, url)} "
-            "(allowed: an SQLAlchemy URL such as sqlite:///tuner.db or postgresql://user:password@host/db)"
-        ) from None
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough for us
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+        except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or server
+            # Workers that start together race to create the tables: the losers try again.
+            if type(err).__name__ in ("OperationalError", "IntegrityError") and attempt < CREATE_ATTEMPTS - 1:
+                time.sleep(1.0)
+                continue
+            failure = err
+            break
+    raise UserError(
+        f"--storage: cannot open {mask_url(url)!r}: {url_failure(failure, url)} "
+        "(allowed: an SQLAlchemy URL such as sqlite:///tuner.db or postgresql://user:password@host/db)"
+    ) from None
 
 
 def _sqlite_file_exists(url: str) -> bool:
@@ -169,12 +178,21 @@ def check_components(experiment: Experiment, setup: Setup) -> None:
             raise UserError(f"{experiment.at(name)}: {component.name} {component.kwargs}: {type(err).__name__}: {err}") from None
 
 
+def trials_at_once(experiment: Experiment, setup: Setup, task: Task, data: Data, share: float = 1.0) -> tuple[int, str | None]:
+    """How many trials each study trains at once: the experiment's ``batch_trials`` (at most ``trials``), or fewer with the
+    one line that says why (see :func:`tuner.batched.population_size`; ``share``: this worker's part of the device's memory)."""
+    spaces = [space.optimizer for space in experiment.optimizers]
+    return population_size(task, data, min(experiment.batch_trials, experiment.trials), setup.batch_size, setup.amp, spaces, share)
+
+
 def check_resumable(storage: optuna.storages.BaseStorage, name: str, setup: Setup, space: SearchSpace, schedules: ScheduleSpace) -> None:
     """Refuse to resume study ``name`` if its trials were run with another setup or search space; changes nothing."""
     if name not in optuna.get_all_study_names(storage):
         return
-    # Studies stored before amp existed ran without it.
-    stored = {"amp": "none"} | (optuna.load_study(study_name=name, storage=storage).user_attrs.get("setup") or {})
+    found = optuna.load_study(study_name=name, storage=storage).user_attrs.get("setup")
+    if not found:  # another worker created the study a moment ago and is writing its setup: the same as ours, or refused there
+        return
+    stored = {"amp": "none"} | found  # studies stored before amp existed ran without it
     changed = [
         f"{k}={stored.get(k)!r} -> {v!r}" if k not in ("space", "schedules") else f"{k} changed"
         for k, v in setup.stored(space, schedules).items()
@@ -333,36 +351,46 @@ class StudyRunner:
             **shared,
         )
 
-    def run_trial(self) -> tuple[optuna.trial.FrozenTrial, int]:
-        """Ask, train, tell: one trial to its end, then stored; returns it and its id in the storage."""
+    def _ask(self) -> tuple[optuna.Trial, Config]:
+        """A new trial of the live study and its config, recorded in its user attributes with the device."""
         trial = self.live.ask()
         config = self._sample(trial)
         trial.set_user_attr("config", config_to_dict(config))
         trial.set_user_attr("device", str(self.data.train.x.device))
+        return trial, config
 
-        def report(metrics: EpochMetrics) -> bool:
-            trial.report(metrics.objective(config.objective), metrics.epoch)
-            # After the last epoch there is nothing left to save: the trial completes.
-            return metrics.epoch < config.epochs and trial.should_prune()
+    def _report(self, trial: optuna.Trial, metrics: EpochMetrics) -> bool:
+        """Report an epoch's objective to ``trial``; whether the pruner stops it."""
+        trial.report(metrics.objective(self.setup.objective), metrics.epoch)
+        # After the last epoch there is nothing left to save: the trial completes.
+        return metrics.epoch < self.setup.epochs and trial.should_prune()
 
+    def _failed(self, trial: optuna.Trial, err: Exception) -> None:
+        """Record why ``trial`` failed (call in the ``except`` block: the traceback is the current one)."""
+        out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
+        trial.set_user_attr("outcome", "failed")
+        trial.set_user_attr("reason", ("out of memory: " if out_of_memory else "") + reason(err))
+        trial.set_user_attr("traceback", traceback.format_exc())
+
+    def _interrupted(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+        trial.set_user_attr("outcome", "interrupted")
+        return self.live.tell(trial, state=TrialState.FAIL)
+
+    def run_trial(self) -> tuple[optuna.trial.FrozenTrial, int]:
+        """Ask, train, tell: one trial to its end, then stored; returns it and its id in the storage."""
+        trial, config = self._ask()
         try:
-            result = train(self.task, self.data, config, callback=report)
+            result = train(self.task, self.data, config, callback=lambda metrics: self._report(trial, metrics))
         except KeyboardInterrupt:
-            trial.set_user_attr("outcome", "interrupted")
-            self._store(self.live.tell(trial, state=TrialState.FAIL))
+            self._store(self._interrupted(trial))
             raise
         except Exception as err:  # the task's code may raise anything; the study goes on
             out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
-            trial.set_user_attr("outcome", "failed")
-            trial.set_user_attr("reason", ("out of memory: " if out_of_memory else "") + reason(err))
-            trial.set_user_attr("traceback", traceback.format_exc())
+            self._failed(trial, err)
         else:
             return self._store(self._tell(trial, result))
         if out_of_memory:
-            # The exception is gone, and with it the frames that held the trial's
-            # tensors: hand their cached blocks back so the next trial can use them.
-            gc.collect()
-            torch.cuda.empty_cache()
+            _hand_back_cuda_memory()
         return self._store(self.live.tell(trial, state=TrialState.FAIL))
 
     def _store(self, trial: optuna.trial.FrozenTrial) -> tuple[optuna.trial.FrozenTrial, int]:
@@ -389,17 +417,88 @@ class StudyRunner:
         """Top the study up to ``budget`` counted trials, never beyond, however many workers share it;
         ``on_trial(trial, trial_id)`` after each trial this worker stored."""
         while self.refresh() < budget:
-            ticket = self.tickets.take(budget, self.refresh)
+            ticket = self._ticket(budget)
             if ticket is None:  # every slot left is being trained by another worker: wait for one to end
                 time.sleep(WAIT_SECONDS)
                 continue
-            # Seeded by the ticket: reproducible for one worker, different for
-            # each of several, and no replay of earlier suggestions on resume.
-            self.live.sampler = make_sampler(self.experiment.sampler, self.experiment.seed + ticket.number, self.experiment.at("sampler"))
             with ticket:
                 stored = self.run_trial()
             if on_trial is not None:
                 on_trial(*stored)
+        return self.study
+
+    def _ticket(self, budget: int) -> Ticket | None:
+        """A budget ticket for the next trial, with the sampler seeded by it; None when every slot left is held."""
+        ticket = self.tickets.take(budget, self.refresh)
+        if ticket is not None:
+            # Seeded by the ticket: reproducible for one worker, different for
+            # each of several, and no replay of earlier suggestions on resume.
+            self.live.sampler = make_sampler(self.experiment.sampler, self.experiment.seed + ticket.number, self.experiment.at("sampler"))
+        return ticket
+
+    def run_batched(self, budget: int, size: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
+        """:meth:`run`, training up to ``size`` trials at once as one population (see :mod:`tuner.batched`); 1 is :meth:`run`.
+
+        Each member reports its epochs to its own trial and is pruned alone; it
+        is told and stored as :meth:`run_trial` does, and its slot goes to a
+        newly asked trial, with its own budget ticket, while the budget has
+        room. An exception in the task's code fails the members training then
+        and the study goes on; Ctrl-C stores them as interrupted.
+        """
+        if size == 1:
+            return self.run(budget, on_trial)
+        running: dict[int, tuple[optuna.Trial, Ticket]] = {}  # by trial number
+        asked = 0
+
+        def start() -> tuple[int, Config] | None:
+            nonlocal asked
+            ticket = self._ticket(budget)
+            if ticket is None:
+                return None
+            trial, config = self._ask()
+            running[trial.number] = trial, ticket.__enter__()
+            asked += 1
+            return trial.number, config
+
+        def finish(number: int, tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]) -> tuple[optuna.trial.FrozenTrial, int]:
+            trial, ticket = running.pop(number)
+            try:
+                return self._store(tell(trial))
+            finally:  # stored before its ticket is released, as in run()
+                ticket.__exit__(None, None, None)
+
+        def end(number: int, tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]) -> None:
+            stored = finish(number, tell)
+            if on_trial is not None:
+                on_trial(*stored)
+
+        def ended(number: int, result: RunResult) -> None:
+            end(number, lambda trial: self._tell(trial, result))
+
+        while self.refresh() < budget:
+            before = asked
+            try:
+                train_batched(self.task, self.data, size, _own(start), lambda number, metrics: self._report(running[number][0], metrics), _own(ended))
+            except KeyboardInterrupt:
+                for number in list(running):
+                    finish(number, self._interrupted)
+                raise
+            except _OwnError as err:  # the storage or the sampler failed, not the task: no trial is to blame
+                for number in list(running):
+                    running.pop(number)[1].__exit__(None, None, None)
+                raise err.__cause__ from None
+            except Exception as err:  # the task's code may raise anything; the study goes on
+                out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
+                for trial, _ in running.values():
+                    self._failed(trial, err)
+            else:
+                if asked == before:  # every slot left is being trained by another worker: wait for one to end
+                    time.sleep(WAIT_SECONDS)
+                continue
+            if out_of_memory:
+                _hand_back_cuda_memory()
+            for number in list(running):
+                end(number, lambda trial: self.live.tell(trial, state=TrialState.FAIL))
         return self.study
 
     def final_evaluation(self, seeds: list[int]) -> dict[str, Any] | None:
@@ -428,6 +527,29 @@ class StudyRunner:
         }
         self.study.set_user_attr("final", final)
         return final
+
+
+class _OwnError(Exception):
+    """An error of the study's own bookkeeping (storage, sampler) inside a population's callbacks: not the task's."""
+
+
+def _own(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with its exceptions raised as :class:`_OwnError` (the original as its cause)."""
+
+    def wrapped(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except Exception as err:
+            raise _OwnError() from err
+
+    return wrapped
+
+
+def _hand_back_cuda_memory() -> None:
+    # The exception is gone, and with it the frames that held the trial's
+    # tensors: hand their cached blocks back so the next trial can use them.
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def _test_objective(run: RunResult, objective: str) -> float:

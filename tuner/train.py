@@ -60,6 +60,14 @@ def columns(history: list[EpochMetrics]) -> dict[str, list[float]]:
     return {f.name: [getattr(m, f.name) for m in history] for f in dataclasses.fields(EpochMetrics)}
 
 
+def divergence(metrics: EpochMetrics) -> str | None:
+    """Why an epoch ends its run as diverged (a non-finite train loss, val loss or val metric), or None."""
+    if all(map(math.isfinite, (metrics.train_loss, metrics.val_loss, metrics.val_metric))):
+        return None
+    return (f"diverged at epoch {metrics.epoch}: non-finite train loss {metrics.train_loss}, "
+            f"val loss {metrics.val_loss} or val metric {metrics.val_metric}")
+
+
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """Optimizer steps in one epoch: the last, smaller batch is kept."""
     return math.ceil(n_train / batch_size)
@@ -131,9 +139,9 @@ def train(
             val_loss, val_metric = evaluate(task, model, data.val, config.amp)
             metrics = EpochMetrics(epoch, train_loss, val_loss, val_metric, lr, time.perf_counter() - started)
             result.history.append(metrics)
-            if not all(map(math.isfinite, (train_loss, val_loss, val_metric))):
+            result.reason = divergence(metrics)
+            if result.reason is not None:
                 result.status = "diverged"
-                result.reason = f"diverged at epoch {epoch}: non-finite train loss {train_loss}, val loss {val_loss} or val metric {val_metric}"
                 return result
             if callback is not None and callback(metrics):
                 result.status = "stopped"

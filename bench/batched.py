@@ -1,0 +1,188 @@
+"""Trials per minute of batched trials (K at once, one vectorized model) against one trial at a time.
+
+For each task (default: the quickstart's ``digits-mlp`` and the larger
+``digits-cnn``), one run of this script tunes the same study twice on fresh
+SQLite storages in a temporary folder, with the same budget, sampler (TPE),
+pruner (median) and seed: once one trial at a time (``StudyRunner.run``, as
+``tuner study`` runs), once ``--k`` trials at once (``StudyRunner.run_batched``,
+as ``tuner study --batch-trials K``). Only the tuning is timed: sampling,
+training, pruning and storing every trial; the data loading, the final
+evaluation and the exported YAML are the same either way and left out. An
+untimed short study of each kind first does the one-off imports and warm-up.
+
+It prints, per task and side, the wall-clock seconds, trials per minute, epochs
+trained per second (pruning decides how many epochs a trial trains, and a
+batched study prunes its first K trials later: the pruner waits for complete
+trials), and the speedups of the batched side on both.
+
+Then **training only**: the configs of the one-at-a-time study's trials, each
+for the epochs its trial trained, are trained again with ``tuner.train.train``
+one at a time and with ``tuner.batched.train_batched`` K at a time, without
+Optuna or a storage: the same work on both sides, so epochs per second give
+the per-config training throughput. A study adds the same fixed cost per
+trial on both sides (the sampler, a budget ticket and the SQLite transaction
+that stores the trial), which batching does not shrink.
+
+The training-only batched side's learning curves are compared with the one-at-a-time
+study's (the same configs trained alone): per trial, the largest relative
+difference of its train and validation loss over its epochs, summarised over
+the complete trials and over the others (pruned, diverged): median, 90th
+percentile, largest. They differ by rounding only (the stacked forward and
+backward passes sum in another order), which training amplifies: little in
+configs that train stably, without bound in chaotic ones (a learning rate at
+the edge of divergence, a loss that grows), which the pruner stops.
+
+Last, torch's thread count and the machine's load average (other processes
+slow either side). With ``--repeat N`` every side runs N times, alternating,
+and the fastest is kept.
+
+Run from the repository root::
+
+    make bench-batched                               # python bench/batched.py $(ARGS)
+    .venv/bin/python bench/batched.py --k 8 --repeat 3
+    .venv/bin/python bench/batched.py digits-mlp --trials 64 --epochs 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import optuna
+import torch
+
+from tuner import config
+from tuner.batched import train_batched
+from tuner.cli import positive_int
+from tuner.config import Config
+from tuner.export import config_from_dict
+from tuner.study import Setup, StudyRunner, open_storage
+from tuner.tasks import load_data, load_task
+from tuner.train import EpochMetrics, resolve_device, train
+
+# The budget of each task when not given: (trials, epochs). The quickstart's own; digits-cnn's 1.4 s trials halved.
+BUDGETS = {"digits-mlp": (40, 25), "digits-cnn": (32, 10)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """One tuning run: wall-clock seconds, trials stored, epochs trained."""
+
+    seconds: float
+    trials: int
+    epochs: int
+
+    @property
+    def trials_per_minute(self) -> float:
+        return 60 * self.trials / self.seconds
+
+    @property
+    def epochs_per_second(self) -> float:
+        return self.epochs / self.seconds
+
+
+def tune(experiment: config.Experiment, task, data, size: int, folder: str) -> tuple[Timing, list[tuple[Config, dict]]]:
+    """Tune ``experiment``'s first optimizer with ``size`` trials at once into a fresh storage in ``folder``; timed.
+    Also returns each trial's config and learning curve (its user attribute ``history``)."""
+    setup = Setup.resolve(experiment, task)
+    storage = open_storage(f"sqlite:///{folder}/bench-{size}-{time.monotonic_ns()}.db")
+    runner = StudyRunner(experiment, experiment.optimizers[0], setup, task, data, storage)
+    start = time.perf_counter()
+    runner.run_batched(experiment.trials, size)
+    seconds = time.perf_counter() - start
+    runs = [(config_from_dict(t.user_attrs["config"]), t.user_attrs["history"] | {"outcome": t.user_attrs["outcome"]}) for t in runner.study.get_trials(deepcopy=False)]
+    return Timing(seconds, len(runs), sum(len(history["epoch"]) for _, history in runs)), runs
+
+
+def train_only(task, data, runs: list[tuple[Config, dict]], size: int) -> tuple[Timing, list[list[EpochMetrics]]]:
+    """Train each config for the epochs of its ``history``, ``size`` at a time (1: with the one-at-a-time trainer); timed.
+    Also returns each config's learning curve."""
+    epochs = [len(history["epoch"]) for _, history in runs]
+    curves: list[list[EpochMetrics]] = [[] for _ in runs]
+    start = time.perf_counter()
+    if size == 1:
+        for i, (cfg, _) in enumerate(runs):
+            curves[i] = train(task, data, cfg, callback=lambda metrics, i=i: metrics.epoch >= epochs[i]).history
+    else:
+        waiting = [(i, cfg) for i, (cfg, _) in enumerate(runs)]
+        train_batched(task, data, size, lambda: waiting.pop(0) if waiting else None,
+                      lambda i, metrics: metrics.epoch >= epochs[i], lambda i, result: curves.__setitem__(i, result.history))
+    return Timing(time.perf_counter() - start, len(runs), sum(epochs)), curves
+
+
+def differences(runs: list[tuple[Config, dict]], curves: list[list[EpochMetrics]]) -> list[float]:
+    """Per trial: the largest relative difference between its stored train and validation losses and ``curves``' (finite epochs)."""
+    largest = []
+    for (_, history), curve in zip(runs, curves):
+        pairs = [(a, getattr(m, key)) for key in ("train_loss", "val_loss") for a, m in zip(history[key], curve)]
+        largest.append(max((abs(a - b) / max(abs(a), 1e-12) for a, b in pairs if math.isfinite(a) and math.isfinite(b)), default=0.0))
+    return largest
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tasks", nargs="*", default=list(BUDGETS), help=f"built-in tasks (default: {' '.join(BUDGETS)})")
+    parser.add_argument("--k", type=positive_int, default=16, help="trials at once on the batched side (default 16)")
+    parser.add_argument("--optimizer", default="adam", help="the search space tuned (default adam)")
+    parser.add_argument("--trials", type=positive_int, help="budget in trials (default: per task, see BUDGETS)")
+    parser.add_argument("--epochs", type=positive_int, help="epochs per trial (default: per task)")
+    parser.add_argument("--repeat", type=positive_int, default=1, help="runs of each side, alternating; the fastest is kept (default 1)")
+    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads(N) first (default: torch's own choice)")
+    parser.add_argument("--device", default="cpu", help="device of both sides (default: cpu)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
+    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"{'task':11} {'K':>3} {'trials':>6} {'epochs':>6} {'seconds':>8} {'trials/min':>10} {'epochs/s':>9}   speedup: trials/min, epochs/s")
+    quickstart = config.find_experiment("quickstart")
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
+        for task_name in args.tasks:
+            trials, epochs = args.trials or BUDGETS.get(task_name, (32, 10))[0], args.epochs or BUDGETS.get(task_name, (32, 10))[1]
+            overrides = {"task": task_name, "optimizers": [args.optimizer], "trials": trials, "epochs": epochs}
+            experiment = config.load_experiment(quickstart, overrides)
+            task = load_task(task_name)
+            data = load_data(task, device)
+            warm = dataclasses.replace(experiment, trials=2, epochs=1)
+            for size in (1, args.k):
+                tune(warm, task, data, size, folder)
+            sides = {"tuning": {1: [], args.k: []}, "training only": {1: [], args.k: []}}
+            for _ in range(args.repeat):
+                for size in (1, args.k):
+                    timing, runs = tune(experiment, task, data, size, folder)
+                    sides["tuning"][size].append(timing)
+                    if size == 1:
+                        same_work = runs
+                for size in (1, args.k):
+                    timing, curves = train_only(task, data, same_work, size)
+                    sides["training only"][size].append(timing)
+            for side, timings in sides.items():
+                one, batched = (min(timings[size], key=lambda t: t.seconds) for size in (1, args.k))
+                for size, timing in ((1, one), (args.k, batched)):
+                    speedup = "" if size == 1 else f"   {timing.trials_per_minute / one.trials_per_minute:.2f}x, {timing.epochs_per_second / one.epochs_per_second:.2f}x"
+                    print(f"{task_name:11} {size:3} {timing.trials:6} {timing.epochs:6} {timing.seconds:8.2f} {timing.trials_per_minute:10.1f} "
+                          f"{timing.epochs_per_second:9.1f}{speedup}   {side}", flush=True)
+                if args.repeat > 1:
+                    print(f"{'':11} seconds of each run ({side}): " + "; ".join(f"K={size}: {', '.join(f'{t.seconds:.1f}' for t in ts)}" for size, ts in timings.items()))
+            largest = differences(same_work, curves)
+            print(f"{task_name:11} learning curves, batched vs alone, largest relative difference of train/val loss per trial:")
+            for label, complete in (("complete", True), ("pruned or diverged", False)):
+                group = sorted(d for d, (_, history) in zip(largest, same_work) if (history["outcome"] == "complete") == complete)
+                if group:
+                    print(f"{'':11}   {label} trials ({len(group)}): median {statistics.median(group):.1e}, "
+                          f"90% {group[int(0.9 * (len(group) - 1))]:.1e}, max {group[-1]:.1e}; within 1e-5: {sum(d <= 1e-5 for d in group)}")
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
