@@ -180,10 +180,10 @@ def run_study(args: argparse.Namespace) -> int:
             bars = {names[s.name]: _progress(s.name, StudyRunner(experiment, s, setup, task, data, storage).study, experiment.trials,
                                              setup.direction, args.no_progress, position=i) for i, s in enumerate(experiment.optimizers)}
 
+            handlers = {name: _on_trial(name, bar, follower) for name, bar in bars.items()}
+
             def on_worker_trial(study: str, trial_id: int) -> None:
-                bars[study](storage.get_trial(trial_id))
-                if follower:
-                    follower.trial(study, trial_id)
+                handlers[study](storage.get_trial(trial_id), trial_id)
 
             try:
                 run_workers(args.jobs, prepare, args, device, on_worker_trial)
