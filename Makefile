@@ -13,7 +13,9 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(shell command -v nvidia-smi),,--extra-index-url $(TORCH_CPU_INDEX))
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: study test bench bench-batched clean
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: study test postgresql bench bench-batched clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -24,8 +26,16 @@ $(VENV)/.installed: pyproject.toml
 study: $(VENV)/.installed
 	$(PY) -m tuner study $(ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed postgresql
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The PostgreSQL tests start a server of their own on a free loopback port
+# (tests/services.py); Debian's package provides the programs. Without them
+# those tests are skipped, with the reason.
+postgresql:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "make: could not install PostgreSQL (apt-get install postgresql): its tests will be skipped" >&2
 
 bench: $(VENV)/.installed
 	$(PY) bench/overhead.py $(ARGS)

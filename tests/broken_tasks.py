@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tuner.tasks import Data, Split, generated
+from tuner.tasks import CHECK_BATCH, Data, Split, generated
 
 
 @dataclass
@@ -135,3 +135,12 @@ class ScoreIsTensor(Tiny):
 class ScoreNaN(Tiny):
     def score(self, output: torch.Tensor, target: torch.Tensor) -> float:
         return math.nan
+
+
+class FailsInTraining(Tiny):
+    """Passes the one-step check on a few samples, then fails every trial: its score cannot take a whole split."""
+
+    def score(self, output: torch.Tensor, target: torch.Tensor) -> float:
+        if len(output) > CHECK_BATCH:
+            raise ValueError(f"score() takes at most {CHECK_BATCH} samples, got {len(output)}")
+        return super().score(output, target)

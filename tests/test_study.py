@@ -99,9 +99,11 @@ def test_resume_with_another_setup_is_refused(workdir, capsys):
     args = study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "1")
     assert main(args) == 0
     capsys.readouterr()
+    files = {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()}
     assert main([*args, "--epochs", "3"]) == 2
     err = capsys.readouterr().err.strip()
     assert "epochs=2 -> 3" in err and len(err.splitlines()) == 1
+    assert {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()} == files, "the refused run changed a file or the database"
 
 
 def test_resume_with_another_search_space_is_refused(workdir, capsys):
@@ -187,6 +189,29 @@ def test_a_trial_whose_task_code_raises_fails_and_the_study_goes_on(workdir, cap
     assert len(failed) == 1 and failed[0].user_attrs["reason"] == "RuntimeError: boom in user code"
     assert "Traceback" in failed[0].user_attrs["traceback"]
     assert finished(study) == 3
+
+
+@pytest.mark.parametrize("at_once", ["1", "4"])
+def test_a_study_whose_every_trial_fails_the_same_way_stops_with_that_error(workdir, capsys, monkeypatch, at_once):
+    import broken_tasks
+
+    (workdir / "exp.yaml").write_text("name: broken\ntask: broken_tasks:FailsInTraining\noptimizers: [adam, sgd]\ntrials: 20\nepochs: 2\nseed: 0\n")
+    args = ["study", "exp.yaml", "--storage", f"sqlite:///{workdir}/t.db", "--no-progress", "--no-tracking", "--batch-trials", at_once]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]  # after the experiment's header line
+    assert "Traceback" not in err and last.startswith("tuner: error: study 'broken/adam': all ")
+    assert "failed the same way" in last and "ValueError: score() takes at most 8 samples, got 16" in last
+    trials = load(workdir, "broken/adam").trials
+    assert 3 <= len(trials) <= 3 + int(at_once), "the budget of 20 was spent"
+    assert all(outcome(t) == "failed" and "Traceback" in t.user_attrs["traceback"] for t in trials)
+    assert "broken/sgd" not in optuna.get_all_study_names(f"sqlite:///{workdir}/t.db")
+    # Still broken: one more trial, then the same stop. Fixed: the study goes on, the failed trials counted.
+    assert main(args) == 2
+    assert len(load(workdir, "broken/adam").trials) == len(trials) + int(at_once)
+    monkeypatch.setattr(broken_tasks.FailsInTraining, "score", broken_tasks.Tiny.score)
+    assert main(args) == 0
+    assert finished(load(workdir, "broken/adam")) == finished(load(workdir, "broken/sgd")) == 20
 
 
 def test_tasks_lists_the_built_ins(capsys):

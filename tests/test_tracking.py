@@ -9,15 +9,12 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -198,11 +195,17 @@ def test_sync_rebuilds_the_mirror_idempotently_and_repairs_runs_cut_short(workdi
     client.create_run(runs[1].info.experiment_id, tags=runs[1].data.tags, run_name="adam-1")  # RUNNING, no metrics
     duplicate = client.create_run(runs[2].info.experiment_id, tags=runs[2].data.tags, run_name="adam-2")
     client.set_terminated(duplicate.info.run_id, "FINISHED")
+    # A second parent run, as another command's follower creates at the same moment, with its copy of a trial's run.
+    first = before["quickstart/sgd"]
+    twin = client.create_run(first.info.experiment_id, tags=first.data.tags, run_name="sgd").info.run_id
+    copied = trial_runs(children["quickstart/sgd"])[0]
+    client.create_run(first.info.experiment_id, tags=copied.data.tags | {"mlflow.parentRunId": twin}, run_name="sgd-0")
 
     assert main(sync) == 0
     out = capsys.readouterr().out
     assert "quickstart/adam: 1 runs written, 4 already there, 2 deleted" in out
-    assert "quickstart/sgd: 0 runs written, 5 already there, 0 deleted" in out
+    assert "quickstart/sgd: 0 runs written, 5 already there, 1 deleted" in out
+    assert client.get_run(twin).info.lifecycle_stage == "deleted"
     after = assert_mirrors(workdir, uri, "quickstart", ["quickstart/adam", "quickstart/sgd"])
     assert {k: p.info.run_id for k, p in after.items()} == {k: p.info.run_id for k, p in before.items()}
     assert main(sync) == 0
@@ -278,58 +281,15 @@ def test_ctrl_c_closes_the_runs_and_the_rerun_resumes_under_the_same_parent(work
 # A real tracking server.
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`mlflow server` on a loopback port, with its own SQLite store and artifact folder; can be stopped and started."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port, self.proc = folder, free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
-               "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 (the server writes to it until stopped)
-        # No background job runner (seven more processes, for features tuner does not use): a quicker start.
-        env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return
-            except OSError:
-                assert self.proc.poll() is None, (self.folder / "server.log").read_text()[-2000:]
-                time.sleep(0.3)
-        raise AssertionError("mlflow server did not start")
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
-    yield server
-    server.stop()
-
-
-def test_a_study_logs_over_http_to_a_real_server_and_no_password_leaks(workdir, server, capsys):
+def test_a_study_logs_over_http_to_a_real_server_and_no_password_leaks(workdir, mlflow_server, capsys):
     secret = "s3cr3t-pw"
-    uri = server.uri.replace("http://", f"http://alice:{secret}@")
+    uri = mlflow_server.uri.replace("http://", f"http://alice:{secret}@")
     assert main(study_args(workdir, "quickstart", "--optimizers", "adam", "--trials", "3", uri=uri)) == 0
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err and "alice:***@" in captured.err
-    assert_mirrors(workdir, server.uri, "quickstart", ["quickstart/adam"])
-    client = MlflowClient(server.uri)
-    parents, children = layout(server.uri, "quickstart", workdir)
+    assert_mirrors(workdir, mlflow_server.uri, "quickstart", ["quickstart/adam"])
+    client = MlflowClient(mlflow_server.uri)
+    parents, children = layout(mlflow_server.uri, "quickstart", workdir)
     parent = parents["quickstart/adam"]
     local = client.download_artifacts(parent.info.run_id, "best.yaml", str(workdir))
     assert yaml.safe_load(Path(local).read_text())["source"]["tracking_uri"] == uri.replace(secret, "***")
@@ -339,7 +299,7 @@ def test_a_study_logs_over_http_to_a_real_server_and_no_password_leaks(workdir, 
         assert secret not in path.read_text()
 
 
-def test_a_server_lost_mid_study_costs_no_trial_and_sync_fills_the_gap(workdir, server, capsys, monkeypatch):
+def test_a_server_lost_mid_study_costs_no_trial_and_sync_fills_the_gap(workdir, mlflow_server, capsys, monkeypatch):
     from tuner.study import StudyRunner
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -349,22 +309,22 @@ def test_a_server_lost_mid_study_costs_no_trial_and_sync_fills_the_gap(workdir, 
     def lose_the_server(self):
         calls["n"] += 1
         if calls["n"] == 3:
-            server.stop()
+            mlflow_server.stop()
         return original(self)
 
     monkeypatch.setattr(StudyRunner, "run_trial", lose_the_server)
     try:
-        assert main(study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "5", uri=server.uri)) == 0
+        assert main(study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "5", uri=mlflow_server.uri)) == 0
         err = capsys.readouterr().err
         assert "the MLflow mirror is incomplete" in err and "python -m tuner sync" in err
         assert len(load(workdir, "quickstart/sgd").trials) == 5  # nothing lost on the Optuna side
-        server.start()
-        assert main(["sync", "quickstart", "--storage", f"sqlite:///{workdir}/t.db", "--tracking-uri", server.uri]) == 0
-        parents = assert_mirrors(workdir, server.uri, "quickstart", ["quickstart/sgd"])
+        mlflow_server.start()
+        assert main(["sync", "quickstart", "--storage", f"sqlite:///{workdir}/t.db", "--tracking-uri", mlflow_server.uri]) == 0
+        parents = assert_mirrors(workdir, mlflow_server.uri, "quickstart", ["quickstart/sgd"])
         assert parents["quickstart/sgd"].info.status == "FINISHED"
     finally:
-        if server.proc.poll() is not None:
-            server.start()  # for the tests after this one
+        if mlflow_server.proc.poll() is not None:
+            mlflow_server.start()  # for the tests after this one
 
 
 def test_the_tracking_uri_comes_from_the_environment(workdir, capsys, monkeypatch):

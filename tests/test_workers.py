@@ -1,4 +1,5 @@
-"""Several workers on one storage: `--jobs N`, several commands at once, Ctrl-C of a worker pool; the budget stays exact."""
+"""Several workers on one storage: `--jobs N`, several commands at once, PostgreSQL and a tracking server, kill -9 and
+Ctrl-C of workers; the budget stays exact, nothing finished is lost, and a password never leaks."""
 
 from __future__ import annotations
 
@@ -7,31 +8,79 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 from mlflow import MlflowClient
 
+from tuner.errors import mask_url
 from tuner.outcomes import outcome
 from tuner.study import TICKETS_PREFIX, finished
 
 
-def command(workdir, *extra: str) -> list[str]:
+def command(workdir, *extra: str, storage: str | None = None, out: str = "out") -> list[str]:
     return [sys.executable, "-m", "tuner", "study", "quickstart", "--optimizers", "adam", "sgd", "--epochs", "4", "--final-seeds", "1",
-            "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", *extra]
+            "--storage", storage or f"sqlite:///{workdir}/t.db", "--out", str(workdir / out), "--no-progress", *extra]
 
 
-def studies(workdir) -> dict[str, optuna.Study]:
-    url = f"sqlite:///{workdir}/t.db"
+def studies(workdir, storage: str | None = None) -> dict[str, optuna.Study]:
+    url = storage or f"sqlite:///{workdir}/t.db"
     return {n: optuna.load_study(study_name=n, storage=url) for n in optuna.get_all_study_names(url) if not n.startswith(TICKETS_PREFIX)}
 
 
-def assert_exact(workdir, budget: int) -> None:
-    found = studies(workdir)
+def assert_exact(workdir, budget: int, storage: str | None = None) -> None:
+    found = studies(workdir, storage)
     assert sorted(found) == ["quickstart/adam", "quickstart/sgd"]
     for study in found.values():
         counted = [t for t in study.trials if outcome(t) in ("complete", "pruned", "diverged", "failed")]
         assert len(counted) == budget == finished(study), [outcome(t) for t in study.trials]
         assert len({str(t.params) for t in counted}) == budget, "two workers trained the same configuration"
+
+
+def assert_one_run_per_trial(tracking: str, storage: str) -> list[object]:
+    """Every trial of ``storage`` has exactly one MLflow child run, none RUNNING; the runs (parents included)."""
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("quickstart").experiment_id
+    mine = f"tags.`tuner.storage` = '{mask_url(storage)}'"
+    parents = client.search_runs([experiment], f"{mine} and tags.`tuner.role` = 'study'", max_results=100)
+    assert sorted(p.data.tags["tuner.study"] for p in parents) == ["quickstart/adam", "quickstart/sgd"]
+    children = [r for p in parents for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'", max_results=1000)]
+    trials = [r for r in children if r.data.tags["tuner.role"] == "trial"]
+    assert sorted((r.data.tags["tuner.study"], int(r.data.tags["tuner.trial"])) for r in trials) == sorted(
+        (name, t.number) for name, study in studies(None, storage).items() for t in study.trials
+    )
+    assert all(r.info.status != "RUNNING" for r in [*parents, *children])
+    return [*parents, *children]
+
+
+def stored(storage: str) -> dict[tuple[str, int], tuple[object, ...]]:
+    """What the storage holds of each finished trial: its state, value and params."""
+    return {(name, t.number): (t.state, t.value, t.params) for name, study in studies(None, storage).items() for t in study.trials}
+
+
+def wait_for_trials(storage: str, more_than: int, proc: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if len(stored(storage)) > more_than:
+                return
+        except Exception:  # the tables or studies may not exist yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no trial was stored beyond {more_than} (exit code {proc.poll()})")
+
+
+def workers_of(pid: int) -> list[int]:
+    """The `--jobs` worker processes of the command ``pid`` (spawned children; not the resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                if b"spawn_main" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
 
 
 def test_jobs_2_trains_in_two_processes_to_the_exact_budget_and_mirrors_every_trial(workdir):
@@ -78,3 +127,84 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_completes_the_budget(workdir):
     assert interrupted, "no worker stored its trial as interrupted"
     assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
     assert_exact(workdir, 6)
+
+
+def test_three_workers_on_postgresql_and_a_tracking_server_share_the_budget_and_never_leak_the_password(workdir, postgres, mlflow_server):
+    storage = postgres.database()
+    # Two commands at once, one of them with two workers: three workers, one budget per optimizer.
+    procs = [subprocess.Popen(command(workdir, "--trials", "8", *jobs, storage=storage, out=f"out{i}") + ["--tracking-uri", mlflow_server.uri],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, jobs in enumerate([("--jobs", "2"), ()])]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        outputs.append(out + err)
+    assert_exact(workdir, 8, storage)
+    runs = assert_one_run_per_trial(mlflow_server.uri, storage)
+
+    secret = postgres.PASSWORD
+    assert "tuner:***@127.0.0.1" in outputs[0]
+    for text in outputs:
+        assert secret not in text
+    for run in runs:
+        assert secret not in str(run.data.params) + str(run.data.tags)
+    for folder in (workdir, mlflow_server.folder / "artifacts"):  # the exported YAML, report and MLflow's copies of them
+        for path in folder.rglob("*"):
+            assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+    assert secret not in mlflow_server.log()
+    for study in studies(workdir, storage).values():
+        assert secret not in str(study.user_attrs) + str([t.user_attrs for t in study.trials])
+
+
+def test_kill_9_again_and_again_loses_no_finished_trial_and_the_last_run_meets_the_budget(workdir, postgres, mlflow_server):
+    storage = postgres.database()
+    cmd = command(workdir, "--trials", "6", storage=storage) + ["--tracking-uri", mlflow_server.uri]
+    cmd[cmd.index("--epochs") + 1] = "30"  # trials of about a second: the kills land mid-trial
+    kept: dict[tuple[str, int], tuple[object, ...]] = {}
+    for _ in range(3):  # kill -9 of the command, each time once more trials are stored
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_trials(storage, len(kept), proc)
+        proc.kill()
+        proc.wait()
+        now = stored(storage)
+        assert {key: now.get(key) for key in kept} == kept, "a finished trial changed or vanished"
+        kept = now
+    assert len(kept) < 12, "the budget was met before the last kill"
+    # The fourth run, with two workers, loses one of them mid-trial and still meets the budget by itself.
+    proc = subprocess.Popen([*cmd, "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_trials(storage, len(kept), proc)
+    workers = workers_of(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "workers ended early: tuner-worker-" in err and "(exit code -9)" in err
+    now = stored(storage)
+    assert {key: now.get(key) for key in kept} == kept
+    assert_exact(workdir, 6, storage)
+    assert_one_run_per_trial(mlflow_server.uri, storage)
+    # The trials cut short left no trial behind (trials are written whole), only their budget tickets: failed once
+    # stale (or still RUNNING if the budget was met before anyone needed their slot).
+    lost = [t for name in optuna.get_all_study_names(storage) if name.startswith(TICKETS_PREFIX)
+            for t in optuna.load_study(study_name=name, storage=storage).trials if t.state.name in ("FAIL", "RUNNING")]
+    assert len(lost) >= 4
+
+
+def test_bad_postgresql_urls_are_one_line_without_the_password_and_bad_input_leaves_the_database_empty(workdir, postgres, capsys):
+    import psycopg
+
+    from tuner.cli import main
+
+    storage = postgres.database()
+    wrong = storage.replace(postgres.PASSWORD, "not-the-pw-1234")
+    for url, extra, expect in [(wrong, [], "password authentication failed"), (storage.rsplit("/", 1)[0] + "/no_such_db", [], 'database "no_such_db" does not exist'),
+                               (storage, ["--optimizers", "lion"], "'lion'")]:
+        assert main(["study", "--no-progress", "--no-tracking", "--storage", url, *extra]) == 2
+        captured = capsys.readouterr()
+        assert len(captured.err.splitlines()) == 1 and captured.out == "", captured.err
+        assert expect in captured.err and "Traceback" not in captured.err
+        assert postgres.PASSWORD not in captured.err and "not-the-pw-1234" not in captured.err
+    with psycopg.connect(storage) as connection:
+        assert connection.execute("select count(*) from information_schema.tables where table_schema = 'public'").fetchone() == (0,)
+    assert list(workdir.iterdir()) == []

@@ -186,10 +186,13 @@ def run_study(args: argparse.Namespace) -> int:
                 handlers[study](storage.get_trial(trial_id), trial_id)
 
             try:
-                run_workers(args.jobs, prepare, args, device, on_worker_trial)
+                lost = run_workers(args.jobs, prepare, args, device, on_worker_trial)
             finally:
                 for bar in bars.values():
                     bar.close()
+            if lost:
+                print(f"workers ended early: {', '.join(lost)}; their finished trials are stored, this process trains what is left",
+                      file=sys.stderr)
         summaries, studies = [], {}
         for space in experiment.optimizers:
             # With --jobs the workers met the budget; this tops up what a lost worker left.

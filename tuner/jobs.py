@@ -37,11 +37,14 @@ def run_workers(
     args: Any,
     device: torch.device,
     on_trial: Callable[[str, int], None],
-) -> None:
+) -> list[str]:
     """Train every study of ``args``'s experiment to its budget with ``jobs`` worker processes.
 
     ``prepare(args, device)`` loads what a worker needs (see ``tuner.cli.prepare``);
     ``on_trial(study_name, trial_id)`` runs in this process for every trial a worker stored.
+    Returns the workers that ended early (killed, crashed), named with their exit code: what
+    they left undone is for the caller to top up. A worker that stopped on bad input (exit
+    code 2: a study whose every trial fails) is not among them: the caller meets the same.
     """
     context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and locks
     trials: multiprocessing.Queue = context.Queue()
@@ -67,16 +70,14 @@ def run_workers(
             worker.join(STOP_SECONDS)
             if worker.is_alive():
                 worker.terminate()
-    failed = [f"{w.name} exit code {w.exitcode}" for w in workers if w.exitcode not in (0, None)]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {jobs} workers failed ({', '.join(failed)}); their finished trials are stored, "
-                           "run the same command to complete the studies")
+    return [f"{w.name} (exit code {w.exitcode})" for w in workers if w.exitcode not in (0, 2)]
 
 
 def _work(prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, device: str, threads: int, trials: Any) -> None:
     """One worker: every study of the experiment, in turn, to its budget."""
     import optuna
 
+    from tuner.errors import UserError
     from tuner.study import StudyRunner, open_storage, trials_at_once
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -90,3 +91,5 @@ def _work(prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, d
             runner.run_batched(experiment.trials, at_once, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id)))
     except KeyboardInterrupt:
         sys.exit(130)
+    except UserError:  # said once, by the parent, which meets it when it tops the study up
+        sys.exit(2)

@@ -41,6 +41,9 @@ GRACE_SECONDS = 20
 WAIT_SECONDS = 0.5
 SQLITE_LOCK_SECONDS = 60
 CREATE_ATTEMPTS = 3
+# A study whose first FAIL_LIMIT trials all failed the same way stops: the task
+# is broken for every config, and more trials would only spend the budget.
+FAIL_LIMIT = 3
 TICKETS_PREFIX = "tuner-tickets:"
 
 
@@ -63,8 +66,10 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
                 continue
             failure = err
             break
+    # Optuna hides which driver is missing; PostgreSQL's is the one tuner documents.
+    driver = " (the database driver is missing: pip install 'tuner[postgresql]' for postgresql://)" if isinstance(failure, ImportError) else ""
     raise UserError(
-        f"--storage: cannot open {mask_url(url)!r}: {url_failure(failure, url)} "
+        f"--storage: cannot open {mask_url(url)!r}: {url_failure(failure, url)}{driver} "
         "(allowed: an SQLAlchemy URL such as sqlite:///tuner.db or postgresql://user:password@host/db)"
     ) from None
 
@@ -257,7 +262,10 @@ class Ticket:
         self.release()
 
     def release(self) -> None:
-        self.storage.set_trial_state_values(self.trial_id, TrialState.COMPLETE, [0.0])
+        try:
+            self.storage.set_trial_state_values(self.trial_id, TrialState.COMPLETE, [0.0])
+        except optuna.exceptions.UpdateFinishedTrialError:  # its beats were held up past the grace period: failed as lost
+            pass
 
 
 class Tickets:
@@ -270,6 +278,8 @@ class Tickets:
     trial is stored before its ticket is released, so no moment counts a trial
     zero times. Tickets of a dead worker (kill -9, a lost machine) stop beating
     and are failed after ``GRACE_SECONDS``; their slots are trained again.
+    In the ledger, COMPLETE is a released ticket, PRUNED one refused for want
+    of a slot and FAIL one lost with its worker.
     """
 
     def __init__(self, storage: optuna.storages.RDBStorage, name: str) -> None:
@@ -288,7 +298,8 @@ class Tickets:
         running = self.storage.get_all_trials(self._ledger_id, deepcopy=False, states=(TrialState.RUNNING,))
         ahead = sum(t.number < number for t in running)
         if counted() + ahead >= budget:
-            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            # PRUNED, not FAIL: in the ledger FAIL means lost with its worker.
+            self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
             return None
         return Ticket(self.storage, trial_id, number)
 
@@ -425,7 +436,21 @@ class StudyRunner:
                 stored = self.run_trial()
             if on_trial is not None:
                 on_trial(*stored)
+            self._stop_if_broken()
         return self.study
+
+    def _stop_if_broken(self) -> None:
+        """Raise :class:`UserError` if the study's trials that count, at least ``FAIL_LIMIT``, all failed for one reason."""
+        counted = [t for t in self.live.get_trials(deepcopy=False, states=FINISHED) if outcome(t) != "interrupted"]
+        reasons = {t.user_attrs.get("reason") for t in counted}
+        if len(counted) < FAIL_LIMIT or len(reasons) > 1 or any(outcome(t) != "failed" for t in counted):
+            return
+        last = max(counted, key=lambda t: t.number)
+        raise UserError(
+            f"study {self.name!r}: all {len(counted)} of its trials failed the same way, so it stops instead of spending its budget: "
+            f"{reasons.pop()} (traceback: trial {last.number}'s user attribute 'traceback', MLflow tag tuner.traceback; "
+            "fix the task and run the same command: the failed trials count toward the budget)"
+        )
 
     def _ticket(self, budget: int) -> Ticket | None:
         """A budget ticket for the next trial, with the sampler seeded by it; None when every slot left is held."""
@@ -499,6 +524,7 @@ class StudyRunner:
                 _hand_back_cuda_memory()
             for number in list(running):
                 end(number, lambda trial: self.live.tell(trial, state=TrialState.FAIL))
+            self._stop_if_broken()
         return self.study
 
     def final_evaluation(self, seeds: list[int]) -> dict[str, Any] | None:

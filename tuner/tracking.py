@@ -282,8 +282,20 @@ class SyncCount:
         return self
 
 
+def _first(run: Any) -> tuple[int, str]:
+    """The order in which copies of one run are ranked: the first is kept. Every writer ranks them alike."""
+    return run.info.start_time, run.info.run_id
+
+
 class Mirror:
-    """The MLflow side: one experiment's parent and child runs, written from Optuna studies."""
+    """The MLflow side: one experiment's parent and child runs, written from Optuna studies.
+
+    Several mirrors may write one study at once (a follower per command, with
+    commands on several machines), so each may write a run another has just
+    written: :meth:`sync` merges the copies into the first (by :func:`_first`,
+    the same for every writer) once it has written, so the last sync of all
+    leaves one run per trial and one parent per study.
+    """
 
     def __init__(self, uri: str, experiment: str, storage: optuna.storages.BaseStorage, storage_url: str, version: str) -> None:
         for name, value in QUIET_ENV.items():
@@ -308,13 +320,17 @@ class Mirror:
             if not token:
                 return
 
+    def _parents(self, study: str) -> tuple[list[Any], str, dict[str, Any]]:
+        """The study's parent runs, first first; its uid and user attributes."""
+        study_id = self.storage.get_study_id_from_name(study)
+        attrs = self.storage.get_study_user_attrs(study_id)
+        uid = attrs.get("uid") or str(study_id)
+        return sorted(self._search(f"tags.`tuner.study_uid` = '{uid}' and tags.`tuner.role` = 'study'"), key=_first), uid, attrs
+
     def parent(self, study: str, status: str | None = None) -> str:
         """The parent run of ``study`` (created if missing); ``status`` (e.g. RUNNING) is set on it."""
         if study not in self.parents:
-            study_id = self.storage.get_study_id_from_name(study)
-            attrs = self.storage.get_study_user_attrs(study_id)
-            uid = attrs.get("uid") or str(study_id)
-            found = sorted(self._search(f"tags.`tuner.study_uid` = '{uid}' and tags.`tuner.role` = 'study'"), key=lambda r: r.info.start_time)
+            found, uid, attrs = self._parents(study)
             if found:
                 run_id = found[0].info.run_id
             else:
@@ -336,6 +352,19 @@ class Mirror:
             self.client.update_run(run_id, status="RUNNING")
         else:
             self.client.set_terminated(run_id, status)
+
+    def merge_parents(self, study: str) -> str:
+        """The study's first parent run, into which the others move: another mirror may have created one at the same moment."""
+        used = self.parent(study)
+        found = self._parents(study)[0]
+        keep = found[0].info.run_id if found else used
+        for other in ({r.info.run_id for r in found} | {used}) - {keep}:
+            for child in self._search(f"tags.mlflow.parentRunId = '{other}'"):
+                self.client.set_tag(child.info.run_id, "mlflow.parentRunId", keep)
+            if any(r.info.run_id == other for r in found):  # `used` may be deleted already, by another mirror
+                self.client.delete_run(other)
+        self.parents[study] = keep
+        return keep
 
     def _children(self, parent: str) -> dict[str, list[Any]]:
         children: dict[str, list[Any]] = {}
@@ -362,8 +391,8 @@ class Mirror:
             return SyncCount(kept=1)
         parent = self.parent(study)
         existing = existing or []
-        # The first one written is kept: a copy made later (two writers at once) adds nothing.
-        done = sorted((run for run in existing if run.info.status != "RUNNING"), key=lambda run: run.info.start_time)
+        # The first finished copy is kept (two writers at once); one left RUNNING was cut short.
+        done = sorted((run for run in existing if run.info.status != "RUNNING"), key=_first)
         count = SyncCount()
         for run in existing:
             if not done or run is not done[0]:
@@ -399,7 +428,7 @@ class Mirror:
 
     def sync(self, study: str) -> SyncCount:
         """Make the study's child runs match the Optuna storage: one per finished trial and final seed, none RUNNING."""
-        parent = self.parent(study)
+        parent = self.merge_parents(study)
         existing = self._children(parent)
         self.runs[study] = {}
         count = SyncCount()
@@ -409,17 +438,14 @@ class Mirror:
             for run in runs:
                 self.client.delete_run(run.info.run_id)
                 count.deleted += 1
-        return count
-
-    def catch_up(self, study: str) -> SyncCount:
-        """:meth:`sync` for a study this mirror synced before: its runs since are known, so nothing is searched."""
-        records = self.records(study)
-        count = SyncCount()
-        for record in records:
-            count += self.write(study, record)
-        for key in set(self.runs[study]) - {record.key for record in records}:  # final runs of an earlier best config
-            self.client.delete_run(self.runs[study].pop(key))
-            count.deleted += 1
+        # What another mirror wrote meanwhile: the first finished copy of each run stays.
+        for key, runs in self._children(parent).items():
+            done = sorted((run for run in runs if run.info.status != "RUNNING"), key=_first)
+            for run in done[1:]:
+                self.client.delete_run(run.info.run_id)
+                count.deleted += 1
+            if done and key in self.runs[study]:
+                self.runs[study][key] = done[0].info.run_id
         return count
 
     def settle(self, study: str) -> None:
@@ -577,9 +603,10 @@ class _Session:
                 for record in mirror.records(study, [mirror.storage.get_trial(message["id"])]):
                     self.count += mirror.write(study, record)
             elif op == "attach":
+                mirror.merge_parents(study)
                 mirror.attach(study, self.attachments.pop()[1])
             elif op == "end":
-                self.count += mirror.catch_up(study)
+                self.count += mirror.sync(study)
                 mirror.parent(study, message["status"])
             self.error = None
         except Exception as err:  # the study goes on; a later message or finish() catches up
