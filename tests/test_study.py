@@ -9,6 +9,7 @@ import sys
 import optuna
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 import tuner
 from tuner.cli import main
@@ -196,8 +197,12 @@ def test_a_study_whose_every_trial_fails_the_same_way_stops_with_that_error(work
     import broken_tasks
 
     (workdir / "exp.yaml").write_text("name: broken\ntask: broken_tasks:FailsInTraining\noptimizers: [adam, sgd]\ntrials: 20\nepochs: 2\nseed: 0\n")
-    args = ["study", "exp.yaml", "--storage", f"sqlite:///{workdir}/t.db", "--no-progress", "--no-tracking", "--batch-trials", at_once]
-    assert main(args) == 2
+    args = ["study", "exp.yaml", "--storage", f"sqlite:///{workdir}/t.db", "--no-progress", "--batch-trials", at_once]
+    assert main([*args, "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 2
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    (parent,) = client.search_runs([client.get_experiment_by_name("broken").experiment_id], "tags.`tuner.role` = 'study'")
+    assert parent.info.status == "FAILED"
+    args.append("--no-tracking")
     err = capsys.readouterr().err
     last = err.splitlines()[-1]  # after the experiment's header line
     assert "Traceback" not in err and last.startswith("tuner: error: study 'broken/adam': all ")

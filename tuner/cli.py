@@ -198,7 +198,12 @@ def run_study(args: argparse.Namespace) -> int:
             # With --jobs the workers met the budget; this tops up what a lost worker left.
             runner = StudyRunner(experiment, space, setup, task, data, storage)
             with _progress(space.name, runner.study, experiment.trials, setup.direction, args.no_progress) as progress:
-                runner.run_batched(experiment.trials, at_once, _on_trial(runner.name, progress, follower))
+                try:
+                    runner.run_batched(experiment.trials, at_once, _on_trial(runner.name, progress, follower))
+                except UserError:  # every trial failed the same way: the parent run says so
+                    if follower:
+                        follower.end(runner.name, "FAILED")
+                    raise
             summaries.append(analysis.summarize(space.name, runner.study, runner.final_evaluation(seeds)))
             studies[space.name] = runner.study
 
