@@ -497,30 +497,29 @@ def train_batched(
     task: Task,
     data: Data,
     size: int,
-    start: Callable[[], tuple[Key, Config] | None],
+    start: Callable[[int], list[tuple[Key, Config]]],
     callback: Callable[[Key, EpochMetrics], bool | None],
-    end: Callable[[Key, RunResult], None],
+    end: Callable[[list[tuple[Key, RunResult]]], None],
     *,
     test: bool = False,
 ) -> None:
     """Train configs ``size`` at a time as one population, like :func:`tuner.train.train` trains one.
 
-    ``start()`` gives the next member, ``(key, config)``, or None when there is
-    none for now; it is called to fill the population at first and for every
-    slot a member leaves. Members share the optimizer family (Adam with AdamW),
-    epochs, batch size and ``amp``; each has its own config and seed
-    (``config.seed``). After each of a member's epochs, ``callback(key,
-    metrics)`` may stop it (a truthy return); a non-finite train loss,
-    validation loss or metric ends it as diverged, without touching the other
-    members. When a member ends, ``end(key, result)`` gets its
-    :class:`~tuner.train.RunResult` (with ``test``, completed members'
-    test-split loss and metric), then ``start()`` refills its slot; the
-    population shrinks when there is nothing left to start. Returns when no
-    member is left. The caller's random state is left as it was.
+    ``start(n)`` gives up to ``n`` next members, ``(key, config)`` each, or
+    fewer (none) when there are no more for now; it fills the population at
+    first and the slots that members leave. Members share the optimizer family
+    (Adam with AdamW), epochs, batch size and ``amp``; each has its own config
+    and seed (``config.seed``). After each of a member's epochs,
+    ``callback(key, metrics)`` may stop it (a truthy return); a non-finite
+    train loss, validation loss or metric ends it as diverged, without touching
+    the other members. The members that end at an epoch go to ``end``
+    together, as ``(key, result)`` with their :class:`~tuner.train.RunResult`
+    (with ``test``, completed members' test-split loss and metric), then
+    ``start`` refills their slots; the population shrinks when there is
+    nothing left to start. Returns when no member is left. The caller's random
+    state is left as it was.
     """
-    entries = []
-    while len(entries) < size and (entry := start()) is not None:
-        entries.append(entry)
+    entries = start(size)
     if not entries:
         return
     device = data.train.x.device
@@ -546,15 +545,13 @@ def train_batched(
                 tested = population.evaluate(data.test)
                 for row in complete:
                     population.members[row].result.test_loss, population.members[row].result.test_metric = tested[row]
-            for row in ended:
-                end(population.members[row].key, population.members[row].result)
-            left = []
-            for row in ended:
-                entry = start()
-                if entry is None:
-                    left.append(row)
-                else:
-                    population.replace(row, *entry)
+            if not ended:
+                continue
+            end([(population.members[row].key, population.members[row].result) for row in ended])
+            entries = start(len(ended))
+            for row, entry in zip(ended, entries):
+                population.replace(row, *entry)
+            left = ended[len(entries):]
             if left:
                 population.keep([row for row in range(len(population.members)) if row not in left])
 
