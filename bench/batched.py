@@ -178,7 +178,7 @@ def main() -> int:
                         timing, curves = train_only(task, data, same_work, size)
                         sides["training only"][size].append(timing)
                 for side, timings in sides.items():
-                    report(task_name, pruner, side, timings, args.k)
+                    report(task_name, pruner, side, timings)
                 largest = differences(same_work, curves)
                 print(f"{task_name:11} {pruner:6} learning curves, batched vs alone, largest relative difference of train/val loss per trial:")
                 for label, complete in (("complete", True), ("pruned or diverged", False)):
@@ -190,10 +190,11 @@ def main() -> int:
     return 0
 
 
-def report(task_name: str, pruner: str, side: str, timings: dict[int, list[Timing]], k: int) -> None:
-    """One line per side: the fastest run by wall clock (its seconds, load, rates) and the fastest by CPU time; then K's speedups."""
+def report(task_name: str, pruner: str, side: str, timings: dict[int, list[Timing]]) -> None:
+    """One line per side (1, then K at once): the fastest run by wall clock (its seconds, load, rates) and the fastest by CPU
+    time; on K's line, its speedups."""
     fastest = {size: (min(ts, key=lambda t: t.seconds), min(ts, key=lambda t: t.cpu)) for size, ts in timings.items()}
-    (one, one_cpu), (many, many_cpu) = fastest[1], fastest[k]
+    one, one_cpu = fastest[1]
     for size, (wall, cpu) in fastest.items():
         speedup = "" if size == 1 else (
             f"   {wall.trials / wall.seconds / (one.trials / one.seconds):.2f}x, {cpu.trials / cpu.cpu / (one_cpu.trials / one_cpu.cpu):.2f}x;"
