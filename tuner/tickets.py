@@ -4,11 +4,11 @@ Optuna's ``create_new_trial(template_trial=...)`` writes a finished trial row
 by row, each row after a look-up of the trial: 35–100 ms here for a trial of
 25 epochs (its intermediate values are most of the rows), more than a batched
 quickstart trial's training. :func:`write_trials` inserts the same rows into
-Optuna's own tables (``optuna.storages._rdb.models``), several trials at once,
-in 4–8 ms a trial; a test checks that a trial reads back from the storage equal
-to one that ``create_new_trial`` wrote. The same transaction releases the
-trials' budget tickets, so a trial moves from "held by a ticket" to "stored"
-at once.
+Optuna's own tables (``optuna.storages._rdb.models``), one INSERT per table for
+several trials: 6–9 ms for one trial, 2 ms a trial for 16 at once (CPU time);
+a test checks that a trial reads back from the storage equal to one that
+``create_new_trial`` wrote. The same transaction releases the trials' budget
+tickets, so a trial moves from "held by a ticket" to "stored" at once.
 """
 
 from __future__ import annotations
@@ -33,40 +33,46 @@ GRACE_SECONDS = 20
 TICKETS_PREFIX = "tuner-tickets:"
 
 
-def _rows(study_id: int, trial: FrozenTrial) -> models.TrialModel:
-    """``trial``'s rows as ``create_new_trial(study_id, template_trial=trial)`` writes them; a RUNNING trial
-    (a budget ticket) also gets its first heartbeat, as ``record_heartbeat`` writes it."""
-    row = models.TrialModel(study_id=study_id, number=None, state=trial.state, datetime_start=trial.datetime_start,
-                            datetime_complete=trial.datetime_complete)
+def _children(trial_id: int, trial: FrozenTrial) -> dict[type, list[dict]]:
+    """The rows that ``create_new_trial(template_trial=trial)`` writes beside the trial's own, by table; a RUNNING
+    trial (a budget ticket) gets its first heartbeat, as ``record_heartbeat`` writes it."""
     values = map(models.TrialValueModel.value_to_stored_repr, trial.values or [])
-    row.values = [models.TrialValueModel(objective=i, value=value, value_type=kind) for i, (value, kind) in enumerate(values)]
-    row.params = [
-        models.TrialParamModel(param_name=name, param_value=trial.distributions[name].to_internal_repr(value),
-                               distribution_json=optuna.distributions.distribution_to_json(trial.distributions[name]))
-        for name, value in trial.params.items()
-    ]
-    row.user_attributes = [models.TrialUserAttributeModel(key=k, value_json=json.dumps(v)) for k, v in trial.user_attrs.items()]
-    row.system_attributes = [models.TrialSystemAttributeModel(key=k, value_json=json.dumps(v)) for k, v in trial.system_attrs.items()]
-    stored = ((step, models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(v)) for step, v in trial.intermediate_values.items())
-    row.intermediate_values = [models.TrialIntermediateValueModel(step=step, intermediate_value=value, intermediate_value_type=kind)
-                               for step, (value, kind) in stored]
-    if trial.state == TrialState.RUNNING:
-        row.heartbeats = [models.TrialHeartbeatModel()]
-    return row
+    steps = ((step, models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(v)) for step, v in trial.intermediate_values.items())
+    return {
+        models.TrialValueModel: [dict(trial_id=trial_id, objective=i, value=value, value_type=kind) for i, (value, kind) in enumerate(values)],
+        models.TrialParamModel: [
+            dict(trial_id=trial_id, param_name=name, param_value=trial.distributions[name].to_internal_repr(value),
+                 distribution_json=optuna.distributions.distribution_to_json(trial.distributions[name]))
+            for name, value in trial.params.items()
+        ],
+        models.TrialUserAttributeModel: [dict(trial_id=trial_id, key=k, value_json=json.dumps(v)) for k, v in trial.user_attrs.items()],
+        models.TrialSystemAttributeModel: [dict(trial_id=trial_id, key=k, value_json=json.dumps(v)) for k, v in trial.system_attrs.items()],
+        models.TrialIntermediateValueModel: [dict(trial_id=trial_id, step=step, intermediate_value=value, intermediate_value_type=kind)
+                                             for step, (value, kind) in steps],
+        models.TrialHeartbeatModel: [dict(trial_id=trial_id)] if trial.state == TrialState.RUNNING else [],
+    }
 
 
 def write_trials(storage: optuna.storages.RDBStorage, study_id: int, trials: list[FrozenTrial], release: Iterable[int] = ()) -> list[tuple[int, int]]:
     """Add ``trials`` to the study ``study_id`` and release the budget tickets ``release`` (their storage ids), in one
-    transaction; returns each new trial's storage id and number. A released ticket is COMPLETE, as before; one that
+    transaction; returns each new trial's storage id and number. A released ticket ends COMPLETE (value 0); one that
     is no longer RUNNING (failed as stale by another worker) is left as it is."""
     with orm.Session(storage.engine) as session, session.begin():
         # Optuna locks the study's row while it numbers new trials (SQLite ignores it: it writes one transaction at a time).
         models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-        rows = [_rows(study_id, trial) for trial in trials]
+        rows = [models.TrialModel(study_id=study_id, number=None, state=trial.state, datetime_start=trial.datetime_start,
+                                  datetime_complete=trial.datetime_complete) for trial in trials]
         session.add_all(rows)
         session.flush()
-        for row in rows:
+        tables: dict[type, list[dict]] = {}
+        for row, trial in zip(rows, trials):
             row.number = row.count_past_trials(session)
+            for model, children in _children(row.trial_id, trial).items():
+                tables.setdefault(model, []).extend(children)
+        # One INSERT per table for all the trials (executemany), without the ORM's bookkeeping of each row.
+        for model, children in tables.items():
+            if children:
+                session.execute(sqlalchemy.insert(model), children)
         held = sqlalchemy.select(models.TrialModel).where(models.TrialModel.trial_id.in_(list(release)), models.TrialModel.state == TrialState.RUNNING)
         for ticket in session.scalars(held):
             ticket.state, ticket.datetime_complete = TrialState.COMPLETE, datetime.datetime.now()
