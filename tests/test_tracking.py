@@ -259,11 +259,11 @@ def test_ctrl_c_closes_the_runs_and_the_rerun_resumes_under_the_same_parent(work
     original = StudyRunner.run_trial
     calls = {"n": 0}
 
-    def interrupted(self):
+    def interrupted(self, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return original(self)
+        return original(self, *args)
 
     monkeypatch.setattr(StudyRunner, "run_trial", interrupted)
     args = study_args(workdir, "quickstart", "--optimizers", "adam", "--trials", "4")
@@ -306,11 +306,11 @@ def test_a_server_lost_mid_study_costs_no_trial_and_sync_fills_the_gap(workdir, 
     original = StudyRunner.run_trial
     calls = {"n": 0}
 
-    def lose_the_server(self):
+    def lose_the_server(self, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             mlflow_server.stop()
-        return original(self)
+        return original(self, *args)
 
     monkeypatch.setattr(StudyRunner, "run_trial", lose_the_server)
     try:

@@ -4,7 +4,7 @@ Each worker is a spawned process that loads the experiment and the task by
 itself, on its own device — CUDA devices round-robin (``cuda``, or ``auto`` on
 a CUDA machine, spreads over every GPU; ``cuda:1`` keeps all on that one), on a
 CPU the cores split evenly — and runs every study to its budget in turn. The
-budget tickets of :class:`tuner.study.Tickets` keep each budget exact. The
+budget tickets of :class:`tuner.tickets.Tickets` keep each budget exact. The
 parent process trains nothing: each trial a worker stores comes back as its
 storage id on a queue, for the progress bars and the MLflow follower.
 """

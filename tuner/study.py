@@ -11,7 +11,6 @@ import inspect
 import json
 import math
 import os
-import threading
 import time
 import traceback
 import uuid
@@ -31,12 +30,9 @@ from tuner.errors import UserError, mask_url, reason, url_failure
 from tuner.export import config_from_dict, config_to_dict
 from tuner.outcomes import FINISHED, outcome
 from tuner.tasks import Data, Task
+from tuner.tickets import GRACE_SECONDS, HEARTBEAT_SECONDS, TICKETS_PREFIX, Ticket, Tickets
 from tuner.train import EpochMetrics, RunResult, columns, objective_label, train
 
-# A worker's budget tickets beat every HEARTBEAT_SECONDS; one silent for
-# GRACE_SECONDS belongs to a dead worker and its slot is trained again.
-HEARTBEAT_SECONDS = 5
-GRACE_SECONDS = 20
 # How long a worker waits before looking again when every slot left is held.
 WAIT_SECONDS = 0.5
 SQLITE_LOCK_SECONDS = 60
@@ -44,7 +40,6 @@ CREATE_ATTEMPTS = 3
 # A study whose first FAIL_LIMIT trials all failed the same way stops: the task
 # is broken for every config, and more trials would only spend the budget.
 FAIL_LIMIT = 3
-TICKETS_PREFIX = "tuner-tickets:"
 
 
 def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
@@ -240,70 +235,6 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
-class Ticket:
-    """A reserved slot of the budget, kept alive by a heartbeat while its trial trains; released on exit."""
-
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, number: int) -> None:
-        self.storage, self.trial_id, self.number = storage, trial_id, number
-        self._stop = threading.Event()
-        self._beat = threading.Thread(target=self._keep_alive, daemon=True)
-
-    def _keep_alive(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            self.storage.record_heartbeat(self.trial_id)
-
-    def __enter__(self) -> Ticket:
-        self._beat.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._beat.join()
-        self.release()
-
-    def release(self) -> None:
-        try:
-            self.storage.set_trial_state_values(self.trial_id, TrialState.COMPLETE, [0.0])
-        except optuna.exceptions.UpdateFinishedTrialError:  # its beats were held up past the grace period: failed as lost
-            pass
-
-
-class Tickets:
-    """Budget reservations shared by every worker of a study, so that the budget is exact.
-
-    A worker takes a ticket (a trial of the ledger study ``tuner-tickets:<study>``,
-    RUNNING while its trial trains) before training. Ticket numbers are given
-    out atomically by the storage; a ticket is kept only if the trials that
-    count plus the live tickets numbered before it leave a slot. A finished
-    trial is stored before its ticket is released, so no moment counts a trial
-    zero times. Tickets of a dead worker (kill -9, a lost machine) stop beating
-    and are failed after ``GRACE_SECONDS``; their slots are trained again.
-    In the ledger, COMPLETE is a released ticket, PRUNED one refused for want
-    of a slot and FAIL one lost with its worker.
-    """
-
-    def __init__(self, storage: optuna.storages.RDBStorage, name: str) -> None:
-        self.storage = storage
-        self.ledger = optuna.create_study(storage=storage, study_name=TICKETS_PREFIX + name, load_if_exists=True)
-        self._ledger_id = storage.get_study_id_from_name(self.ledger.study_name)
-
-    def take(self, budget: int, counted: Callable[[], int]) -> Ticket | None:
-        """A ticket for the next trial, or None when every slot left is held (``counted()``: trials stored that count)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.ledger)
-        trial_id = self.storage.create_new_trial(self._ledger_id)
-        self.storage.record_heartbeat(trial_id)
-        number = self.storage.get_trial_number_from_id(trial_id)
-        running = self.storage.get_all_trials(self._ledger_id, deepcopy=False, states=(TrialState.RUNNING,))
-        ahead = sum(t.number < number for t in running)
-        if counted() + ahead >= budget:
-            # PRUNED, not FAIL: in the ledger FAIL means lost with its worker.
-            self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
-            return None
-        return Ticket(self.storage, trial_id, number)
-
-
 class StudyRunner:
     """Runs one optimizer's study up to its budget; resumable at any point."""
 
@@ -362,8 +293,11 @@ class StudyRunner:
             **shared,
         )
 
-    def _ask(self) -> tuple[optuna.Trial, Config]:
+    def _ask(self, ticket: Ticket) -> tuple[optuna.Trial, Config]:
         """A new trial of the live study and its config, recorded in its user attributes with the device."""
+        # Seeded by the trial's budget ticket: reproducible for one worker,
+        # different for each of several, and no replay of earlier suggestions on resume.
+        self.live.sampler = make_sampler(self.experiment.sampler, self.experiment.seed + ticket.number, self.experiment.at("sampler"))
         trial = self.live.ask()
         config = self._sample(trial)
         trial.set_user_attr("config", config_to_dict(config))
@@ -387,28 +321,28 @@ class StudyRunner:
         trial.set_user_attr("outcome", "interrupted")
         return self.live.tell(trial, state=TrialState.FAIL)
 
-    def run_trial(self) -> tuple[optuna.trial.FrozenTrial, int]:
-        """Ask, train, tell: one trial to its end, then stored; returns it and its id in the storage."""
-        trial, config = self._ask()
+    def run_trial(self, ticket: Ticket) -> tuple[optuna.trial.FrozenTrial, int]:
+        """Ask, train, tell: one trial to its end, then stored and its budget ``ticket`` released; returns it and its id in the storage."""
+        trial, config = self._ask(ticket)
         try:
             result = train(self.task, self.data, config, callback=lambda metrics: self._report(trial, metrics))
         except KeyboardInterrupt:
-            self._store(self._interrupted(trial))
+            self._store([(self._interrupted(trial), ticket)])
             raise
         except Exception as err:  # the task's code may raise anything; the study goes on
             out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
             self._failed(trial, err)
         else:
-            return self._store(self._tell(trial, result))
+            return self._store([(self._tell(trial, result), ticket)])[0]
         if out_of_memory:
             _hand_back_cuda_memory()
-        return self._store(self.live.tell(trial, state=TrialState.FAIL))
+        return self._store([(self.live.tell(trial, state=TrialState.FAIL), ticket)])[0]
 
-    def _store(self, trial: optuna.trial.FrozenTrial) -> tuple[optuna.trial.FrozenTrial, int]:
-        """Write a finished trial to the storage, whole, in one transaction."""
-        trial_id = self.storage.create_new_trial(self._study_id, template_trial=trial)
-        self.known.add(trial_id)
-        return trial, trial_id
+    def _store(self, told: list[tuple[optuna.trial.FrozenTrial, Ticket]]) -> list[tuple[optuna.trial.FrozenTrial, int]]:
+        """Write finished trials to the storage, whole, and release their tickets, in one transaction; returns each with its storage id."""
+        trial_ids = self.tickets.settle(self._study_id, told)
+        self.known.update(trial_ids)
+        return [(trial, trial_id) for (trial, _), trial_id in zip(told, trial_ids)]
 
     def _tell(self, trial: optuna.Trial, result: RunResult) -> optuna.trial.FrozenTrial:
         # Optuna keeps only the objective per epoch; the whole learning curve goes with the trial.
@@ -427,16 +361,16 @@ class StudyRunner:
     def run(self, budget: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
         """Top the study up to ``budget`` counted trials, never beyond, however many workers share it;
         ``on_trial(trial, trial_id)`` after each trial this worker stored."""
-        while self.refresh() < budget:
-            ticket = self._ticket(budget)
-            if ticket is None:  # every slot left is being trained by another worker: wait for one to end
-                time.sleep(WAIT_SECONDS)
-                continue
-            with ticket:
-                stored = self.run_trial()
-            if on_trial is not None:
-                on_trial(*stored)
-            self._stop_if_broken()
+        with self.tickets:
+            while self.refresh() < budget:
+                tickets = self.tickets.take(1, budget, self.refresh)
+                if not tickets:  # every slot left is being trained by another worker: wait for one to end
+                    time.sleep(WAIT_SECONDS)
+                    continue
+                stored = self.run_trial(tickets[0])
+                if on_trial is not None:
+                    on_trial(*stored)
+                self._stop_if_broken()
         return self.study
 
     def _stop_if_broken(self) -> None:
@@ -452,79 +386,66 @@ class StudyRunner:
             "fix the task and run the same command: the failed trials count toward the budget)"
         )
 
-    def _ticket(self, budget: int) -> Ticket | None:
-        """A budget ticket for the next trial, with the sampler seeded by it; None when every slot left is held."""
-        ticket = self.tickets.take(budget, self.refresh)
-        if ticket is not None:
-            # Seeded by the ticket: reproducible for one worker, different for
-            # each of several, and no replay of earlier suggestions on resume.
-            self.live.sampler = make_sampler(self.experiment.sampler, self.experiment.seed + ticket.number, self.experiment.at("sampler"))
-        return ticket
-
     def run_batched(self, budget: int, size: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
         """:meth:`run`, training up to ``size`` trials at once as one population (see :mod:`tuner.batched`); 1 is :meth:`run`.
 
         Each member reports its epochs to its own trial and is pruned alone; it
-        is told and stored as :meth:`run_trial` does, and its slot goes to a
-        newly asked trial, with its own budget ticket, while the budget has
-        room. An exception in the task's code fails the members training then
-        and the study goes on; Ctrl-C stores them as interrupted.
+        is told as :meth:`run_trial` does, and its slot goes to a newly asked
+        trial, with its own budget ticket, while the budget has room. Members
+        that end at the same epoch are stored together, and the tickets for
+        their slots taken together, in one transaction each. An exception in
+        the task's code fails the members training then and the study goes
+        on; Ctrl-C stores them as interrupted.
         """
         if size == 1:
             return self.run(budget, on_trial)
         running: dict[int, tuple[optuna.Trial, Ticket]] = {}  # by trial number
         asked = 0
 
-        def start() -> tuple[int, Config] | None:
+        def start(n: int) -> list[tuple[int, Config]]:
             nonlocal asked
-            ticket = self._ticket(budget)
-            if ticket is None:
-                return None
-            trial, config = self._ask()
-            running[trial.number] = trial, ticket.__enter__()
-            asked += 1
-            return trial.number, config
+            entries = []
+            for ticket in self.tickets.take(n, budget, self.refresh):
+                trial, config = self._ask(ticket)
+                running[trial.number] = trial, ticket
+                entries.append((trial.number, config))
+            asked += len(entries)
+            return entries
 
-        def finish(number: int, tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]) -> tuple[optuna.trial.FrozenTrial, int]:
-            trial, ticket = running.pop(number)
-            try:
-                return self._store(tell(trial))
-            finally:  # stored before its ticket is released, as in run()
-                ticket.__exit__(None, None, None)
+        def finish(numbers: list[int], tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]) -> list[tuple[optuna.trial.FrozenTrial, int]]:
+            return self._store([(tell(running[number][0]), running.pop(number)[1]) for number in numbers])
 
-        def end(number: int, tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]) -> None:
-            stored = finish(number, tell)
-            if on_trial is not None:
-                on_trial(*stored)
+        def end(numbers: list[int], tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]) -> None:
+            for stored in finish(numbers, tell):
+                if on_trial is not None:
+                    on_trial(*stored)
 
-        def ended(number: int, result: RunResult) -> None:
-            end(number, lambda trial: self._tell(trial, result))
+        def ended(results: list[tuple[int, RunResult]]) -> None:
+            by_number = dict(results)
+            end(list(by_number), lambda trial: self._tell(trial, by_number[trial.number]))
 
-        while self.refresh() < budget:
-            before = asked
-            try:
-                train_batched(self.task, self.data, size, _own(start), lambda number, metrics: self._report(running[number][0], metrics), _own(ended))
-            except KeyboardInterrupt:
-                for number in list(running):
-                    finish(number, self._interrupted)
-                raise
-            except _OwnError as err:  # the storage or the sampler failed, not the task: no trial is to blame
-                for number in list(running):
-                    running.pop(number)[1].__exit__(None, None, None)
-                raise err.__cause__ from None
-            except Exception as err:  # the task's code may raise anything; the study goes on
-                out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
-                for trial, _ in running.values():
-                    self._failed(trial, err)
-            else:
-                if asked == before:  # every slot left is being trained by another worker: wait for one to end
-                    time.sleep(WAIT_SECONDS)
-                continue
-            if out_of_memory:
-                _hand_back_cuda_memory()
-            for number in list(running):
-                end(number, lambda trial: self.live.tell(trial, state=TrialState.FAIL))
-            self._stop_if_broken()
+        with self.tickets:
+            while self.refresh() < budget:
+                before = asked
+                try:
+                    train_batched(self.task, self.data, size, _own(start), lambda number, metrics: self._report(running[number][0], metrics), _own(ended))
+                except KeyboardInterrupt:
+                    finish(list(running), self._interrupted)
+                    raise
+                except _OwnError as err:  # the storage or the sampler failed, not the task: no trial is to blame (their tickets go back)
+                    raise err.__cause__ from None
+                except Exception as err:  # the task's code may raise anything; the study goes on
+                    out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
+                    for trial, _ in running.values():
+                        self._failed(trial, err)
+                else:
+                    if asked == before:  # every slot left is being trained by another worker: wait for one to end
+                        time.sleep(WAIT_SECONDS)
+                    continue
+                if out_of_memory:
+                    _hand_back_cuda_memory()
+                end(list(running), lambda trial: self.live.tell(trial, state=TrialState.FAIL))
+                self._stop_if_broken()
         return self.study
 
     def final_evaluation(self, seeds: list[int]) -> dict[str, Any] | None:
