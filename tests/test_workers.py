@@ -133,9 +133,15 @@ def test_three_commands_at_once_on_one_sqlite_file_share_the_budget_exactly(work
     assert_exact(workdir, 9)
 
 
+def long_trials(workdir) -> str:
+    """An experiment of the quickstart's task whose trials last a second or two, never pruned: signals land mid-trial."""
+    (workdir / "long.yaml").write_text("name: quickstart\ntask: digits-mlp\noptimizers: [adam]\ntrials: 6\nepochs: 80\nseed: 0\npruner: none\n")
+    return str(workdir / "long.yaml")
+
+
 def test_ctrl_c_stops_every_worker_and_the_rerun_completes_the_budget(workdir):
-    cmd = command(workdir, "--trials", "6", "--jobs", "2", "--no-tracking")
-    cmd[cmd.index("--epochs") + 1] = "40"
+    cmd = command(workdir, "--trials", "6", "--jobs", "2", "--no-tracking", experiment=long_trials(workdir))
+    cmd[cmd.index("--epochs") + 1] = "80"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
@@ -185,9 +191,7 @@ def test_three_workers_on_postgresql_and_a_tracking_server_share_the_budget_and_
 
 def test_kill_9_again_and_again_loses_no_finished_trial_and_the_last_run_meets_the_budget(workdir, postgres, mlflow_server):
     storage = postgres.database()
-    # The quickstart's task with trials of about two seconds, never pruned: the kills land mid-trial.
-    (workdir / "long.yaml").write_text("name: quickstart\ntask: digits-mlp\noptimizers: [adam]\ntrials: 6\nepochs: 80\nseed: 0\npruner: none\n")
-    cmd = command(workdir, "--trials", "6", storage=storage, experiment=str(workdir / "long.yaml")) + ["--tracking-uri", mlflow_server.uri]
+    cmd = command(workdir, "--trials", "6", storage=storage, experiment=long_trials(workdir)) + ["--tracking-uri", mlflow_server.uri]
     cmd[cmd.index("--epochs") + 1] = "80"
     kept: dict[tuple[str, int], tuple[object, ...]] = {}
     for kill in range(1, 4):  # kill -9 of the command mid-trial, each time once more trials are stored
