@@ -142,7 +142,10 @@ def long_trials(workdir) -> str:
 def test_ctrl_c_stops_every_worker_and_the_rerun_completes_the_budget(workdir):
     cmd = command(workdir, "--trials", "6", "--jobs", "2", "--no-tracking", experiment=long_trials(workdir))
     cmd[cmd.index("--epochs") + 1] = "80"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT as a terminal leaves it: a shell without job control starts background jobs (a CI script's `&`) with
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.3)
