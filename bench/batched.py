@@ -36,6 +36,10 @@ backward passes sum in another order), which training amplifies: little in
 configs that train stably, without bound in chaotic ones (a learning rate at
 the edge of divergence, a loss that grows), which the pruner stops.
 
+Both sides run with the allocator that ``tuner study`` sets (freed memory
+kept for reuse: ``tuner.train.keep_freed_memory``); ``--malloc glibc``
+measures with glibc's defaults instead.
+
 Each figure comes with wall-clock seconds and the process's CPU time
 (``time.process_time``: with ``--threads 1``, other processes on the machine
 slow it far less than the wall clock) and the 1-minute load average at the end
@@ -71,7 +75,7 @@ from tuner.config import Config
 from tuner.export import config_from_dict
 from tuner.study import Setup, StudyRunner, open_storage
 from tuner.tasks import load_data, load_task
-from tuner.train import EpochMetrics, resolve_device, train
+from tuner.train import EpochMetrics, keep_freed_memory, resolve_device, train
 
 # The budget of each task when not given: (trials, epochs). The quickstart's own; digits-cnn's 1.4 s trials halved.
 BUDGETS = {"digits-mlp": (40, 25), "digits-cnn": (32, 10)}
@@ -145,13 +149,18 @@ def main() -> int:
     parser.add_argument("--repeat", type=positive_int, default=1, help="runs of each side, alternating; the fastest is kept (default 1)")
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads(N) first (default: torch's own choice)")
     parser.add_argument("--device", default="cpu", help="device of both sides (default: cpu)")
+    parser.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
+                        help="keep: freed memory kept for reuse, as tuner study and train set it (tuner.train.keep_freed_memory); "
+                             "glibc: glibc's defaults (default keep)")
     args = parser.parse_args()
+    if args.malloc == "keep":
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
-    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, K={args.k}; "
+    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, K={args.k}, malloc {args.malloc}; "
           f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"{'task':11} {'pruner':6} {'K':>3} {'trials':>6} {'epochs':>6} {'wall s':>7} {'cpu s':>7} {'load':>5} {'trials/min':>10} {'epochs/s':>9}"
           "   speedup: trials/min (wall, cpu), epochs/s (wall, cpu)")

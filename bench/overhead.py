@@ -8,6 +8,8 @@ One run of this script does, on a fresh SQLite storage in a temporary folder:
    does the one-off imports (torch's first ``optimizer.step()`` pulls in
    torch._dynamo and sympy; Optuna's storage pulls in SQLAlchemy and Alembic),
    so one-off import time counts on neither side; its time is printed apart.
+   It also sets the allocator as every training command does
+   (``tuner.train.keep_freed_memory``), for every side of this process.
    **tracked** is the same command with MLflow tracking on (an SQLite file in
    the temporary folder, ``--tracking-uri``): its follower process starts
    (MLflow import, database creation) while the first trials train, and the

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from tuner.train import train
 # Training amplifies rounding: a batched learning curve follows the same config trained alone within this
 # relative difference over a few epochs of a config that trains stably (measured: 1e-7 to 1e-5; see README).
 CURVE_RTOL = 1e-4
+# The same under bf16 autocast, whose products keep 8 bits of mantissa (measured on the CPU: up to 1.5e-3 over 2 epochs).
+BF16_RTOL = 1e-2
 STEPS_PER_EPOCH, EPOCHS = 10, 6
 SHAPES = [(16, 8), (16,), (3, 16), (3,), (2, 3, 5)]
 
@@ -198,6 +201,23 @@ def test_batched_learning_curves_match_the_same_configs_alone(digits):
         assert math.isclose(together.test_loss, alone.test_loss, rel_tol=CURVE_RTOL)
 
 
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
+def test_bf16_runs_the_stacked_forward_in_bfloat16_and_follows_the_same_configs_alone(name, monkeypatch):
+    # The CLI allows bf16 on CUDA only; both trainers autocast on any device, so the CPU runs the batched bf16 path too.
+    task = load_task(name, {"channels": 4} if name == "digits-cnn" else {})
+    data = load_data(task, torch.device("cpu"))
+    dtypes, loss = [], task.loss
+    monkeypatch.setattr(task, "loss", lambda output, target: dtypes.append(output.dtype) or loss(output, target))
+    members = [dataclasses.replace(config("Adam", {"lr": 3e-3}, "cosine", task=name, epochs=2, seed=seed), amp="bf16") for seed in (0, 1)]
+    results = {}
+    train_batched(task, data, 2, feed(list(enumerate(members))), lambda key, metrics: None, results.update)
+    assert set(dtypes) == {torch.bfloat16}
+    for key, cfg in enumerate(members):
+        alone = train(task, data, cfg)
+        for a, b in zip(results[key].history, alone.history, strict=True):
+            assert math.isclose(a.val_loss, b.val_loss, rel_tol=BF16_RTOL) and math.isclose(a.train_loss, b.train_loss, rel_tol=BF16_RTOL)
+
+
 SMALL = {"lstm-adding": {"train_size": 64, "length": 6}, "tiny-transformer": {"train_size": 64}, "digits-cnn": {"channels": 2}}
 
 
@@ -235,6 +255,24 @@ def test_a_feed_forward_stack_runs_by_hand_like_vmap_would(name):
     general.sum().backward()
     assert torch.allclose(fast, general) and torch.allclose(fast_grad, stacked.grad(), atol=1e-6)
     assert torch.allclose(fast_out, stacked.shared(data.val.x), atol=1e-5)
+
+
+def test_relu_after_max_pooling_changes_no_bit_of_the_outputs_or_gradients():
+    # digits-cnn's ReLU, MaxPool2d pairs run as MaxPool2d, ReLU; here with ties (zeros, repeated values) in the windows.
+    task = load_task("digits-cnn")
+    data = load_data(task, torch.device("cpu"))
+    stacked = batched.StackedModel([seeded_model(task, seed, torch.device("cpu")) for seed in (0, 1, 2)], task.loss)
+    swapped = stacked._layers
+    assert [type(layer).__name__ for _, layer in swapped[:3]] == ["Conv2d", "MaxPool2d", "ReLU"]
+    x, y = data.train.x[:48].view(3, 16, *data.train.x.shape[1:]).clone(), data.train.y[:48].view(3, 16)
+    x[:, :, :, :4] = x[:, :, :, :1]  # equal rows: equal values side by side in the pooling windows
+    runs = []
+    for layers in (swapped, [(name, layer) for name, layer in enumerate(stacked.module)]):
+        stacked._layers = [(str(name), layer) for name, layer in layers]
+        losses = stacked.losses(x, y)
+        losses.sum().backward()
+        runs.append((losses, stacked.grad(), stacked.shared(data.val.x)))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 def test_a_model_whose_stacked_outputs_differ_falls_back(digits):

@@ -194,9 +194,11 @@ def test_an_out_of_memory_trial_fails_with_the_reason_frees_the_cache_and_the_st
 
 
 @CUDA
-def test_a_study_on_cuda_with_bf16_records_amp(workdir, capsys):
+@pytest.mark.parametrize("at_once", ["1", "2"])
+def test_a_study_on_cuda_with_bf16_records_amp(workdir, capsys, at_once):
     args = ["study", "quickstart", "--task", "digits-cnn", "--optimizers", "adam", "--trials", "2", "--epochs", "2", "--final-seeds", "1",
-            "--device", "cuda", "--amp", "bf16", "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress"]  # fmt: skip
+            "--device", "cuda", "--amp", "bf16", "--batch-trials", at_once,
+            "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress"]  # fmt: skip
     assert main(args) == 0
     best = yaml.safe_load((workdir / "out" / "best.yaml").read_text())
     assert best["training"]["amp"] == "bf16"

@@ -312,13 +312,21 @@ def _stackable(layer: nn.Module) -> bool:
     return isinstance(layer, (nn.Linear, *_ELEMENTWISE, *_CHANNELWISE))
 
 
-def _feed_forward_layers(module: nn.Module) -> list[nn.Module] | None:
+def _feed_forward_layers(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
     """The layers of a feed-forward stack (an ``nn.Sequential`` of ``nn.Linear``, ``nn.Conv2d``, elementwise and
-    channelwise modules, ``nn.Flatten``), or None for any other model."""
-    layers = list(module) if type(module) is nn.Sequential else []
-    if any(isinstance(layer, (nn.Linear, nn.Conv2d)) for layer in layers) and all(map(_stackable, layers)):
-        return layers
-    return None
+    channelwise modules, ``nn.Flatten``), each with its name in the module, or None for any other model.
+
+    A ``ReLU`` right before a ``MaxPool2d`` comes after it instead: the outputs and the gradients are the same to the
+    bit (max and ReLU commute, and the gradient reaches the same element or none), and ReLU and its backward then run
+    on a quarter of the elements (2x2 pooling). In a stacked step of digits-cnn those were a fifth of the time.
+    """
+    layers = [(str(i), layer) for i, layer in enumerate(module)] if type(module) is nn.Sequential else []
+    if not (any(isinstance(layer, (nn.Linear, nn.Conv2d)) for _, layer in layers) and all(_stackable(layer) for _, layer in layers)):
+        return None
+    for i in range(len(layers) - 1):
+        if type(layers[i][1]) is nn.ReLU and isinstance(layers[i + 1][1], nn.MaxPool2d):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return layers
 
 
 def _side_by_side(x: torch.Tensor) -> torch.Tensor:
@@ -326,13 +334,13 @@ def _side_by_side(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
 
 
-def _feed_forward(layers: list[nn.Module], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def _feed_forward(layers: list[tuple[str, nn.Module]], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Every member's feed-forward stack on its own inputs ``x`` (``[K, batch, ...]``): each ``nn.Linear`` as one batched
     matrix product, each ``nn.Conv2d`` as one convolution grouped by member over the members' channels side by side
     (``[batch, K*C, H, W]``, channels-last, which vmap's grouped convolution is not: 1.5x faster here)."""
     members, side_by_side = len(x), False
-    for i, layer in enumerate(layers):
-        weight, bias = params.get(f"{i}.weight"), params.get(f"{i}.bias")
+    for name, layer in layers:
+        weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
         if isinstance(layer, (nn.Conv2d, *_CHANNELWISE)) and not side_by_side:
             x, side_by_side = _side_by_side(x), True
         elif isinstance(layer, (nn.Linear, nn.Flatten)) and side_by_side:

@@ -127,8 +127,9 @@ def prepare(args: argparse.Namespace, device_spec: str) -> tuple[Any, Any, Any, 
     from tuner import config
     from tuner.study import Setup, check_components
     from tuner.tasks import load_data, load_task
-    from tuner.train import check_amp, resolve_device
+    from tuner.train import check_amp, keep_freed_memory, resolve_device
 
+    keep_freed_memory()
     path = config.find_experiment(args.experiment)
     # Paths given on the command line are relative to the working directory.
     refs = args.optimizers and [str(Path(r).resolve()) if r.endswith((".yaml", ".yml")) else r for r in args.optimizers]
@@ -383,8 +384,9 @@ def run_train(args: argparse.Namespace) -> int:
     from tuner.analysis import mean_sd, pm
     from tuner.export import load_config
     from tuner.tasks import load_data, load_task
-    from tuner.train import check_amp, objective_label, resolve_device, train
+    from tuner.train import check_amp, keep_freed_memory, objective_label, resolve_device, train
 
+    keep_freed_memory()
     cfg = load_config(args.config)
     device = resolve_device(args.device)
     if args.amp is not None:

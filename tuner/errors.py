@@ -1,5 +1,5 @@
 """What the user is told: the one exception that the CLI turns into a one-line message and exit code 2,
-one-line reasons for any other, and URLs without their secrets."""
+one-line reasons for any other, and URLs without their secrets (and the file an SQLite URL names)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,11 @@ def url_failure(err: BaseException, url: str) -> str:
     """:func:`reason` of a failure to open ``url``, without its password (drivers quote the URL they got)."""
     password = urlsplit(url).password
     return reason(err).replace(password, "***") if password else reason(err)
+
+
+def sqlite_file(url: str) -> str:
+    """The database file an ``sqlite://`` URL names, as SQLAlchemy reads it; ``""`` for an in-memory database."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database or ""
+    return "" if database == ":memory:" else database

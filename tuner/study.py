@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from tuner import spaces
 from tuner.batched import population_size, train_batched
 from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace
-from tuner.errors import UserError, mask_url, reason, url_failure
+from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
 from tuner.export import config_from_dict, config_to_dict
 from tuner.outcomes import FINISHED, outcome
 from tuner.tasks import Data, Task
@@ -70,10 +70,8 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
 
 
 def _sqlite_file_exists(url: str) -> bool:
-    import sqlalchemy
-
-    database = sqlalchemy.engine.make_url(url).database
-    return bool(database) and database != ":memory:" and os.path.isfile(database)
+    database = sqlite_file(url)
+    return bool(database) and os.path.isfile(database)
 
 
 def _build(where: str, cls: type, component: Component, **defaults: Any) -> Any:
@@ -310,12 +308,14 @@ class StudyRunner:
         # After the last epoch there is nothing left to save: the trial completes.
         return metrics.epoch < self.setup.epochs and trial.should_prune()
 
-    def _failed(self, trial: optuna.Trial, err: Exception) -> None:
-        """Record why ``trial`` failed (call in the ``except`` block: the traceback is the current one)."""
+    def _failed(self, trial: optuna.Trial, err: Exception) -> bool:
+        """Record why ``trial`` failed (call in the ``except`` block: the traceback is the current one); returns whether
+        the device ran out of memory (its cache is to be handed back once the traceback's tensors are released)."""
         out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
         trial.set_user_attr("outcome", "failed")
         trial.set_user_attr("reason", ("out of memory: " if out_of_memory else "") + reason(err))
         trial.set_user_attr("traceback", traceback.format_exc())
+        return out_of_memory
 
     def _interrupted(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         trial.set_user_attr("outcome", "interrupted")
@@ -330,8 +330,7 @@ class StudyRunner:
             self._store([(self._interrupted(trial), ticket)])
             raise
         except Exception as err:  # the task's code may raise anything; the study goes on
-            out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
-            self._failed(trial, err)
+            out_of_memory = self._failed(trial, err)
         else:
             return self._store([(self._tell(trial, result), ticket)])[0]
         if out_of_memory:
@@ -435,9 +434,7 @@ class StudyRunner:
                 except _OwnError as err:  # the storage or the sampler failed, not the task: no trial is to blame (their tickets go back)
                     raise err.__cause__ from None
                 except Exception as err:  # the task's code may raise anything; the study goes on
-                    out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
-                    for trial, _ in running.values():
-                        self._failed(trial, err)
+                    out_of_memory = any([self._failed(trial, err) for trial, _ in running.values()])
                 else:
                     if asked == before:  # every slot left is being trained by another worker: wait for one to end
                         time.sleep(WAIT_SECONDS)

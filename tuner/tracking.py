@@ -79,7 +79,7 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import UserError, mask_url, reason, url_failure
+from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
 from tuner.outcomes import FINISHED, outcome
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -135,7 +135,7 @@ def check_reachable(uri: str, where: str) -> None:
         except Exception as err:  # URLError, timeouts, HTTP errors, bad hosts
             raise UserError(f"{where}: cannot reach the MLflow server at {mask_url(uri)!r}: {url_failure(err, uri)} (start it with `mlflow server`, or pass --no-tracking)") from None
     elif scheme == "sqlite":
-        folder = Path(parts.path[1:] if parts.path.startswith("/") else parts.path).parent
+        folder = Path(sqlite_file(uri)).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise UserError(f"{where}: {mask_url(uri)!r}: {str(folder)!r} is not a writable folder (allowed: an SQLite file in a writable folder)")
     else:
@@ -330,22 +330,26 @@ class Mirror:
     def parent(self, study: str, status: str | None = None) -> str:
         """The parent run of ``study`` (created if missing); ``status`` (e.g. RUNNING) is set on it."""
         if study not in self.parents:
-            found, uid, attrs = self._parents(study)
-            if found:
-                run_id = found[0].info.run_id
-            else:
-                optimizer = study.rsplit("/", 1)[-1]
-                tags = {"tuner.role": "study", "tuner.study": study, "tuner.study_uid": uid, "tuner.storage": self.storage_url, "tuner.version": self.version}
-                run_id = self.client.create_run(self.experiment_id, run_name=optimizer, tags=tags).info.run_id
-                setup = {k: v for k, v in attrs.get("setup", {}).items() if k not in ("space", "schedules")}
-                self._log(run_id, params={k: str(v) for k, v in setup.items()})
-                if status is None:
-                    self.client.set_terminated(run_id, "FINISHED")
-            self.parents[study] = run_id
-            self.runs[study] = {}
+            self._adopt(study, *self._parents(study), status)
         if status is not None:
             self._set_status(self.parents[study], status)
         return self.parents[study]
+
+    def _adopt(self, study: str, found: list[Any], uid: str, attrs: dict[str, Any], status: str | None) -> None:
+        """Make the first of the ``found`` parent runs this mirror's parent of ``study``, or a new one when none was found
+        (left RUNNING when a ``status`` is about to be set, else FINISHED)."""
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            optimizer = study.rsplit("/", 1)[-1]
+            tags = {"tuner.role": "study", "tuner.study": study, "tuner.study_uid": uid, "tuner.storage": self.storage_url, "tuner.version": self.version}
+            run_id = self.client.create_run(self.experiment_id, run_name=optimizer, tags=tags).info.run_id
+            setup = {k: v for k, v in attrs.get("setup", {}).items() if k not in ("space", "schedules")}
+            self._log(run_id, params={k: str(v) for k, v in setup.items()})
+            if status is None:
+                self.client.set_terminated(run_id, "FINISHED")
+        self.parents[study] = run_id
+        self.runs[study] = {}
 
     def _set_status(self, run_id: str, status: str) -> None:
         if status == "RUNNING":
@@ -355,8 +359,10 @@ class Mirror:
 
     def merge_parents(self, study: str) -> str:
         """The study's first parent run, into which the others move: another mirror may have created one at the same moment."""
-        used = self.parent(study)
-        found = self._parents(study)[0]
+        found, uid, attrs = self._parents(study)
+        if study not in self.parents:
+            self._adopt(study, found, uid, attrs, None)
+        used = self.parents[study]
         keep = found[0].info.run_id if found else used
         for other in ({r.info.run_id for r in found} | {used}) - {keep}:
             for child in self._search(f"tags.mlflow.parentRunId = '{other}'"):

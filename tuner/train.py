@@ -6,8 +6,10 @@ with the epoch's metrics; a truthy return stops the run.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +22,10 @@ from tuner.tasks import Data, Split, Task
 
 # Evaluation runs in chunks of this many samples to bound activation memory.
 EVAL_CHUNK = 8192
+# glibc's mallopt parameters, and the freed memory a training process keeps for reuse (bytes).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_BLOCKS_UP_TO = 32 * 2**20
+KEEP_AT_MOST = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,23 @@ def train(
         if test:
             result.test_loss, result.test_metric = evaluate(task, model, data.test, config.amp)
     return result
+
+
+def keep_freed_memory() -> None:
+    """Have glibc's ``malloc`` keep the memory that CPU tensors free, for reuse, instead of handing it back to the OS.
+
+    By default glibc returns freed blocks over 128 KiB (and the free top of its heap) to the OS at once, so every
+    training step's activations come back as fresh pages that the kernel faults in and zeroes: 1,500-2,400 page
+    faults a step of 16 stacked digits-cnn models, a quarter of the step's CPU time with two threads (measured here).
+    Blocks of up to :data:`KEEP_BLOCKS_UP_TO` are then kept and reused, and up to :data:`KEEP_AT_MOST` of free heap;
+    larger blocks are still handed back. The process's resident memory stays near its peak, as with PyTorch's own
+    CUDA allocator. Called once by each command that trains; a no-op on other C libraries (macOS, musl).
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt(M_MMAP_THRESHOLD, KEEP_BLOCKS_UP_TO)
+    mallopt(M_TRIM_THRESHOLD, KEEP_AT_MOST)
 
 
 def available_devices() -> list[str]:
