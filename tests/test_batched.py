@@ -295,6 +295,28 @@ def test_a_model_whose_stacked_outputs_differ_falls_back(digits):
     assert why is not None and "differ" in why
 
 
+def test_a_model_with_a_parameter_that_gets_no_gradient_falls_back(digits):
+    # torch.optim skips a parameter without a gradient; a population steps all of a member's parameters as one row.
+    task, data = digits
+
+    class Unused(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.spare = torch.nn.Linear(64, 10), torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.linear(x)
+
+    class Task(type(task)):
+        def model(self):
+            return Unused()
+
+    assert population_size(Task(), data, 4, 64, "none", ["Adam"]) == (1, (
+        f"batched trials: task {task.name!r} cannot be batched, so its trials run one at a time: a stacked training step "
+        "(vmap over its model and loss) raised RuntimeError: parameters spare.weight, spare.bias got no gradient "
+        "(torch.optim would skip them; a population cannot)"))
+
+
 def test_memory_decides_how_many_members(digits, monkeypatch):
     task, data = digits
     need = batched.member_bytes(task, data, 64, "none", ["Adam"])
