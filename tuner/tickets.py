@@ -64,9 +64,11 @@ def write_trials(storage: optuna.storages.RDBStorage, study_id: int, trials: lis
                                   datetime_complete=trial.datetime_complete) for trial in trials]
         session.add_all(rows)
         session.flush()
+        # Numbered as Optuna numbers each (its trials with smaller ids): the first's count, then one up per row.
+        first = rows[0].count_past_trials(session) if rows else 0
         tables: dict[type, list[dict]] = {}
-        for row, trial in zip(rows, trials):
-            row.number = row.count_past_trials(session)
+        for number, (row, trial) in enumerate(zip(rows, trials), start=first):
+            row.number = number
             for model, children in _children(row.trial_id, trial).items():
                 tables.setdefault(model, []).extend(children)
         # One INSERT per table for all the trials (executemany), without the ORM's bookkeeping of each row.
