@@ -287,6 +287,11 @@ def _first(run: Any) -> tuple[int, str]:
     return run.info.start_time, run.info.run_id
 
 
+def _finished(runs: list[Any]) -> list[Any]:
+    """The finished copies of one run, the one to keep first; a copy left RUNNING was cut short, or is being written."""
+    return sorted((run for run in runs if run.info.status != "RUNNING"), key=_first)
+
+
 class Mirror:
     """The MLflow side: one experiment's parent and child runs, written from Optuna studies.
 
@@ -398,7 +403,7 @@ class Mirror:
         parent = self.parent(study)
         existing = existing or []
         # The first finished copy is kept (two writers at once); one left RUNNING was cut short.
-        done = sorted((run for run in existing if run.info.status != "RUNNING"), key=_first)
+        done = _finished(existing)
         count = SyncCount()
         for run in existing:
             if not done or run is not done[0]:
@@ -446,7 +451,7 @@ class Mirror:
                 count.deleted += 1
         # What another mirror wrote meanwhile: the first finished copy of each run stays.
         for key, runs in self._children(parent).items():
-            done = sorted((run for run in runs if run.info.status != "RUNNING"), key=_first)
+            done = _finished(runs)
             for run in done[1:]:
                 self.client.delete_run(run.info.run_id)
                 count.deleted += 1
