@@ -85,6 +85,7 @@ class OptimizerReport:
     speed: Speed | None
     importance: Importance
     memory: float | None  # optimizer state, bytes per model parameter
+    step_sizes: dict[str, Any] | None = None  # the first final seed's tuner.step_sizes record
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
             speed=analysis.epochs_to_target([run[key] for run in runs], target, direction, setup["epochs"]) if runs and target is not None else None,
             importance=imp,
             memory=memory,
+            step_sizes=((summary.final or {}).get("step_sizes") or [None])[0],
         ))  # fmt: skip
     best = analysis.winner(summaries, direction)
     experiment = studies[0].study_name.split("/", 1)[0]
