@@ -125,7 +125,7 @@ class StepSizes:
     a recorded step (None otherwise). :meth:`result` is the record, JSON-safe (see there).
     """
 
-    def __init__(self, steps_per_epoch: int, epochs: int, per_epoch: int = 2) -> None:
+    def __init__(self, steps_per_epoch: int, epochs: int, per_epoch: int = 1) -> None:
         self.steps = recorded_steps(steps_per_epoch, epochs, per_epoch)
         self.step = 0
         self.names: list[str] = []

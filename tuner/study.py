@@ -23,7 +23,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tuner import spaces
+from tuner import bias_correction, spaces
 from tuner.batched import population_size, train_batched
 from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace
 from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
@@ -449,7 +449,8 @@ class StudyRunner:
     def final_evaluation(self, seeds: list[int]) -> dict[str, Any] | None:
         """Re-train the best config on ``seeds`` with test evaluation; stored in the study and reused.
 
-        Each seed's run records its step sizes (:class:`tuner.step_sizes.StepSizes`) under ``step_sizes``."""
+        Each seed's run records its step sizes (:class:`tuner.step_sizes.StepSizes`) under ``step_sizes``; an Adam or
+        AdamW config is also re-trained with its bias correction off (:func:`tuner.bias_correction.ablate`)."""
         best = best_trial(self.study)
         if best is None:
             return None
@@ -473,6 +474,7 @@ class StudyRunner:
             "test_metric": [math.nan if run.test_metric is None else run.test_metric for run in runs],
             "history": [columns(run.history) for run in runs],
             "step_sizes": [probe.result() for probe in probes],
+            "bias_correction_off": bias_correction.ablate(self.task, self.data, config, seeds),
         }
         self.study.set_user_attr("final", final)
         return final
