@@ -130,7 +130,7 @@ def test_mlflow_metrics_of_a_record_leave_out_what_is_undefined():
     assert len(points) == 9
 
 
-def test_the_final_runs_store_their_step_sizes_and_mirror_them_as_metrics(tmp_path):
+def test_the_final_runs_store_step_sizes_and_the_ablation_mirror_them_and_write_evidence(tmp_path):
     db = f"sqlite:///{tmp_path}/t.db"
     flags = ["--storage", db, "--out", str(tmp_path / "out"), "--no-tracking", "--no-progress"]
     assert main(["study", "quickstart", "--optimizers", "adam", "--trials", "1", "--epochs", "1", "--final-seeds", "1", *flags]) == 0
@@ -142,3 +142,10 @@ def test_the_final_runs_store_their_step_sizes_and_mirror_them_as_metrics(tmp_pa
     names = {name for name, *_ in runs[0].metrics}
     assert {f"step_size/0.weight/lr_p{q}" for q in PERCENTILES} <= names
     assert (tmp_path / "out" / "plots" / "step_sizes.png").is_file()
+    off = final["bias_correction_off"]
+    assert off["seeds"] == final["seeds"] and off["step_sizes"][0]["optimizer"] == "AdamCorrections"
+    evidence = (tmp_path / "out" / "evidence.md").read_text()
+    rows = [line.split("|")[1].strip() for line in evidence.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["claim", "adaptive learning rate", "memory", "convergence speed", "bias correction", "ease of tuning", "suited to"]
+    assert "adam (Adam)" in evidence and "step 1 median Δθ/g" in evidence
+    assert all(line.count("|") == 3 for line in evidence.splitlines() if line.startswith("| "))  # claim + one optimizer

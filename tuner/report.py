@@ -20,7 +20,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import analysis, plots
+from tuner import analysis, evidence, plots
 from tuner.analysis import Band, ExpectedBest, Speed, Summary
 from tuner.config import Config
 from tuner.errors import UserError, mask_url
@@ -355,10 +355,10 @@ def summary(report: Report, out: Path) -> str:
 
 
 def write_report(report: Report, out: Path) -> list[Path]:
-    """Draw every figure into ``out/plots/`` and write ``out/summary.md``; the paths written, the summary first."""
+    """Draw every figure into ``out/plots/``, write ``out/summary.md`` and ``out/evidence.md``; the paths written, the summary first."""
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     figures = plots.draw_all(report, folder)
     path = out / "summary.md"
     path.write_text(summary(report, out) + "\n")
-    return [path, *figures]
+    return [path, evidence.write_evidence(report, out), *figures]
