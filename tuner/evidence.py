@@ -146,9 +146,14 @@ def memory_row(report: Report) -> Row:
     claims = _claims(report, "memory")
     values = {o.name: [] if o.memory is None else [o.memory] for o in report.optimizers}
     verdicts = _ordered(values, claims)
-    cells = [_cell("-" if o.memory is None else f"{o.memory:.2f} state bytes/param", claims[o.name], verdicts[o.name]) for o in report.optimizers]
+    cells = []
+    for o in report.optimizers:
+        peak = (o.summary.final or {}).get("peak_step_bytes")
+        measured = ("-" if o.memory is None else f"{o.memory:.2f} state bytes/param") + ("" if peak is None else f"; first step's peak {peak / 2**20:.3g} MiB")
+        cells.append(_cell(measured, claims[o.name], verdicts[o.name]))
     return Row("memory", cells, "bytes of optimizer state per parameter after one step (exact, no seeds): compared as they are "
-               "with every optimizer claimed at another level; the peak memory of a step is not measured yet")
+               "with every optimizer claimed at another level; on CUDA also the peak memory the first training step adds "
+               "(torch.cuda.max_memory_allocated; not measured on the CPU)")
 
 
 def _to_target(report: Report, run: dict[str, list[float]]) -> tuple[float, float]:

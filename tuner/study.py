@@ -31,6 +31,7 @@ from tuner.export import config_from_dict, config_to_dict
 from tuner.outcomes import FINISHED, outcome
 from tuner.tasks import Data, Task
 from tuner.tickets import GRACE_SECONDS, HEARTBEAT_SECONDS, TICKETS_PREFIX, Ticket, Tickets
+from tuner.peak_memory import peak_step_bytes
 from tuner.step_sizes import StepSizes
 from tuner.train import EpochMetrics, RunResult, columns, objective_label, steps_per_epoch, train
 
@@ -450,7 +451,8 @@ class StudyRunner:
         """Re-train the best config on ``seeds`` with test evaluation; stored in the study and reused.
 
         Each seed's run records its step sizes (:class:`tuner.step_sizes.StepSizes`) under ``step_sizes``; an Adam or
-        AdamW config is also re-trained with its bias correction off (:func:`tuner.bias_correction.ablate`)."""
+        AdamW config is also re-trained with its bias correction off (:func:`tuner.bias_correction.ablate`); on CUDA the
+        peak memory of its first step is measured (:func:`tuner.peak_memory.peak_step_bytes`)."""
         best = best_trial(self.study)
         if best is None:
             return None
@@ -475,6 +477,7 @@ class StudyRunner:
             "history": [columns(run.history) for run in runs],
             "step_sizes": [probe.result() for probe in probes],
             "bias_correction_off": bias_correction.ablate(self.task, self.data, config, seeds),
+            "peak_step_bytes": peak_step_bytes(self.task, self.data, config),
         }
         self.study.set_user_attr("final", final)
         return final
