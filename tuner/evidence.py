@@ -162,7 +162,8 @@ def _to_target(report: Report, run: dict[str, list[float]]) -> tuple[float, floa
     first = next((i for i, v in enumerate(run[key]) if analysis.reaches(v, report.target, report.direction)), None)
     if first is None:
         return report.setup["epochs"] + 1.0, math.nan
-    return float(first + 1), run["seconds"][first]
+    seconds = run.get("seconds") or []  # histories stored before the trainer timed epochs have none
+    return float(first + 1), seconds[first] if first < len(seconds) else math.nan
 
 
 def speed_row(report: Report) -> Row:
