@@ -24,7 +24,9 @@ class BagOfWords(nn.Module):
 
 @dataclass
 class BagOfWordsTask(Classifier):
-    """Documents of ``length`` words drawn from a Zipf law over ``vocabulary`` words; the label is the sign of the sum
+    """Sparse gradients: synthetic documents classified by the mean of their words' embeddings.
+
+    Documents of ``length`` words drawn from a Zipf law over ``vocabulary`` words; the label is the sign of the sum
     of the words' hidden scores, which only ``informative`` randomly chosen words have (the others score 0).
 
     A batch of 64 documents looks up at most 64·``length`` of the embedding's rows, mostly the frequent ones: the

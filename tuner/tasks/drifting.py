@@ -37,7 +37,9 @@ class Drifting(nn.Module):
 
 @dataclass
 class DriftingRegression:
-    """``features`` Gaussian inputs, targets ``x·w*(t) + noise``, with ``w*`` turning a full circle every ``period``
+    """Non-stationary: a linear regression whose true weights turn on a circle during training.
+
+    ``features`` Gaussian inputs, targets ``x·w*(t) + noise``, with ``w*`` turning a full circle every ``period``
     training steps (63 steps an epoch at batch size 32). Loss and metric: mean squared error against the current
     weights (the noise floor is ``noise²``). 2,000/500/500 samples."""
 

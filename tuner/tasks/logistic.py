@@ -12,7 +12,9 @@ from tuner.tasks import Classifier, Data, Split, generated
 
 @dataclass
 class LogisticRegression(Classifier):
-    """``features`` Gaussian inputs whose scales span ``condition`` (log-spaced, 1 to 1/condition), labels drawn from
+    """Convex: logistic (softmax) regression of two classes on ill-conditioned Gaussian inputs.
+
+    ``features`` Gaussian inputs whose scales span ``condition`` (log-spaced, 1 to 1/condition), labels drawn from
     a logistic model with fixed true weights; ``nn.Linear(features, 2)`` with cross-entropy: a convex loss. Accuracy;
     2,000/1,000/1,000 samples."""
 
