@@ -204,14 +204,13 @@ def bias_row(report: Report) -> Row:
             cells.append(_cell("not ablated", claim, NO_EVIDENCE))
             continue
         on_runs, off_runs = final["history"], off["history"]
-        first, last = _at(on_runs, 1), _at(off_runs, 1)
         end = len(on_runs[0]["val_loss"])
+        epochs = sorted({e for e in (1, 2, 3) if e <= end} | {end})
+        losses = "; ".join(f"epoch {e}: {analysis.pm(analysis.mean_sd(_at(on_runs, e)), 3)} / {analysis.pm(analysis.mean_sd(_at(off_runs, e)), 3)}" for e in epochs)
         step_on = statistics.fmean(first_step_ratio(r) for r in final["step_sizes"])
         step_off = statistics.fmean(first_step_ratio(r) for r in off["step_sizes"])
-        measured = (f"val loss epoch 1: {analysis.pm(analysis.mean_sd(first), 3)} with, {analysis.pm(analysis.mean_sd(last), 3)} without; "
-                    f"epoch {end}: {analysis.pm(analysis.mean_sd(_at(on_runs, end)), 3)} with, {analysis.pm(analysis.mean_sd(_at(off_runs, end)), 3)} without; "
-                    f"step 1 median Δθ/g {step_on:.3g} with, {step_off:.3g} without")  # fmt: skip
-        cells.append(_cell(measured, "yes (it helps the first epochs)", compare(first, last, -1)))
+        measured = f"val loss with / without: {losses}; step 1 median Δθ/g {step_on:.3g} / {step_off:.3g}"
+        cells.append(_cell(measured, "yes (it helps the first epochs)", compare(_at(on_runs, 1), _at(off_runs, 1), -1)))
     test = ("the best Adam config re-trained on the final seeds with both correction factors removed (tuner.bias_correction): "
             f"Welch's t-test (two-sided, α = {ALPHA}) on the validation loss after epoch 1, with against without; SGD and "
             "RMSprop have no correction in torch's update")  # fmt: skip
