@@ -15,7 +15,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: study test postgresql bench bench-batched clean
+.PHONY: study evidence test postgresql bench bench-batched clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml
 
 study: $(VENV)/.installed
 	$(PY) -m tuner study $(ARGS)
+
+# The "suited to" claims: Adam, SGD and RMSprop on a task of each kind, each with its evidence.md.
+evidence: $(VENV)/.installed
+	for e in sparse drift logistic; do $(PY) -m tuner study experiments/evidence-$$e.yaml $(ARGS) || exit 1; done
 
 test: $(VENV)/.installed postgresql
 	$(PY) -m pytest $(PYTEST_ARGS)

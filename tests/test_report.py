@@ -132,8 +132,8 @@ def test_the_report_of_an_experiment_with_odd_studies(storage, tmp_path):
     assert all(o.importance.note and not o.importance.values for o in report.optimizers)  # too few trials: no estimate
 
     paths = write_report(report, tmp_path / "out")
-    assert [p.name for p in paths] == ["summary.md", *(f"{name}.png" for name in plots.FIGURES)]
-    for path in paths[1:]:
+    assert [p.name for p in paths] == ["summary.md", "evidence.md", *(f"{name}.png" for name in plots.FIGURES)]
+    for path in paths[2:]:
         assert path.read_bytes()[:8] == PNG
         assert matplotlib.image.imread(path).shape[2] in (3, 4)
     text = paths[0].read_text()

@@ -109,9 +109,9 @@ def test_layout_params_metrics_final_runs_and_artifacts(workdir, capsys):
         assert parent.info.run_name == optimizer and parent.info.status == "FINISHED"
         assert parent.data.tags["tuner.storage"] == f"sqlite:///{workdir}/t.db" and parent.data.tags["tuner.version"]
         assert parent.data.params["task"] == "digits-mlp" and parent.data.params["epochs"] == "3"
-        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {f"best-{optimizer}.yaml", "best.yaml", "summary.md", "plots"}
+        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {f"best-{optimizer}.yaml", "best.yaml", "summary.md", "evidence.md", "plots"}
         assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {
-            f"plots/{f}.png" for f in ("importance", "convergence", "learning_curves", "budget", "sensitivity")}
+            f"plots/{f}.png" for f in ("importance", "convergence", "learning_curves", "budget", "sensitivity", "step_sizes")}
         exported = yaml.safe_load((workdir / "out" / f"best-{optimizer}.yaml").read_text())
         best = trial_runs(children[name])[exported["source"]["trial"]]
         assert exported["source"]["mlflow_run_id"] == best.info.run_id
@@ -121,7 +121,7 @@ def test_layout_params_metrics_final_runs_and_artifacts(workdir, capsys):
             assert run.data.params["seed"] == str(seed) and run.data.params["lr"] == best.data.params["lr"]
             assert run.data.tags["tuner.trial"] == str(exported["source"]["trial"]) and run.info.status == "FINISHED"
             assert run.data.metrics["test_loss"] == exported["metrics"]["final"]["test_objective"]["values"][seed - 1]
-            assert "test_accuracy" in run.data.metrics
+            assert "test_accuracy" in run.data.metrics and "step_size/0.weight/lr_p50" in run.data.metrics
         trial = trial_runs(children[name])[0]
         assert trial.data.params["device"] == "cpu" and trial.data.params["task"] == "digits-mlp"
         if optimizer == "adam":

@@ -298,6 +298,7 @@ def write_report(storage: Any, experiment: str, spaces: list[str] | None, out: P
     built = report.build_report(report.load_studies(storage, experiment, spaces, where), target=target, evaluator=importance)
     paths = report.write_report(built, out)
     print(report.summary(built, out))
+    print("\n" + (out / "evidence.md").read_text())
     return paths
 
 

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
 
+from tuner import step_size_plot
 from tuner.analysis import worth
 
 if TYPE_CHECKING:
@@ -295,6 +296,7 @@ FIGURES: dict[str, tuple[Callable[[Report], Figure], str]] = {
     "learning_curves": (draw_learning_curves, "training convergence: validation curves of each best config, mean ± sd over the final seeds"),
     "budget": (draw_budget, "expected best objective against the number of trials: which optimizer is easier to tune"),
     "sensitivity": (draw_sensitivity, "objective against learning rate for every trial; learning rate × epsilon"),
+    "step_sizes": (step_size_plot.draw_step_sizes, "effective per-parameter learning rate over training, per optimizer"),
 }
 
 

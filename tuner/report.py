@@ -20,7 +20,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import analysis, plots
+from tuner import analysis, evidence, plots
 from tuner.analysis import Band, ExpectedBest, Speed, Summary
 from tuner.config import Config
 from tuner.errors import UserError, mask_url
@@ -85,6 +85,7 @@ class OptimizerReport:
     speed: Speed | None
     importance: Importance
     memory: float | None  # optimizer state, bytes per model parameter
+    step_sizes: dict[str, Any] | None = None  # the first final seed's tuner.step_sizes record
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
             speed=analysis.epochs_to_target([run[key] for run in runs], target, direction, setup["epochs"]) if runs and target is not None else None,
             importance=imp,
             memory=memory,
+            step_sizes=((summary.final or {}).get("step_sizes") or [None])[0],
         ))  # fmt: skip
     best = analysis.winner(summaries, direction)
     experiment = studies[0].study_name.split("/", 1)[0]
@@ -353,10 +355,10 @@ def summary(report: Report, out: Path) -> str:
 
 
 def write_report(report: Report, out: Path) -> list[Path]:
-    """Draw every figure into ``out/plots/`` and write ``out/summary.md``; the paths written, the summary first."""
+    """Draw every figure into ``out/plots/``, write ``out/summary.md`` and ``out/evidence.md``; the paths written, the summary first."""
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     figures = plots.draw_all(report, folder)
     path = out / "summary.md"
     path.write_text(summary(report, out) + "\n")
-    return [path, *figures]
+    return [path, evidence.write_evidence(report, out), *figures]

@@ -22,7 +22,8 @@ Layout in the tracking store (``--tracking-uri``, default ``sqlite:///mlflow.db`
   and, for a failed trial, ``tuner.traceback``;
 - one nested **child run per final-evaluation seed**, named
   ``<optimizer>-final-seed-<seed>``: the best config's params (with that seed),
-  the same per-epoch metrics, ``test_<objective>`` and ``test_<metric>``. Tags:
+  the same per-epoch metrics, ``test_<objective>`` and ``test_<metric>``, and the
+  step sizes (``step_size/<tensor>/lr_p<q>``, ``.../ratio_p<q>``, step = optimizer step). Tags:
   ``tuner.role`` = ``final``, ``tuner.trial`` (the trial whose config it is),
   ``tuner.seed``.
 
@@ -63,6 +64,7 @@ is imported where it is used, in the follower or ``tuner sync``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import subprocess
@@ -229,6 +231,18 @@ def trial_record(study: str, optimizer: str, metric: str, trial: FrozenTrial) ->
     )
 
 
+def step_size_metrics(record: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """A final run's step sizes (:meth:`tuner.step_sizes.StepSizes.result`) as metrics ``(name, value, step)``:
+    ``step_size/<tensor>/lr_p<q>`` (effective learning rate) and ``step_size/<tensor>/ratio_p<q>`` (|Δθ|/|g|)
+    at each recorded optimizer step; undefined (NaN) values left out."""
+    points = []
+    for kind, prefix in (("effective_lr", "lr"), ("ratio", "ratio")):
+        for tensor, rows in record[kind].items():
+            for step, row in zip(record["steps"], rows):
+                points += [(f"step_size/{tensor}/{prefix}_p{q}", v, step) for q, v in zip(record["percentiles"], row) if math.isfinite(v)]
+    return points
+
+
 def final_records(study: str, optimizer: str, setup: dict[str, Any], final: dict[str, Any], trial: FrozenTrial) -> list[RunRecord]:
     """The child runs of the final evaluation: the best config re-trained on each final seed."""
     config = trial.user_attrs.get("config") or {}
@@ -243,6 +257,8 @@ def final_records(study: str, optimizer: str, setup: dict[str, Any], final: dict
         metrics += [(f"test_{label}", final["test_objective"][i], last, end)]
         if label != setup.get("metric"):
             metrics += [(f"test_{setup.get('metric')}", final["test_metric"][i], last, end)]
+        if final.get("step_sizes"):
+            metrics += [(name, value, step, end) for name, value, step in step_size_metrics(final["step_sizes"][i])]
         seeded = config | {"training": config.get("training", {}) | {"seed": seed}}
         records.append(RunRecord(
             key=f"final/{final['trial']}/{seed}",

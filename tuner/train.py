@@ -102,6 +102,7 @@ def train(
     seed: int | None = None,
     callback: Callable[[EpochMetrics], bool | None] | None = None,
     test: bool = False,
+    step_hook: Callable[[torch.nn.Module, torch.optim.Optimizer], Callable[[], None] | None] | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``config`` on ``data`` (already on its device).
 
@@ -109,7 +110,8 @@ def train(
     batch order: CPU runs are bit-for-bit repeatable. With ``config.amp`` bf16 the
     forward pass and loss run under bf16 autocast (CUDA). A non-finite training
     loss, validation loss or metric ends the run as ``diverged``. With ``test``, the test split
-    is evaluated at the end.
+    is evaluated at the end. ``step_hook(model, optimizer)`` runs before each optimizer step; a function it
+    returns runs after that step (as :class:`tuner.step_sizes.StepSizes` does).
     """
     seed = config.seed if seed is None else seed
     x, y = data.train.x, data.train.y
@@ -136,7 +138,10 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 lr = optimizer.param_groups[0]["lr"]
+                after = None if step_hook is None else step_hook(model, optimizer)
                 optimizer.step()
+                if after is not None:
+                    after()
                 if scheduler is not None:
                     scheduler.step()
                 loss_sum += loss.detach()

@@ -114,6 +114,9 @@ BUILTIN: dict[str, str] = {
     "tiny-transformer": "tuner.tasks.tiny_transformer:TinyTransformer",
     "quadratic-deep": "tuner.tasks.quadratic:QuadraticDeep",
     "rosenbrock": "tuner.tasks.rosenbrock:Rosenbrock",
+    "bag-of-words": "tuner.tasks.bag_of_words:BagOfWordsTask",
+    "drifting-regression": "tuner.tasks.drifting:DriftingRegression",
+    "logistic-regression": "tuner.tasks.logistic:LogisticRegression",
 }
 
 

@@ -1,0 +1,82 @@
+"""What recording the step sizes (:mod:`tuner.step_sizes`) costs a final evaluation.
+
+For each task and optimizer, the final evaluation's work (``--seeds`` runs of ``--epochs`` epochs, test
+evaluation at the end) runs with the :class:`~tuner.step_sizes.StepSizes` hook, and the time spent inside the
+hook (before and after each recorded step, and its one copy to the host) is summed: the printed share is that
+time over the whole evaluation's. On a shared machine timing two separate runs measures the neighbours' load
+more than the hook; the share inside one run does not. On CUDA each hook call is synchronised before and after
+(``--device cuda``), so that its kernels count to it.
+
+    nice python bench/step_sizes.py --tasks digits-mlp digits-cnn --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from tuner.config import Config
+from tuner.step_sizes import StepSizes
+from tuner.tasks import load_data, load_task
+from tuner.train import steps_per_epoch, train
+
+CONFIGS = {"Adam": {"lr": 1e-3}, "SGD": {"lr": 0.05, "momentum": 0.9}, "RMSprop": {"lr": 1e-3}}
+
+
+class Timed(StepSizes):
+    """:class:`StepSizes` that sums the seconds spent in it."""
+
+    def __init__(self, *args: int, sync) -> None:
+        super().__init__(*args)
+        self.seconds, self.sync = 0.0, sync
+
+    def _timed(self, call, *args):
+        self.sync()
+        started = time.perf_counter()
+        out = call(*args)
+        self.sync()
+        self.seconds += time.perf_counter() - started
+        return out
+
+    def __call__(self, model, optimizer):
+        after = self._timed(super().__call__, model, optimizer)
+        return None if after is None else (lambda: self._timed(after))
+
+    def result(self):
+        return self._timed(super().result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["digits-mlp", "digits-cnn"])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for name in args.tasks:
+        task = load_task(name)
+        data = load_data(task, device)
+        for optimizer, kwargs in CONFIGS.items():
+            config = Config(optimizer, kwargs, "cosine", {}, name, {}, args.epochs, task.batch_size, 0)
+            train(task, data, config)  # warm-up
+            hook_seconds = total = 0.0
+            for seed in range(1, args.seeds + 1):
+                hook = Timed(steps_per_epoch(len(data.train), config.batch_size), config.epochs, sync=sync)
+                started = time.perf_counter()
+                train(task, data, config, seed=seed, test=True, step_hook=hook)
+                hook.result()
+                sync()
+                total += time.perf_counter() - started
+                hook_seconds += hook.seconds
+            print(f"{name:12} {optimizer:8} {device} {len(hook.steps)} records a run, {args.seeds} seeds: "
+                  f"{total:.2f} s, of which the hook {hook_seconds:.3f} s = {100 * hook_seconds / total:.1f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""evidence.md: the verdict logic on synthetic measurements, and the table from a stored study."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tuner.analysis import ExpectedBest, Summary
+from tuner.config import Config
+from tuner.evidence import CONSISTENT, NO_EVIDENCE, NOT_CONSISTENT, build_evidence, combine, compare, evidence_markdown
+from tuner.peak_memory import peak_step_bytes
+from tuner.report import Importance, OptimizerReport, Report
+from tuner.tasks import load_data, load_task
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expect", "verdict"),
+    [
+        ([3.0, 3.1, 2.9, 3.0], [7.0, 7.2, 6.9, 7.1], -1, CONSISTENT),  # clearly smaller, as claimed
+        ([3.0, 3.1, 2.9, 3.0], [7.0, 7.2, 6.9, 7.1], 1, NOT_CONSISTENT),  # clearly smaller, claimed larger
+        ([3.0, 5.0, 1.0], [3.5, 6.0, 1.5], -1, NO_EVIDENCE),  # inside the seeds' spread
+        ([4.0], [8.0], -1, CONSISTENT),  # exact measurements (no spread): compared as they are
+        ([8.0], [8.0], -1, NO_EVIDENCE),
+        ([3.0], [7.0, 7.2], -1, NO_EVIDENCE),  # one seed against spread: nothing to test with
+        ([3.0, float("nan")], [7.0, 7.2], -1, NO_EVIDENCE),
+    ],
+)
+def test_compare_decides_beyond_the_spread_only(a, b, expect, verdict):
+    assert compare(a, b, expect) == verdict
+
+
+def test_a_cell_combines_its_pairwise_verdicts():
+    assert combine([CONSISTENT, CONSISTENT]) == CONSISTENT
+    assert combine([CONSISTENT, NO_EVIDENCE]) == NO_EVIDENCE
+    assert combine([CONSISTENT, NOT_CONSISTENT, NO_EVIDENCE]) == NOT_CONSISTENT
+    assert combine([]) == NO_EVIDENCE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU's peak is not measured)")
+def test_the_first_steps_peak_memory_on_cuda_counts_adams_two_moments():
+    task = load_task("digits-mlp")
+    data = load_data(task, torch.device("cuda"))
+    peaks = {name: peak_step_bytes(task, data, Config(name, {"lr": 1e-3}, "constant", {}, "digits-mlp", {}, 1, 64, 0)) for name in ("SGD", "Adam")}
+    parameters = sum(p.numel() for p in task.model().parameters())
+    assert peaks["Adam"] - peaks["SGD"] >= 8 * parameters  # exp_avg and exp_avg_sq, float32
+
+
+def test_the_peak_memory_is_not_measured_on_the_cpu():
+    task = load_task("digits-mlp")
+    assert peak_step_bytes(task, load_data(task, torch.device("cpu")), Config("SGD", {"lr": 0.1}, "constant", {}, "digits-mlp", {}, 1, 64, 0)) is None
+
+
+def record(optimizer: str, low: float, high: float) -> dict:
+    """A step-size record of one tensor at two steps, η's 5th percentile ``low`` and 95th ``high``."""
+    row = [low, low, (low + high) / 2, high, high]
+    return {"percentiles": [5, 25, 50, 75, 95], "steps": [1, 2], "lr": [0.1, 0.1], "tensors": ["w"], "numel": [10],
+            "effective_lr": {"w": [row, row]}, "ratio": {"w": [row, row]}, "optimizer": optimizer, "defined": True}  # fmt: skip
+
+
+def optimizer(name: str, cls: str, objective: list[float], epochs_to: list[int], spread: float, memory: float) -> OptimizerReport:
+    """One optimizer of a synthetic report: final seeds with these validation objectives, reaching 0.5 at these epochs."""
+    history = [{"val_loss": [1.0] * (e - 1) + [0.5] * (4 - e), "val_metric": [0.0] * 3, "seconds": [1.0, 2.0, 3.0]} for e in epochs_to]
+    final = {"seeds": [1, 2, 3], "val_objective": objective, "history": history, "step_sizes": [record(cls, 1e-3, 1e-3 * spread)] * 3}
+    return OptimizerReport(
+        name=name, summary=Summary(name, f"x/{name}", 0, min(objective), {}, final), points=[], best_so_far=[],
+        expected=ExpectedBest([], [], []), cpe=math.nan, loss=None, metric=None, speed=None, importance=Importance({}, 0), memory=memory,
+        step_sizes=final["step_sizes"][0],
+    )  # fmt: skip
+
+
+def test_the_table_of_a_synthetic_sparse_task():
+    setup = {"task": "bag-of-words", "task_args": {}, "epochs": 3, "batch_size": 64, "seed": 0, "objective": "loss", "direction": "minimize", "metric": "accuracy"}
+    optimizers = [
+        optimizer("adam", "Adam", [0.30, 0.31, 0.29], [1, 2, 1], spread=40.0, memory=8.0),  # clearly best; fast, but inside the spread
+        optimizer("sgd", "SGD", [0.50, 0.52, 0.49], [2, 1, 2], spread=1.0, memory=0.0),
+        optimizer("rmsprop", "RMSprop", [0.51, 0.50, 0.52], [1, 2, 2], spread=1.5, memory=4.0),  # not adaptive on this task
+    ]
+    report = Report("x", setup, 0.5, True, None, "", [], optimizers, "adam", [])
+    rows = {row.claim: [cell.verdict for cell in row.cells] for row in build_evidence(report)}
+    assert rows["adaptive learning rate"] == [CONSISTENT, CONSISTENT, NOT_CONSISTENT]
+    assert rows["memory"] == [CONSISTENT, CONSISTENT, CONSISTENT]  # 8 and 4 (moderate) above 0 (low)
+    assert rows["convergence speed"] == [NO_EVIDENCE] * 3
+    assert rows["bias correction"] == [NO_EVIDENCE, CONSISTENT, CONSISTENT]  # Adam: not ablated here
+    assert rows["suited to"] == [CONSISTENT, NO_EVIDENCE, NO_EVIDENCE]  # the task is of Adam's kind only
+    text = evidence_markdown(report, build_evidence(report))
+    assert "0/0 trials within 5% of the best" in text and "η p95/p5 40 ± 0" in text and "final val loss 0.3 ± 0.01" in text

@@ -1,0 +1,296 @@
+"""``evidence.md``: the common table of Adam vs SGD vs RMSprop claims, measured on the user's task.
+
+One row per claim (adaptive learning rate, memory, convergence speed, bias correction, ease of tuning, suited
+to), one column per optimizer. Each cell holds the measured value, the common claim and a verdict:
+
+- ``consistent``: the measurements agree with the claim, beyond the seeds' spread;
+- ``not consistent``: they disagree with it, beyond the seeds' spread;
+- ``no evidence either way``: the difference is inside the spread, or nothing here can test the claim.
+
+Relative claims (fast/moderate/slow, low/moderate, easy/moderate/hard) are tested pairwise against every
+other optimizer whose claim differs: a cell is consistent when every such comparison comes out as claimed,
+not consistent when one comes out the other way, and undecided otherwise. :func:`compare` decides one pair.
+Everything is read from the report's data (:mod:`tuner.report`): nothing here trains.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tuner import analysis
+from tuner.bias_correction import first_step_ratio
+
+if TYPE_CHECKING:
+    from tuner.report import OptimizerReport, Report
+
+CONSISTENT, NOT_CONSISTENT, NO_EVIDENCE = "consistent", "not consistent", "no evidence either way"
+ALPHA = 0.05
+# "Adaptive": the 95th percentile of the effective learning rate over a tensor's elements at least this many times its 5th.
+SPREAD = 2.0
+# Ease of tuning: a trial is "near the best" within this fraction of the best value; the budget curve read at N_TRIALS.
+NEAR = 0.05
+N_TRIALS = 5
+# The common table, per torch.optim class; AdamW shares Adam's claims.
+CLAIMS: dict[str, dict[str, str]] = {
+    "adaptive learning rate": {"Adam": "adaptive", "SGD": "fixed", "RMSprop": "adaptive"},
+    "memory": {"Adam": "moderate", "SGD": "low", "RMSprop": "moderate"},
+    "convergence speed": {"Adam": "fast", "SGD": "slow", "RMSprop": "moderate"},
+    "bias correction": {"Adam": "yes", "SGD": "no", "RMSprop": "no"},
+    "ease of tuning": {"Adam": "easy", "SGD": "hard", "RMSprop": "moderate"},
+    "suited to": {"Adam": "sparse gradients", "SGD": "simple models", "RMSprop": "non-stationary problems"},
+}
+# The built-in tasks that test a "suited to" claim, and the claim's kind.
+TASK_KINDS = {"bag-of-words": "sparse gradients", "drifting-regression": "non-stationary problems", "logistic-regression": "simple models"}
+LEVELS = {"low": 0, "fast": 0, "easy": 0, "moderate": 1, "slow": 2, "hard": 2}
+
+
+@dataclass(frozen=True)
+class Cell:
+    measured: str
+    claim: str
+    verdict: str
+
+
+@dataclass(frozen=True)
+class Row:
+    """One claim: its cells in the report's optimizer order, and how the verdicts were decided (``test``)."""
+
+    claim: str
+    cells: list[Cell]
+    test: str
+
+
+def compare(a: list[float], b: list[float], expect: int, alpha: float = ALPHA) -> str:
+    """Whether ``a`` is smaller (``expect`` = -1) or larger (+1) than ``b`` beyond the spread: Welch's two-sided t-test
+    at ``alpha`` (default 0.05) over the values (one per seed). Values without spread on both sides (a deterministic
+    measurement) are compared as they are. Fewer than two values on a side, or a non-finite one, decide nothing."""
+    if not a or not b or not all(map(math.isfinite, a + b)):
+        return NO_EVIDENCE
+    sign = (statistics.fmean(a) > statistics.fmean(b)) - (statistics.fmean(a) < statistics.fmean(b))
+    if len(set(a)) == 1 and len(set(b)) == 1:  # no spread: the difference, if any, is exact
+        return NO_EVIDENCE if sign == 0 else CONSISTENT if sign == expect else NOT_CONSISTENT
+    if min(len(a), len(b)) < 2:
+        return NO_EVIDENCE
+    from scipy.stats import ttest_ind  # scipy comes with scikit-learn; imported only when a report is written
+
+    if ttest_ind(a, b, equal_var=False).pvalue >= alpha:
+        return NO_EVIDENCE
+    return CONSISTENT if sign == expect else NOT_CONSISTENT
+
+
+def combine(verdicts: list[str]) -> str:
+    """A cell's verdict from its pairwise ones: any disagreement wins, then unanimous agreement; else undecided."""
+    if NOT_CONSISTENT in verdicts:
+        return NOT_CONSISTENT
+    return CONSISTENT if verdicts and all(v == CONSISTENT for v in verdicts) else NO_EVIDENCE
+
+
+def family(o: OptimizerReport) -> str | None:
+    """The torch.optim class of an optimizer's best config (AdamW counted as Adam), from its step-size record."""
+    name = (o.step_sizes or {}).get("optimizer")
+    return "Adam" if name == "AdamW" else name
+
+
+def _ordered(values: dict[str, list[float]], claims: dict[str, str], lower_is: int = -1) -> dict[str, str]:
+    """Per optimizer, the verdict of its claimed level against every optimizer claimed at another level."""
+    verdicts = {}
+    for name, claim in claims.items():
+        pairs = [
+            compare(values[name], values[other], lower_is * (1 if LEVELS[claim] < LEVELS[theirs] else -1))
+            for other, theirs in claims.items()
+            if other != name and claim in LEVELS and theirs in LEVELS and LEVELS[theirs] != LEVELS[claim]
+        ]
+        verdicts[name] = combine(pairs)
+    return verdicts
+
+
+def _claims(report: Report, row: str) -> dict[str, str]:
+    return {o.name: CLAIMS[row].get(family(o) or "", "") for o in report.optimizers}
+
+
+def _cell(measured: str, claim: str, verdict: str) -> Cell:
+    return Cell(measured, claim or "no common claim", verdict if claim else NO_EVIDENCE)
+
+
+def spreads(o: OptimizerReport) -> list[float]:
+    """Per final seed, the median over recorded steps and tensors of the 95th over the 5th percentile of ``η``."""
+    out = []
+    for record in (o.summary.final or {}).get("step_sizes") or []:
+        low, high = record["percentiles"].index(5), record["percentiles"].index(95)
+        ratios = [row[high] / row[low] for rows in record["effective_lr"].values() for row in rows if row[low] > 0 and math.isfinite(row[high])]
+        out.append(statistics.median(ratios) if ratios else math.nan)
+    return out
+
+
+def adaptive_row(report: Report) -> Row:
+    claims, cells = _claims(report, "adaptive learning rate"), []
+    for o in report.optimizers:
+        values = spreads(o)
+        claim = claims[o.name]
+        if not values or not all(map(math.isfinite, values)):
+            cells.append(_cell("not recorded", claim, NO_EVIDENCE))
+            continue
+        adaptive = [v >= SPREAD for v in values]
+        verdict = NO_EVIDENCE if len(set(adaptive)) > 1 else CONSISTENT if adaptive[0] == (claim == "adaptive") else NOT_CONSISTENT
+        cells.append(_cell(f"η p95/p5 {analysis.pm(analysis.mean_sd(values), 3)}", claim, verdict))
+    test = (f"the effective learning rate η's 95th over its 5th percentile across a tensor's elements (median over tensors "
+            f"and recorded steps), per final seed: adaptive if it is at least {SPREAD:g} on every seed, fixed if below on every "
+            "seed, undecided if the seeds disagree (step_sizes.png)")  # fmt: skip
+    return Row("adaptive learning rate", cells, test)
+
+
+def memory_row(report: Report) -> Row:
+    claims = _claims(report, "memory")
+    values = {o.name: [] if o.memory is None else [o.memory] for o in report.optimizers}
+    verdicts = _ordered(values, claims)
+    cells = []
+    for o in report.optimizers:
+        peak = (o.summary.final or {}).get("peak_step_bytes")
+        measured = ("-" if o.memory is None else f"{o.memory:.2f} state bytes/param") + ("" if peak is None else f"; first step's peak {peak / 2**20:.3g} MiB")
+        cells.append(_cell(measured, claims[o.name], verdicts[o.name]))
+    return Row("memory", cells, "bytes of optimizer state per parameter after one step (exact, no seeds): compared as they are "
+               "with every optimizer claimed at another level; on CUDA also the peak memory the first training step adds "
+               "(torch.cuda.max_memory_allocated; not measured on the CPU)")
+
+
+def _to_target(report: Report, run: dict[str, list[float]]) -> tuple[float, float]:
+    """A final run's epochs and seconds to the report's target (epochs + 1 and NaN when never reached)."""
+    key = "val_loss" if report.setup["objective"] == "loss" else "val_metric"
+    first = next((i for i, v in enumerate(run[key]) if analysis.reaches(v, report.target, report.direction)), None)
+    if first is None:
+        return report.setup["epochs"] + 1.0, math.nan
+    seconds = run.get("seconds") or []  # histories stored before the trainer timed epochs have none
+    return float(first + 1), seconds[first] if first < len(seconds) else math.nan
+
+
+def speed_row(report: Report) -> Row:
+    claims = _claims(report, "convergence speed")
+    epochs, seconds = {}, {}
+    for o in report.optimizers:
+        runs = [_to_target(report, run) for run in (o.summary.final or {}).get("history") or []] if report.target is not None else []
+        epochs[o.name], seconds[o.name] = [e for e, _ in runs], [s for _, s in runs]
+    verdicts = _ordered(epochs, claims)
+    cells = []
+    for o in report.optimizers:
+        if not epochs[o.name]:
+            cells.append(_cell("no final runs", claims[o.name], NO_EVIDENCE))
+            continue
+        reached = [s for s in seconds[o.name] if math.isfinite(s)]
+        time = f", {statistics.fmean(reached):.3g} s" if reached else ", never reached"
+        cells.append(_cell(f"{analysis.pm(analysis.mean_sd(epochs[o.name]), 3)} epochs{time}", claims[o.name], verdicts[o.name]))
+    n = max((len(v) for v in epochs.values()), default=0)
+    test = (f"epochs to the target {report.target if report.target is None else format(report.target, '.4g')} (DeepOBS's speed; "
+            f"never = epochs + 1) and seconds to it (AlgoPerf's time to target, mean over the seeds that reached it), "
+            f"{n} final seeds: Welch's t-test (two-sided, α = {ALPHA}) on the epochs against every optimizer claimed at another speed")  # fmt: skip
+    return Row("convergence speed", cells, test)
+
+
+def _at(runs: list[dict[str, list[float]]], epoch: int) -> list[float]:
+    return [run["val_loss"][epoch - 1] for run in runs if len(run["val_loss"]) >= epoch]
+
+
+def bias_row(report: Report) -> Row:
+    claims, cells = _claims(report, "bias correction"), []
+    for o in report.optimizers:
+        final = o.summary.final or {}
+        off, claim = final.get("bias_correction_off"), claims[o.name]
+        if claim == "no":
+            cells.append(_cell("none in torch's update", claim, CONSISTENT))
+            continue
+        if not off:
+            cells.append(_cell("not ablated", claim, NO_EVIDENCE))
+            continue
+        on_runs, off_runs = final["history"], off["history"]
+        end = len(on_runs[0]["val_loss"])
+        epochs = sorted({e for e in (1, 2, 3) if e <= end} | {end})
+        losses = "; ".join(f"epoch {e}: {analysis.pm(analysis.mean_sd(_at(on_runs, e)), 3)} / {analysis.pm(analysis.mean_sd(_at(off_runs, e)), 3)}" for e in epochs)
+        step_on = statistics.fmean(first_step_ratio(r) for r in final["step_sizes"])
+        step_off = statistics.fmean(first_step_ratio(r) for r in off["step_sizes"])
+        measured = f"val loss with / without: {losses}; step 1 median Δθ/g {step_on:.3g} / {step_off:.3g}"
+        cells.append(_cell(measured, "yes (it helps the first epochs)", compare(_at(on_runs, 1), _at(off_runs, 1), -1)))
+    test = ("the best Adam config re-trained on the final seeds with both correction factors removed (tuner.bias_correction): "
+            f"Welch's t-test (two-sided, α = {ALPHA}) on the validation loss after epoch 1, with against without; SGD and "
+            "RMSprop have no correction in torch's update")  # fmt: skip
+    return Row("bias correction", cells, test)
+
+
+def near_best(o: OptimizerReport, direction: str) -> tuple[int, int]:
+    """How many of the optimizer's counted trials are worth within :data:`NEAR` of its best, and how many there are."""
+    values = [p.value for p in o.points if p.value is not None and math.isfinite(p.value)]
+    if not values:
+        return 0, len(o.points)
+    best = min(values) if direction == "minimize" else max(values)
+    bound = best + NEAR * abs(best) if direction == "minimize" else best - NEAR * abs(best)
+    return sum(analysis.reaches(v, bound, direction) for v in values), len(o.points)
+
+
+def tuning_row(report: Report) -> Row:
+    claims = _claims(report, "ease of tuning")
+    counts = {o.name: near_best(o, report.direction) for o in report.optimizers}
+    # Each trial as 1 (near its best) or 0: Welch's test on these is the two-proportion comparison.
+    shares = {name: [1.0] * k + [0.0] * (n - k) for name, (k, n) in counts.items()}
+    verdicts = _ordered(shares, claims, lower_is=1)  # easier = a larger share near the best
+    cells = []
+    for o in report.optimizers:
+        k, n = counts[o.name]
+        at = min(N_TRIALS, len(o.expected.mean))
+        expected = f"; E[best of {at}] {o.expected.mean[at - 1]:.4g}" if at else ""
+        cells.append(_cell(f"{k}/{n} trials within {NEAR:.0%} of the best{expected}", claims[o.name], verdicts[o.name]))
+    test = (f"the share of each study's counted trials within {NEAR:.0%} of its best value, compared with every optimizer claimed "
+            f"at another ease by Welch's t-test on the 0/1 outcomes (α = {ALPHA}; the trials are the samples, one study each); "
+            f"E[best of n] is the budget curve (budget.png) at n = {N_TRIALS}")  # fmt: skip
+    return Row("ease of tuning", cells, test)
+
+
+def suited_row(report: Report) -> Row:
+    """On a task of one of :data:`TASK_KINDS`, the optimizer claimed suited to that kind against every other one."""
+    claims, kind = _claims(report, "suited to"), TASK_KINDS.get(report.setup["task"])
+    finals = {o.name: (o.summary.final or {}).get("val_objective") or [] for o in report.optimizers}
+    better = -1 if report.direction == "minimize" else 1
+    cells = []
+    for o in report.optimizers:
+        claim, values = claims[o.name], finals[o.name]
+        measured = f"final val {report.label} {analysis.pm(analysis.mean_sd(values), 4)}" if values else "no final runs"
+        if kind is None or claim != kind:
+            cells.append(_cell(f"{measured} (this task is {kind or 'none of the kinds'})", claim, NO_EVIDENCE))
+            continue
+        verdict = combine([compare(values, theirs, better) for name, theirs in finals.items() if name != o.name])
+        cells.append(_cell(measured, claim, verdict))
+    test = (f"this task is {kind}: the optimizer claimed suited to it against every other one, Welch's t-test (α = {ALPHA}) on "
+            "the final seeds' validation objective; the other claims need tasks of their kinds (experiments/evidence-*.yaml)"
+            if kind else f"needs tasks of each kind ({', '.join(f'{k}: {v}' for v, k in TASK_KINDS.items())}); this task is none of them")
+    return Row("suited to", cells, test)
+
+
+def build_evidence(report: Report) -> list[Row]:
+    """Every row of the table, in :data:`CLAIMS`' order."""
+    return [adaptive_row(report), memory_row(report), speed_row(report), bias_row(report), tuning_row(report), suited_row(report)]
+
+
+def evidence_markdown(report: Report, rows: list[Row]) -> str:
+    """``evidence.md``: the table (a cell: measured; claim; **verdict**), then how each row was decided."""
+    header = ["claim", *(f"{o.name} ({family(o) or '?'})" for o in report.optimizers)]
+    table = [header] + [[row.claim, *(f"{c.measured}; claim: {c.claim}; **{c.verdict}**" for c in row.cells)] for row in rows]
+    lines = [
+        f"# {report.experiment}: the common claims about Adam, SGD and RMSprop, measured on {report.setup['task']}",
+        "",
+        "Each cell: the value measured on this task; the common claim; the verdict (consistent, not consistent, or "
+        "no evidence either way when the difference is inside the seeds' spread or nothing here tests it).",
+        "",
+        analysis.table(table),
+        "",
+        "## How each row is decided",
+        "",
+        *[f"- **{row.claim}**: {row.test}." for row in rows],
+    ]
+    return "\n".join(lines)
+
+
+def write_evidence(report: Report, out: Any) -> Any:
+    """Write ``out/evidence.md``; returns its path."""
+    path = out / "evidence.md"
+    path.write_text(evidence_markdown(report, build_evidence(report)) + "\n")
+    return path

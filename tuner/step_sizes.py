@@ -1,0 +1,225 @@
+"""The effective per-parameter learning rate of an optimizer, measured during training.
+
+For each optimizer family, torch's update (``torch/optim/{sgd,adam,adamw,rmsprop}.py``,
+the single-tensor code paths, torch 2.x) is written as ``Δθ = −η ⊙ d``: ``d`` is
+the family's gradient-free direction and ``η`` the per-parameter learning rate
+that multiplies it. ``η`` is what this module records:
+
+============= ======================================= ==========================================
+family        direction ``d``                         effective learning rate ``η``
+============= ======================================= ==========================================
+SGD           the gradient (or momentum buffer,        ``lr_t`` for every parameter
+              or Nesterov's ``g + μ·buf``)
+Adam, AdamW   ``m_t`` (first moment, not corrected)    ``lr_t / (1−β1^t) / (sqrt(v_t)/sqrt(1−β2^t) + ε)``
+              ``v_t``: ``max_exp_avg_sq`` with amsgrad   ``= lr_t·sqrt(1−β2^t) / (1−β1^t) / (sqrt(v_t) + ε·sqrt(1−β2^t))``
+RMSprop       the gradient (momentum 0), else the       ``lr_t / (sqrt(v_t) + ε)``; centered:
+              buffer of ``g / (sqrt(v)+ε)``             ``lr_t / (sqrt(v_t − ḡ_t²) + ε)``
+============= ======================================= ==========================================
+
+``lr_t`` is the scheduled learning rate of the step and ``t`` the optimizer's step
+count after it. Elements with ``v_t = 0`` (no non-zero gradient yet: a constant input
+pixel, an embedding row never looked up) have ``η = lr/ε`` but move nothing: they are left out. Adam's ``m_t`` sums the gradients with weights that add up to
+``1−β1^t``, so ``η`` is directly comparable to SGD's ``lr_t`` (a constant gradient
+moves both by ``η·g``). Weight decay, folded into the gradient by Adam, SGD and
+RMSprop and applied to ``θ`` beside the step by AdamW, is not part of ``η``.
+
+Beside ``η``, the realised ratio ``|Δθ| / |g|`` per element (``g`` the gradient
+the step read; elements with ``g = 0`` left out), which includes momentum and
+weight decay. Both are reduced on the device to their 5, 25, 50, 75 and 95th
+percentiles per parameter tensor, at a bounded number of steps
+(:class:`StepSizes`), and copied to the host once, at the end of training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+PERCENTILES = (5, 25, 50, 75, 95)
+# Percentiles of a tensor with more elements are those of this many, drawn at random once per run (fixed seed):
+# a sort of every element at every recorded step would cost more than the training (CPU: ~0.4 µs an element here),
+# and 1,024 draws put the 5th percentile within about ±0.7 percentile points.
+SAMPLE = 1024
+# Adam's bias correction weighs most at the first steps: every one of these is recorded.
+FIRST_STEPS = 5
+# The families with an η defined here (subclasses included).
+FAMILIES = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop)
+
+
+def effective_lr(optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict[str, Any], lr: float) -> torch.Tensor | None:
+    """``η`` of ``param`` (shape of ``param``) after ``optimizer`` stepped with learning rate ``lr``; None for a family
+    without a definition here (see the module's table) or a parameter the step skipped (no state yet)."""
+    state = optimizer.state.get(param)
+    if isinstance(optimizer, torch.optim.SGD):  # one value, the same for every element
+        return torch.full((1,), lr, dtype=torch.float64, device=param.device)
+    if not state or "step" not in state:
+        return None
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        beta1, beta2 = group["betas"]
+        step = float(state["step"])
+        v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        return _unseen(v, lr / (1 - beta1**step) / (v.sqrt() / (1 - beta2**step) ** 0.5 + group["eps"]))
+    if isinstance(optimizer, torch.optim.RMSprop):
+        v = state["square_avg"]
+        centered = v - state["grad_avg"] ** 2 if group["centered"] else v
+        return _unseen(v, lr / (centered.sqrt() + group["eps"]))
+    return None
+
+
+def _unseen(v: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    # An element that never had a non-zero gradient has v = 0 and η = lr/ε, a rate that moves nothing: left out (NaN).
+    return eta.where(v != 0, torch.nan)
+
+
+def percentiles(rows: torch.Tensor) -> torch.Tensor:
+    """The :data:`PERCENTILES` of each row of ``rows`` (shape (n, k); NaNs ignored; an all-NaN row gives NaNs), shape (n, 5).
+
+    The same values as ``torch.nanquantile(rows, q, dim=1).T`` (linear interpolation). On the CPU the rows are sorted
+    by numpy, ten times faster than torch's CPU sort here (2 ms against 0.2 ms for 8 × 1,024), on other devices by torch.
+    """
+    ordered = torch.from_numpy(np.sort(rows.numpy(), axis=1)) if rows.device.type == "cpu" else rows.sort(dim=1).values
+    count = (~rows.isnan()).sum(dim=1, keepdim=True)  # NaNs sort last
+    position = (count - 1).clamp(min=0) * torch.tensor(PERCENTILES, dtype=rows.dtype, device=rows.device) / 100
+    low = position.floor().long()
+    high = (low + 1).minimum((count - 1).clamp(min=0))
+    below, above = ordered.gather(1, low), ordered.gather(1, high)
+    value = torch.lerp(below, above, position - low)
+    return value.where(count > 0, torch.nan)
+
+
+def _row(values: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """``values`` flattened (float64), at ``index`` (None: all of them), NaN-padded to :data:`SAMPLE` elements."""
+    flat = values.detach().reshape(-1).double()
+    if index is not None and flat.numel() > 1:
+        flat = flat[index]
+    return torch.nn.functional.pad(flat, (0, SAMPLE - flat.numel()), value=torch.nan)
+
+
+def recorded_steps(steps_per_epoch: int, epochs: int, per_epoch: int) -> set[int]:
+    """The 1-based optimizer steps a :class:`StepSizes` records: the first :data:`FIRST_STEPS`, then ``per_epoch`` evenly
+    spaced steps in every epoch, its last step one of them (fewer if the epoch has fewer steps). Raises ValueError if
+    ``per_epoch`` < 1."""
+    if per_epoch < 1:
+        raise ValueError(f"per_epoch: {per_epoch} is not allowed (>= 1)")
+    positions = {max(1, round(steps_per_epoch * k / per_epoch)) for k in range(1, per_epoch + 1)}  # within an epoch, 1-based
+    total = steps_per_epoch * epochs
+    return {s for s in range(1, total + 1) if s <= FIRST_STEPS or (s - 1) % steps_per_epoch + 1 in positions}
+
+
+@dataclass
+class _Pending:
+    step: int
+    lrs: list[float]  # per parameter group, as scheduled for this step
+    before: list[torch.Tensor]  # the sampled elements of each parameter, and of its gradient
+    grads: list[torch.Tensor | None]
+
+
+class StepSizes:
+    """A per-step hook for :func:`tuner.train.train` that records ``η`` and ``|Δθ|/|g|`` at :func:`recorded_steps`.
+
+    Called before each optimizer step with the model and optimizer, it returns a function to call after the step at
+    a recorded step (None otherwise). :meth:`result` is the record, JSON-safe (see there).
+    """
+
+    def __init__(self, steps_per_epoch: int, epochs: int, per_epoch: int = 1) -> None:
+        self.steps = recorded_steps(steps_per_epoch, epochs, per_epoch)
+        self.step = 0
+        self.names: list[str] = []
+        self.numel: list[int] = []
+        self.lrs: list[float] = []
+        self.recorded: list[int] = []
+        self.index: list[torch.Tensor | None] = []  # per tensor, the elements sampled (None: all)
+        self.rows: list[torch.Tensor] = []  # one per recorded step: (tensors, 2, 5) = η and |Δθ|/|g| percentiles
+        self.defined = False
+        self.optimizer = ""
+
+    def __call__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[], None] | None:
+        self.step += 1
+        if self.step not in self.steps:
+            return None
+        params = [p for _, p in model.named_parameters()]
+        if not self.names:
+            self._start(model)
+        pending = _Pending(
+            self.step,
+            [g["lr"] for g in optimizer.param_groups],
+            [_sampled(p, i).clone() for p, i in zip(params, self.index)],
+            [None if p.grad is None else _sampled(p.grad, i).clone() for p, i in zip(params, self.index)],
+        )
+        return lambda: self._after(params, optimizer, pending)
+
+    def _start(self, model: torch.nn.Module) -> None:
+        named = list(model.named_parameters())
+        self.names, self.numel = [n for n, _ in named], [p.numel() for _, p in named]
+        generator = torch.Generator(device=named[0][1].device).manual_seed(0) if named else None
+        self.index = [
+            None if p.numel() <= SAMPLE else torch.randint(p.numel(), (SAMPLE,), generator=generator, device=p.device)
+            for _, p in named
+        ]
+
+    def _after(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, pending: _Pending) -> None:
+        self.defined, self.optimizer = isinstance(optimizer, FAMILIES), type(optimizer).__name__
+        groups = {id(p): (group, lr) for group, lr in zip(optimizer.param_groups, pending.lrs) for p in group["params"]}
+        rows = []
+        for param, index, before, grad in zip(params, self.index, pending.before, pending.grads):
+            eta = None if grad is None else effective_lr(optimizer, param, *groups[id(param)])
+            nan = torch.full((SAMPLE,), torch.nan, dtype=torch.float64, device=param.device)
+            rows.append(nan if eta is None else _row(eta, index))  # no gradient reached it: the step left it alone
+            moved = (_sampled(param, index) - before).abs()
+            rows.append(nan if grad is None else _row(moved / grad.abs().where(grad != 0, torch.nan), None))
+        self.rows.append(percentiles(torch.stack(rows)).reshape(len(params), 2, len(PERCENTILES)))
+        self.recorded.append(pending.step)
+        self.lrs.append(pending.lrs[0])
+
+    def result(self) -> dict[str, Any]:
+        """The record: ``percentiles`` (:data:`PERCENTILES`), ``steps`` (1-based optimizer steps), ``lr`` (scheduled, first group), ``tensors`` (parameter
+        names), ``numel`` (their sizes), ``effective_lr`` and ``ratio``: per tensor, per step, the :data:`PERCENTILES`
+        (NaN where not defined); ``optimizer``: its class name; ``defined``: whether the optimizer's family has an ``η`` here. One host copy."""
+        stacked = torch.stack(self.rows).cpu() if self.rows else torch.empty(0, len(self.names), 2, len(PERCENTILES))
+        per_tensor = stacked.permute(1, 2, 0, 3).tolist()  # tensor, kind, step, percentile
+        return {
+            "percentiles": list(PERCENTILES),
+            "steps": self.recorded,
+            "lr": self.lrs,
+            "tensors": self.names,
+            "numel": self.numel,
+            "effective_lr": {name: rows[0] for name, rows in zip(self.names, per_tensor)},
+            "ratio": {name: rows[1] for name, rows in zip(self.names, per_tensor)},
+            "optimizer": self.optimizer,
+            "defined": self.defined,
+        }
+
+
+def _sampled(values: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    flat = values.detach().reshape(-1)
+    return flat if index is None else flat[index]
+
+
+
+@dataclass(frozen=True)
+class Series:
+    """One parameter tensor's recorded percentiles of ``η`` against optimizer ``steps``: ``low``, ``median``, ``high`` are
+    the 5th, 50th and 95th."""
+
+    tensor: str
+    numel: int
+    steps: list[int]
+    low: list[float]
+    median: list[float]
+    high: list[float]
+
+
+def largest(record: dict[str, Any], count: int) -> list[Series]:
+    """The ``count`` largest parameter tensors of a :meth:`StepSizes.result` record as :class:`Series` (model order)."""
+    order = sorted(range(len(record["tensors"])), key=lambda i: -record["numel"][i])[:count]
+    where = [record["percentiles"].index(q) for q in (5, 50, 95)]
+    out = []
+    for i in sorted(order):
+        name = record["tensors"][i]
+        rows = record["effective_lr"][name]
+        out.append(Series(name, record["numel"][i], record["steps"], *([row[j] for row in rows] for j in where)))
+    return out
