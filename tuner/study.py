@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from tuner import spaces
 from tuner.batched import population_size, train_batched
-from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace
+from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace, check_type
 from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
 from tuner.export import config_from_dict, config_to_dict
 from tuner.outcomes import FINISHED, outcome
@@ -75,6 +75,11 @@ def _sqlite_file_exists(url: str) -> bool:
 
 
 def _build(where: str, cls: type, component: Component, **defaults: Any) -> Any:
+    signature = inspect.signature(cls).parameters
+    for key, value in component.kwargs.items():
+        if key in signature:  # ``n_startup_trials: true`` would run with 1
+            default = signature[key].default
+            check_type(f"{where}: {component.name}.{key}", value, None if default is inspect.Parameter.empty else default)
     try:
         return cls(**(defaults | component.kwargs))
     except (TypeError, ValueError) as err:
