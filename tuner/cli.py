@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner import __version__
-from tuner.errors import UserError, mask_url
+from tuner.errors import UserError, mask_url, url_failure
 
 
 class Parser(argparse.ArgumentParser):
@@ -275,11 +275,17 @@ def run_sync(args: argparse.Namespace) -> int:
     if not studies:
         present = ", ".join(experiment_names(storage)) or "none"
         raise UserError(f"--storage: {mask_url(args.storage)!r} has no study of experiment {name!r} (experiments there: {present})")
+    from mlflow.exceptions import MlflowException
+
     mirror = Mirror(uri, name, storage, args.storage, __version__)
     total = SyncCount()
     for study in studies:
-        count = mirror.sync(study)
-        mirror.settle(study)
+        try:
+            count = mirror.sync(study)
+            mirror.settle(study)
+        except MlflowException as err:  # never a traceback: the store's refusal, in one line (no run is left RUNNING)
+            raise UserError(f"--tracking-uri {mask_url(uri)!r}: MLflow refused a write while syncing {study!r}: {url_failure(err, uri)}; "
+                            "the Optuna storage is unchanged") from None
         total += count
         print(f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted (cut short or stale)")
     print(f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: {total.written + total.kept} runs")
@@ -331,6 +337,11 @@ def _check_writable_folder(path: Path) -> None:
     """``path`` is a folder, or can be made one, that we can write to; creates nothing."""
     import os
 
+    # Room for the longest file written inside (a file name of up to 255 bytes) under the system's path limit.
+    limit = os.pathconf("/", "PC_PATH_MAX") - 256 if hasattr(os, "pathconf") else math.inf
+    if any(len(os.fsencode(part)) > 255 for part in path.parts) or len(os.fsencode(path.absolute())) > limit:
+        shown = str(path) if len(str(path)) <= 60 else str(path)[:60] + "..."
+        raise UserError(f"--out: {shown!r} is too long (allowed: folder names of at most 255 bytes, the whole path at most {limit} bytes)")
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -325,6 +325,21 @@ EXPERIMENT_KEYS = (
     "name", "task", "task_args", "optimizers", "schedules", "trials", "epochs", "batch_size",
     "seed", "sampler", "pruner", "objective", "final_seeds", "target", "batch_trials",
 )  # fmt: skip
+# An experiment's and a search space's names become a folder (runs/<name>), file names (best-<space>.yaml),
+# an MLflow experiment name (at most 500 characters) and an Optuna study name <name>/<space> (at most 512):
+# 200 bytes of UTF-8 each keeps every one of them within its limit (file names: 255 bytes).
+MAX_NAME_BYTES = 200
+
+
+def check_name(where: str, name: str) -> None:
+    """``name`` can name a folder, a file, an MLflow experiment and an Optuna study; else :class:`UserError`."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES or "\0" in name or name in (".", ".."):
+        raise UserError(f"{where}: {name[:40]!r}{'...' if len(name) > 40 else ''} ({size} bytes) is not allowed as a name "
+                        f"(at most {MAX_NAME_BYTES} bytes of UTF-8, no NUL character, not '.' or '..': it names a folder, files, "
+                        "an MLflow experiment and Optuna studies)")
+
+
 # Samplers take seeds below 2**32; seed + trial count + final seeds stay below it.
 MAX_SEED = 2**31 - 1
 REQUIRED_KEYS = ("name", "task", "optimizers", "trials", "epochs", "seed")
@@ -396,6 +411,7 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
     name = data["name"]
     if not isinstance(name, str) or not name.strip() or "/" in name:
         raise UserError(f"{at('name')}: {name!r} is not allowed (a non-empty string without '/')")
+    check_name(at("name"), name)
     if not isinstance(data["task"], str):
         raise UserError(f"{at('task')}: {data['task']!r} is not allowed (a task name or package.module:factory)")
     task_args = data.get("task_args") or {}
@@ -409,6 +425,8 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
     base = path.parent
     spaces = tuple(find_space(ref, base, at("optimizers")) for ref in refs)
     names = [s.name for s in spaces]
+    for space in spaces:
+        check_name(f"{at('optimizers')}: {space.source}", space.name)
     if len(set(names)) != len(names):
         raise UserError(f"{at('optimizers')}: {names} names a study twice (each search space needs its own file name)")
     schedule_names = data.get("schedules")

@@ -65,6 +65,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -89,6 +90,7 @@ EPOCH_COLUMNS = ("train_loss", "val_loss", "val_metric", "lr")
 # MLflow's limits per log_batch call.
 BATCH = {"metrics": 1000, "params": 100, "tags": 100}
 TRACEBACK_CHARS = 4000
+_KEY_REFUSED = re.compile(r"[^\w.\- ]")
 # After a tracking failure the follower leaves the store alone this long (seconds).
 RETRY_SECONDS = 30.0
 # The follower's HTTP client gives up sooner than MLflow's defaults (7 retries,
@@ -182,12 +184,19 @@ def config_params(config: dict[str, Any], device: str) -> dict[str, str]:
     params |= {k: v for k, v in training.items() if k != "task_args"}
     params |= {f"task_args.{k}": v for k, v in (training.get("task_args") or {}).items()}
     params["device"] = device
-    return {k: str(v) for k, v in params.items()}
+    return {mlflow_key(k): str(v) for k, v in params.items()}
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` as an MLflow metric or param key: every character outside letters, digits, ``_ - .`` and space becomes
+    ``_`` (``val_mae@1`` -> ``val_mae_1``). MLflow refuses other characters in keys (``:`` on Windows servers, ``/``
+    where the key would resolve to another path), and a run that cannot be written would leave a gap in the mirror."""
+    return _KEY_REFUSED.sub("_", name)
 
 
 def metric_names(metric: str) -> dict[str, str]:
     """History column -> MLflow metric name; a task whose metric is its loss logs it once."""
-    names = {"train_loss": "train_loss", "val_loss": "val_loss", "val_metric": f"val_{metric}", "lr": "lr"}
+    names = {"train_loss": "train_loss", "val_loss": "val_loss", "val_metric": mlflow_key(f"val_{metric}"), "lr": "lr"}
     if metric == "loss":
         del names["val_metric"]
     return names
@@ -214,7 +223,7 @@ def trial_record(study: str, optimizer: str, metric: str, trial: FrozenTrial) ->
         metrics.append(("objective", float(trial.value), max(trial.intermediate_values, default=0), end))
     tags = {"tuner.role": "trial", "tuner.study": study, "tuner.trial": str(trial.number), "tuner.outcome": state}
     if attrs.get("reason"):
-        tags["tuner.reason"] = str(attrs["reason"])
+        tags["tuner.reason"] = str(attrs["reason"])[:TRACEBACK_CHARS]
     if attrs.get("traceback"):
         tags["tuner.traceback"] = str(attrs["traceback"])[-TRACEBACK_CHARS:]
     return RunRecord(
@@ -240,9 +249,9 @@ def final_records(study: str, optimizer: str, setup: dict[str, Any], final: dict
         end = start + round(1000 * (history.get("seconds") or [0.0])[-1])
         metrics = epoch_metrics(history, setup.get("metric", "metric"), start)
         last = history["epoch"][-1] if history.get("epoch") else 0
-        metrics += [(f"test_{label}", final["test_objective"][i], last, end)]
+        metrics += [(mlflow_key(f"test_{label}"), final["test_objective"][i], last, end)]
         if label != setup.get("metric"):
-            metrics += [(f"test_{setup.get('metric')}", final["test_metric"][i], last, end)]
+            metrics += [(mlflow_key(f"test_{setup.get('metric')}"), final["test_metric"][i], last, end)]
         seeded = config | {"training": config.get("training", {}) | {"seed": seed}}
         records.append(RunRecord(
             key=f"final/{final['trial']}/{seed}",
@@ -348,9 +357,8 @@ class Mirror:
         else:
             optimizer = study.rsplit("/", 1)[-1]
             tags = {"tuner.role": "study", "tuner.study": study, "tuner.study_uid": uid, "tuner.storage": self.storage_url, "tuner.version": self.version}
-            run_id = self.client.create_run(self.experiment_id, run_name=optimizer, tags=tags).info.run_id
             setup = {k: v for k, v in attrs.get("setup", {}).items() if k not in ("space", "schedules")}
-            self._log(run_id, params={k: str(v) for k, v in setup.items()})
+            run_id = self._create(RunRecord("", optimizer, "RUNNING", _ms(None), 0, {k: str(v) for k, v in setup.items()}, tags))
             if status is None:
                 self.client.set_terminated(run_id, "FINISHED")
         self.parents[study] = run_id
@@ -396,6 +404,16 @@ class Mirror:
             )
             params_, tags_, metrics = params_[BATCH["params"] :], tags_[BATCH["tags"] :], metrics[BATCH["metrics"] :]
 
+    def _create(self, record: RunRecord, tags: dict[str, str] | None = None) -> str:
+        """A new run of ``record`` (with ``tags`` added), left RUNNING; one the store refuses to complete is deleted, not left RUNNING."""
+        run = self.client.create_run(self.experiment_id, start_time=record.start_ms, tags=record.tags | (tags or {}), run_name=record.name)
+        try:
+            self._log(run.info.run_id, params=record.params, metrics=record.metrics)
+        except BaseException:
+            self.client.delete_run(run.info.run_id)
+            raise
+        return run.info.run_id
+
     def write(self, study: str, record: RunRecord, existing: list[Any] | None = None) -> SyncCount:
         """Write ``record`` under the study's parent unless a finished copy is already there; remove the rest."""
         if existing is None and record.key in self.runs.get(study, {}):
@@ -413,9 +431,7 @@ class Mirror:
             self.runs[study][record.key] = done[0].info.run_id
             count.kept += 1
             return count
-        tags = record.tags | {"mlflow.parentRunId": parent}
-        run_id = self.client.create_run(self.experiment_id, start_time=record.start_ms, tags=tags, run_name=record.name).info.run_id
-        self._log(run_id, params=record.params, metrics=record.metrics)
+        run_id = self._create(record, {"mlflow.parentRunId": parent})
         self.client.set_terminated(run_id, record.status, end_time=record.end_ms)
         self.runs[study][record.key] = run_id
         count.written += 1
