@@ -1,16 +1,21 @@
-"""Names that a downstream store refuses: mapped to a documented form (MLflow keys) or refused up front (tests/test_validation.py).
-
+"""Names a downstream store refuses (mapped to a documented form, or refused up front: tests/test_validation.py), and what is
+printed to be pasted or clicked (shell-quoted commands, percent-encoded links), with paths that hold spaces and non-ASCII letters.
 Real Optuna storages and MLflow stores in temporary folders.
 """
 
 from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from urllib.parse import unquote
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from tuner.cli import main
+from tuner.cli import main, sync_command
 from tuner.tracking import Mirror, RunRecord, mlflow_key
 
 TASK = '''
@@ -47,7 +52,7 @@ class Tiny:
 
 EXPERIMENT = """name: "metric at"
 task: at_metric:Tiny
-optimizers: [sgd]
+optimizers: ["my späce.yaml"]
 schedules: [constant]
 trials: 2
 epochs: 2
@@ -67,15 +72,25 @@ def test_mlflow_key_keeps_what_mlflow_allows_everywhere_and_maps_the_rest_to_und
 
 
 def test_a_metric_name_mlflow_refuses_is_logged_under_its_mapped_key_and_sync_has_nothing_to_do(tmp_path, monkeypatch, capsys):
+    """Case 01 (a metric named ``mae@1``), in a folder with a space, as in case 06: the printed command and links work."""
+    tmp_path = tmp_path / "my folder"
+    tmp_path.mkdir()
     (tmp_path / "at_metric.py").write_text(TASK)
     (tmp_path / "exp.yaml").write_text(EXPERIMENT)
+    (tmp_path / "my späce.yaml").write_text("optimizer: SGD\nparams:\n  lr: {low: 1.0e-3, high: 1.0e-1, scale: log}\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = f"sqlite:///{tmp_path}/ml flow.db"
     common = ["--storage", f"sqlite:///{tmp_path}/t.db", "--tracking-uri", uri]
     assert main(["study", "exp.yaml", *common, "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "incomplete" not in err and "tracking: 3 runs" in err, err
+    browse = re.search(r"\(browse: (.*)\)$", err, re.MULTILINE).group(1)
+    assert shlex.split(browse) == ["mlflow", "ui", "--backend-store-uri", uri]
+    links = re.findall(r"\]\(([^)]*)\)", (tmp_path / "out" / "summary.md").read_text())
+    assert "best-my%20sp%C3%A4ce.yaml" in links
+    for link in links:  # CommonMark ends an unbracketed link target at a space
+        assert " " not in link and (tmp_path / "out" / unquote(link)).is_file(), link
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("metric at")
@@ -108,3 +123,10 @@ def test_a_run_the_store_refuses_is_deleted_not_left_running(tmp_path):
     children = [r for r in runs if r.data.tags.get("tuner.role") == "trial"]
     assert [(r.info.status, r.info.lifecycle_stage) for r in children] == [("RUNNING", "deleted")]
     assert client.search_runs([mirror.experiment_id], filter_string="tags.`tuner.role` = 'trial'") == []
+
+
+def test_the_printed_sync_command_pastes_into_a_shell_as_the_arguments_it_names():
+    args = argparse.Namespace(experiment="my exp.yaml", storage="sqlite:////home/a b/d b.db")
+    command = sync_command(args, "http://bob:secret@host:5000/it's")
+    assert shlex.split(command) == ["python", "-m", "tuner", "sync", "my exp.yaml", "--storage", "sqlite:////home/a b/d b.db",
+                                    "--tracking-uri", "http://bob:***@host:5000/it's"]

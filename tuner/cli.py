@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -248,15 +249,21 @@ def _on_trial(study: str, progress: _progress, follower: Any) -> Any:
     return on_trial
 
 
+def sync_command(args: argparse.Namespace, uri: str) -> str:
+    """The ``tuner sync`` command that completes this study command's MLflow mirror, quoted for a POSIX shell
+    (paths with spaces paste as they are; a password stays masked)."""
+    return shlex.join(["python", "-m", "tuner", "sync", args.experiment or "quickstart", "--storage", mask_url(args.storage),
+                       "--tracking-uri", mask_url(uri)])
+
+
 def _report_tracking(follower: Any, experiment: str, uri: str, args: argparse.Namespace) -> None:
     """Wait for the follower's last sync and say where the runs are, or what is missing and how to fill it."""
     report = follower.close()
     if report.get("error"):
-        command = f"python -m tuner sync {args.experiment or 'quickstart'} --storage {mask_url(args.storage)} --tracking-uri {mask_url(uri)}"
         print(f"tracking: the MLflow mirror is incomplete ({report['error']}); every trial is in the Optuna storage: "
-              f"run `{command}` to complete it", file=sys.stderr)
+              f"run `{sync_command(args, uri)}` to complete it", file=sys.stderr)
     else:
-        browse = f" (browse: mlflow ui --backend-store-uri {uri})" if uri.startswith("sqlite") else ""
+        browse = f" (browse: {shlex.join(['mlflow', 'ui', '--backend-store-uri', uri])})" if uri.startswith("sqlite") else ""
         print(f"tracking: {report['runs']} runs in MLflow experiment {experiment!r} at {mask_url(uri)}{browse}", file=sys.stderr)
 
 

@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 import torch
@@ -342,14 +343,21 @@ def summary(report: Report, out: Path) -> str:
         "",
         "## Figures",
         "",
-        *[f"- [{name}.png](plots/{name}.png): {about}" for name, (_, about) in plots.FIGURES.items()],
+        *[f"- {_link(name + '.png', 'plots/' + name + '.png')}: {about}" for name, (_, about) in plots.FIGURES.items()],
         "",
         "## Best configs",
         "",
     ]
     configs = [p.name for p in [out / "best.yaml", *(out / f"best-{o.name}.yaml" for o in report.optimizers)] if p.is_file()]
-    lines += [f"- [{name}]({name})" for name in configs] or ["- none in this folder: `tuner study` writes them"]
+    lines += [f"- {_link(name, name)}" for name in configs] or ["- none in this folder: `tuner study` writes them"]
     return "\n".join(lines)
+
+
+def _link(text: str, target: str) -> str:
+    """A Markdown link to the relative path ``target`` that CommonMark keeps a link whatever the file name:
+    the target percent-encoded (spaces, non-ASCII letters, parentheses), brackets in the text escaped."""
+    label = text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    return f"[{label}]({quote(target, safe='/')})"
 
 
 def write_report(report: Report, out: Path) -> list[Path]:
