@@ -150,8 +150,8 @@ def prepare(args: argparse.Namespace, device_spec: str) -> tuple[Any, Any, Any, 
 def run_study(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuner import analysis, export
     from tuner.jobs import run_workers
+    from tuner.outputs import write_outputs
     from tuner.study import StudyRunner, check_resumable, open_storage, study_name, trials_at_once
     from tuner.tracking import Follower, check_reachable, tracking_uri
 
@@ -195,7 +195,6 @@ def run_study(args: argparse.Namespace) -> int:
             if lost:
                 print(f"workers ended early: {', '.join(lost)}; their finished trials are stored, this process trains what is left",
                       file=sys.stderr)
-        summaries, studies = [], {}
         for space in experiment.optimizers:
             # With --jobs the workers met the budget; this tops up what a lost worker left.
             runner = StudyRunner(experiment, space, setup, task, data, storage)
@@ -206,31 +205,22 @@ def run_study(args: argparse.Namespace) -> int:
                     if follower:
                         follower.end(runner.name, "FAILED")
                     raise
-            summaries.append(analysis.summarize(space.name, runner.study, runner.final_evaluation(seeds)))
-            studies[space.name] = runner.study
+            runner.final_evaluation(seeds)  # stored in the study, for the outputs below
 
         source = {"experiment": experiment.name, "experiment_file": experiment.source, "storage": mask_url(args.storage), "tuner_version": __version__}
         if tracking:
             source["tracking_uri"] = mask_url(tracking[0])
-        configs = {}
-        for summary in summaries:
-            if summary.best_trial is not None:
-                run_id = follower.runs(summary.study).get(summary.best_trial) if follower else None
-                found = source | ({"mlflow_run_id": run_id} if run_id else {})
-                configs[summary.optimizer] = analysis.best_config(summary, studies[summary.optimizer], setup.label, setup.direction, found)
-        best = analysis.winner(summaries, setup.direction)
-        files = {name: [export.write_config(cfg, out / f"best-{name}.yaml")] for name, cfg in configs.items()}
-        if best is not None:
-            shared = [export.write_config(configs[best.optimizer], out / "best.yaml")]
-            files = {name: paths + shared for name, paths in files.items()}
-        written = ["best.yaml"] * (best is not None) + [f"best-{n}.yaml" for n in configs]
-        report_files = write_report(storage, experiment.name, list(names), out, experiment.target)
-        print(f"\noutputs in {out}/: {', '.join(written) or 'none (no trial completed)'}; report: {', '.join(str(p.relative_to(out)) for p in report_files)}")
-        if best is not None:
-            print(f"winner: {best.optimizer} (final-seed validation {setup.label} mean over seeds {seeds})")
+        run_ids = {study: follower.runs(study) for study in names.values()} if follower else {}
+        done = write_outputs(storage, experiment.name, out, target=experiment.target, source=source, run_ids=run_ids)
+        print(done.summary)
+        written = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()]
+        print(f"\noutputs in {out}/ (every study of experiment {experiment.name!r}): {', '.join(written) or 'none (no trial completed)'}; "
+              f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}")
+        if done.best is not None:
+            print(f"winner: {done.report.winner} (final-seed validation {setup.label} mean over seeds {seeds})")
         if follower:
             for name, study in names.items():
-                follower.attach(study, [*report_files, *files.get(name, [])], out)
+                follower.attach(study, [*done.report_files, *([done.configs[name]] if name in done.configs else []), *([done.best] if done.best else [])], out)
                 follower.end(study, "FINISHED")
     finally:
         if follower:
@@ -299,44 +289,33 @@ def run_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_report(storage: Any, experiment: str, spaces: list[str] | None, out: Path, target: float | None, importance: str = "ped-anova",
-                 where: str = "--experiment") -> list[Path]:  # fmt: skip
-    """Figures in ``out/plots/`` and ``out/summary.md`` from the studies of ``experiment`` in ``storage``; prints the summary.
-
-    ``spaces`` picks and orders the studies (None: all of the experiment's).
-    Returns the paths written, the summary first.
-    """
-    from tuner import report
-
-    built = report.build_report(report.load_studies(storage, experiment, spaces, where), target=target, evaluator=importance)
-    paths = report.write_report(built, out)
-    print(report.summary(built, out))
-    return paths
-
-
-def _select_experiment(args: argparse.Namespace) -> tuple[str, list[str] | None, float | None, str]:
-    """``plot`` and ``sync``: the experiment's name, its optimizers (None: every study of that name), target, and where they came from."""
+def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str]:
+    """``plot`` and ``sync``: the experiment's name, target, and where they came from (every study of that name is used)."""
     from tuner import config
 
     if args.experiment and args.name:
         raise UserError(f"--experiment {args.name!r} and the experiment file {args.experiment!r}: give one, not both")
     if args.name:
-        return args.name, None, getattr(args, "target", None), "--experiment"
+        return args.name, getattr(args, "target", None), "--experiment"
     experiment = config.load_experiment(config.find_experiment(args.experiment), {"target": getattr(args, "target", None)})
-    return experiment.name, [s.name for s in experiment.optimizers], experiment.target, experiment.at("name")
+    return experiment.name, experiment.target, experiment.at("name")
 
 
 def run_plot(args: argparse.Namespace) -> int:
     import optuna
 
+    from tuner.outputs import write_outputs
     from tuner.study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name, spaces, target, where = _select_experiment(args)
+    name, target, where = _select_experiment(args)
     out = args.out or Path("runs") / name
     _check_writable_folder(out)
-    paths = write_report(open_storage(args.storage, must_exist=True), name, spaces, out, target, args.importance, where)
-    print(f"\noutputs in {out}/: {', '.join(str(p.relative_to(out)) for p in paths)}")
+    source = {"experiment": name, "storage": mask_url(args.storage), "tuner_version": __version__}
+    done = write_outputs(open_storage(args.storage, must_exist=True), name, out, target=target, importance=args.importance, source=source, where=where)
+    print(done.summary)
+    files = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()] + [str(p.relative_to(out)) for p in done.report_files]
+    print(f"\noutputs in {out}/ (every study of experiment {name!r}): {', '.join(files)}")
     return 0
 
 

@@ -17,7 +17,8 @@ Layout in the tracking store (``--tracking-uri``, default ``sqlite:///mlflow.db`
   epoch: ``train_loss``, ``val_loss``, ``val_<metric>`` (``val_accuracy``) and
   ``lr`` (the learning rate of the epoch's last step), timestamped with the
   epoch's wall-clock time; then ``objective`` (the trial's value, complete
-  trials only). Tags: ``tuner.role`` = ``trial``, ``tuner.study``,
+  trials only). Metric and param keys pass through :func:`mlflow_key`
+  (``val_mae@1`` -> ``val_mae_1``). Tags: ``tuner.role`` = ``trial``, ``tuner.study``,
   ``tuner.trial`` (the Optuna trial number), ``tuner.outcome``, ``tuner.reason``
   and, for a failed trial, ``tuner.traceback``;
 - one nested **child run per final-evaluation seed**, named
@@ -609,16 +610,20 @@ class _Session:
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
         op, study = message["op"], message.get("study", "")
-        if op == "runs":
-            runs = self.mirror.runs.get(study, {}) if self.mirror else {}
-            return {"op": "runs", "runs": {k.split("/")[1]: v for k, v in runs.items() if k.startswith("trial/")}}
         if op == "attach":
             self.attachments.append((study, message["paths"]))
         if op == "end":
             self.ended[study] = message["status"]
         if self.error is not None and time.monotonic() - self.failed_at < RETRY_SECONDS:
             self.dirty.add(study)
-            return None
+        else:
+            self._mirror(op, study, message)
+        if op == "runs":  # after a first sync of the study: a resumed study that ran no trial still knows its runs
+            runs = self.mirror.runs.get(study, {}) if self.mirror else {}
+            return {"op": "runs", "runs": {k.split("/")[1]: v for k, v in runs.items() if k.startswith("trial/")}}
+        return None
+
+    def _mirror(self, op: str, study: str, message: dict[str, Any]) -> None:
         try:
             mirror = self.connect()
             if study not in self.running or study in self.dirty:
@@ -639,7 +644,6 @@ class _Session:
         except Exception as err:  # the study goes on; a later message or finish() catches up
             self.error, self.failed_at = reason(err), time.monotonic()
             self.dirty.add(study)
-        return None
 
     def finish(self) -> dict[str, Any]:
         """One last try at everything still owed; parents this session left RUNNING become KILLED."""
