@@ -61,6 +61,12 @@ def finite_float(text: str) -> float:
     return value
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="torch's CPU threads per training process (torch.set_num_threads; default: torch's choice, with --jobs the "
+                             "cores split among the workers); on a shared machine, 1 or 2 keep training from slowing to a crawl")
+
+
 TARGET_HELP = "speed target: the validation objective whose first epoch is reported (default: the least good of the optimizers' final means)"
 
 
@@ -86,6 +92,7 @@ def build_parser() -> Parser:
     study.add_argument("--jobs", type=positive_int, default=1, help="worker processes training trials at once (default 1; CUDA devices round-robin, CPU cores split)")
     study.add_argument("--batch-trials", type=positive_int, metavar="K",
                        help="train K trials of a study at once as one vectorized model (default: the experiment's batch_trials, else 1)")
+    add_threads_argument(study)
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
     study.add_argument("--target", type=finite_float, help=TARGET_HELP)
     study.set_defaults(func=run_study)
@@ -103,9 +110,13 @@ def build_parser() -> Parser:
 
     train = commands.add_parser("train", help="re-train an exported config and report mean ± sd")
     train.add_argument("config", type=Path, help="best-config YAML written by `tuner study`")
-    train.add_argument("--seeds", type=positive_int, default=1, help="number of seeds: the config's seed, seed+1, ... (default 1)")
+    train.add_argument("--seeds", type=positive_int, default=1, help="number of seeds: first, first+1, ... (default 1)")
+    train.add_argument("--first-seed", type=seed_int, metavar="S",
+                       help="the first seed (default: the config's training.seed, the seed it was selected on, which reproduces the trial "
+                            "and is optimistic; the config's seed + 1 gives the fresh seeds of tuner study's final evaluation)")
     train.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     train.add_argument("--amp", help="mixed precision: none or bf16 (CUDA only); default: the config's training.amp")
+    add_threads_argument(train)
     train.set_defaults(func=run_train)
 
     sync = commands.add_parser("sync", help="rebuild or complete the MLflow runs of an experiment from the Optuna storage")
@@ -379,12 +390,16 @@ def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from tuner.analysis import mean_sd, pm
+    from tuner.config import MAX_SEED
     from tuner.export import load_config
     from tuner.tasks import load_data, load_task
     from tuner.train import check_amp, keep_freed_memory, objective_label, resolve_device, train
 
     keep_freed_memory()
     cfg = load_config(args.config)
+    first = cfg.seed if args.first_seed is None else args.first_seed
+    if first + args.seeds - 1 > MAX_SEED:
+        raise UserError(f"--first-seed {first} with --seeds {args.seeds}: seeds up to {first + args.seeds - 1} are not allowed (at most {MAX_SEED})")
     device = resolve_device(args.device)
     if args.amp is not None:
         cfg = dataclasses.replace(cfg, amp=args.amp)
@@ -393,7 +408,10 @@ def run_train(args: argparse.Namespace) -> int:
     data = load_data(task, device, f"{args.config}: training.task")
     label = objective_label(cfg.objective, task.metric)
     objectives, metrics = [], []
-    for seed in range(cfg.seed, cfg.seed + args.seeds):
+    if args.first_seed is None:
+        print(f"seeds from {first}, the config's own: seed {first} reproduces the trial it was selected on (optimistic); "
+              f"--first-seed {first + 1} for fresh seeds", file=sys.stderr)
+    for seed in range(first, first + args.seeds):
         result = train(task, data, cfg, seed=seed, test=True)
         last = result.history[-1]
         objectives.append(last.objective(cfg.objective))
@@ -423,6 +441,10 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except UserError as err:

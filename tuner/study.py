@@ -259,6 +259,10 @@ class StudyRunner:
             self.study.set_user_attr("setup", setup.stored(space, experiment.schedules))
         if "uid" not in self.study.user_attrs:  # tells this study from one deleted and created again under its name
             self.study.set_user_attr("uid", uuid.uuid4().hex)
+        if self.study.metric_names is None:  # optuna-dashboard and trials_dataframe name the objective by it ("Objective 0" without)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names([f"val_{setup.label}"])
         self._study_id = storage.get_study_id_from_name(self.name)
         # Trials run against an in-memory copy of the study and reach the
         # storage once, whole, when they end. A report and a pruning decision

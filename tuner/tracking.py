@@ -33,7 +33,7 @@ MLflow run status:
 outcome     MLflow status why
 =========== ============= ==================================================
 complete    FINISHED      trained every epoch
-pruned      KILLED        stopped on purpose, by the pruner
+pruned      FINISHED      stopped on purpose, by the pruner (tag ``tuner.outcome``)
 diverged    FAILED        the loss or metric became NaN or infinite
 failed      FAILED        the task's code raised (``tuner.traceback``)
 interrupted KILLED        Ctrl-C
@@ -85,7 +85,11 @@ from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
 from tuner.outcomes import FINISHED, outcome
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-STATUS = {"complete": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "failed": "FAILED", "interrupted": "KILLED"}
+# A pruned trial ended as tuning meant it to (Optuna's MLflowCallback logs it FINISHED too): the MLflow UI draws
+# FAILED and KILLED alike as a red failure. ``tuner.outcome`` tells pruned from complete.
+STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "interrupted": "KILLED"}
+# The MLflow 3 UI opens an experiment without this tag in its GenAI (traces) view; tuner's runs are model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Per-epoch columns of a stored history, and their MLflow metric names.
 EPOCH_COLUMNS = ("train_loss", "val_loss", "val_metric", "lr")
 # MLflow's limits per log_batch call.
@@ -322,7 +326,10 @@ class Mirror:
         found = self.client.get_experiment_by_name(experiment)
         if found is not None and found.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment {experiment!r} in {mask_url(uri)!r} is deleted: restore it (`mlflow experiments restore`) or remove it for good (`mlflow gc`)")
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment, tags=EXPERIMENT_KIND)
+        if found is not None and not any(key in found.tags for key in EXPERIMENT_KIND):  # made by an earlier tuner; a kind the user chose stays
+            for key, value in EXPERIMENT_KIND.items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
         self.parents: dict[str, str] = {}  # study name -> parent run id
         self.runs: dict[str, dict[str, str]] = {}  # study name -> record key -> child run id
 
