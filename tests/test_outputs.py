@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import optuna
 import yaml
 from mlflow import MlflowClient
 
@@ -59,6 +60,9 @@ def test_study_and_plot_in_any_order_leave_one_consistent_folder(tmp_path, monke
 
     assert main(study) == 0
     first = check_folder(out, uri)
+    # What the MLflow UI and optuna-dashboard read: a model-training experiment, and the objective's name.
+    assert MlflowClient(uri).get_experiment_by_name("t").tags["mlflow.experimentKind"] == "custom_model_development"
+    assert optuna.load_study(study_name="t/adam", storage=f"sqlite:///{tmp_path}/t.db").metric_names == ["val_accuracy"]
 
     assert main(study) == 0  # a resume that trains nothing
     assert check_folder(out, uri) == first

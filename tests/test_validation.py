@@ -248,6 +248,7 @@ CASES = [
     study("flag-out-folder-name-too-long", ["--out", "too long", "255 bytes"], flags=("--out", "o" * 256)),
     study("flag-out-path-too-long", ["--out", "too long", "whole path"], flags=("--out", "/".join(["o" * 200] * 21))),
     study("flag-unknown-option", ["--trails", "unrecognized"], flags=("--trails", "3")),
+    study("flag-threads-text", ["--threads", "'two'", "integer"], flags=("--threads", "two")),
     study("flag-jobs-zero", ["--jobs", "'0'", ">= 1"], flags=("--jobs", "0")),
     study("flag-jobs-text", ["--jobs", "'two'", "integer"], flags=("--jobs", "two")),
     study("flag-tracking-unreachable", ["--tracking-uri", "'http://127.0.0.1:9'", "cannot reach", "mlflow server", "--no-tracking"],
@@ -313,6 +314,10 @@ CASES = [
          {"cfg.yaml": config(optimizer={"kwargs": {"lr": 0.01, "betas": [False, 0.999]}})}),
     case("train-amsgrad-number", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.kwargs.amsgrad", "1", "a bool"],
          {"cfg.yaml": config(optimizer={"kwargs": {"lr": 0.01, "amsgrad": 1}})}),
+    case("train-first-seed-negative", ["train", "cfg.yaml", "--first-seed", "-1"], ["--first-seed", "'-1'", ">= 0"], {"cfg.yaml": config()}),
+    case("train-first-seed-too-large", ["train", "cfg.yaml", "--first-seed", str(2**31 - 2), "--seeds", "3"],
+         ["--first-seed 2147483646", "--seeds 3", "2147483648", "at most 2147483647"], {"cfg.yaml": config()}),
+    case("train-threads-zero", ["train", "cfg.yaml", "--threads", "0"], ["--threads", "'0'", ">= 1"], {"cfg.yaml": config()}),
     case("train-epochs-zero", ["train", "cfg.yaml"], ["cfg.yaml", "epochs", "0", ">= 1"],
          {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"epochs": 0})}),
 ]
