@@ -22,6 +22,7 @@ import yaml
 from tuner import analysis, export, report, strict_yaml
 from tuner.config import Config
 
+
 @dataclass(frozen=True)
 class Outputs:
     """What :func:`write_outputs` wrote: the report, and the best-config files by space name (the winner's also as ``best.yaml``)."""
@@ -46,10 +47,10 @@ def write_outputs(
 ) -> Outputs:
     """Rewrite ``out`` from every study of ``experiment`` in ``storage``, in the order they were created (see the module's docstring).
 
-    ``source``: the ``source``
-    section of the best-config files; ``run_ids``: study name -> trial number ->
-    MLflow run id, known to a tracked ``tuner study``. Raises
-    :class:`~tuner.errors.UserError` when the experiment has no study there.
+    ``target`` and ``importance``: as :func:`tuner.report.build_report` takes them. ``source``: the ``source``
+    section of the best-config files; ``run_ids``: study name -> trial number -> MLflow run id, known to a
+    tracked ``tuner study``. Raises :class:`~tuner.errors.UserError` (naming ``where``) when the experiment
+    has no study there.
     """
     studies = report.load_studies(storage, experiment, None, where)
     built = report.build_report(studies, target=target, evaluator=importance)
