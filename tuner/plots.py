@@ -60,15 +60,17 @@ def _log_if_wide(ax: Axes, values: Iterable[float | None], axis: str = "y") -> N
     """A log scale on ``axis`` when the values are positive and span a decade or more.
 
     Labelled between the decades too where they fit (every minor tick up to about a decade and a
-    quarter, some of them up to two decades) and gridded at every minor tick, so that 0.08 and 0.09
-    can be told apart on an axis labelled 0.1 and 1.
+    quarter, some of them up to two decades) and gridded at every minor tick up to three decades, so
+    that 0.08 and 0.09 can be told apart on an axis labelled 0.1 and 1.
     """
-    if _wide(_finite(values)):
+    finite = _finite(values)
+    if _wide(finite):
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
         target = ax.yaxis if axis == "y" else ax.xaxis
         target.set_major_formatter(_PlainLog())
         target.set_minor_formatter(_PlainLog(labelOnlyBase=False, minor_thresholds=(2, 1.25)))
-        ax.grid(which="minor", axis=axis, alpha=0.12)
+        if max(finite) <= 1000 * min(finite):  # over more decades, a line per minor tick would be a grey wash
+            ax.grid(which="minor", axis=axis, alpha=0.12)
 
 
 def _shown(report: Report, points: Iterable[TrialPoint]) -> list[float]:
