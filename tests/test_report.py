@@ -21,6 +21,7 @@ from tuner.config import load_experiment
 from tuner.export import config_from_dict
 from tuner.report import (
     MIN_IMPORTANCE_TRIALS,
+    MIN_WEAK_IMPORTANCE_TRIALS,
     Importance,
     best_so_far,
     build_report,
@@ -172,8 +173,10 @@ def test_importance_keeps_the_conditional_parameters_and_says_when_trials_are_to
     assert sum(result.values.values()) == pytest.approx(1.0)
     for evaluator in ("fanova", "mdi"):
         assert set(importance(study, evaluator).values) == {"lr", "schedule"}
-    few = importance(add_study(None, "i/sgd", trials[: MIN_IMPORTANCE_TRIALS - 1]))
-    assert few.values == {} and str(MIN_IMPORTANCE_TRIALS) in few.note
+    weak = importance(add_study(None, "i/rmsprop", trials[: MIN_IMPORTANCE_TRIALS - 1]))
+    assert weak.values and "weak estimate" in weak.note and str(MIN_IMPORTANCE_TRIALS) in weak.note
+    few = importance(add_study(None, "i/sgd", trials[: MIN_WEAK_IMPORTANCE_TRIALS - 1]))
+    assert few.values == {} and str(MIN_WEAK_IMPORTANCE_TRIALS) in few.note
     # Every panel uses one order: by total importance, most important first.
     panels = [Importance({"lr": 0.5, "eps": 0.5}, 20), Importance({"momentum": 0.7, "lr": 0.3}, 20), few]
     assert rank_parameters(panels) == ["lr", "momentum", "eps"]
