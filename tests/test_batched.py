@@ -451,3 +451,42 @@ def test_jobs_2_with_batch_trials_keeps_the_budget_exact(workdir):
     study = optuna.load_study(study_name=name, storage=url)
     assert finished(study) == len(study.trials) == 7
     assert len({str(t.params) for t in study.trials}) == 7
+
+
+# --- what the batched path could do differently from one trial alone (issue 17, case 03) ------------------------------
+
+
+def frozen_first_layer(norm: bool) -> torch.nn.Module:
+    """digits-mlp's shape with its first layer frozen (requires_grad=False); with ``norm``, a BatchNorm1d (buffers) after it."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), *([torch.nn.BatchNorm1d(32)] if norm else []), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    model[0].requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["feed-forward", "batch-norm"])
+def test_frozen_parameters_and_buffers_train_batched_as_alone(digits, norm):
+    # torch.optim skips a parameter without a gradient: a population must never step a frozen one either,
+    # and each member's buffers (BatchNorm's running statistics) are its own.
+    task, data = digits
+
+    class Frozen(type(task)):
+        def model(self):
+            return frozen_first_layer(norm)
+
+    task = Frozen()
+    assert batched.why_not_batched(task, data) is None
+    members = [config("Adam", {"lr": 1e-2}, epochs=2, seed=0), config("Adam", {"lr": 3e-3, "weight_decay": 0.1}, epochs=2, seed=1)]
+    population = batched._Population(task, data, list(enumerate(members)))
+    before = {name: t.clone() for name, t in population.model.frozen.items()}
+    assert sorted(before) == ["0.bias", "0.weight"]
+    population.epoch()
+    assert all(torch.equal(population.model.frozen[name], t) for name, t in before.items())
+    assert all(torch.equal(population.model.frozen["0.weight"][k], seeded_model(task, c.seed, torch.device("cpu"))[0].weight) for k, c in enumerate(members))
+
+    results: dict = {}
+    train_batched(task, data, 2, feed(list(enumerate(members))), lambda key, metrics: None, results.update)
+    for key, cfg in enumerate(members):
+        alone = train(task, data, cfg)
+        for a, b in zip(results[key].history, alone.history, strict=True):
+            assert math.isclose(a.train_loss, b.train_loss, rel_tol=CURVE_RTOL)
+            assert math.isclose(a.val_loss, b.val_loss, rel_tol=CURVE_RTOL)

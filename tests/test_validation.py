@@ -93,6 +93,12 @@ CASES = [
     study("exp-missing-seed", ["exp.yaml", "missing", "'seed'", "required"], exp=experiment(seed=DROP)),
     study("exp-name-with-slash", ["exp.yaml", "name", "'a/b'", "without '/'"], exp=experiment(name="a/b")),
     study("exp-name-empty", ["exp.yaml", "name", "''", "non-empty"], exp=experiment(name="")),
+    study("exp-name-too-long", ["exp.yaml", "name", "201 bytes", "at most 200 bytes", "MLflow experiment"], exp=experiment(name="n" * 201)),
+    study("exp-name-too-long-in-utf8", ["exp.yaml", "name", "202 bytes", "at most 200 bytes"], exp=experiment(name="é" * 101)),
+    study("exp-name-nul", ["exp.yaml", "name", "NUL"], exp=experiment(name="a\0b")),
+    study("exp-name-dot-dot", ["exp.yaml", "name", "'..'", "not '.' or '..'"], exp=experiment(name="..")),
+    study("exp-space-name-too-long", ["exp.yaml", "optimizers", "201 bytes", "at most 200 bytes"],
+          exp=experiment(optimizers=["s" * 201 + ".yaml"]), files={"s" * 201 + ".yaml": "optimizer: Adam\nparams: {}\n"}),
     study("exp-unknown-optimizer", ["exp.yaml", "optimizers", "'adagrad'", "adam"], exp=experiment(optimizers=["adam", "adagrad"])),
     study("exp-optimizers-missing-yaml", ["exp.yaml", "optimizers", "missing.yaml", "adam"], exp=experiment(optimizers=["missing.yaml"])),
     study("exp-optimizers-empty", ["exp.yaml", "optimizers", "[]", "non-empty"], exp=experiment(optimizers=[])),
@@ -135,6 +141,22 @@ CASES = [
     study("exp-yaml-empty", ["exp.yaml", "mapping"], exp=""),
     study("exp-not-utf8", ["exp.yaml", "UTF-8"], exp=b"name: t\xff\xfe\n"),
     case("exp-file-missing", ["study", "nonexistent.yaml"], ["nonexistent.yaml", "no such file", "quickstart"]),
+    # YAML that means something other than what it says (tuner.strict_yaml), in every file kind
+    study("exp-duplicate-key", ["exp.yaml", "line 9", "'epochs'", "twice", "line 6", "unique"], exp=experiment() + "epochs: 2\n"),
+    study("exp-duplicate-nested-key", ["exp.yaml", "line 9", "'hidden'", "twice", "line 9"],
+          exp=experiment() + "task_args: {hidden: 32, hidden: 64}\n"),
+    study("exp-yaml11-bool-on", ["exp.yaml", "line 9", "'on'", "YAML 1.1 boolean", "true or false"], exp=experiment() + "target: on\n"),
+    study("exp-yaml11-bool-no", ["exp.yaml", "line 9", "'No'", "YAML 1.1 boolean"], exp=experiment() + "task_args: {hidden: No}\n"),
+    study("exp-yaml11-octal", ["exp.yaml", "line 8", "0123", "octal number 83"], exp=experiment(seed=DROP) + "seed: 0123\n"),
+    study("exp-yaml11-base-60", ["exp.yaml", "line 8", "1:30", "base-60"], exp=experiment(trials=DROP) + "trials: 1:30\n"),
+    study("exp-task-args-bool-for-int", ["exp.yaml", "task_args.hidden", "True", "an int", "128"], exp=experiment(task_args={"hidden": True})),
+    study("exp-task-args-text-for-int", ["exp.yaml", "task_args.hidden", "'1e2'", "YAML reads this as text"],
+          exp=experiment(task_args={"hidden": "1e2"})),
+    study("exp-sampler-bool-for-int", ["exp.yaml", "sampler", "n_startup_trials", "True", "an int"],
+          exp=experiment(sampler={"name": "tpe", "n_startup_trials": True})),
+    study("exp-pruner-text-for-int", ["exp.yaml", "pruner", "n_warmup_steps", "'3'", "an int"],
+          exp=experiment(pruner={"name": "median", "n_warmup_steps": "3"})),
+    study("exp-sampler-int-for-bool", ["exp.yaml", "sampler", "scramble", "1", "a bool"], exp=experiment(sampler={"name": "qmc", "scramble": 1})),
     # --- the task ---------------------------------------------------------------------------------
     study("task-unknown-name", ["exp.yaml", "task", "'nosuch'", "digits-mlp"], exp=experiment(task="nosuch")),
     study("task-path-does-not-import", ["exp.yaml", "task", "nosuchpkg.mod", "import"],
@@ -193,6 +215,11 @@ CASES = [
     space("space-params-not-mapping", "optimizer: Adam\nparams: [lr]\n", ["params", "mapping"]),
     space("space-malformed-yaml", "optimizer: Adam\nparams: {lr: [0.1\n", ["malformed YAML", "line"]),
     space("space-yaml-is-list", "- optimizer: Adam\n", ["mapping", "list"]),
+    space("space-duplicate-key", adam_space("lr: {low: 1.0e-4, high: 1.0e-1, scale: log}", "eps: 1.0e-8", "lr: 1.0e-3"),
+          ["line 5", "'lr'", "twice", "line 3"]),
+    space("space-duplicate-top-key", adam_space("lr: 0.01") + "optimizer: SGD\n", ["line 4", "'optimizer'", "line 1"]),
+    space("space-yaml11-bool", adam_space("amsgrad: yes"), ["line 3", "'yes'", "YAML 1.1 boolean", "true or false"]),
+    space("space-yaml11-bool-in-choices", adam_space("amsgrad: {choices: [off, on]}"), ["line 3", "'off'", "YAML 1.1 boolean"]),
     # --- command-line flags (the experiment file is valid) ------------------------------------------
     study("flag-trials-zero", ["--trials", "'0'", ">= 1"], flags=("--trials", "0")),
     study("flag-epochs-text", ["--epochs", "'abc'", "integer"], flags=("--epochs", "abc")),
@@ -218,7 +245,10 @@ CASES = [
     study("flag-seed-too-large", ["--seed", "4294967296", "2147483647"], flags=("--seed", str(2**32))),
     study("flag-out-under-a-file", ["--out", "outfile/sub", "writable folder"], flags=("--out", "outfile/sub"),
           files={"outfile": ""}),
+    study("flag-out-folder-name-too-long", ["--out", "too long", "255 bytes"], flags=("--out", "o" * 256)),
+    study("flag-out-path-too-long", ["--out", "too long", "whole path"], flags=("--out", "/".join(["o" * 200] * 21))),
     study("flag-unknown-option", ["--trails", "unrecognized"], flags=("--trails", "3")),
+    study("flag-threads-text", ["--threads", "'two'", "integer"], flags=("--threads", "two")),
     study("flag-jobs-zero", ["--jobs", "'0'", ">= 1"], flags=("--jobs", "0")),
     study("flag-jobs-text", ["--jobs", "'two'", "integer"], flags=("--jobs", "two")),
     study("flag-tracking-unreachable", ["--tracking-uri", "'http://127.0.0.1:9'", "cannot reach", "mlflow server", "--no-tracking"],
@@ -272,6 +302,22 @@ CASES = [
          {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"amp": "bf16"})}),
     case("train-amp-unknown", ["train", "cfg.yaml"], ["cfg.yaml", "training.amp", "'fp16'", "none, bf16"],
          {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"amp": "fp16"})}),
+    case("train-duplicate-key", ["train", "cfg.yaml"], ["cfg.yaml", "'lr'", "twice", "line"],
+         {"cfg.yaml": config().replace("    lr: 0.01\n", "    lr: 0.01\n    lr: 1.0\n")}),
+    case("train-lr-yes", ["train", "cfg.yaml"], ["cfg.yaml", "line", "'yes'", "YAML 1.1 boolean"],
+         {"cfg.yaml": config().replace("lr: 0.01", "lr: yes")}),
+    case("train-lr-true", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.kwargs.lr", "True", "a float"],
+         {"cfg.yaml": config(optimizer={"kwargs": {"lr": True}})}),
+    case("train-lr-text", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.kwargs.lr", "'1e-3'", "YAML reads this as text"],
+         {"cfg.yaml": config(optimizer={"kwargs": {"lr": "1e-3"}})}),
+    case("train-beta-bool", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.kwargs.betas[0]", "False", "a float"],
+         {"cfg.yaml": config(optimizer={"kwargs": {"lr": 0.01, "betas": [False, 0.999]}})}),
+    case("train-amsgrad-number", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.kwargs.amsgrad", "1", "a bool"],
+         {"cfg.yaml": config(optimizer={"kwargs": {"lr": 0.01, "amsgrad": 1}})}),
+    case("train-first-seed-negative", ["train", "cfg.yaml", "--first-seed", "-1"], ["--first-seed", "'-1'", ">= 0"], {"cfg.yaml": config()}),
+    case("train-first-seed-too-large", ["train", "cfg.yaml", "--first-seed", str(2**31 - 2), "--seeds", "3"],
+         ["--first-seed 2147483646", "--seeds 3", "2147483648", "at most 2147483647"], {"cfg.yaml": config()}),
+    case("train-threads-zero", ["train", "cfg.yaml", "--threads", "0"], ["--threads", "'0'", ">= 1"], {"cfg.yaml": config()}),
     case("train-epochs-zero", ["train", "cfg.yaml"], ["cfg.yaml", "epochs", "0", ">= 1"],
          {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"epochs": 0})}),
 ]
@@ -354,3 +400,21 @@ def test_the_valid_files_the_cases_start_from_are_accepted(tmp_path, monkeypatch
     assert load_experiment(Path("exp2.yaml")).optimizers[0].optimizer == "Adam"
     assert load_space(Path("space.yaml")).params[0].scale == "log"
     assert load_config(Path("cfg.yaml")).optimizer == "Adam"
+
+
+@pytest.mark.parametrize("kind", ["search_spaces", "experiments"])
+def test_every_shipped_file_reads_as_it_says(kind):
+    """The shipped files pass the strict loader: no duplicate key, no yes/no/on/off, no octal or base-60 number."""
+    from tuner.config import read_yaml, shipped_dir
+
+    files = sorted(shipped_dir(kind).glob("*.yaml"))
+    assert files
+    for path in files:
+        assert read_yaml(path, kind)
+
+
+def test_strict_yaml_reads_the_unambiguous_forms_as_pyyaml_does():
+    from tuner import strict_yaml
+
+    text = "a: true\nb: False\nc: 'yes'\nd: 10\ne: 1.0e-3\nf: 0\ng: 0.5\nh: -3\ni: 1_000\nbase: &b {x: 1}\nmerged: {<<: *b, x: 2}\n"
+    assert strict_yaml.load(text) == yaml.safe_load(text)

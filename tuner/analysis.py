@@ -102,8 +102,15 @@ def best_config(summary: Summary, study: optuna.Study, objective: str, direction
 
 
 def pm(stat: tuple[float, float], digits: int = 4) -> str:
-    """``mean ± sd`` for people."""
-    return f"{stat[0]:.{digits}g} ± {stat[1]:.2g}"
+    """``mean ± sd`` for people, as a measurement with its uncertainty is written: the sd to 2 significant
+    digits and the mean to the same decimal place (``0.0807 ± 0.0068``, ``0.081 ± 0.020``), so that
+    numbers side by side have the precision their spread allows. ``digits`` significant digits for the
+    mean when the sd is 0 (one seed) or not finite, or the numbers are too large for fixed point."""
+    mean, sd = stat
+    if not (math.isfinite(mean) and math.isfinite(sd)) or sd == 0 or max(abs(mean), sd) >= 1e6:
+        return f"{mean:.{digits}g} ± {sd:.2g}"
+    decimals = 1 - math.floor(math.log10(float(f"{sd:.2g}")))  # of the rounded sd: 0.0996 is 0.10
+    return f"{round(mean, decimals):.{max(decimals, 0)}f} ± {round(sd, decimals):.{max(decimals, 0)}f}"
 
 
 def table(rows: list[list[str]]) -> str:

@@ -372,11 +372,18 @@ class StackedModel:
     module; the loss always under vmap.
     Dropout draws different masks per member (``randomness="different"``);
     buffers such as BatchNorm's running statistics are each member's own.
+    A frozen parameter (``requires_grad=False``) is not in :attr:`flat`: like
+    ``torch.optim``, which skips a parameter without a gradient, the population
+    never steps it; each member keeps its own copy in :attr:`frozen`
+    (``[K, *shape]``), as it keeps its buffers.
     """
 
     def __init__(self, models: list[torch.nn.Module], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         self.module = models[0]
         params, self.buffers = stack_module_state(models)
+        trainable = {name for name, p in self.module.named_parameters() if p.requires_grad}
+        self.frozen = {name: t.detach() for name, t in params.items() if name not in trainable}
+        params = {name: t for name, t in params.items() if name in trainable}
         self.names, self.shapes = list(params), [t.shape[1:] for t in params.values()]
         self.flat = torch.cat([t.detach().flatten(1) for t in params.values()], dim=1)
         self.params = self._views()
@@ -389,20 +396,24 @@ class StackedModel:
         parts = self.flat.split([math.prod(shape) for shape in self.shapes], dim=1)
         return {name: part.view(len(self.flat), *shape).detach().requires_grad_() for name, part, shape in zip(self.names, parts, self.shapes)}
 
-    def _call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.module, (params, buffers), (x,))
+    def _call(self, params: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, (params, fixed), (x,))
+
+    def _fixed(self) -> dict[str, torch.Tensor]:
+        """What a member has besides the parameters it trains: its buffers and its frozen parameters."""
+        return self.buffers | self.frozen
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Every member's loss on its own batch: ``x[k]``, ``y[k]`` for member ``k``; ``[K]``."""
         if self._layers is not None:
-            return self._loss(_feed_forward(self._layers, self.params, x), y)
-        return self._losses(self.params, self.buffers, x, y)
+            return self._loss(_feed_forward(self._layers, self.params | self.frozen, x), y)
+        return self._losses(self.params, self._fixed(), x, y)
 
     def shared(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's output for the same inputs ``x``: ``[K, len(x), ...]``."""
         if self._layers is not None:
-            return _feed_forward(self._layers, self.params, x.expand(len(self.flat), *x.shape))
-        return self._shared(self.params, self.buffers, x)
+            return _feed_forward(self._layers, self.params | self.frozen, x.expand(len(self.flat), *x.shape))
+        return self._shared(self.params, self._fixed(), x)
 
     def grad(self) -> torch.Tensor:
         """Every member's gradients after a backward pass, shaped like :attr:`flat`; the parameters' ``.grad`` are cleared."""
@@ -419,11 +430,13 @@ class StackedModel:
 
     @torch.no_grad()
     def load(self, row: int, model: torch.nn.Module) -> None:
-        """Member ``row`` takes ``model``'s parameters and buffers."""
+        """Member ``row`` takes ``model``'s parameters (frozen ones too) and buffers."""
         own = dict(model.named_parameters())
         self.flat[row].copy_(torch.cat([own[name].flatten() for name in self.names]))
         for name, own_buffer in model.named_buffers():
             self.buffers[name][row].copy_(own_buffer)
+        for name, frozen in self.frozen.items():
+            frozen[row].copy_(own[name])
 
     def keep(self, rows: list[int]) -> None:
         """Keep only the members ``rows``, in that order (new tensors)."""
@@ -431,6 +444,7 @@ class StackedModel:
         self.flat = self.flat.index_select(0, index)
         self.params = self._views()
         self.buffers = {name: t.index_select(0, index) for name, t in self.buffers.items()}
+        self.frozen = {name: t.index_select(0, index) for name, t in self.frozen.items()}
 
 
 def seeded_model(task: Task, seed: int, device: torch.device) -> torch.nn.Module:
@@ -602,8 +616,8 @@ def why_not_batched(task: Task, data: Data) -> str | None:
     """None if ``task``'s model and loss train as a population; else why not, in a few words.
 
     Two members (seeds 0 and 1) take one stacked training step on a few
-    training samples, then their stacked outputs in evaluation mode must
-    equal each model's own (within float rounding): an operator without a
+    training samples, then their stacked outputs in evaluation mode (a fresh
+    stack of the same models) must equal each model's own (within float rounding): an operator without a
     batching rule under vmap, a loss that reads values on the host, or a
     model that keeps parameters ``functional_call`` cannot replace each show
     here.
@@ -619,9 +633,12 @@ def why_not_batched(task: Task, data: Data) -> str | None:
             stacked.train()
             stacked.losses(x.expand(2, *x.shape), y.expand(2, *y.shape)).sum().backward()
             stacked.grad()
-            stacked.train(False)
+            # A fresh stack for the comparison: the training step updated the stacked buffers (BatchNorm's
+            # running statistics), not the models' own.
+            fresh = StackedModel(models, task.loss)
+            fresh.train(False)
             with torch.no_grad():
-                outputs = stacked.shared(x)
+                outputs = fresh.shared(x)
                 same = all(torch.allclose(out, model.eval()(x), rtol=1e-4, atol=1e-5) for out, model in zip(outputs, models))
         except Exception as err:  # whatever vmap or the task's code raise, the task runs one trial at a time
             return f"a stacked training step (vmap over its model and loss) raised {reason(err)}"

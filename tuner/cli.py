@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from tuner import __version__
-from tuner.errors import UserError, mask_url
+from tuner.errors import UserError, mask_url, url_failure
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,6 +61,12 @@ def finite_float(text: str) -> float:
     return value
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="torch's CPU threads per training process (torch.set_num_threads; default: torch's choice, with --jobs the "
+                             "cores split among the workers); on a shared machine, 1 or 2 keep training from slowing to a crawl")
+
+
 TARGET_HELP = "speed target: the validation objective whose first epoch is reported (default: the least good of the optimizers' final means)"
 
 
@@ -85,6 +92,7 @@ def build_parser() -> Parser:
     study.add_argument("--jobs", type=positive_int, default=1, help="worker processes training trials at once (default 1; CUDA devices round-robin, CPU cores split)")
     study.add_argument("--batch-trials", type=positive_int, metavar="K",
                        help="train K trials of a study at once as one vectorized model (default: the experiment's batch_trials, else 1)")
+    add_threads_argument(study)
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
     study.add_argument("--target", type=finite_float, help=TARGET_HELP)
     study.set_defaults(func=run_study)
@@ -102,9 +110,13 @@ def build_parser() -> Parser:
 
     train = commands.add_parser("train", help="re-train an exported config and report mean ± sd")
     train.add_argument("config", type=Path, help="best-config YAML written by `tuner study`")
-    train.add_argument("--seeds", type=positive_int, default=1, help="number of seeds: the config's seed, seed+1, ... (default 1)")
+    train.add_argument("--seeds", type=positive_int, default=1, help="number of seeds: first, first+1, ... (default 1)")
+    train.add_argument("--first-seed", type=seed_int, metavar="S",
+                       help="the first seed (default: the config's training.seed, the seed it was selected on, which reproduces the trial "
+                            "and is optimistic; the config's seed + 1 gives the fresh seeds of tuner study's final evaluation)")
     train.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     train.add_argument("--amp", help="mixed precision: none or bf16 (CUDA only); default: the config's training.amp")
+    add_threads_argument(train)
     train.set_defaults(func=run_train)
 
     sync = commands.add_parser("sync", help="rebuild or complete the MLflow runs of an experiment from the Optuna storage")
@@ -149,8 +161,8 @@ def prepare(args: argparse.Namespace, device_spec: str) -> tuple[Any, Any, Any, 
 def run_study(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuner import analysis, export
     from tuner.jobs import run_workers
+    from tuner.outputs import write_outputs
     from tuner.study import StudyRunner, check_resumable, open_storage, study_name, trials_at_once
     from tuner.tracking import Follower, check_reachable, tracking_uri
 
@@ -194,7 +206,6 @@ def run_study(args: argparse.Namespace) -> int:
             if lost:
                 print(f"workers ended early: {', '.join(lost)}; their finished trials are stored, this process trains what is left",
                       file=sys.stderr)
-        summaries, studies = [], {}
         for space in experiment.optimizers:
             # With --jobs the workers met the budget; this tops up what a lost worker left.
             runner = StudyRunner(experiment, space, setup, task, data, storage)
@@ -205,31 +216,23 @@ def run_study(args: argparse.Namespace) -> int:
                     if follower:
                         follower.end(runner.name, "FAILED")
                     raise
-            summaries.append(analysis.summarize(space.name, runner.study, runner.final_evaluation(seeds)))
-            studies[space.name] = runner.study
+            runner.final_evaluation(seeds)  # stored in the study, for the outputs below
 
         source = {"experiment": experiment.name, "experiment_file": experiment.source, "storage": mask_url(args.storage), "tuner_version": __version__}
         if tracking:
             source["tracking_uri"] = mask_url(tracking[0])
-        configs = {}
-        for summary in summaries:
-            if summary.best_trial is not None:
-                run_id = follower.runs(summary.study).get(summary.best_trial) if follower else None
-                found = source | ({"mlflow_run_id": run_id} if run_id else {})
-                configs[summary.optimizer] = analysis.best_config(summary, studies[summary.optimizer], setup.label, setup.direction, found)
-        best = analysis.winner(summaries, setup.direction)
-        files = {name: [export.write_config(cfg, out / f"best-{name}.yaml")] for name, cfg in configs.items()}
-        if best is not None:
-            shared = [export.write_config(configs[best.optimizer], out / "best.yaml")]
-            files = {name: paths + shared for name, paths in files.items()}
-        written = ["best.yaml"] * (best is not None) + [f"best-{n}.yaml" for n in configs]
-        report_files = write_report(storage, experiment.name, list(names), out, experiment.target)
-        print(f"\noutputs in {out}/: {', '.join(written) or 'none (no trial completed)'}; report: {', '.join(str(p.relative_to(out)) for p in report_files)}")
-        if best is not None:
-            print(f"winner: {best.optimizer} (final-seed validation {setup.label} mean over seeds {seeds})")
+        run_ids = {study: follower.runs(study) for study in names.values()} if follower else {}
+        done = write_outputs(storage, experiment.name, out, target=experiment.target, source=source, run_ids=run_ids)
+        print(done.summary)
+        print("\n" + done.evidence)
+        written = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()]
+        print(f"\noutputs in {out}/ (every study of experiment {experiment.name!r}): {', '.join(written) or 'none (no trial completed)'}; "
+              f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}")
+        if done.best is not None:
+            print(f"winner: {done.report.winner} (final-seed validation {setup.label} mean over seeds {seeds})")
         if follower:
             for name, study in names.items():
-                follower.attach(study, [*report_files, *files.get(name, [])], out)
+                follower.attach(study, [*done.report_files, *([done.configs[name]] if name in done.configs else []), *([done.best] if done.best else [])], out)
                 follower.end(study, "FINISHED")
     finally:
         if follower:
@@ -248,15 +251,21 @@ def _on_trial(study: str, progress: _progress, follower: Any) -> Any:
     return on_trial
 
 
+def sync_command(args: argparse.Namespace, uri: str) -> str:
+    """The ``tuner sync`` command that completes this study command's MLflow mirror, quoted for a POSIX shell
+    (paths with spaces paste as they are; a password stays masked)."""
+    return shlex.join(["python", "-m", "tuner", "sync", args.experiment or "quickstart", "--storage", mask_url(args.storage),
+                       "--tracking-uri", mask_url(uri)])
+
+
 def _report_tracking(follower: Any, experiment: str, uri: str, args: argparse.Namespace) -> None:
     """Wait for the follower's last sync and say where the runs are, or what is missing and how to fill it."""
     report = follower.close()
     if report.get("error"):
-        command = f"python -m tuner sync {args.experiment or 'quickstart'} --storage {mask_url(args.storage)} --tracking-uri {mask_url(uri)}"
         print(f"tracking: the MLflow mirror is incomplete ({report['error']}); every trial is in the Optuna storage: "
-              f"run `{command}` to complete it", file=sys.stderr)
+              f"run `{sync_command(args, uri)}` to complete it", file=sys.stderr)
     else:
-        browse = f" (browse: mlflow ui --backend-store-uri {uri})" if uri.startswith("sqlite") else ""
+        browse = f" (browse: {shlex.join(['mlflow', 'ui', '--backend-store-uri', uri])})" if uri.startswith("sqlite") else ""
         print(f"tracking: {report['runs']} runs in MLflow experiment {experiment!r} at {mask_url(uri)}{browse}", file=sys.stderr)
 
 
@@ -275,56 +284,51 @@ def run_sync(args: argparse.Namespace) -> int:
     if not studies:
         present = ", ".join(experiment_names(storage)) or "none"
         raise UserError(f"--storage: {mask_url(args.storage)!r} has no study of experiment {name!r} (experiments there: {present})")
+    from mlflow.exceptions import MlflowException
+
     mirror = Mirror(uri, name, storage, args.storage, __version__)
     total = SyncCount()
     for study in studies:
-        count = mirror.sync(study)
-        mirror.settle(study)
+        try:
+            count = mirror.sync(study)
+            mirror.settle(study)
+        except MlflowException as err:  # never a traceback: the store's refusal, in one line (no run is left RUNNING)
+            raise UserError(f"--tracking-uri {mask_url(uri)!r}: MLflow refused a write while syncing {study!r}: {url_failure(err, uri)}; "
+                            "the Optuna storage is unchanged") from None
         total += count
         print(f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted (cut short or stale)")
     print(f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: {total.written + total.kept} runs")
     return 0
 
 
-def write_report(storage: Any, experiment: str, spaces: list[str] | None, out: Path, target: float | None, importance: str = "ped-anova",
-                 where: str = "--experiment") -> list[Path]:  # fmt: skip
-    """Figures in ``out/plots/`` and ``out/summary.md`` from the studies of ``experiment`` in ``storage``; prints the summary.
-
-    ``spaces`` picks and orders the studies (None: all of the experiment's).
-    Returns the paths written, the summary first.
-    """
-    from tuner import report
-
-    built = report.build_report(report.load_studies(storage, experiment, spaces, where), target=target, evaluator=importance)
-    paths = report.write_report(built, out)
-    print(report.summary(built, out))
-    print("\n" + (out / "evidence.md").read_text())
-    return paths
-
-
-def _select_experiment(args: argparse.Namespace) -> tuple[str, list[str] | None, float | None, str]:
-    """``plot`` and ``sync``: the experiment's name, its optimizers (None: every study of that name), target, and where they came from."""
+def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str]:
+    """``plot`` and ``sync``: the experiment's name, target, and where they came from (every study of that name is used)."""
     from tuner import config
 
     if args.experiment and args.name:
         raise UserError(f"--experiment {args.name!r} and the experiment file {args.experiment!r}: give one, not both")
     if args.name:
-        return args.name, None, getattr(args, "target", None), "--experiment"
+        return args.name, getattr(args, "target", None), "--experiment"
     experiment = config.load_experiment(config.find_experiment(args.experiment), {"target": getattr(args, "target", None)})
-    return experiment.name, [s.name for s in experiment.optimizers], experiment.target, experiment.at("name")
+    return experiment.name, experiment.target, experiment.at("name")
 
 
 def run_plot(args: argparse.Namespace) -> int:
     import optuna
 
+    from tuner.outputs import write_outputs
     from tuner.study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name, spaces, target, where = _select_experiment(args)
+    name, target, where = _select_experiment(args)
     out = args.out or Path("runs") / name
     _check_writable_folder(out)
-    paths = write_report(open_storage(args.storage, must_exist=True), name, spaces, out, target, args.importance, where)
-    print(f"\noutputs in {out}/: {', '.join(str(p.relative_to(out)) for p in paths)}")
+    source = {"experiment": name, "storage": mask_url(args.storage), "tuner_version": __version__}
+    done = write_outputs(open_storage(args.storage, must_exist=True), name, out, target=target, importance=args.importance, source=source, where=where)
+    print(done.summary)
+    print("\n" + done.evidence)
+    files = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()] + [str(p.relative_to(out)) for p in done.report_files]
+    print(f"\noutputs in {out}/ (every study of experiment {name!r}): {', '.join(files)}")
     return 0
 
 
@@ -332,6 +336,11 @@ def _check_writable_folder(path: Path) -> None:
     """``path`` is a folder, or can be made one, that we can write to; creates nothing."""
     import os
 
+    # Room for the longest file written inside (a file name of up to 255 bytes) under the system's path limit.
+    limit = os.pathconf("/", "PC_PATH_MAX") - 256 if hasattr(os, "pathconf") else math.inf
+    if any(len(os.fsencode(part)) > 255 for part in path.parts) or len(os.fsencode(path.absolute())) > limit:
+        shown = str(path) if len(str(path)) <= 60 else str(path)[:60] + "..."
+        raise UserError(f"--out: {shown!r} is too long (allowed: folder names of at most 255 bytes, the whole path at most {limit} bytes)")
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -383,12 +392,16 @@ def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from tuner.analysis import mean_sd, pm
+    from tuner.config import MAX_SEED
     from tuner.export import load_config
     from tuner.tasks import load_data, load_task
     from tuner.train import check_amp, keep_freed_memory, objective_label, resolve_device, train
 
     keep_freed_memory()
     cfg = load_config(args.config)
+    first = cfg.seed if args.first_seed is None else args.first_seed
+    if first + args.seeds - 1 > MAX_SEED:
+        raise UserError(f"--first-seed {first} with --seeds {args.seeds}: seeds up to {first + args.seeds - 1} are not allowed (at most {MAX_SEED})")
     device = resolve_device(args.device)
     if args.amp is not None:
         cfg = dataclasses.replace(cfg, amp=args.amp)
@@ -397,7 +410,10 @@ def run_train(args: argparse.Namespace) -> int:
     data = load_data(task, device, f"{args.config}: training.task")
     label = objective_label(cfg.objective, task.metric)
     objectives, metrics = [], []
-    for seed in range(cfg.seed, cfg.seed + args.seeds):
+    if args.first_seed is None:
+        print(f"seeds from {first}, the config's own: seed {first} reproduces the trial it was selected on (optimistic); "
+              f"--first-seed {first + 1} for fresh seeds", file=sys.stderr)
+    for seed in range(first, first + args.seeds):
         result = train(task, data, cfg, seed=seed, test=True)
         last = result.history[-1]
         objectives.append(last.objective(cfg.objective))
@@ -427,6 +443,10 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except UserError as err:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tuner import optim
+from tuner import optim, strict_yaml
 from tuner.errors import UserError
 
 SCALES = ("linear", "log", "log1m")
@@ -36,7 +36,7 @@ def shipped_names(kind: str) -> list[str]:
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (safe loader only)."""
+    """A YAML mapping from ``path``, read by :mod:`tuner.strict_yaml` (every file tuner reads comes through here)."""
     try:
         text = path.read_text()
     except OSError as err:
@@ -44,7 +44,10 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: cannot read {what}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = strict_yaml.load(text)
+    except strict_yaml.AmbiguousYAML as err:
+        mark = err.problem_mark
+        raise UserError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: {err.problem}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -80,6 +83,24 @@ def _text_number_hint(value: Any) -> str:
 def is_int(value: Any, low: int = 1, high: int | None = None) -> bool:
     """An int (not a bool) in ``[low, high]``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+
+
+def check_type(where: str, value: Any, default: Any) -> None:
+    """``value`` may stand where ``default`` does: any number (not a bool) for a number, a bool for a bool, text for text.
+
+    Raises :class:`UserError` naming ``where``; any other default (None, a tuple, ...) accepts anything (the callee checks it).
+    """
+    if is_number(default):
+        ok = is_number(value)
+    elif isinstance(default, (bool, str)):
+        ok = type(value) is type(default)
+    else:
+        ok = True
+    if ok:
+        return
+    kind = type(default).__name__
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise UserError(f"{where}: {value!r} is not allowed ({article} {kind}, like the default {default!r}{_text_number_hint(value)})")
 
 
 def _positive_int(where: str, value: Any) -> int:
@@ -217,8 +238,7 @@ def _probe_optimizer(where: str, cls: str, params: list[Param]) -> None:
     for param in params:
         default = defaults[param.name]
         for value in param.candidates():
-            if default is not None and type(value) is not type(default) and not (is_number(value) and is_number(default)):
-                raise UserError(f"{where}.{param.name}: {value!r} is not allowed (a {type(default).__name__}, like the default {default!r}{_text_number_hint(value)})")
+            check_type(f"{where}.{param.name}", value, default)
             kwargs = optim.torch_kwargs(cls, typical | {param.name: value})
             try:
                 optim.build_optimizer(cls, kwargs, [torch.zeros(1, requires_grad=True)])
@@ -305,6 +325,21 @@ EXPERIMENT_KEYS = (
     "name", "task", "task_args", "optimizers", "schedules", "trials", "epochs", "batch_size",
     "seed", "sampler", "pruner", "objective", "final_seeds", "target", "batch_trials",
 )  # fmt: skip
+# An experiment's and a search space's names become a folder (runs/<name>), file names (best-<space>.yaml),
+# an MLflow experiment name (at most 500 characters) and an Optuna study name <name>/<space> (at most 512):
+# 200 bytes of UTF-8 each keeps every one of them within its limit (file names: 255 bytes).
+MAX_NAME_BYTES = 200
+
+
+def check_name(where: str, name: str) -> None:
+    """``name`` can name a folder, a file, an MLflow experiment and an Optuna study; else :class:`UserError`."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES or "\0" in name or name in (".", ".."):
+        raise UserError(f"{where}: {name[:40]!r}{'...' if len(name) > 40 else ''} ({size} bytes) is not allowed as a name "
+                        f"(at most {MAX_NAME_BYTES} bytes of UTF-8, no NUL character, not '.' or '..': it names a folder, files, "
+                        "an MLflow experiment and Optuna studies)")
+
+
 # Samplers take seeds below 2**32; seed + trial count + final seeds stay below it.
 MAX_SEED = 2**31 - 1
 REQUIRED_KEYS = ("name", "task", "optimizers", "trials", "epochs", "seed")
@@ -376,6 +411,7 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
     name = data["name"]
     if not isinstance(name, str) or not name.strip() or "/" in name:
         raise UserError(f"{at('name')}: {name!r} is not allowed (a non-empty string without '/')")
+    check_name(at("name"), name)
     if not isinstance(data["task"], str):
         raise UserError(f"{at('task')}: {data['task']!r} is not allowed (a task name or package.module:factory)")
     task_args = data.get("task_args") or {}
@@ -389,6 +425,8 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
     base = path.parent
     spaces = tuple(find_space(ref, base, at("optimizers")) for ref in refs)
     names = [s.name for s in spaces]
+    for space in spaces:
+        check_name(f"{at('optimizers')}: {space.source}", space.name)
     if len(set(names)) != len(names):
         raise UserError(f"{at('optimizers')}: {names} names a study twice (each search space needs its own file name)")
     schedule_names = data.get("schedules")

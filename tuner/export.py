@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from tuner import optim
-from tuner.config import AMP, MAX_SEED, Config, is_int, is_number, read_yaml
+from tuner.config import AMP, MAX_SEED, Config, check_type, is_int, is_number, read_yaml
 from tuner.errors import UserError
 
 FORMAT = 1
@@ -51,6 +51,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
     kwargs = _mapping(where, "optimizer.kwargs", opt.get("kwargs", {}))
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])
+    _check_kwarg_types(f"{where}: optimizer.kwargs", cls, kwargs)
     schedule = sched.get("name")
     if schedule not in optim.SCHEDULES:
         raise UserError(f"{where}: schedule.name: {schedule!r} is not allowed (allowed: {', '.join(optim.SCHEDULES)})")
@@ -99,6 +100,17 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
     except (ValueError, TypeError, RuntimeError, ArithmeticError) as err:
         raise UserError(f"{where}: schedule.params {schedule_params}: not allowed for {schedule}: {err}") from None
     return config
+
+
+def _check_kwarg_types(where: str, cls: str, kwargs: dict[str, Any]) -> None:
+    """Each known keyword argument has the type of torch's default (``lr: true`` would train with lr = 1.0)."""
+    defaults = optim.optimizer_arguments(cls)
+    for key, value in kwargs.items():
+        if key == "betas" and isinstance(value, tuple) and len(value) == 2:
+            for i, beta in enumerate(value):
+                check_type(f"{where}.betas[{i}]", beta, defaults[f"beta{i + 1}"])
+        elif key in defaults:
+            check_type(f"{where}.{key}", value, defaults[key])
 
 
 def _mapping(where: str, key: str, value: Any) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def run_workers(
     """
     context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and locks
     trials: multiprocessing.Queue = context.Queue()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = getattr(args, "threads", None) or max(1, (os.cpu_count() or 1) // jobs)
     explicit = args.device not in ("auto", "cuda")
     workers = [
         context.Process(target=_work, args=(prepare, args, name, threads, trials), name=f"tuner-worker-{i}")

@@ -58,12 +58,20 @@ def _wide(values: list[float]) -> bool:
 
 
 def _log_if_wide(ax: Axes, values: Iterable[float | None], axis: str = "y") -> None:
-    """A log scale on ``axis`` when the values are positive and span a decade or more."""
-    if _wide(_finite(values)):
+    """A log scale on ``axis`` when the values are positive and span a decade or more.
+
+    Labelled between the decades too where they fit (every minor tick up to about a decade and a
+    quarter, some of them up to two decades) and gridded at every minor tick up to three decades, so
+    that 0.08 and 0.09 can be told apart on an axis labelled 0.1 and 1.
+    """
+    finite = _finite(values)
+    if _wide(finite):
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
         target = ax.yaxis if axis == "y" else ax.xaxis
         target.set_major_formatter(_PlainLog())
-        target.set_minor_formatter(_PlainLog(labelOnlyBase=False))
+        target.set_minor_formatter(_PlainLog(labelOnlyBase=False, minor_thresholds=(2, 1.25)))
+        if max(finite) <= 1000 * min(finite):  # over more decades, a line per minor tick would be a grey wash
+            ax.grid(which="minor", axis=axis, alpha=0.12)
 
 
 def _shown(report: Report, points: Iterable[TrialPoint]) -> list[float]:
@@ -71,9 +79,15 @@ def _shown(report: Report, points: Iterable[TrialPoint]) -> list[float]:
     return [p.value for p in points if p.value is not None and worth(p.value, report.untrained, report.direction) == p.value]
 
 
-def _trials(ax: Axes, report: Report, xs: list[float], points: list[TrialPoint], color: str) -> None:
-    """Each trial at (x, value) by outcome; those worse than the untrained model or without a value at the bad edge."""
-    edge = 0.98 if report.direction == "minimize" else 0.02  # axes coordinates
+# Axes fraction between the rows of markers that several optimizers put at the bad edge of one panel.
+EDGE_LANE = 0.035
+
+
+def _trials(ax: Axes, report: Report, xs: list[float], points: list[TrialPoint], color: str, lane: int = 0) -> None:
+    """Each trial at (x, value) by outcome; those worse than the untrained model or without a value at the bad edge,
+    in row ``lane`` of it (one row per optimizer sharing the panel, so that no marker hides another's)."""
+    inset = 0.02 + EDGE_LANE * lane
+    edge = 1 - inset if report.direction == "minimize" else inset  # axes coordinates
     beyond = "^" if report.direction == "minimize" else "v"
     groups: dict[tuple[str, bool, bool], list[tuple[float, float]]] = {}  # (marker, filled, at the edge): points
     for x, p in zip(xs, points):
@@ -115,24 +129,28 @@ def _note(ax: Axes, text: str) -> None:
 
 
 def draw_importance(report: Report) -> Figure:
-    """One panel per optimizer, side by side, the parameters in the same order (most important overall on top)."""
+    """One panel per optimizer, side by side, the parameters in the same order (most important overall on top);
+    each bar with its bootstrap sd, and a weak estimate (few complete trials) said so under the panel's title."""
     order, color = report.parameters, colors(report)
     fig = Figure(figsize=(3.4 * len(report.optimizers) + 1.5, 2.0 + 0.3 * max(len(order), 5)), layout="constrained")
     axes = fig.subplots(1, len(report.optimizers), sharey=True, squeeze=False)[0]
     for ax, o in zip(axes, report.optimizers):
-        bars = [(i, o.importance.values[name]) for i, name in enumerate(order) if name in o.importance.values]
-        for y, width in bars:
-            ax.barh(y, width, color=color[o.name])
-            ax.text(width + 0.02, y, f"{width:.2f}", va="center", fontsize=8)
-        if o.importance.note:
-            _note(ax, o.importance.note)
-        ax.set_title(f"{o.name} ({o.importance.trials} complete trials)", color=color[o.name])
-        ax.set_xlim(0, 1.15)
+        imp = o.importance
+        for y, name in enumerate(order):
+            if name in imp.values:
+                width, sd = imp.values[name], imp.sd.get(name, 0.0)
+                ax.barh(y, width, xerr=sd, color=color[o.name], error_kw={"ecolor": "dimgrey", "capsize": 3, "linewidth": 1})
+                ax.text(min(width + sd, 1.0) + 0.02, y, f"{width:.2f} ± {sd:.2f}", va="center", fontsize=8)
+        if imp.note and not imp.values:
+            _note(ax, imp.note)
+        weak = f"\n{imp.note}" if imp.note and imp.values else ""
+        ax.set_title(f"{o.name} ({imp.trials} complete trials){weak}", color=color[o.name], fontsize=10)
+        ax.set_xlim(0, 1.3)
         ax.set_xlabel("importance (sums to 1)")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(order)), order)
     axes[0].set_ylim(max(len(order), 1) - 0.5, -0.5)  # the most important on top
-    fig.suptitle(f"Parameter importance ({report.importance})", fontsize=11)
+    fig.suptitle(f"Parameter importance ({report.importance})\nerror bars: ± 1 sd over bootstrap resamples of the complete trials", fontsize=11)
     fig.supxlabel("1-x: x searched as 1 - x on a log scale; <schedule>.<param>: only in the trials of that schedule", fontsize=8)
     return fig
 
@@ -142,12 +160,14 @@ def draw_convergence(report: Report) -> Figure:
     fig = Figure(figsize=(10, 5.5), layout="constrained")
     ax = fig.subplots()
     color = colors(report)
-    for o in report.optimizers:
-        xs = list(range(1, len(o.points) + 1))
-        _trials(ax, report, xs, o.points, color[o.name])
-        # Not scaled to: a best so far worse than the untrained model leaves the axes at the bad edge.
-        ax.step(xs, o.best_so_far, where="post", color=color[o.name], linewidth=2, scaley=False)
+    for lane, o in enumerate(report.optimizers):
+        _trials(ax, report, list(range(1, len(o.points) + 1)), o.points, color[o.name], lane)
     _log_if_wide(ax, [v for o in report.optimizers for v in _shown(report, o.points)] + [report.untrained])
+    low, high = ax.get_ylim()
+    for o in report.optimizers:
+        # A best so far worse than every value shown (worse than the untrained model) runs along the bad edge, inside the axes.
+        inside = [v if math.isnan(v) else min(max(v, low), high) for v in o.best_so_far]
+        ax.step(range(1, len(o.points) + 1), inside, where="post", color=color[o.name], linewidth=2, scaley=False)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title=f"Tuning convergence: best validation {report.label} so far (lines) and every trial (markers)",
            xlabel="trials run", ylabel=f"validation {report.label}")  # fmt: skip
@@ -240,7 +260,12 @@ def draw_sensitivity(report: Report) -> Figure:
     with_eps = any(p.eps is not None for o in optimizers for p in o.points)
     rows = 2 if with_eps else 1
     fig = Figure(figsize=(3.8 * len(optimizers) + 1.5, 3.6 * rows + 1.0), layout="constrained")
-    axes = fig.subplots(rows, len(optimizers), squeeze=False, sharey="row")
+    # The learning-rate row shares its y axis; each epsilon panel keeps its own, with its tick labels
+    # (a shared axis would drop them on a panel next to a blank one).
+    axes = fig.subplots(rows, len(optimizers), squeeze=False)
+    for ax in axes[0][1:]:
+        ax.sharey(axes[0][0])
+        ax.tick_params(which="both", labelleft=False)
     shown = [v for o in optimizers for v in _shown(report, o.points)]
     for ax, o in zip(axes[0], optimizers):
         points = [p for p in o.points if p.lr is not None]

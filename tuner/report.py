@@ -11,10 +11,13 @@ the optimizer-state memory (one step) and the untrained model's objective.
 from __future__ import annotations
 
 import math
+import random
+import statistics
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 import torch
@@ -37,6 +40,11 @@ COUNTED = ("complete", "pruned", "diverged", "failed")
 # the minimum for any evaluator.
 TOP_QUANTILE = 0.25
 MIN_IMPORTANCE_TRIALS = 20
+# Below 20, down to this many complete trials, the estimate is shown as weak, with its bootstrap spread;
+# below this, none (a top quarter of 2 trials).
+MIN_WEAK_IMPORTANCE_TRIALS = 8
+# Resamples of the complete trials (with replacement) for the spread of each importance.
+BOOTSTRAP = 20
 IMPORTANCE_EVALUATORS = {
     "ped-anova": "PED-ANOVA: how far the top 25% of complete trials stray from all of them; conditional parameters included",
     "fanova": "fANOVA: variance explained; only parameters present in every complete trial (no schedule parameters)",
@@ -63,11 +71,17 @@ class TrialPoint:
 
 @dataclass(frozen=True)
 class Importance:
-    """One optimizer's parameter importances (summing to 1) from ``trials`` complete trials; empty, with a ``note``, when there is no estimate."""
+    """One optimizer's parameter importances (summing to 1) from ``trials`` complete trials; empty, with a ``note``, when there is no estimate.
+
+    ``sd``: each importance's standard deviation over :data:`BOOTSTRAP` resamples of the complete trials (the
+    uncertainty of the estimate); ``note`` also says when the estimate is weak (fewer than
+    :data:`MIN_IMPORTANCE_TRIALS` complete trials).
+    """
 
     values: dict[str, float]
     trials: int
     note: str | None = None
+    sd: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -173,14 +187,30 @@ def _evaluator(name: str) -> optuna.importance.BaseImportanceEvaluator:
 
 
 def importance(study: optuna.Study, evaluator: str = "ped-anova") -> Importance:
-    """Parameter importances of ``study`` by one of :data:`IMPORTANCE_EVALUATORS`; none below :data:`MIN_IMPORTANCE_TRIALS` complete trials."""
-    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if complete < MIN_IMPORTANCE_TRIALS:
-        return Importance({}, complete, f"too few complete trials for an estimate\n({complete}; {MIN_IMPORTANCE_TRIALS} needed)")
-    with warnings.catch_warnings():  # about regimes of few trials: the count above is the guard
+    """Parameter importances of ``study`` by one of :data:`IMPORTANCE_EVALUATORS`, with their bootstrap sd.
+
+    None below :data:`MIN_WEAK_IMPORTANCE_TRIALS` complete trials; a note saying the estimate is weak below
+    :data:`MIN_IMPORTANCE_TRIALS`. The resamples are seeded: the same study gives the same figure.
+    """
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    n = len(trials)
+    if n < MIN_WEAK_IMPORTANCE_TRIALS:
+        return Importance({}, n, f"too few complete trials for an estimate\n({n}; {MIN_WEAK_IMPORTANCE_TRIALS} at least, {MIN_IMPORTANCE_TRIALS} advised)")
+    values = _importances(study.direction, trials, evaluator)
+    draw = random.Random(0)
+    resamples = [_importances(study.direction, draw.choices(trials, k=n), evaluator) for _ in range(BOOTSTRAP)]
+    sd = {name: statistics.pstdev(r.get(name, 0.0) for r in resamples) for name in values}
+    weak = None if n >= MIN_IMPORTANCE_TRIALS else f"weak estimate: {n} complete trials, {MIN_IMPORTANCE_TRIALS} advised"
+    return Importance(values, n, weak, sd)
+
+
+def _importances(direction: optuna.study.StudyDirection, trials: list[FrozenTrial], evaluator: str) -> dict[str, float]:
+    """The importances of a study of ``trials`` (repeats allowed: a bootstrap resample), in memory."""
+    study = optuna.create_study(direction=direction)
+    study.add_trials(trials)
+    with warnings.catch_warnings():  # about regimes of few trials: the counts in importance() are the guard
         warnings.simplefilter("ignore")
-        values = optuna.importance.get_param_importances(study, evaluator=_evaluator(evaluator))
-    return Importance(values, complete)
+        return optuna.importance.get_param_importances(study, evaluator=_evaluator(evaluator))
 
 
 def rank_parameters(importances: list[Importance]) -> list[str]:
@@ -281,11 +311,30 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
             step_sizes=((summary.final or {}).get("step_sizes") or [None])[0],
         ))  # fmt: skip
     best = analysis.winner(summaries, direction)
+    close = close_call(summaries, best, direction)
+    notes += [close] if close else []
     experiment = studies[0].study_name.split("/", 1)[0]
     return Report(
         experiment, setup, target, given, untrained, IMPORTANCE_EVALUATORS[evaluator], rank_parameters(importances), optimizers,
         None if best is None else best.optimizer, notes + measure_notes,
     )  # fmt: skip
+
+
+def close_call(summaries: list[Summary], best: Summary | None, direction: str) -> str | None:
+    """A note when the winner's final validation mean and the runner-up's differ by less than twice the standard
+    error of their difference, sqrt(sd_a²/n_a + sd_b²/n_b) over the final seeds: the ranking of the two is not settled."""
+    others = [s for s in summaries if s is not best and s.final and math.isfinite(s.stat("val_objective")[0])]
+    if best is None or not others:
+        return None
+    sign = -1.0 if direction == "maximize" else 1.0
+    second = min(others, key=lambda s: sign * s.stat("val_objective")[0])
+    (m1, s1), (m2, s2) = best.stat("val_objective"), second.stat("val_objective")
+    se = math.sqrt(s1**2 / len(best.final["seeds"]) + s2**2 / len(second.final["seeds"]))
+    if not (math.isfinite(m1) and abs(m1 - m2) < 2 * se):
+        return None
+    return (f"close call: {best.optimizer} ({analysis.pm((m1, s1))}) and {second.optimizer} ({analysis.pm((m2, s2))}) differ by "
+            f"{abs(m1 - m2):.2g}, less than twice its standard error ({se:.2g}): the ranking of the two is not settled; "
+            "more final seeds (--final-seeds) would tell")
 
 
 def _cell(value: float | None, spec: str) -> str:
@@ -344,14 +393,21 @@ def summary(report: Report, out: Path) -> str:
         "",
         "## Figures",
         "",
-        *[f"- [{name}.png](plots/{name}.png): {about}" for name, (_, about) in plots.FIGURES.items()],
+        *[f"- {_link(name + '.png', 'plots/' + name + '.png')}: {about}" for name, (_, about) in plots.FIGURES.items()],
         "",
         "## Best configs",
         "",
     ]
     configs = [p.name for p in [out / "best.yaml", *(out / f"best-{o.name}.yaml" for o in report.optimizers)] if p.is_file()]
-    lines += [f"- [{name}]({name})" for name in configs] or ["- none in this folder: `tuner study` writes them"]
+    lines += [f"- {_link(name, name)}" for name in configs] or ["- none in this folder: `tuner study` writes them"]
     return "\n".join(lines)
+
+
+def _link(text: str, target: str) -> str:
+    """A Markdown link to the relative path ``target`` that CommonMark keeps a link whatever the file name:
+    the target percent-encoded (spaces, non-ASCII letters, parentheses), brackets in the text escaped."""
+    label = text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    return f"[{label}]({quote(target, safe='/')})"
 
 
 def write_report(report: Report, out: Path) -> list[Path]:

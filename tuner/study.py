@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from tuner import bias_correction, spaces
 from tuner.batched import population_size, train_batched
-from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace
+from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace, check_type
 from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
 from tuner.export import config_from_dict, config_to_dict
 from tuner.outcomes import FINISHED, outcome
@@ -77,6 +77,11 @@ def _sqlite_file_exists(url: str) -> bool:
 
 
 def _build(where: str, cls: type, component: Component, **defaults: Any) -> Any:
+    signature = inspect.signature(cls).parameters
+    for key, value in component.kwargs.items():
+        if key in signature:  # ``n_startup_trials: true`` would run with 1
+            default = signature[key].default
+            check_type(f"{where}: {component.name}.{key}", value, None if default is inspect.Parameter.empty else default)
     try:
         return cls(**(defaults | component.kwargs))
     except (TypeError, ValueError) as err:
@@ -256,6 +261,10 @@ class StudyRunner:
             self.study.set_user_attr("setup", setup.stored(space, experiment.schedules))
         if "uid" not in self.study.user_attrs:  # tells this study from one deleted and created again under its name
             self.study.set_user_attr("uid", uuid.uuid4().hex)
+        if self.study.metric_names is None:  # optuna-dashboard and trials_dataframe name the objective by it ("Objective 0" without)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names([f"val_{setup.label}"])
         self._study_id = storage.get_study_id_from_name(self.name)
         # Trials run against an in-memory copy of the study and reach the
         # storage once, whole, when they end. A report and a pruning decision

@@ -17,7 +17,8 @@ Layout in the tracking store (``--tracking-uri``, default ``sqlite:///mlflow.db`
   epoch: ``train_loss``, ``val_loss``, ``val_<metric>`` (``val_accuracy``) and
   ``lr`` (the learning rate of the epoch's last step), timestamped with the
   epoch's wall-clock time; then ``objective`` (the trial's value, complete
-  trials only). Tags: ``tuner.role`` = ``trial``, ``tuner.study``,
+  trials only). Metric and param keys pass through :func:`mlflow_key`
+  (``val_mae@1`` -> ``val_mae_1``). Tags: ``tuner.role`` = ``trial``, ``tuner.study``,
   ``tuner.trial`` (the Optuna trial number), ``tuner.outcome``, ``tuner.reason``
   and, for a failed trial, ``tuner.traceback``;
 - one nested **child run per final-evaluation seed**, named
@@ -33,7 +34,7 @@ MLflow run status:
 outcome     MLflow status why
 =========== ============= ==================================================
 complete    FINISHED      trained every epoch
-pruned      KILLED        stopped on purpose, by the pruner
+pruned      FINISHED      stopped on purpose, by the pruner (tag ``tuner.outcome``)
 diverged    FAILED        the loss or metric became NaN or infinite
 failed      FAILED        the task's code raised (``tuner.traceback``)
 interrupted KILLED        Ctrl-C
@@ -67,6 +68,7 @@ import json
 import math
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -85,12 +87,17 @@ from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
 from tuner.outcomes import FINISHED, outcome
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-STATUS = {"complete": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "failed": "FAILED", "interrupted": "KILLED"}
+# A pruned trial ended as tuning meant it to (Optuna's MLflowCallback logs it FINISHED too): the MLflow UI draws
+# FAILED and KILLED alike as a red failure. ``tuner.outcome`` tells pruned from complete.
+STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "interrupted": "KILLED"}
+# The MLflow 3 UI opens an experiment without this tag in its GenAI (traces) view; tuner's runs are model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Per-epoch columns of a stored history, and their MLflow metric names.
 EPOCH_COLUMNS = ("train_loss", "val_loss", "val_metric", "lr")
 # MLflow's limits per log_batch call.
 BATCH = {"metrics": 1000, "params": 100, "tags": 100}
 TRACEBACK_CHARS = 4000
+_KEY_REFUSED = re.compile(r"[^\w.\- ]")
 # After a tracking failure the follower leaves the store alone this long (seconds).
 RETRY_SECONDS = 30.0
 # The follower's HTTP client gives up sooner than MLflow's defaults (7 retries,
@@ -184,12 +191,19 @@ def config_params(config: dict[str, Any], device: str) -> dict[str, str]:
     params |= {k: v for k, v in training.items() if k != "task_args"}
     params |= {f"task_args.{k}": v for k, v in (training.get("task_args") or {}).items()}
     params["device"] = device
-    return {k: str(v) for k, v in params.items()}
+    return {mlflow_key(k): str(v) for k, v in params.items()}
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` as an MLflow metric or param key: every character outside letters, digits, ``_ - .`` and space becomes
+    ``_`` (``val_mae@1`` -> ``val_mae_1``). MLflow refuses other characters in keys (``:`` on Windows servers, ``/``
+    where the key would resolve to another path), and a run that cannot be written would leave a gap in the mirror."""
+    return _KEY_REFUSED.sub("_", name)
 
 
 def metric_names(metric: str) -> dict[str, str]:
     """History column -> MLflow metric name; a task whose metric is its loss logs it once."""
-    names = {"train_loss": "train_loss", "val_loss": "val_loss", "val_metric": f"val_{metric}", "lr": "lr"}
+    names = {"train_loss": "train_loss", "val_loss": "val_loss", "val_metric": mlflow_key(f"val_{metric}"), "lr": "lr"}
     if metric == "loss":
         del names["val_metric"]
     return names
@@ -216,7 +230,7 @@ def trial_record(study: str, optimizer: str, metric: str, trial: FrozenTrial) ->
         metrics.append(("objective", float(trial.value), max(trial.intermediate_values, default=0), end))
     tags = {"tuner.role": "trial", "tuner.study": study, "tuner.trial": str(trial.number), "tuner.outcome": state}
     if attrs.get("reason"):
-        tags["tuner.reason"] = str(attrs["reason"])
+        tags["tuner.reason"] = str(attrs["reason"])[:TRACEBACK_CHARS]
     if attrs.get("traceback"):
         tags["tuner.traceback"] = str(attrs["traceback"])[-TRACEBACK_CHARS:]
     return RunRecord(
@@ -254,9 +268,9 @@ def final_records(study: str, optimizer: str, setup: dict[str, Any], final: dict
         end = start + round(1000 * (history.get("seconds") or [0.0])[-1])
         metrics = epoch_metrics(history, setup.get("metric", "metric"), start)
         last = history["epoch"][-1] if history.get("epoch") else 0
-        metrics += [(f"test_{label}", final["test_objective"][i], last, end)]
+        metrics += [(mlflow_key(f"test_{label}"), final["test_objective"][i], last, end)]
         if label != setup.get("metric"):
-            metrics += [(f"test_{setup.get('metric')}", final["test_metric"][i], last, end)]
+            metrics += [(mlflow_key(f"test_{setup.get('metric')}"), final["test_metric"][i], last, end)]
         if final.get("step_sizes"):
             metrics += [(name, value, step, end) for name, value, step in step_size_metrics(final["step_sizes"][i])]
         seeded = config | {"training": config.get("training", {}) | {"seed": seed}}
@@ -328,7 +342,10 @@ class Mirror:
         found = self.client.get_experiment_by_name(experiment)
         if found is not None and found.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment {experiment!r} in {mask_url(uri)!r} is deleted: restore it (`mlflow experiments restore`) or remove it for good (`mlflow gc`)")
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment, tags=EXPERIMENT_KIND)
+        if found is not None and not any(key in found.tags for key in EXPERIMENT_KIND):  # made by an earlier tuner; a kind the user chose stays
+            for key, value in EXPERIMENT_KIND.items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
         self.parents: dict[str, str] = {}  # study name -> parent run id
         self.runs: dict[str, dict[str, str]] = {}  # study name -> record key -> child run id
 
@@ -364,9 +381,8 @@ class Mirror:
         else:
             optimizer = study.rsplit("/", 1)[-1]
             tags = {"tuner.role": "study", "tuner.study": study, "tuner.study_uid": uid, "tuner.storage": self.storage_url, "tuner.version": self.version}
-            run_id = self.client.create_run(self.experiment_id, run_name=optimizer, tags=tags).info.run_id
             setup = {k: v for k, v in attrs.get("setup", {}).items() if k not in ("space", "schedules")}
-            self._log(run_id, params={k: str(v) for k, v in setup.items()})
+            run_id = self._create(RunRecord("", optimizer, "RUNNING", _ms(None), 0, {k: str(v) for k, v in setup.items()}, tags))
             if status is None:
                 self.client.set_terminated(run_id, "FINISHED")
         self.parents[study] = run_id
@@ -412,6 +428,16 @@ class Mirror:
             )
             params_, tags_, metrics = params_[BATCH["params"] :], tags_[BATCH["tags"] :], metrics[BATCH["metrics"] :]
 
+    def _create(self, record: RunRecord, tags: dict[str, str] | None = None) -> str:
+        """A new run of ``record`` (with ``tags`` added), left RUNNING; one the store refuses to complete is deleted, not left RUNNING."""
+        run = self.client.create_run(self.experiment_id, start_time=record.start_ms, tags=record.tags | (tags or {}), run_name=record.name)
+        try:
+            self._log(run.info.run_id, params=record.params, metrics=record.metrics)
+        except BaseException:
+            self.client.delete_run(run.info.run_id)
+            raise
+        return run.info.run_id
+
     def write(self, study: str, record: RunRecord, existing: list[Any] | None = None) -> SyncCount:
         """Write ``record`` under the study's parent unless a finished copy is already there; remove the rest."""
         if existing is None and record.key in self.runs.get(study, {}):
@@ -429,9 +455,7 @@ class Mirror:
             self.runs[study][record.key] = done[0].info.run_id
             count.kept += 1
             return count
-        tags = record.tags | {"mlflow.parentRunId": parent}
-        run_id = self.client.create_run(self.experiment_id, start_time=record.start_ms, tags=tags, run_name=record.name).info.run_id
-        self._log(run_id, params=record.params, metrics=record.metrics)
+        run_id = self._create(record, {"mlflow.parentRunId": parent})
         self.client.set_terminated(run_id, record.status, end_time=record.end_ms)
         self.runs[study][record.key] = run_id
         count.written += 1
@@ -609,16 +633,20 @@ class _Session:
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
         op, study = message["op"], message.get("study", "")
-        if op == "runs":
-            runs = self.mirror.runs.get(study, {}) if self.mirror else {}
-            return {"op": "runs", "runs": {k.split("/")[1]: v for k, v in runs.items() if k.startswith("trial/")}}
         if op == "attach":
             self.attachments.append((study, message["paths"]))
         if op == "end":
             self.ended[study] = message["status"]
         if self.error is not None and time.monotonic() - self.failed_at < RETRY_SECONDS:
             self.dirty.add(study)
-            return None
+        else:
+            self._mirror(op, study, message)
+        if op == "runs":  # after a first sync of the study: a resumed study that ran no trial still knows its runs
+            runs = self.mirror.runs.get(study, {}) if self.mirror else {}
+            return {"op": "runs", "runs": {k.split("/")[1]: v for k, v in runs.items() if k.startswith("trial/")}}
+        return None
+
+    def _mirror(self, op: str, study: str, message: dict[str, Any]) -> None:
         try:
             mirror = self.connect()
             if study not in self.running or study in self.dirty:
@@ -639,7 +667,6 @@ class _Session:
         except Exception as err:  # the study goes on; a later message or finish() catches up
             self.error, self.failed_at = reason(err), time.monotonic()
             self.dirty.add(study)
-        return None
 
     def finish(self) -> dict[str, Any]:
         """One last try at everything still owed; parents this session left RUNNING become KILLED."""

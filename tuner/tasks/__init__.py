@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch.nn import functional as F
 
-from tuner.config import is_int
+from tuner.config import check_type, is_int, is_number
 from tuner.errors import UserError, reason
 
 
@@ -183,6 +183,10 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
             for key in args:
                 if key not in accepted:
                     raise UserError(f"{where}: {spec!r}: task_args: unknown argument {key!r} (allowed: {', '.join(accepted) or 'none'})")
+        for key, value in args.items():  # ``hidden: true`` or ``"1e-3"`` where the default is a number
+            default = signature.parameters[key].default if key in signature.parameters else None
+            if is_number(default) or isinstance(default, bool):
+                check_type(f"{where}: {spec!r}: task_args.{key}", value, default)
     try:
         task = factory(**args)
     except Exception as err:  # a factory may reject its arguments in any way

@@ -1,0 +1,79 @@
+"""One output folder holds the whole experiment: best.yaml, the best-<space>.yaml files, summary.md and the figures
+agree after any sequence of `tuner study` (with any subset of the optimizers) and `tuner plot`, and keep the MLflow
+run of each best trial (`source.mlflow_run_id`), resumes included. Real SQLite storages and MLflow stores."""
+
+from __future__ import annotations
+
+import re
+
+import optuna
+import yaml
+from mlflow import MlflowClient
+
+from tuner.cli import main
+
+EXPERIMENT = """name: t
+task: digits-mlp
+task_args: {hidden: 16}
+optimizers: [adam, sgd]
+schedules: [constant]
+trials: 2
+epochs: 1
+seed: 0
+final_seeds: 1
+pruner: none
+"""
+
+
+def winner(out) -> str:
+    """The optimizer that summary.md marks with `*`."""
+    marked = re.findall(r"^\| (\w+) \*", (out / "summary.md").read_text(), re.MULTILINE)
+    assert len(marked) == 1, (out / "summary.md").read_text()
+    return marked[0]
+
+
+def rows(out) -> list[str]:
+    return re.findall(r"^\| (\w+)[ *]*\|", (out / "summary.md").read_text(), re.MULTILINE)[1:]
+
+
+def check_folder(out, uri: str) -> dict[str, dict]:
+    """best.yaml is the summary's winner, every study has its best-<space>.yaml linked from the summary, each naming the
+    MLflow run of its best trial; returns the files' contents."""
+    files = {p.name: yaml.safe_load(p.read_text()) for p in sorted(out.glob("best*.yaml"))}
+    assert sorted(files) == ["best-adam.yaml", "best-sgd.yaml", "best.yaml"]
+    assert rows(out) == ["adam", "sgd"]
+    assert files["best.yaml"] == files[f"best-{winner(out)}.yaml"]
+    client = MlflowClient(uri)
+    for name, data in files.items():
+        run = client.get_run(data["source"]["mlflow_run_id"])
+        assert run.data.tags["tuner.study"] == data["source"]["study"] and run.data.tags["tuner.trial"] == str(data["source"]["trial"]), name
+        assert f"]({name})" in (out / "summary.md").read_text()
+    return files
+
+
+def test_study_and_plot_in_any_order_leave_one_consistent_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT)
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    common = ["--storage", f"sqlite:///{tmp_path}/t.db", "--out", str(out)]
+    study = ["study", "exp.yaml", *common, "--tracking-uri", uri, "--no-progress"]
+
+    assert main(study) == 0
+    first = check_folder(out, uri)
+    # What the MLflow UI and optuna-dashboard read: a model-training experiment, and the objective's name.
+    assert MlflowClient(uri).get_experiment_by_name("t").tags["mlflow.experimentKind"] == "custom_model_development"
+    assert optuna.load_study(study_name="t/adam", storage=f"sqlite:///{tmp_path}/t.db").metric_names == ["val_accuracy"]
+
+    assert main(study) == 0  # a resume that trains nothing
+    assert check_folder(out, uri) == first
+
+    # One optimizer, with a larger budget: the folder still describes both studies.
+    assert main([*study, "--optimizers", "sgd", "--trials", "4"]) == 0
+    after_sgd = check_folder(out, uri)
+    assert after_sgd["best-adam.yaml"] == first["best-adam.yaml"]
+    assert "sgd" in capsys.readouterr().out
+
+    assert main(["plot", "exp.yaml", *common]) == 0
+    assert check_folder(out, uri) == after_sgd
+    assert main(["plot", "--experiment", "t", *common]) == 0
+    assert check_folder(out, uri) == after_sgd

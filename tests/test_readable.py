@@ -1,0 +1,127 @@
+"""What a reader sees: numbers with the precision their spread allows, close calls said so, and figures whose marks
+stay visible (no marker hidden under another optimizer's, no line leaving the axes, no panel without its tick labels,
+log axes labelled between decades, importances with their uncertainty)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import optuna
+import pytest
+
+from tuner import plots
+from tuner.analysis import ExpectedBest, Summary, pm
+from tuner.report import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, Importance, OptimizerReport, Report, TrialPoint, close_call, importance
+
+
+@pytest.mark.parametrize(
+    ("stat", "text"),
+    [((0.08073, 0.02), "0.081 ± 0.020"), ((0.08073, 0.0068), "0.0807 ± 0.0068"), ((0.9786, 0.0996), "0.98 ± 0.10"),
+     ((56734.0, 1234.0), "56700 ± 1200"), ((0.2, 0.0), "0.2 ± 0"), ((math.nan, math.nan), "nan ± nan"), ((1e19, 3e18), "1e+19 ± 3e+18")],
+)
+def test_mean_and_sd_are_written_to_the_precision_of_the_sd(stat, text):
+    assert pm(stat) == text
+
+
+def summary(name: str, values: list[float]) -> Summary:
+    return Summary(name, f"x/{name}", 0, values[0], {}, {"seeds": list(range(1, len(values) + 1)), "val_objective": values})
+
+
+def test_a_close_call_is_said_with_its_uncertainty_and_a_clear_lead_is_not():
+    adam, rmsprop = summary("adam", [0.06, 0.08, 0.10]), summary("rmsprop", [0.07, 0.09, 0.105])
+    note = close_call([adam, rmsprop], adam, "minimize")
+    assert note.startswith("close call: adam (0.080 ± 0.020) and rmsprop (0.088 ± 0.018)") and "standard error (0.015)" in note
+    far = summary("sgd", [0.50, 0.52, 0.51])
+    assert close_call([adam, far], adam, "minimize") is None
+    assert close_call([adam], adam, "minimize") is None
+
+
+def point(outcome: str, value: float | None, lr: float = 1e-3, eps: float | None = None) -> TrialPoint:
+    return TrialPoint(outcome, value, lr, eps)
+
+
+def optimizer(name: str, points: list[TrialPoint], best_so_far: list[float], imp: Importance | None = None) -> OptimizerReport:
+    return OptimizerReport(name, Summary(name, f"x/{name}", None, None, {}, None), points, best_so_far, ExpectedBest([], [], []), math.nan,
+                           None, None, None, imp or Importance({}, 0, "too few"), None)
+
+
+def report(*optimizers: OptimizerReport, untrained: float | None = 2.3) -> Report:
+    setup = {"objective": "loss", "metric": "accuracy", "direction": "minimize", "epochs": 3, "task": "t", "task_args": {}}
+    return Report("x", setup, None, False, untrained, "PED-ANOVA", ["lr", "eps"], list(optimizers), None, [])
+
+
+def drawn(fig):
+    fig.savefig(io.BytesIO(), format="png")  # lays the figure out, as the PNG is
+    return fig
+
+
+def test_convergence_keeps_every_marker_and_line_visible():
+    # Both optimizers diverge at trial 2: their crosses sit in two rows at the edge, not one on the other.
+    # sgd's best so far is worse than the untrained model (a loss of 1e19): its line runs along the edge.
+    adam = optimizer("adam", [point("complete", 0.5), point("diverged", None), point("complete", 0.3)], [0.5, 0.5, 0.3])
+    sgd = optimizer("sgd", [point("complete", 1e19), point("diverged", None), point("complete", 0.4)], [1e19, 1e19, 0.4])
+    fig = drawn(plots.draw_convergence(report(adam, sgd)))
+    ax = fig.axes[0]
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert len(crosses) == 2 and crosses[0].get_ydata()[0] != crosses[1].get_ydata()[0]
+    low, high = ax.get_ylim()
+    steps = [line for line in ax.get_lines() if line.get_linewidth() == 2]
+    assert len(steps) == 2
+    for line in steps:
+        assert all(low <= y <= high for y in line.get_ydata() if not math.isnan(y))
+
+
+def test_a_log_axis_is_labelled_between_its_decades():
+    points = [point("complete", v) for v in (0.05, 0.08, 0.09, 0.3, 0.6)]
+    fig = drawn(plots.draw_convergence(report(optimizer("adam", points, [0.05] * 5), untrained=None)))
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    labels = {t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_visible() and t.get_text()}
+    assert {"0.08", "0.09"} <= labels, labels
+
+
+def test_an_epsilon_panel_next_to_a_blank_one_keeps_its_tick_labels():
+    sgd = optimizer("sgd", [point("complete", 0.5, 1e-2), point("complete", 0.4, 1e-1)], [0.5, 0.4])
+    adam = optimizer("adam", [point("complete", 0.5, 1e-3, 1e-8), point("complete", 0.3, 1e-2, 1e-4)], [0.5, 0.3])
+    fig = drawn(plots.draw_sensitivity(report(sgd, adam)))
+    eps_panel = next(ax for ax in fig.axes if ax.get_title() == "adam: learning rate × epsilon")
+    assert [t.get_text() for t in eps_panel.get_yticklabels() if t.get_visible() and t.get_text()]
+
+
+def test_importance_of_few_trials_is_shown_as_weak_with_its_bootstrap_sd():
+    study = optuna.create_study()
+    study.optimize(lambda t: abs(math.log10(t.suggest_float("lr", 1e-4, 1.0, log=True)) + 2) + 0 * t.suggest_float("eps", 0.0, 1.0), n_trials=12)
+    weak = importance(study)
+    assert MIN_WEAK_IMPORTANCE_TRIALS <= weak.trials < MIN_IMPORTANCE_TRIALS
+    assert set(weak.values) == set(weak.sd) == {"lr", "eps"} and "weak estimate" in weak.note and str(MIN_IMPORTANCE_TRIALS) in weak.note
+    assert all(sd >= 0 for sd in weak.sd.values()) and importance(study) == weak  # seeded resamples: the same figure every time
+    none = importance(optuna.create_study())
+    assert none.values == {} and str(MIN_WEAK_IMPORTANCE_TRIALS) in none.note
+    fig = drawn(plots.draw_importance(report(optimizer("adam", [], [], weak), optimizer("sgd", [], [], none))))
+    assert "weak estimate" in fig.axes[0].get_title()
+    assert any("±" in t.get_text() for t in fig.axes[0].texts)
+
+
+def test_threads_caps_torchs_threads(tmp_path, monkeypatch, capsys):
+    import torch
+    import yaml
+
+    from tuner.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = {"format": 1, "optimizer": {"class": "torch.optim.SGD", "kwargs": {"lr": 0.1}}, "schedule": {"name": "constant", "params": {}},
+              "training": {"task": "quadratic-deep", "task_args": {}, "epochs": 1, "batch_size": 64, "seed": 4, "objective": "loss"}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", "cfg.yaml", "--threads", "1", "--seeds", "2"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    captured = capsys.readouterr()
+    assert "seed 4:" in captured.out and "seed 5:" in captured.out
+    assert "seed 4 reproduces the trial it was selected on" in captured.err and "--first-seed 5 for fresh seeds" in captured.err
+    assert main(["train", "cfg.yaml", "--first-seed", "5"]) == 0
+    fresh = capsys.readouterr()
+    assert "seed 5:" in fresh.out and "seed 4:" not in fresh.out and fresh.err == ""

@@ -1,0 +1,94 @@
+"""What one output folder holds: the whole experiment, whichever command wrote it last.
+
+``tuner study`` (with any subset of the experiment's optimizers) and ``tuner plot``
+both rewrite the folder from every study of the experiment in the storage: the
+summary, the figures, ``best-<space>.yaml`` per study with a best trial and
+``best.yaml`` (the winner of the summary), the studies always in the order they
+were created (so an optimizer keeps its row and colour). So ``best.yaml``,
+``summary.md`` and ``plots/`` always describe the same studies and crown the
+same optimizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from tuner import analysis, export, report, strict_yaml
+from tuner.config import Config
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What :func:`write_outputs` wrote: the report, the summary and evidence as printed, and the best-config files by space name (the winner's also as ``best.yaml``)."""
+
+    report: report.Report
+    summary: str
+    evidence: str
+    report_files: list[Path]
+    configs: dict[str, Path]
+    best: Path | None
+
+
+def write_outputs(
+    storage: optuna.storages.BaseStorage,
+    experiment: str,
+    out: Path,
+    *,
+    target: float | None = None,
+    importance: str = "ped-anova",
+    source: dict[str, Any] | None = None,
+    run_ids: dict[str, dict[int, str]] | None = None,
+    where: str = "--experiment",
+) -> Outputs:
+    """Rewrite ``out`` from every study of ``experiment`` in ``storage``, in the order they were created (see the module's docstring).
+
+    ``target`` and ``importance``: as :func:`tuner.report.build_report` takes them. ``source``: the ``source``
+    section of the best-config files; ``run_ids``: study name -> trial number -> MLflow run id, known to a
+    tracked ``tuner study``. Raises :class:`~tuner.errors.UserError` (naming ``where``) when the experiment
+    has no study there.
+    """
+    studies = report.load_studies(storage, experiment, None, where)
+    built = report.build_report(studies, target=target, evaluator=importance)
+    configs: dict[str, Path] = {}
+    best = None
+    for study, entry in zip(studies, built.optimizers):
+        summary = entry.summary
+        if summary.best_trial is None:
+            continue
+        found = dict(source or {})
+        run_id = (run_ids or {}).get(study.study_name, {}).get(summary.best_trial)
+        if run_id:
+            found["mlflow_run_id"] = run_id
+        path = out / f"best-{entry.name}.yaml"
+        config = analysis.best_config(summary, study, built.label, built.direction, found)
+        config = _keep_source(config, path)
+        configs[entry.name] = export.write_config(config, path)
+        if entry.name == built.winner:
+            best = export.write_config(config, out / "best.yaml")
+    if best is None:  # no winner now: a best.yaml left from before would contradict the summary
+        (out / "best.yaml").unlink(missing_ok=True)
+    files = report.write_report(built, out)  # summary.md, evidence.md, then the figures
+    return Outputs(built, report.summary(built, out), files[1].read_text(), files, configs, best)
+
+
+def _keep_source(config: Config, path: Path) -> Config:
+    """``config`` with the ``source`` fields it lacks taken from the file at ``path`` when that file is of the same study
+    and trial: ``tuner plot`` and a resumed study that mirrored nothing new know no MLflow run id. A run id of another
+    tracking store is not kept."""
+    try:
+        old = (strict_yaml.load(path.read_text()) or {}).get("source") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return config
+    new = config.source
+    if not isinstance(old, dict) or any(old.get(key) != new.get(key) for key in ("study", "trial")):
+        return config
+    kept = {key: value for key, value in old.items() if key not in new}
+    if new.get("tracking_uri", old.get("tracking_uri")) != old.get("tracking_uri"):
+        kept.pop("mlflow_run_id", None)
+    return dataclasses.replace(config, source=new | kept)
