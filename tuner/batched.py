@@ -36,7 +36,7 @@ from tuner.config import Config
 from tuner.errors import reason
 from tuner.optim import optimizer_arguments, torch_kwargs
 from tuner.tasks import CHECK_BATCH, Data, Split, Task
-from tuner.train import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, steps_per_epoch
+from tuner.train import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, drops_last, steps_per_epoch
 
 # Share of the free device memory a population may plan to use.
 MEMORY_SHARE = 0.8
@@ -464,7 +464,7 @@ class _Population:
         self.device = data.train.x.device
         first = entries[0][1]
         self.shared = _shared(first)
-        self.steps = steps_per_epoch(len(data.train), first.batch_size)
+        self.steps = steps_per_epoch(len(data.train), first.batch_size, drops_last(task))
         for _, config in entries:
             self._check(config)
         self.model = StackedModel([seeded_model(task, config.seed, self.device) for _, config in entries], task.loss)
@@ -500,7 +500,7 @@ class _Population:
         ys = y.index_select(0, permutations).view(len(self.members), n, *y.shape[1:])
         loss_sum = torch.zeros(len(self.members), device=self.device)
         self.optimizer.plan(self.steps)
-        for start in range(0, n, batch_size):
+        for start in range(0, self.steps * batch_size, batch_size):
             with autocast(self.device, amp):
                 losses = self.model.losses(xs[:, start : start + batch_size], ys[:, start : start + batch_size])
             # The sum of the members' losses gives every member its own gradient.
