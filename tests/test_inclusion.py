@@ -24,7 +24,7 @@ def test_a_wide_space_holds_the_config_that_trains_as_momentum_sgd(quadratic, sp
     task, data = quadratic
 
     def final(optimizer: str, kwargs: dict) -> float:
-        config = Config(optimizer, kwargs, "constant", {}, "quadratic-deep", {}, 20, 128, 0, "loss")
+        config = Config(optimizer, kwargs, "constant", {}, "quadratic-deep", {}, 30, 128, 0, "loss")
         return train(task, data, config).history[-1].val_loss
 
     # With eps far above sqrt(v_hat), the step is lr / eps * m_hat: momentum SGD's at lr_sgd = lr * (1 - beta1) / eps.
