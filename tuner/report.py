@@ -53,12 +53,14 @@ class TrialPoint:
     ``value`` is the objective of a complete trial, the last value a pruned
     trial reported, or None for a diverged or failed trial (no finite value).
     ``lr`` and ``eps`` are its optimizer's (None where the optimizer has none).
+    ``test`` is a complete trial's test objective, for the test CPE only.
     """
 
     outcome: str
     value: float | None
     lr: float | None
     eps: float | None
+    test: float | None = None  # a complete trial's test objective (studies before tuner recorded it: None)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class OptimizerReport:
     best_so_far: list[float]  # convergence figure: one per point, NaN before the first complete trial
     expected: ExpectedBest  # budget figure: over what the trials are worth (analysis.worth)
     cpe: float
+    cpe_test: float  # CPE of the test objective of the config picked on validation, over the complete trials
     loss: Band | None  # learning-curves figure: validation loss of the final seeds
     metric: Band | None  # ... and the task's metric
     speed: Speed | None
@@ -101,6 +104,15 @@ class Report:
     optimizers: list[OptimizerReport]
     winner: str | None
     notes: list[str]
+    samplers: tuple[str, ...] = ()  # the samplers that drew the counted trials ("unknown" for trials before tuner recorded it)
+
+    @property
+    def sampling(self) -> str:
+        """Whether the expected-best curve's assumption (independent random-search trials) holds, for people."""
+        if set(self.samplers) == {"random"}:
+            return "random-search trials, as the estimator assumes"
+        drawn = ", ".join(self.samplers) or "no"
+        return f"{drawn} trials, not independent draws: optimistic (sampler: random meets the estimator's assumption)"
 
     @property
     def label(self) -> str:
@@ -140,7 +152,7 @@ def trial_points(trials: list[FrozenTrial]) -> list[TrialPoint]:
         state = outcome(trial)
         if state in COUNTED:
             kwargs = trial.user_attrs.get("config", {}).get("optimizer", {}).get("kwargs", {})
-            points.append(TrialPoint(state, _value(trial, state), kwargs.get("lr"), kwargs.get("eps")))
+            points.append(TrialPoint(state, _value(trial, state), kwargs.get("lr"), kwargs.get("eps"), trial.user_attrs.get("test_objective")))
     return points
 
 
@@ -264,6 +276,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
         points = trial_points(study_trials)
         worths = [analysis.worth(p.value, untrained, direction) for p in points]
         expected = analysis.expected_best([w for w in worths if w is not None], len(points), direction)
+        picked = [(p.value, p.test) for p in points if p.outcome == "complete" and p.test is not None and math.isfinite(p.test)]
         runs = (summary.final or {}).get("history") or []
         optimizers.append(OptimizerReport(
             name=summary.optimizer,
@@ -272,6 +285,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
             best_so_far=best_so_far(points, direction),
             expected=expected,
             cpe=analysis.cpe(expected),
+            cpe_test=analysis.cpe(analysis.expected_picked(picked, len(picked), direction)),
             loss=analysis.band([run["val_loss"] for run in runs]) if runs else None,
             metric=analysis.band([run["val_metric"] for run in runs]) if runs else None,
             speed=analysis.epochs_to_target([run[key] for run in runs], target, direction, setup["epochs"]) if runs and target is not None else None,
@@ -280,9 +294,10 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
         ))  # fmt: skip
     best = analysis.winner(summaries, direction)
     experiment = studies[0].study_name.split("/", 1)[0]
+    samplers = tuple(sorted({t.user_attrs.get("sampler", "unknown") for ts in trials for t in ts if outcome(t) in COUNTED}))
     return Report(
         experiment, setup, target, given, untrained, IMPORTANCE_EVALUATORS[evaluator], rank_parameters(importances), optimizers,
-        None if best is None else best.optimizer, notes + measure_notes,
+        None if best is None else best.optimizer, notes + measure_notes, samplers,
     )  # fmt: skip
 
 
@@ -298,7 +313,7 @@ def summary(report: Report, out: Path) -> str:
     seeds = next((o.summary.final["seeds"] for o in report.optimizers if o.summary.final), [])
     header = [
         "optimizer", f"best val {label}", "final val (mean ± sd)", "final test (mean ± sd)",
-        f"epochs to {arrow} {_cell(report.target, '.4g')}", "CPE", "complete/pruned/diverged/failed", "state bytes/param",
+        f"epochs to {arrow} {_cell(report.target, '.4g')}", "CPE (val)", "CPE (test)", "complete/pruned/diverged/failed", "state bytes/param",
     ]  # fmt: skip
     rows = [header]
     for o in report.optimizers:
@@ -311,6 +326,7 @@ def summary(report: Report, out: Path) -> str:
             analysis.pm(s.stat("test_objective")) if s.final else "-",
             _cell(None if speed is None else speed.epochs, ".3g") + reached,
             _cell(o.cpe, ".4g"),
+            _cell(o.cpe_test, ".4g"),
             f"{c['complete']}/{c['pruned']}/{c['diverged']}/{c['failed']}",
             _cell(o.memory, ".2f"),
         ])  # fmt: skip
@@ -333,10 +349,14 @@ def summary(report: Report, out: Path) -> str:
         f"- **epochs to {arrow} target** (DeepOBS's speed): the first epoch whose validation {label} reaches the target "
         f"({_cell(report.target, '.6g')}; {origin}), mean over the final seeds; a seed that never reaches it counts as "
         f"{setup['epochs'] + 1} (epochs + 1).",
-        f"- **CPE** (Sivaprasad et al. 2020): the expected best validation {label} after n trials (plots/budget.png), "
+        f"- **CPE (val)** (Sivaprasad et al. 2020, on validation): the expected best validation {label} after n trials (plots/budget.png), "
         "averaged over n = 1..N with weights N - n + 1: small budgets count most, so it rewards an optimizer that is good "
         f"after few trials ({better} is better). "
-        f"A trial counts with its validation {label} (a pruned one with the last it reported), {floor}.",
+        f"A trial counts with its validation {label} (a pruned one with the last it reported), {floor}. "
+        f"Dodge et al.'s estimator assumes independent random-search trials; these are {report.sampling}.",
+        f"- **CPE (test)**: Sivaprasad et al.'s own score: the same weighting of the expected *test* {label} of the config "
+        f"picked as best on validation among n trials, over the complete trials (a pruned or diverged trial has no test "
+        f"value); the test split never picks. **CPE (val)** is the validation figure before it.",
         "- **state bytes/param**: bytes of `torch.optim` state per model parameter, measured after one step of the best config.",
         *[f"- note: {note}" for note in report.notes],
         "",
