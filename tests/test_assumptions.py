@@ -29,14 +29,14 @@ def test_the_picked_config_is_scored_by_its_test_value_not_by_the_best_test_valu
     assert cpe(expected_picked([], 0, "minimize")) != cpe(expected_picked([], 0, "minimize"))  # NaN: no complete trial
 
 
-@pytest.mark.parametrize(("sampler", "said"), [
-    ("random", "these are random-search trials, as the estimator assumes"),
-    ("tpe", "these are tpe trials, not independent draws: optimistic"),
+@pytest.mark.parametrize(("sampler", "batch", "said"), [
+    ("random", 1, "these are random-search trials, as the estimator assumes"),
+    ("tpe", 2, "these are tpe trials, not independent draws: optimistic"),  # batched trials record their test value too
 ])  # fmt: skip
-def test_the_report_says_which_sampler_drew_the_trials_and_scores_cpe_on_test(workdir, capsys, sampler, said):
+def test_the_report_says_which_sampler_drew_the_trials_and_scores_cpe_on_test(workdir, capsys, sampler, batch, said):
     exp = workdir / "exp.yaml"
     exp.write_text(f"name: s\ntask: digits-mlp\ntask_args: {{hidden: 16}}\noptimizers: [sgd]\nschedules: [constant]\ntrials: 3\n"
-                   f"epochs: 1\nseed: 0\nsampler: {sampler}\npruner: none\nobjective: loss\nfinal_seeds: 1\n")  # fmt: skip
+                   f"epochs: 1\nseed: 0\nsampler: {sampler}\npruner: none\nobjective: loss\nfinal_seeds: 1\nbatch_trials: {batch}\n")  # fmt: skip
     args = ["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]
     assert main(args) == 0
     trials = optuna.load_study(study_name="s/sgd", storage=f"sqlite:///{workdir}/t.db").trials

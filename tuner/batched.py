@@ -216,6 +216,17 @@ def _decoupled_decay(member: _Hyper, lr: float) -> float:
     return 1 - lr * member.values["weight_decay"] if member.flags["decoupled"] else 1.0
 
 
+def _moments(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], h: dict[str, torch.Tensor], any_: dict[str, bool]) -> torch.Tensor:
+    """Adam's, NAdam's and RAdam's common start: weight decay (L2 into the gradient, or decoupled on the parameters),
+    then the first and second moments ``exp_avg`` and ``exp_avg_sq`` updated in place; returns the gradient used."""
+    g = _decayed(p, g, h, any_)
+    if any_["decoupled"]:
+        p.mul_(h["decay"])
+    state["exp_avg"].lerp_(g, h["lerp"])
+    state["exp_avg_sq"].mul_(h["beta2"]).addcmul_(g * h["one_minus_beta2"], g)
+    return g
+
+
 class VectorizedAdam(VectorizedOptimizer):
     """``torch.optim.Adam`` and ``AdamW`` (decoupled weight decay), amsgrad included."""
 
@@ -235,12 +246,8 @@ class VectorizedAdam(VectorizedOptimizer):
         return -(lr / bias_correction1), bias_correction2**0.5, _decoupled_decay(member, lr)
 
     def update(self, p, g, state, h, any_):
-        g = _decayed(p, g, h, any_)
-        if any_["decoupled"]:
-            p.mul_(h["decay"])
+        g = _moments(p, g, state, h, any_)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(g, h["lerp"])
-        exp_avg_sq.mul_(h["beta2"]).addcmul_(g * h["one_minus_beta2"], g)
         second = exp_avg_sq
         if any_["amsgrad"]:
             torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
@@ -332,12 +339,8 @@ class VectorizedNAdam(VectorizedOptimizer):
         return 1 - v["beta2"] ** step, grad_value, avg_value, _decoupled_decay(member, lr)
 
     def update(self, p, g, state, h, any_):
-        g = _decayed(p, g, h, any_)
-        if any_["decoupled"]:
-            p.mul_(h["decay"])
+        g = _moments(p, g, state, h, any_)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(g, h["lerp"])
-        exp_avg_sq.mul_(h["beta2"]).addcmul_(g * h["one_minus_beta2"], g)
         denom = exp_avg_sq.div(h["bias_correction2"]).sqrt().add_(h["eps"])
         p.addcdiv_(g * h["grad_value"], denom)
         p.addcdiv_(exp_avg * h["avg_value"], denom)
@@ -364,12 +367,8 @@ class VectorizedRAdam(VectorizedOptimizer):
         return 1 - v["beta1"] ** step, lr, bias_correction2**0.5, rect, float(rectified), _decoupled_decay(member, lr)
 
     def update(self, p, g, state, h, any_):
-        g = _decayed(p, g, h, any_)
-        if any_["decoupled"]:
-            p.mul_(h["decay"])
+        g = _moments(p, g, state, h, any_)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(g, h["lerp"])
-        exp_avg_sq.mul_(h["beta2"]).addcmul_(g * h["one_minus_beta2"], g)
         plain = exp_avg / h["bias_correction1"] * h["lr"]
         # torch's `bias_correction2**0.5 / denom` is `denom.reciprocal() * bias_correction2**0.5`.
         adaptive = exp_avg_sq.sqrt().add_(h["eps"]).reciprocal_() * h["bias_correction2_sqrt"]
