@@ -223,26 +223,27 @@ def state_bytes_per_parameter(task: Task, data: Data, config: Config) -> float:
     return state / sum(p.numel() for p in model.parameters())
 
 
-def untrained_objective(task: Task, data: Data, seed: int, objective: str) -> float:
-    """The validation ``loss`` or ``metric`` of the task's model before any training, initialised with ``seed``."""
+def untrained_objective(task: Task, data: Data, seed: int, objective: str, split: str = "val") -> float:
+    """The ``loss`` or ``metric`` on ``split`` (``val``, default, or ``test``) of the task's model before any training, initialised with ``seed``."""
     device = data.val.x.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         model = task.model().to(device)
-    loss, metric = evaluate(task, model, data.val)
+    loss, metric = evaluate(task, model, getattr(data, split))
     return loss if objective == "loss" else metric
 
 
-def _measure(setup: dict[str, Any], configs: list[Config | None]) -> tuple[list[float | None], float | None, list[str]]:
-    """Each best config's optimizer-state bytes per parameter and the untrained model's objective, on the CPU; a note if the task cannot be built."""
+def _measure(setup: dict[str, Any], configs: list[Config | None]) -> tuple[list[float | None], list[float | None], list[str]]:
+    """Each best config's optimizer-state bytes per parameter and the untrained model's validation and test objectives,
+    on the CPU; a note if the task cannot be built."""
     try:
         task = load_task(setup["task"], setup["task_args"], "setup.task")
         data = load_data(task, torch.device("cpu"), "setup.task")
     except UserError as err:
-        return [None] * len(configs), None, [f"state memory and untrained model not measured: {err}"]
+        return [None] * len(configs), [None, None], [f"state memory and untrained model not measured: {err}"]
     memories = [None if c is None else state_bytes_per_parameter(task, data, c) for c in configs]
-    untrained = untrained_objective(task, data, setup["seed"], setup["objective"])
-    return memories, untrained if math.isfinite(untrained) else None, []
+    untrained = [untrained_objective(task, data, setup["seed"], setup["objective"], split) for split in ("val", "test")]
+    return memories, [u if math.isfinite(u) else None for u in untrained], []
 
 
 def _final(study: optuna.Study) -> dict[str, Any] | None:
@@ -266,7 +267,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
     notes = [f"the studies differ in {', '.join(differ)}: they are not compared like for like"] if differ else []
     trials = [study.get_trials(deepcopy=False) for study in studies]
     configs = [None if s.best_trial is None else config_from_dict(t[s.best_trial].user_attrs["config"]) for t, s in zip(trials, summaries)]
-    memories, untrained, measure_notes = _measure(setup, configs)
+    memories, (untrained, untrained_test), measure_notes = _measure(setup, configs)
     importances = [importance(study, evaluator) for study in studies]
     given = target is not None
     target = target if given else analysis.default_target(summaries, direction)
@@ -276,7 +277,9 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
         points = trial_points(study_trials)
         worths = [analysis.worth(p.value, untrained, direction) for p in points]
         expected = analysis.expected_best([w for w in worths if w is not None], len(points), direction)
-        picked = [(p.value, p.test) for p in points if p.outcome == "complete" and p.test is not None and math.isfinite(p.test)]
+        # A test value is worth no worse than the untrained model's test value, as validation values are.
+        picked = [(p.value, analysis.worth(p.test, untrained_test, direction)) for p in points
+                  if p.outcome == "complete" and p.test is not None and math.isfinite(p.test)]  # fmt: skip
         runs = (summary.final or {}).get("history") or []
         optimizers.append(OptimizerReport(
             name=summary.optimizer,
@@ -356,7 +359,8 @@ def summary(report: Report, out: Path) -> str:
         f"Dodge et al.'s estimator assumes independent random-search trials; these are {report.sampling}.",
         f"- **CPE (test)**: Sivaprasad et al.'s own score: the same weighting of the expected *test* {label} of the config "
         f"picked as best on validation among n trials, over the complete trials (a pruned or diverged trial has no test "
-        f"value); the test split never picks. **CPE (val)** is the validation figure before it.",
+        f"value), each never worse than the untrained model's test {label}; the test split never picks. "
+        "**CPE (val)** is the validation figure before it.",
         "- **state bytes/param**: bytes of `torch.optim` state per model parameter, measured after one step of the best config.",
         *[f"- note: {note}" for note in report.notes],
         "",
