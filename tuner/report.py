@@ -104,7 +104,7 @@ class Report:
     optimizers: list[OptimizerReport]
     winner: str | None
     notes: list[str]
-    samplers: tuple[str, ...] = ()  # the samplers that drew the counted trials ("unknown" for trials before tuner recorded it)
+    samplers: tuple[str, ...] = ()  # the samplers that drew the counted trials ("unknown-sampler" for trials before tuner recorded it)
 
     @property
     def sampling(self) -> str:
@@ -297,7 +297,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
         ))  # fmt: skip
     best = analysis.winner(summaries, direction)
     experiment = studies[0].study_name.split("/", 1)[0]
-    samplers = tuple(sorted({t.user_attrs.get("sampler", "unknown") for ts in trials for t in ts if outcome(t) in COUNTED}))
+    samplers = tuple(sorted({t.user_attrs.get("sampler", "unknown-sampler") for ts in trials for t in ts if outcome(t) in COUNTED}))
     return Report(
         experiment, setup, target, given, untrained, IMPORTANCE_EVALUATORS[evaluator], rank_parameters(importances), optimizers,
         None if best is None else best.optimizer, notes + measure_notes, samplers,
