@@ -63,6 +63,27 @@ MEMBERS = {
         config("RMSprop", {"lr": 5e-3, "alpha": 0.999, "centered": True, "weight_decay": 0.01}, "one_cycle"),
         config("RMSprop", {"lr": 3e-3, "momentum": 0.5}, "exponential", {"end_factor": 0.1}),
     ],
+    "NAdam": [
+        config("NAdam", {"lr": 2e-3}, "cosine"),
+        config("NAdam", {"lr": 1e-2, "betas": (0.5, 0.99), "eps": 1e-3, "weight_decay": 0.1, "momentum_decay": 0.01}, "warmup_cosine", {"warmup": 0.2}),
+        config("NAdam", {"lr": 1e-1, "betas": (0.99, 0.9), "eps": 1.0, "weight_decay": 0.05, "decoupled_weight_decay": True}, "one_cycle"),
+    ],
+    "RAdam": [
+        # beta2 0.999 rectifies from step 6 on, 0.9 from step 8, 0.6 never: both branches, and members switching apart.
+        config("RAdam", {"lr": 1e-2}, "cosine"),
+        config("RAdam", {"lr": 3e-2, "betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1}, "step", {"step_size": 0.2, "gamma": 0.5}),
+        config("RAdam", {"lr": 1e-1, "betas": (0.0, 0.6), "eps": 1.0, "weight_decay": 0.05, "decoupled_weight_decay": True}, "one_cycle"),
+    ],
+    "Adagrad": [
+        config("Adagrad", {"lr": 1e-2}, "cosine"),
+        config("Adagrad", {"lr": 1e-1, "lr_decay": 0.01, "initial_accumulator_value": 0.1, "eps": 1e-6}, "warmup_cosine", {"warmup": 0.1}),
+        config("Adagrad", {"lr": 5e-2, "weight_decay": 0.01, "initial_accumulator_value": 1.0}, "exponential", {"end_factor": 0.1}),
+    ],
+    "Adamax": [
+        config("Adamax", {"lr": 2e-3}, "cosine"),
+        config("Adamax", {"lr": 1e-2, "betas": (0.5, 0.99), "eps": 1e-3, "weight_decay": 0.1}, "one_cycle"),
+        config("Adamax", {"lr": 3e-2, "betas": (0.0, 0.9), "eps": 1.0}),
+    ],
 }
 
 

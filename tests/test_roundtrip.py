@@ -13,7 +13,7 @@ from tuner import optim, spaces
 from tuner.config import Config, load_schedules, load_space, shipped_dir
 from tuner.export import config_from_dict, config_to_dict, write_config
 
-SPACES = ["adam", "adamw", "sgd", "rmsprop"]
+SPACES = ["adam", "adamw", "sgd", "rmsprop", "nadam", "radam", "adagrad", "adamax", "adam-wide", "nadam-wide"]
 SCHEDULES = list(optim.SCHEDULES)
 STEPS_PER_EPOCH = 7
 EPOCHS = 5

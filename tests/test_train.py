@@ -44,7 +44,7 @@ def test_the_seed_changes_initialisation_and_order_but_not_the_callers_random_st
 
 def test_a_non_finite_loss_stops_the_run_as_diverged(quadratic):
     task, data = quadratic
-    config = adam(optimizer="SGD", optimizer_kwargs={"lr": 10.0}, schedule="constant", task="quadratic-deep", epochs=5, batch_size=128)
+    config = adam(optimizer="SGD", optimizer_kwargs={"lr": 30.0}, schedule="constant", task="quadratic-deep", epochs=5, batch_size=128)
     result = train(task, data, config)
     assert result.status == "diverged"
     assert result.reason.startswith(f"diverged at epoch {len(result.history)}")

@@ -136,9 +136,28 @@ def expected_best(values: list[float], budget: int, direction: str) -> ExpectedB
     "Show Your Work" (Dodge et al. 2019): with ``values`` sorted from worst to
     best as v(1)..v(N), E[best of n] = sum_i v(i) [(i/N)^n - ((i-1)/N)^n]; the
     best is the largest value when maximizing, the smallest when minimizing.
-    No values give an empty curve.
+    No values give an empty curve. The estimator assumes that the values are
+    independent, identically drawn trials (random search); from a sampler that
+    learns (TPE) it is optimistic.
     """
-    ordered = sorted(values, reverse=direction == "minimize")  # worst first, best last
+    return _best_of_n(sorted(values, reverse=direction == "minimize"), budget)
+
+
+def expected_picked(pairs: list[tuple[float, float]], budget: int, direction: str) -> ExpectedBest:
+    """The expected test value of the trial picked on validation among ``n`` drawn with replacement, n = 1..budget.
+
+    ``pairs`` are (validation, test) values of trials. Sivaprasad et al. 2020
+    score the test performance of the configuration that was best on
+    validation: the weights of :func:`expected_best`, over the trials sorted by
+    their validation value, applied to their test values. Trials tied on
+    validation are ordered as they come (the later counts as the better).
+    """
+    ordered = sorted(pairs, key=lambda pair: pair[0], reverse=direction == "minimize")
+    return _best_of_n([test for _, test in ordered], budget)
+
+
+def _best_of_n(ordered: list[float], budget: int) -> ExpectedBest:
+    """Mean and sd of ``ordered[i-1]`` weighted by the chance that the i-th of N (worst first) is the best of n draws."""
     size = len(ordered)
     budgets = list(range(1, budget + 1)) if size else []
     means, sds = [], []

@@ -5,7 +5,7 @@ forward and one backward pass serve every member (``torch.func.functional_call``
 under ``torch.func.vmap``: each member sees only its own parameters, batches
 and buffers), and a vectorized optimizer steps every member with its own
 hyperparameters, learning-rate schedule and step count. Given identical
-gradients, the vectorized Adam, AdamW, SGD and RMSprop equal ``torch.optim``'s
+gradients, the vectorized Adam, AdamW, SGD, RMSprop, NAdam, RAdam, Adagrad and Adamax equal ``torch.optim``'s
 single-tensor path (the CPU default) bit for bit; whole trainings differ from
 the same trial run alone only by rounding (the stacked forward and backward
 passes group sums differently), which training amplifies.
@@ -36,7 +36,7 @@ from tuner.config import Config
 from tuner.errors import reason
 from tuner.optim import optimizer_arguments, torch_kwargs
 from tuner.tasks import CHECK_BATCH, Data, Split, Task
-from tuner.train import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, steps_per_epoch
+from tuner.train import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, drops_last, steps_per_epoch
 
 # Share of the free device memory a population may plan to use.
 MEMORY_SHARE = 0.8
@@ -78,6 +78,8 @@ class _Hyper:
     values: dict[str, float]
     flags: dict[str, bool]
     schedule: _Schedule
+    # Numbers torch carries from step to step as float32 tensors (NAdam's mu_product), updated as torch updates them.
+    running: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class VectorizedOptimizer:
@@ -110,6 +112,8 @@ class VectorizedOptimizer:
         self.steps_per_epoch = steps_per_epoch
         self.state = {name: torch.zeros_like(params) for name in self.states}
         self.members: list[_Hyper] = [self._hyper(config) for config in configs]
+        for row in range(len(configs)):
+            self._fill(row)
         self._table = torch.empty(0)
         self._lrs: list[list[float]] = []
         self._next = 0
@@ -123,6 +127,15 @@ class VectorizedOptimizer:
     def hyperparameters(self, name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, bool]]:
         """A member's values and flags from ``torch.optim.<name>``'s keyword arguments (defaults filled in)."""
         raise NotImplementedError
+
+    def initial(self, member: _Hyper) -> dict[str, float]:
+        """The value each state tensor starts at for ``member`` where torch does not start it at 0 (Adagrad's sum)."""
+        return {}
+
+    def _fill(self, row: int) -> None:
+        with torch.no_grad():
+            for name, value in self.initial(self.members[row]).items():
+                self.state[name][row].fill_(value)
 
     def factors(self, member: _Hyper, lr: float, step: int) -> tuple[float, ...]:
         """The member's numbers for its ``step``-th step (counted from 1) at learning rate ``lr``."""
@@ -139,6 +152,7 @@ class VectorizedOptimizer:
             for tensor in self.state.values():
                 tensor[row].zero_()
         self.members[row] = self._hyper(config)
+        self._fill(row)
         self._next = len(self._lrs)  # the plan is stale
 
     def keep(self, rows: list[int], params: torch.Tensor) -> None:
@@ -186,6 +200,33 @@ def _kwargs(name: str, kwargs: dict) -> dict:
     return torch_kwargs(name, optimizer_arguments(name)) | kwargs
 
 
+def _adam_family(name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, bool]]:
+    """The values and flags that Adam, AdamW, NAdam, RAdam and Adamax share: betas, eps, weight decay, L2 or decoupled."""
+    k = _kwargs(name, kwargs)
+    beta1, beta2 = k["betas"]
+    decoupled = name == "AdamW" or bool(k.get("decoupled_weight_decay"))
+    # beta1 is not a value_name: only factors() uses it, in float64.
+    values = {"beta1": beta1, "lerp": 1 - beta1, "beta2": beta2, "one_minus_beta2": 1 - beta2, "eps": k["eps"], "weight_decay": k["weight_decay"]}
+    wd = k["weight_decay"] != 0
+    return values, {"l2": wd and not decoupled, "decoupled": wd and decoupled}
+
+
+def _decoupled_decay(member: _Hyper, lr: float) -> float:
+    """``1 - lr * weight_decay`` for a member with decoupled weight decay; 1.0 (the parameter bit for bit) where torch skips it."""
+    return 1 - lr * member.values["weight_decay"] if member.flags["decoupled"] else 1.0
+
+
+def _moments(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], h: dict[str, torch.Tensor], any_: dict[str, bool]) -> torch.Tensor:
+    """Adam's, NAdam's and RAdam's common start: weight decay (L2 into the gradient, or decoupled on the parameters),
+    then the first and second moments ``exp_avg`` and ``exp_avg_sq`` updated in place; returns the gradient used."""
+    g = _decayed(p, g, h, any_)
+    if any_["decoupled"]:
+        p.mul_(h["decay"])
+    state["exp_avg"].lerp_(g, h["lerp"])
+    state["exp_avg_sq"].mul_(h["beta2"]).addcmul_(g * h["one_minus_beta2"], g)
+    return g
+
+
 class VectorizedAdam(VectorizedOptimizer):
     """``torch.optim.Adam`` and ``AdamW`` (decoupled weight decay), amsgrad included."""
 
@@ -195,29 +236,18 @@ class VectorizedAdam(VectorizedOptimizer):
     factor_names = ("neg_step_size", "bias_correction2_sqrt", "decay")
 
     def hyperparameters(self, name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, bool]]:
-        k = _kwargs(name, kwargs)
-        beta1, beta2 = k["betas"]
-        decoupled = name == "AdamW" or bool(k.get("decoupled_weight_decay"))
-        # beta1 is not a value_name: only factors() uses it, in float64.
-        values = {"beta1": beta1, "lerp": 1 - beta1, "beta2": beta2, "one_minus_beta2": 1 - beta2, "eps": k["eps"], "weight_decay": k["weight_decay"]}
-        wd = k["weight_decay"] != 0
-        return values, {"l2": wd and not decoupled, "amsgrad": bool(k["amsgrad"]), "decoupled": wd and decoupled}
+        values, flags = _adam_family(name, kwargs)
+        return values, flags | {"amsgrad": bool(_kwargs(name, kwargs)["amsgrad"])}
 
     def factors(self, member: _Hyper, lr: float, step: int) -> tuple[float, ...]:
         v = member.values
         bias_correction1 = 1 - v["beta1"] ** step
         bias_correction2 = 1 - v["beta2"] ** step
-        # 1.0 leaves the parameter as it is, bit for bit, where torch skips the decay.
-        decay = 1 - lr * v["weight_decay"] if member.flags["decoupled"] else 1.0
-        return -(lr / bias_correction1), bias_correction2**0.5, decay
+        return -(lr / bias_correction1), bias_correction2**0.5, _decoupled_decay(member, lr)
 
     def update(self, p, g, state, h, any_):
-        g = _decayed(p, g, h, any_)
-        if any_["decoupled"]:
-            p.mul_(h["decay"])
+        g = _moments(p, g, state, h, any_)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(g, h["lerp"])
-        exp_avg_sq.mul_(h["beta2"]).addcmul_(g * h["one_minus_beta2"], g)
         second = exp_avg_sq
         if any_["amsgrad"]:
             torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
@@ -286,11 +316,122 @@ class VectorizedRMSprop(VectorizedOptimizer):
             p.addcdiv_(g * h["neg_lr"], avg)
 
 
+class VectorizedNAdam(VectorizedOptimizer):
+    """``torch.optim.NAdam`` (Dozat 2016): momentum decay, L2 or decoupled weight decay."""
+
+    states = ("exp_avg", "exp_avg_sq")
+    value_names = ("lerp", "beta2", "one_minus_beta2", "eps", "weight_decay")
+    flag_names = ("l2", "decoupled")
+    factor_names = ("bias_correction2", "grad_value", "avg_value", "decay")
+
+    def hyperparameters(self, name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, bool]]:
+        values, flags = _adam_family(name, kwargs)
+        return values | {"momentum_decay": _kwargs(name, kwargs)["momentum_decay"]}, flags
+
+    def factors(self, member: _Hyper, lr: float, step: int) -> tuple[float, ...]:
+        v = member.values
+        mu = v["beta1"] * (1.0 - 0.5 * (0.96 ** (step * v["momentum_decay"])))
+        mu_next = v["beta1"] * (1.0 - 0.5 * (0.96 ** ((step + 1) * v["momentum_decay"])))
+        # torch keeps the product of the mu's in a float32 tensor: multiplied there, read back as a Python float.
+        product = member.running.setdefault("mu_product", torch.ones((), dtype=torch.float32)).mul_(mu).item()
+        grad_value = -lr * (1.0 - mu) / (1.0 - product)
+        avg_value = (-lr * mu_next) / (1.0 - product * mu_next)
+        return 1 - v["beta2"] ** step, grad_value, avg_value, _decoupled_decay(member, lr)
+
+    def update(self, p, g, state, h, any_):
+        g = _moments(p, g, state, h, any_)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        denom = exp_avg_sq.div(h["bias_correction2"]).sqrt().add_(h["eps"])
+        p.addcdiv_(g * h["grad_value"], denom)
+        p.addcdiv_(exp_avg * h["avg_value"], denom)
+
+
+class VectorizedRAdam(VectorizedOptimizer):
+    """``torch.optim.RAdam`` (Liu et al. 2020): the adaptive step only once the variance is tractable (rho_t > 5)."""
+
+    states = ("exp_avg", "exp_avg_sq")
+    value_names = ("lerp", "beta2", "one_minus_beta2", "eps", "weight_decay")
+    flag_names = ("l2", "decoupled")
+    factor_names = ("bias_correction1", "lr", "bias_correction2_sqrt", "rect", "rectified", "decay")
+
+    def hyperparameters(self, name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, bool]]:
+        return _adam_family(name, kwargs)
+
+    def factors(self, member: _Hyper, lr: float, step: int) -> tuple[float, ...]:
+        v = member.values
+        bias_correction2 = 1 - v["beta2"] ** step
+        rho_inf = 2 / (1 - v["beta2"]) - 1
+        rho_t = rho_inf - 2 * step * (v["beta2"] ** step) / bias_correction2
+        rectified = rho_t > 5.0
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 0.0
+        return 1 - v["beta1"] ** step, lr, bias_correction2**0.5, rect, float(rectified), _decoupled_decay(member, lr)
+
+    def update(self, p, g, state, h, any_):
+        g = _moments(p, g, state, h, any_)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        plain = exp_avg / h["bias_correction1"] * h["lr"]
+        # torch's `bias_correction2**0.5 / denom` is `denom.reciprocal() * bias_correction2**0.5`.
+        adaptive = exp_avg_sq.sqrt().add_(h["eps"]).reciprocal_() * h["bias_correction2_sqrt"]
+        p.sub_(torch.where(h["rectified"] > 0, plain * adaptive * h["rect"], plain))
+
+
+class VectorizedAdagrad(VectorizedOptimizer):
+    """``torch.optim.Adagrad`` (Duchi et al. 2011) with lr decay, an initial accumulator and L2 weight decay."""
+
+    states = ("sum",)
+    value_names = ("eps", "weight_decay")
+    flag_names = ("l2",)
+    factor_names = ("neg_clr",)
+
+    def hyperparameters(self, name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, bool]]:
+        k = _kwargs(name, kwargs)
+        values = {"eps": k["eps"], "weight_decay": k["weight_decay"], "lr_decay": k["lr_decay"], "initial": k["initial_accumulator_value"]}
+        return values, {"l2": k["weight_decay"] != 0}
+
+    def initial(self, member: _Hyper) -> dict[str, float]:
+        return {"sum": member.values["initial"]}
+
+    def factors(self, member: _Hyper, lr: float, step: int) -> tuple[float, ...]:
+        return (-(lr / (1 + (step - 1) * member.values["lr_decay"])),)
+
+    def update(self, p, g, state, h, any_):
+        g = _decayed(p, g, h, any_)
+        std = state["sum"].addcmul_(g, g).sqrt().add_(h["eps"])
+        p.addcdiv_(g * h["neg_clr"], std)
+
+
+class VectorizedAdamax(VectorizedOptimizer):
+    """``torch.optim.Adamax`` (Kingma & Ba 2015, the infinity norm) with L2 weight decay."""
+
+    states = ("exp_avg", "exp_inf")
+    value_names = ("lerp", "beta2", "eps", "weight_decay")
+    flag_names = ("l2",)
+    factor_names = ("neg_clr",)
+
+    def hyperparameters(self, name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, bool]]:
+        values, flags = _adam_family(name, kwargs)
+        return values, {"l2": flags["l2"]}
+
+    def factors(self, member: _Hyper, lr: float, step: int) -> tuple[float, ...]:
+        return (-(lr / (1 - member.values["beta1"] ** step)),)
+
+    def update(self, p, g, state, h, any_):
+        g = _decayed(p, g, h, any_)
+        exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]
+        exp_avg.lerp_(g, h["lerp"])
+        torch.maximum(exp_inf.mul_(h["beta2"]), g.abs().add_(h["eps"]), out=exp_inf)
+        p.addcdiv_(exp_avg * h["neg_clr"], exp_inf)
+
+
 VECTORIZED: dict[str, type[VectorizedOptimizer]] = {
     "Adam": VectorizedAdam,
     "AdamW": VectorizedAdam,
     "SGD": VectorizedSGD,
     "RMSprop": VectorizedRMSprop,
+    "NAdam": VectorizedNAdam,
+    "RAdam": VectorizedRAdam,
+    "Adagrad": VectorizedAdagrad,
+    "Adamax": VectorizedAdamax,
 }
 
 
@@ -478,7 +619,7 @@ class _Population:
         self.device = data.train.x.device
         first = entries[0][1]
         self.shared = _shared(first)
-        self.steps = steps_per_epoch(len(data.train), first.batch_size)
+        self.steps = steps_per_epoch(len(data.train), first.batch_size, drops_last(task))
         for _, config in entries:
             self._check(config)
         self.model = StackedModel([seeded_model(task, config.seed, self.device) for _, config in entries], task.loss)
@@ -514,7 +655,7 @@ class _Population:
         ys = y.index_select(0, permutations).view(len(self.members), n, *y.shape[1:])
         loss_sum = torch.zeros(len(self.members), device=self.device)
         self.optimizer.plan(self.steps)
-        for start in range(0, n, batch_size):
+        for start in range(0, self.steps * batch_size, batch_size):
             with autocast(self.device, amp):
                 losses = self.model.losses(xs[:, start : start + batch_size], ys[:, start : start + batch_size])
             # The sum of the members' losses gives every member its own gradient.

@@ -79,7 +79,7 @@ def build_parser() -> Parser:
     study.add_argument("experiment", nargs="?", help="experiment YAML file, or a shipped name (default: quickstart)")
     study.add_argument("--trials", type=positive_int, help="trials per optimizer (the study is topped up to this)")
     study.add_argument("--epochs", type=positive_int, help="epochs per trial")
-    study.add_argument("--optimizers", nargs="+", metavar="SPACE", help="shipped search spaces (adam adamw sgd rmsprop) or .yaml paths")
+    study.add_argument("--optimizers", nargs="+", metavar="SPACE", help="shipped search spaces (adam adamw nadam radam adamax adagrad sgd rmsprop adam-wide nadam-wide) or .yaml paths")
     study.add_argument("--task", help="task name or package.module:factory")
     study.add_argument("--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)")
     add_tracking_arguments(study)

@@ -38,6 +38,10 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "AdamW": torch.optim.AdamW,
     "SGD": torch.optim.SGD,
     "RMSprop": torch.optim.RMSprop,
+    "NAdam": torch.optim.NAdam,
+    "RAdam": torch.optim.RAdam,
+    "Adagrad": torch.optim.Adagrad,
+    "Adamax": torch.optim.Adamax,
 }
 
 # Implementation switches and flags that change what is optimised, not how well.
@@ -48,6 +52,7 @@ _NOT_HYPERPARAMETERS = {"params", "foreach", "capturable", "differentiable", "fu
 ALLOWED = {
     "lr": ">= 0", "beta1": "in [0, 1)", "beta2": "in [0, 1)", "eps": ">= 0", "weight_decay": ">= 0",
     "momentum": ">= 0", "dampening": "any float; 0 for nesterov", "alpha": ">= 0", "betas": "each in [0, 1)",
+    "momentum_decay": ">= 0", "lr_decay": ">= 0", "initial_accumulator_value": ">= 0",
 }  # fmt: skip
 
 

@@ -224,7 +224,7 @@ def draw_budget(report: Report) -> Figure:
         worths = _finite(worth(p.value, report.untrained, report.direction) for p in o.points)
         if not e.n:
             continue
-        ax.plot(e.n, e.mean, color=color[o.name], linewidth=2, label=f"{o.name} (CPE {o.cpe:.4g})")
+        ax.plot(e.n, e.mean, color=color[o.name], linewidth=2, label=f"{o.name} (CPE on validation {o.cpe:.4g})")
         # The band is clipped to the values drawn from: the best of n cannot lie outside them.
         low = [max(m - s, min(worths)) for m, s in zip(e.mean, e.sd)]
         high = [min(m + s, max(worths)) for m, s in zip(e.mean, e.sd)]
@@ -244,7 +244,7 @@ def draw_budget(report: Report) -> Figure:
     ax.set_title(
         rf"$E[\{best}$ of $n] = \sum_{{i=1}}^{{N}} v_{{(i)}}\,[(i/N)^n - ((i-1)/N)^n]$ (Dodge et al. 2019); band: ± 1 sd"
         f"\n$v_{{(1)}}..v_{{(N)}}$: the N trials' values sorted worst to best; a trial's value: its validation {report.label}"
-        f"\n(pruned: the last it reported){floor}",
+        f"\n(pruned: the last it reported){floor}\nthe estimator assumes random-search trials; these are {report.sampling}",
         fontsize=8,
     )
     ax.set(xlabel="n: number of trials (the tuning budget)", ylabel=f"expected best validation {report.label}")

@@ -61,12 +61,14 @@ class TrialPoint:
     ``value`` is the objective of a complete trial, the last value a pruned
     trial reported, or None for a diverged or failed trial (no finite value).
     ``lr`` and ``eps`` are its optimizer's (None where the optimizer has none).
+    ``test`` is a complete trial's test objective, for the test CPE only.
     """
 
     outcome: str
     value: float | None
     lr: float | None
     eps: float | None
+    test: float | None = None  # a complete trial's test objective (studies before tuner recorded it: None)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class OptimizerReport:
     best_so_far: list[float]  # convergence figure: one per point, NaN before the first complete trial
     expected: ExpectedBest  # budget figure: over what the trials are worth (analysis.worth)
     cpe: float
+    cpe_test: float  # CPE of the test objective of the config picked on validation, over the complete trials
     loss: Band | None  # learning-curves figure: validation loss of the final seeds
     metric: Band | None  # ... and the task's metric
     speed: Speed | None
@@ -116,6 +119,15 @@ class Report:
     optimizers: list[OptimizerReport]
     winner: str | None
     notes: list[str]
+    samplers: tuple[str, ...] = ()  # the samplers that drew the counted trials ("unknown-sampler" for trials before tuner recorded it)
+
+    @property
+    def sampling(self) -> str:
+        """Whether the expected-best curve's assumption (independent random-search trials) holds, for people."""
+        if set(self.samplers) == {"random"}:
+            return "random-search trials, as the estimator assumes"
+        drawn = ", ".join(self.samplers) or "no"
+        return f"{drawn} trials, not independent draws: optimistic (sampler: random meets the estimator's assumption)"
 
     @property
     def label(self) -> str:
@@ -155,7 +167,7 @@ def trial_points(trials: list[FrozenTrial]) -> list[TrialPoint]:
         state = outcome(trial)
         if state in COUNTED:
             kwargs = trial.user_attrs.get("config", {}).get("optimizer", {}).get("kwargs", {})
-            points.append(TrialPoint(state, _value(trial, state), kwargs.get("lr"), kwargs.get("eps")))
+            points.append(TrialPoint(state, _value(trial, state), kwargs.get("lr"), kwargs.get("eps"), trial.user_attrs.get("test_objective")))
     return points
 
 
@@ -242,26 +254,27 @@ def state_bytes_per_parameter(task: Task, data: Data, config: Config) -> float:
     return state / sum(p.numel() for p in model.parameters())
 
 
-def untrained_objective(task: Task, data: Data, seed: int, objective: str) -> float:
-    """The validation ``loss`` or ``metric`` of the task's model before any training, initialised with ``seed``."""
+def untrained_objective(task: Task, data: Data, seed: int, objective: str, split: str = "val") -> float:
+    """The ``loss`` or ``metric`` on ``split`` (``val``, default, or ``test``) of the task's model before any training, initialised with ``seed``."""
     device = data.val.x.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         model = task.model().to(device)
-    loss, metric = evaluate(task, model, data.val)
+    loss, metric = evaluate(task, model, getattr(data, split))
     return loss if objective == "loss" else metric
 
 
-def _measure(setup: dict[str, Any], configs: list[Config | None]) -> tuple[list[float | None], float | None, list[str]]:
-    """Each best config's optimizer-state bytes per parameter and the untrained model's objective, on the CPU; a note if the task cannot be built."""
+def _measure(setup: dict[str, Any], configs: list[Config | None]) -> tuple[list[float | None], list[float | None], list[str]]:
+    """Each best config's optimizer-state bytes per parameter and the untrained model's validation and test objectives,
+    on the CPU; a note if the task cannot be built."""
     try:
         task = load_task(setup["task"], setup["task_args"], "setup.task")
         data = load_data(task, torch.device("cpu"), "setup.task")
     except UserError as err:
-        return [None] * len(configs), None, [f"state memory and untrained model not measured: {err}"]
+        return [None] * len(configs), [None, None], [f"state memory and untrained model not measured: {err}"]
     memories = [None if c is None else state_bytes_per_parameter(task, data, c) for c in configs]
-    untrained = untrained_objective(task, data, setup["seed"], setup["objective"])
-    return memories, untrained if math.isfinite(untrained) else None, []
+    untrained = [untrained_objective(task, data, setup["seed"], setup["objective"], split) for split in ("val", "test")]
+    return memories, [u if math.isfinite(u) else None for u in untrained], []
 
 
 def _final(study: optuna.Study) -> dict[str, Any] | None:
@@ -285,7 +298,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
     notes = [f"the studies differ in {', '.join(differ)}: they are not compared like for like"] if differ else []
     trials = [study.get_trials(deepcopy=False) for study in studies]
     configs = [None if s.best_trial is None else config_from_dict(t[s.best_trial].user_attrs["config"]) for t, s in zip(trials, summaries)]
-    memories, untrained, measure_notes = _measure(setup, configs)
+    memories, (untrained, untrained_test), measure_notes = _measure(setup, configs)
     importances = [importance(study, evaluator) for study in studies]
     given = target is not None
     target = target if given else analysis.default_target(summaries, direction)
@@ -295,6 +308,9 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
         points = trial_points(study_trials)
         worths = [analysis.worth(p.value, untrained, direction) for p in points]
         expected = analysis.expected_best([w for w in worths if w is not None], len(points), direction)
+        # A test value is worth no worse than the untrained model's test value, as validation values are.
+        picked = [(p.value, analysis.worth(p.test, untrained_test, direction)) for p in points
+                  if p.outcome == "complete" and p.test is not None and math.isfinite(p.test)]  # fmt: skip
         runs = (summary.final or {}).get("history") or []
         optimizers.append(OptimizerReport(
             name=summary.optimizer,
@@ -303,6 +319,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
             best_so_far=best_so_far(points, direction),
             expected=expected,
             cpe=analysis.cpe(expected),
+            cpe_test=analysis.cpe(analysis.expected_picked(picked, len(picked), direction)),
             loss=analysis.band([run["val_loss"] for run in runs]) if runs else None,
             metric=analysis.band([run["val_metric"] for run in runs]) if runs else None,
             speed=analysis.epochs_to_target([run[key] for run in runs], target, direction, setup["epochs"]) if runs and target is not None else None,
@@ -314,9 +331,10 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
     close = close_call(summaries, best, direction)
     notes += [close] if close else []
     experiment = studies[0].study_name.split("/", 1)[0]
+    samplers = tuple(sorted({t.user_attrs.get("sampler", "unknown-sampler") for ts in trials for t in ts if outcome(t) in COUNTED}))
     return Report(
         experiment, setup, target, given, untrained, IMPORTANCE_EVALUATORS[evaluator], rank_parameters(importances), optimizers,
-        None if best is None else best.optimizer, notes + measure_notes,
+        None if best is None else best.optimizer, notes + measure_notes, samplers,
     )  # fmt: skip
 
 
@@ -349,7 +367,7 @@ def summary(report: Report, out: Path) -> str:
     seeds = next((o.summary.final["seeds"] for o in report.optimizers if o.summary.final), [])
     header = [
         "optimizer", f"best val {label}", "final val (mean ± sd)", "final test (mean ± sd)",
-        f"epochs to {arrow} {_cell(report.target, '.4g')}", "CPE", "complete/pruned/diverged/failed", "state bytes/param",
+        f"epochs to {arrow} {_cell(report.target, '.4g')}", "CPE (val)", "CPE (test)", "complete/pruned/diverged/failed", "state bytes/param",
     ]  # fmt: skip
     rows = [header]
     for o in report.optimizers:
@@ -362,6 +380,7 @@ def summary(report: Report, out: Path) -> str:
             analysis.pm(s.stat("test_objective")) if s.final else "-",
             _cell(None if speed is None else speed.epochs, ".3g") + reached,
             _cell(o.cpe, ".4g"),
+            _cell(o.cpe_test, ".4g"),
             f"{c['complete']}/{c['pruned']}/{c['diverged']}/{c['failed']}",
             _cell(o.memory, ".2f"),
         ])  # fmt: skip
@@ -384,10 +403,15 @@ def summary(report: Report, out: Path) -> str:
         f"- **epochs to {arrow} target** (DeepOBS's speed): the first epoch whose validation {label} reaches the target "
         f"({_cell(report.target, '.6g')}; {origin}), mean over the final seeds; a seed that never reaches it counts as "
         f"{setup['epochs'] + 1} (epochs + 1).",
-        f"- **CPE** (Sivaprasad et al. 2020): the expected best validation {label} after n trials (plots/budget.png), "
+        f"- **CPE (val)** (Sivaprasad et al. 2020, on validation): the expected best validation {label} after n trials (plots/budget.png), "
         "averaged over n = 1..N with weights N - n + 1: small budgets count most, so it rewards an optimizer that is good "
         f"after few trials ({better} is better). "
-        f"A trial counts with its validation {label} (a pruned one with the last it reported), {floor}.",
+        f"A trial counts with its validation {label} (a pruned one with the last it reported), {floor}. "
+        f"Dodge et al.'s estimator assumes independent random-search trials; these are {report.sampling}.",
+        f"- **CPE (test)**: Sivaprasad et al.'s own score: the same weighting of the expected *test* {label} of the config "
+        f"picked as best on validation among n trials, over the complete trials (a pruned or diverged trial has no test "
+        f"value), each never worse than the untrained model's test {label}; the test split never picks. "
+        "**CPE (val)** is the validation figure before it.",
         "- **state bytes/param**: bytes of `torch.optim` state per model parameter, measured after one step of the best config.",
         *[f"- note: {note}" for note in report.notes],
         "",

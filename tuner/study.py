@@ -311,6 +311,8 @@ class StudyRunner:
         config = self._sample(trial)
         trial.set_user_attr("config", config_to_dict(config))
         trial.set_user_attr("device", str(self.data.train.x.device))
+        # The expected-best curve assumes random-search trials: the report says which sampler drew them.
+        trial.set_user_attr("sampler", self.experiment.sampler.name)
         return trial, config
 
     def _report(self, trial: optuna.Trial, metrics: EpochMetrics) -> bool:
@@ -336,7 +338,7 @@ class StudyRunner:
         """Ask, train, tell: one trial to its end, then stored and its budget ``ticket`` released; returns it and its id in the storage."""
         trial, config = self._ask(ticket)
         try:
-            result = train(self.task, self.data, config, callback=lambda metrics: self._report(trial, metrics))
+            result = train(self.task, self.data, config, callback=lambda metrics: self._report(trial, metrics), test=True)
         except KeyboardInterrupt:
             self._store([(self._interrupted(trial), ticket)])
             raise
@@ -366,6 +368,8 @@ class StudyRunner:
             trial.set_user_attr("outcome", "pruned")
             return self.live.tell(trial, state=TrialState.PRUNED)
         trial.set_user_attr("outcome", "complete")
+        # Never used to pick: the report's test CPE scores the config picked on validation by its test value (Sivaprasad et al. 2020).
+        trial.set_user_attr("test_objective", _test_objective(result, self.setup.objective))
         return self.live.tell(trial, result.history[-1].objective(self.setup.objective))
 
     def run(self, budget: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
@@ -438,7 +442,7 @@ class StudyRunner:
             while self.refresh() < budget:
                 before = asked
                 try:
-                    train_batched(self.task, self.data, size, _own(start), lambda number, metrics: self._report(running[number][0], metrics), _own(ended))
+                    train_batched(self.task, self.data, size, _own(start), lambda number, metrics: self._report(running[number][0], metrics), _own(ended), test=True)
                 except KeyboardInterrupt:
                     finish(list(running), self._interrupted)
                     raise

@@ -74,9 +74,19 @@ def divergence(metrics: EpochMetrics) -> str | None:
             f"val loss {metrics.val_loss} or val metric {metrics.val_metric}")
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch: the last, smaller batch is kept."""
-    return math.ceil(n_train / batch_size)
+def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool = False) -> int:
+    """Optimizer steps in one epoch: the last, smaller batch is kept, or with ``drop_last`` dropped.
+
+    Raises :class:`UserError` when ``drop_last`` leaves no full batch (``batch_size`` > ``n_train``).
+    """
+    if drop_last and batch_size > n_train:
+        raise UserError(f"batch_size: {batch_size} is not allowed: the task drops the last partial batch and has {n_train} training samples (allowed: 1 to {n_train})")
+    return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
+
+
+def drops_last(task: Task) -> bool:
+    """Whether an epoch of ``task`` drops its last partial batch: the task's optional ``drop_last`` (default False)."""
+    return getattr(task, "drop_last", False) is True
 
 
 def autocast(device: torch.device, amp: str) -> torch.autocast:
@@ -117,7 +127,7 @@ def train(
     x, y = data.train.x, data.train.y
     device = x.device
     n, batch_size = len(x), config.batch_size
-    steps = steps_per_epoch(n, batch_size)
+    steps = steps_per_epoch(n, batch_size, drops_last(task))
     result = RunResult()
     # The model's initialisation and dropout use torch's global generator:
     # fork it so that the caller's random state is left as it was.
@@ -132,7 +142,7 @@ def train(
             permutation = torch.randperm(n, generator=order, device=device)
             xs, ys = x[permutation], y[permutation]
             loss_sum = torch.zeros((), device=device)
-            for start in range(0, n, batch_size):
+            for start in range(0, steps * batch_size, batch_size):
                 with autocast(device, config.amp):
                     loss = task.loss(model(xs[start : start + batch_size]), ys[start : start + batch_size])
                 optimizer.zero_grad(set_to_none=True)

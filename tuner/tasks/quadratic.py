@@ -1,13 +1,69 @@
-"""``quadratic-deep``: DeepOBS's 100-dimensional noisy quadratic problem."""
+"""``quadratic-deep``: DeepOBS's noisy quadratic problem ``quadratic_deep``, the same instance.
+
+Source: Schneider, Balles & Hennig, "DeepOBS: A Deep Learning Optimizer Benchmark
+Suite", ICLR 2019, and its code (``deepobs/tensorflow/testproblems/quadratic_deep.py``,
+``deepobs/pytorch/testproblems/quadratic_deep.py`` of DeepOBS 1.1,
+``deepobs/pytorch/datasets/quadratic.py``). Every number below is drawn from
+numpy's legacy ``RandomState``, whose streams numpy keeps stable across versions,
+in DeepOBS's order, so the Hessian and the data are DeepOBS's to rounding.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from tuner.tasks import Data, Split, generated
+from tuner.tasks import Data, Split
+
+DIM = 100
+# DeepOBS's seeds: one generator draws the eigenvalues and then the rotation; one per data split.
+HESSIAN_SEED, TRAIN_SEED, TEST_SEED, VAL_SEED = 42, 42, 43, 44
+N_SMALL, N_LARGE = 90, 10  # eigenvalues from U(0, 1) and from U(30, 60)
+DEEPOBS_BATCH = 128
+
+
+def haar_rotation(dim: int, rng: np.random.RandomState) -> np.ndarray:
+    """A ``(dim, dim)`` rotation drawn from the Haar measure by the subgroup algorithm, as DeepOBS draws it.
+
+    Diaconis & Shahshahani, "The subgroup algorithm for generating uniform random
+    variables", Prob. Eng. Inf. Sci. 1 (1987): a random 2-D rotation (one uniform
+    angle), then for d = 2 .. dim-1 the rotation embedded in d+1 dimensions times
+    the Householder reflection that takes e1 to a uniform point on the sphere
+    (d+1 normal draws). DeepOBS returns the negated product; so does this.
+    """
+    angle = 2 * np.pi * rng.uniform()
+    rotation = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
+    for d in range(2, dim):
+        v = rng.normal(size=d + 1)
+        v /= np.linalg.norm(v)
+        u = -v
+        u[0] += 1.0  # e1 - v
+        u /= np.linalg.norm(u)
+        embedded = np.eye(d + 1)
+        embedded[1:, 1:] = rotation
+        rotation = embedded - 2 * np.outer(u, u @ embedded)
+    return -rotation
+
+
+def deepobs_hessian() -> tuple[np.ndarray, np.ndarray]:
+    """DeepOBS's eigenvalues ``(100,)`` and Hessian ``Q = Rᵀ diag(eigenvalues) R`` ``(100, 100)``, float64.
+
+    One ``RandomState(42)`` draws 90 eigenvalues from U(0, 1), 10 from U(30, 60),
+    then the rotation R (:func:`haar_rotation`), in that order (the first test
+    problem DeepOBS builds in a process).
+    """
+    rng = np.random.RandomState(HESSIAN_SEED)
+    eigenvalues = np.concatenate([rng.uniform(0.0, 1.0, N_SMALL), rng.uniform(30.0, 60.0, N_LARGE)])
+    rotation = haar_rotation(DIM, rng)
+    return eigenvalues, rotation.T @ np.diag(eigenvalues) @ rotation
+
+
+def deepobs_samples(seed: int, n: int, noise: float) -> torch.Tensor:
+    """``(n, 100)`` float32 draws from N(0, noise²) of ``RandomState(seed)``, as DeepOBS's data set draws them."""
+    return torch.from_numpy(np.random.RandomState(seed).normal(0.0, noise, (n, DIM)).astype(np.float32))
 
 
 class Theta(nn.Module):
@@ -23,43 +79,47 @@ class Theta(nn.Module):
 
 @dataclass
 class QuadraticDeep:
-    """DeepOBS noisy quadratic: 1/2 (theta-x)^T Q (theta-x), Q with 90 small and 10 large eigenvalues.
+    """DeepOBS's quadratic_deep: 1/2 (theta-x)^T Q (theta-x) in 100 dimensions, Q with 90 small and 10 large eigenvalues.
 
-    Q = R^T D R with R a random rotation, 90 eigenvalues from U(0, 1) and 10
-    from U(30, 60) (fixed seed); x ~ N(0, noise^2 I) per sample. The metric is
+    The Hessian, the training data (``RandomState(42)``), the validation data
+    (44) and the test data (43), x ~ N(0, ``noise``² I), are DeepOBS's. Training
+    shuffles the ``train_size`` samples every epoch and drops the last partial
+    batch (``drop_last``: 7 steps of 128 an epoch). DeepOBS's evaluation loaders
+    drop it too: the validation and test splits are the first ``eval_size``
+    samples, by default the full batches of 128 (896 of 1000). The metric is
     the loss itself (lower is better).
+
+    Raises ``ValueError`` unless 1 <= ``eval_size`` <= ``train_size`` (DeepOBS
+    draws each split with ``train_size`` samples).
     """
 
-    dim: int = 100
     noise: float = 0.6
     train_size: int = 1000
+    eval_size: int | None = None
     name: str = "quadratic-deep"
     metric: str = "loss"
     direction: str = "minimize"
-    epochs: int = 20
-    batch_size: int = 128
+    epochs: int = 100
+    batch_size: int = DEEPOBS_BATCH
+    drop_last: bool = True
 
     def __post_init__(self) -> None:
-        if self.dim < 11:
-            raise ValueError(f"dim={self.dim} is not allowed (>= 11: 10 large eigenvalues and at least one small)")
-        generator = torch.Generator().manual_seed(42)
-        n_large = 10
-        eigenvalues = torch.cat([
-            torch.rand(self.dim - n_large, generator=generator, dtype=torch.float64),
-            30 + 30 * torch.rand(n_large, generator=generator, dtype=torch.float64),
-        ])
-        rotation, _ = torch.linalg.qr(torch.randn(self.dim, self.dim, generator=generator, dtype=torch.float64))
-        self.hessian = (rotation.T @ torch.diag(eigenvalues) @ rotation).float()
+        if self.eval_size is None:
+            self.eval_size = self.train_size // DEEPOBS_BATCH * DEEPOBS_BATCH or self.train_size
+        if not 1 <= self.eval_size <= self.train_size:
+            raise ValueError(f"train_size={self.train_size}, eval_size={self.eval_size} are not allowed (1 <= eval_size <= train_size)")
+        self.eigenvalues, hessian = deepobs_hessian()
+        self.hessian = torch.from_numpy(hessian).float()  # DeepOBS casts it to float32 too
 
     def data(self) -> Data:
-        def sample(n: int, generator: torch.Generator) -> Split:
-            x = self.noise * torch.randn(n, self.dim, generator=generator)
+        def split(seed: int, n: int) -> Split:
+            x = deepobs_samples(seed, self.train_size, self.noise)[:n]
             return Split(x, x)
 
-        return generated(sample, (self.train_size,) * 3, seed=43)
+        return Data(split(TRAIN_SEED, self.train_size), split(VAL_SEED, self.eval_size), split(TEST_SEED, self.eval_size))
 
     def model(self) -> nn.Module:
-        return Theta(self.dim)
+        return Theta(DIM)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         diff = output - target
