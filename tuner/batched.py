@@ -608,7 +608,9 @@ def why_not_batched(task: Task, data: Data) -> str | None:
     model that keeps parameters ``functional_call`` cannot replace each show
     here.
     """
-    device = data.train.x.device
+    if not data.in_memory:
+        return "its data are Datasets read through DataLoaders (batched trials slice in-memory tensors)"
+    device = data.device
     x, y = data.train.x[:CHECK_BATCH], data.train.y[:CHECK_BATCH]
     models = [seeded_model(task, seed, device) for seed in (0, 1)]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():

@@ -28,7 +28,8 @@ from tuner.export import config_from_dict
 from tuner.outcomes import outcome
 from tuner.study import best_trial, experiment_names
 from tuner.tasks import Data, Task, load_data, load_task
-from tuner.train import evaluate, objective_label, steps_per_epoch
+from tuner.tasks.batches import forward
+from tuner.train import Batches, evaluate, objective_label
 
 # Outcomes of the trials that count toward the budget (interrupted ones are redone).
 COUNTED = ("complete", "pruned", "diverged", "failed")
@@ -194,18 +195,19 @@ def rank_parameters(importances: list[Importance]) -> list[str]:
 def state_bytes_per_parameter(task: Task, data: Data, config: Config) -> float:
     """Bytes of optimizer state per model parameter, measured after one training step with ``config``.
 
-    One forward, backward and optimizer step on the first batch of ``data``
+    One forward, backward and optimizer step on a training batch of ``data``
     (on its device), then the bytes of every tensor in ``optimizer.state``
     (moments, momentum buffers, step counts) over the model's parameter count.
     Torch's random state is left as it was.
     """
-    device = data.train.x.device
+    device = data.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model = task.model().to(device)
-        optimizer, _ = config.build(model.parameters(), steps_per_epoch=steps_per_epoch(len(data.train), config.batch_size))
-        batch = slice(0, config.batch_size)
-        task.loss(model(data.train.x[batch]), data.train.y[batch]).backward()
+        feed = Batches(task, data, config.batch_size, config.seed)
+        optimizer, _ = config.build(model.parameters(), steps_per_epoch=feed.steps)
+        inputs, target = next(feed.epoch())
+        task.loss(forward(model, inputs), target).backward()
         optimizer.step()
     state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
     return state / sum(p.numel() for p in model.parameters())
@@ -213,7 +215,7 @@ def state_bytes_per_parameter(task: Task, data: Data, config: Config) -> float:
 
 def untrained_objective(task: Task, data: Data, seed: int, objective: str) -> float:
     """The validation ``loss`` or ``metric`` of the task's model before any training, initialised with ``seed``."""
-    device = data.val.x.device
+    device = data.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         model = task.model().to(device)

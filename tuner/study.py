@@ -299,7 +299,7 @@ class StudyRunner:
         trial = self.live.ask()
         config = self._sample(trial)
         trial.set_user_attr("config", config_to_dict(config))
-        trial.set_user_attr("device", str(self.data.train.x.device))
+        trial.set_user_attr("device", str(self.data.device))
         return trial, config
 
     def _report(self, trial: optuna.Trial, metrics: EpochMetrics) -> bool:

@@ -11,6 +11,7 @@ checks it further, for tests.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import inspect
@@ -22,9 +23,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.nn import functional as F
+from torch.utils.data import Dataset, IterableDataset
 
 from tuner.config import is_int
 from tuner.errors import UserError, reason
+from tuner.tasks import batches
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,34 @@ class Split:
 
 @dataclass(frozen=True)
 class Data:
-    """Train, validation and test splits of an in-memory task."""
+    """Train, validation and test splits: three in-memory :class:`Split` objects, or three map-style
+    ``torch.utils.data.Dataset`` objects read through DataLoaders (see :mod:`tuner.tasks.batches`).
 
-    train: Split
-    val: Split
-    test: Split
+    ``device`` is where training runs: :meth:`to` sets it, and moves in-memory splits there.
+    """
+
+    train: Split | Dataset
+    val: Split | Dataset
+    test: Split | Dataset
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the splits are tensors (sliced on the device) rather than Datasets (read through DataLoaders)."""
+        return isinstance(self.train, Split)
 
     def to(self, device: torch.device | str) -> Data:
-        return Data(self.train.to(device), self.val.to(device), self.test.to(device))
+        if not self.in_memory:
+            return dataclasses.replace(self, device=_indexed(torch.device(device)))
+        train = self.train.to(device)
+        return Data(train, self.val.to(device), self.test.to(device), train.x.device)
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """``device`` with its index (``cuda`` -> ``cuda:0``), as a tensor moved there reports it."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 @runtime_checkable
@@ -61,6 +84,9 @@ class Task(Protocol):
     says whether it is better high (``"maximize"``) or low (``"minimize"``).
     ``batch_size`` is used when the experiment gives none; ``epochs`` is the
     task's suggested training length (experiments always state theirs).
+
+    A task whose data are Datasets may also have ``collate_fn``, ``sampler``,
+    ``num_workers`` and ``unpack`` (see :mod:`tuner.tasks.batches`).
     """
 
     name: str
@@ -215,14 +241,54 @@ def _call(what: str, function: Callable[..., Any], *args: Any) -> Any:
 def _check_data(data: Any) -> None:
     if not isinstance(data, Data):
         raise _Broken(f"data() returned {type(data).__name__} (allowed: tuner.tasks.Data)")
+    kind = Split if data.in_memory else Dataset
     for name in ("train", "val", "test"):
         split = getattr(data, name)
+        if kind is Dataset:
+            _check_dataset(name, split)
+            continue
         if not (isinstance(split, Split) and isinstance(split.x, torch.Tensor) and isinstance(split.y, torch.Tensor)):
-            raise _Broken(f"data().{name} is not a tuner.tasks.Split of two tensors")
+            raise _Broken(f"data().{name} is not a tuner.tasks.Split of two tensors (allowed: three Splits, or three Datasets)")
         if len(split.x) != len(split.y):
             raise _Broken(f"the {name} split has {len(split.x)} inputs but {len(split.y)} targets (allowed: as many of each)")
         if len(split.x) == 0:
             raise _Broken(f"the {name} split is empty")
+
+
+def _check_dataset(name: str, split: Any) -> None:
+    if not isinstance(split, Dataset) or isinstance(split, IterableDataset) or not hasattr(split, "__len__"):
+        raise _Broken(f"data().{name} is a {type(split).__name__} (allowed: three Splits, or three map-style torch Datasets with __len__)")
+    if _call(f"len(data().{name})", len, split) == 0:
+        raise _Broken(f"the {name} split is an empty Dataset")
+
+
+def _shapes(value: Any) -> Any:
+    """The shapes of the tensors in ``value`` (a tensor, dict, tuple or list), for messages."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, dict):
+        return {key: _shapes(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return tuple(_shapes(item) for item in value)
+    return type(value).__name__
+
+
+def _first_batch(task: Task, data: Data) -> tuple[Any, torch.Tensor, str]:
+    """A few training samples on the device as ``(inputs, target)``, and how a message names the inputs.
+
+    Datasets are read as training reads them (the task's sampler, collate_fn and unpack), in this process.
+    """
+    if data.in_memory:
+        x = data.train.x[:CHECK_BATCH]
+        return x, data.train.y[:CHECK_BATCH], f"train inputs of shape {tuple(x.shape)}"
+    train = batches.loader(task, data.train, CHECK_BATCH, data.device, seed=0, train=True, workers=0)
+    batch = _call("reading the first training batch (the task's Dataset, sampler and collate_fn)", lambda: next(iter(train), None))
+    if batch is None:
+        raise _Broken("the training DataLoader yields no batch (allowed: a sampler and Dataset that give at least one sample)")
+    inputs, target = _call("unpack(batch)" if hasattr(task, "unpack") else "taking (inputs, target) from a batch", batches.on_device, task, batch, data.device)
+    if not isinstance(target, torch.Tensor) or target.dim() == 0:
+        raise _Broken(f"a batch's target is {_shapes(target)} (allowed: a tensor with the batch first)")
+    return inputs, target, f"a training batch's inputs {_shapes(inputs)}"
 
 
 def _check_step(task: Task, data: Data) -> None:
@@ -230,14 +296,14 @@ def _check_step(task: Task, data: Data) -> None:
     model = _call("model()", task.model)
     if not isinstance(model, torch.nn.Module):
         raise _Broken(f"model() returned {type(model).__name__} (allowed: a torch.nn.Module)")
-    model = model.to(data.train.x.device)
+    model = model.to(data.device)
     if not any(p.requires_grad for p in model.parameters()):
         raise _Broken("model() has no trainable parameters")
-    x, y = data.train.x[:CHECK_BATCH], data.train.y[:CHECK_BATCH]
-    output = _call(f"model(train inputs of shape {tuple(x.shape)})", model, x)
-    if not isinstance(output, torch.Tensor) or output.dim() == 0 or len(output) != len(x):
+    x, y, inputs = _first_batch(task, data)
+    output = _call(f"model({inputs})", batches.forward, model, x)
+    if not isinstance(output, torch.Tensor) or output.dim() == 0 or len(output) != len(y):
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise _Broken(f"model() returned {shape} for {len(x)} inputs (allowed: a tensor with the batch first)")
+        raise _Broken(f"model() returned {shape} for {len(y)} inputs (allowed: a tensor with the batch first)")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch warns, rather than fails, when shapes broadcast by accident
         loss = _call(f"loss(outputs of shape {tuple(output.shape)}, targets of shape {tuple(y.shape)})", task.loss, output, y)
@@ -260,7 +326,8 @@ def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
 
     A task whose data, model, loss or metric do not fit together fails here
     with one line naming it and the problem, before any study exists, rather
-    than in every trial. The data is moved to ``device`` once, here.
+    than in every trial. In-memory data is moved to ``device`` once, here;
+    Datasets stay where they are, and their batches move as they are read.
     """
     try:
         data = _call("data()", task.data)

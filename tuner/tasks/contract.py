@@ -20,12 +20,32 @@ from tuner.train import evaluate, train
 
 # The learning rate of the one epoch of Adam that must lower the validation loss.
 CHECK_LR = 1e-3
+SPLITS = ("train", "val", "test")
 
 
 def _same(a: Data, b: Data) -> bool:
-    return all(
-        torch.equal(getattr(getattr(a, s), t).cpu(), getattr(getattr(b, s), t).cpu()) for s in ("train", "val", "test") for t in ("x", "y")
-    )
+    """Whether two calls of ``data()`` gave the same data: every tensor of in-memory splits, or, for Datasets, their
+    lengths and first samples, read under one torch seed (so that random augmentation draws alike)."""
+    if a.in_memory != b.in_memory:
+        return False
+    if a.in_memory:
+        return all(torch.equal(getattr(getattr(a, s), t).cpu(), getattr(getattr(b, s), t).cpu()) for s in SPLITS for t in ("x", "y"))
+    firsts = []
+    for data in (a, b):
+        torch.manual_seed(0)
+        firsts.append([(len(getattr(data, s)), getattr(data, s)[0]) for s in SPLITS])
+    return _equal(*firsts)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Equality of nested samples: tensors element by element, dicts, tuples and lists item by item."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(map(_equal, a, b))
+    return bool(a == b)
 
 
 def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
@@ -60,8 +80,8 @@ def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device
         torch.manual_seed(2)
         if not _same(first, task.data()):
             raise broken("data() differs between calls (allowed: the same data every time, from a seed of the task's own)")
-        placed = {str(t.device) for s in (data.train, data.val, data.test) for t in (s.x, s.y)}
-        if placed != {str(data.train.x.device)} or data.train.x.device.type != device.type:
+        placed = {str(t.device) for s in (data.train, data.val, data.test) for t in (s.x, s.y)} if data.in_memory else {str(data.device)}
+        if placed != {str(data.device)} or data.device.type != device.type:
             raise broken(f"after loading for {device}, the data is on {', '.join(sorted(placed))}")
         models = []
         for _ in range(2):
