@@ -144,3 +144,70 @@ class FailsInTraining(Tiny):
         if len(output) > CHECK_BATCH:
             raise ValueError(f"score() takes at most {CHECK_BATCH} samples, got {len(output)}")
         return super().score(output, target)
+
+
+class Samples(torch.utils.data.Dataset):
+    """The samples of an in-memory split, one ``(x, y)`` pair at a time."""
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split.x[index], self.split.y[index]
+
+
+class TinyDatasets(Tiny):
+    """:class:`Tiny` with its splits as Datasets of ``(x, y)`` samples: a valid Dataset task."""
+
+    def data(self) -> Data:
+        data = super().data()
+        return Data(Samples(data.train), Samples(data.val), Samples(data.test))
+
+
+class DatasetEmpty(TinyDatasets):
+    def data(self) -> Data:
+        data = super().data()
+        return Data(data.train, Samples(Split(torch.zeros(0, 4), torch.zeros(0, 1))), data.test)
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter([])
+
+
+class DatasetIterable(TinyDatasets):
+    def data(self) -> Data:
+        data = super().data()
+        return Data(Stream(), data.val, data.test)
+
+
+class DatasetsMixedWithSplits(TinyDatasets):
+    def data(self) -> Data:
+        return Data(super().data().train, Tiny().data().val, Tiny().data().test)
+
+
+class SamplerYieldsNothing(TinyDatasets):
+    def sampler(self, dataset: torch.utils.data.Dataset, generator: torch.Generator) -> list[int]:
+        return []
+
+
+class CollateFails(TinyDatasets):
+    def collate_fn(self, samples: list) -> tuple:
+        raise KeyError("input_ids")
+
+
+class BatchIsADict(TinyDatasets):
+    """Batches are dicts, and the task has no ``unpack`` to say which part is the target."""
+
+    def collate_fn(self, samples: list) -> dict:
+        return {"x": torch.stack([x for x, _ in samples]), "y": torch.stack([y for _, y in samples])}
+
+
+class ModelCannotTakeBatch(BatchIsADict):
+    """``unpack`` hands the model a dict, which ``nn.Linear`` cannot take as keyword arguments."""
+
+    def unpack(self, batch: dict) -> tuple[dict, torch.Tensor]:
+        return {"features": batch["x"]}, batch["y"]

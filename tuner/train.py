@@ -166,9 +166,9 @@ def train(
     seed = config.seed if seed is None else seed
     device = data.device
     result = RunResult()
-    # The model's initialisation and dropout use torch's global generator:
-    # fork it so that the caller's random state is left as it was.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # The model's initialisation, dropout and augmentation use the global generators:
+    # fork them so that the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), batches.python_and_numpy_seeded(seed):
         torch.manual_seed(seed)
         model = task.model().to(device)
         feed = Batches(task, data, config.batch_size, seed)

@@ -241,10 +241,9 @@ def _call(what: str, function: Callable[..., Any], *args: Any) -> Any:
 def _check_data(data: Any) -> None:
     if not isinstance(data, Data):
         raise _Broken(f"data() returned {type(data).__name__} (allowed: tuner.tasks.Data)")
-    kind = Split if data.in_memory else Dataset
     for name in ("train", "val", "test"):
         split = getattr(data, name)
-        if kind is Dataset:
+        if isinstance(split, Dataset):
             _check_dataset(name, split)
             continue
         if not (isinstance(split, Split) and isinstance(split.x, torch.Tensor) and isinstance(split.y, torch.Tensor)):
@@ -253,11 +252,13 @@ def _check_data(data: Any) -> None:
             raise _Broken(f"the {name} split has {len(split.x)} inputs but {len(split.y)} targets (allowed: as many of each)")
         if len(split.x) == 0:
             raise _Broken(f"the {name} split is empty")
+    if len({isinstance(split, Split) for split in (data.train, data.val, data.test)}) > 1:
+        raise _Broken("data() mixes Splits and Datasets (allowed: three Splits, or three Datasets)")
 
 
 def _check_dataset(name: str, split: Any) -> None:
-    if not isinstance(split, Dataset) or isinstance(split, IterableDataset) or not hasattr(split, "__len__"):
-        raise _Broken(f"data().{name} is a {type(split).__name__} (allowed: three Splits, or three map-style torch Datasets with __len__)")
+    if isinstance(split, IterableDataset) or not hasattr(split, "__len__"):
+        raise _Broken(f"data().{name} is a {type(split).__name__} without __len__ (allowed: a map-style torch Dataset with __len__)")
     if _call(f"len(data().{name})", len, split) == 0:
         raise _Broken(f"the {name} split is an empty Dataset")
 

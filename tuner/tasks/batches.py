@@ -18,8 +18,10 @@ The model is called as ``model(**inputs)`` when ``inputs`` is a dict,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +50,20 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+@contextlib.contextmanager
+def python_and_numpy_seeded(seed: int) -> Iterator[None]:
+    """Python's and NumPy's global generators seeded with ``seed`` inside, restored after, so that a Dataset that
+    draws from them in this process (no workers) repeats with the seed (``torch.random.fork_rng`` does this for torch's)."""
+    states = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
 
 
 def loader(task: Task, dataset: Dataset, batch_size: int, device: torch.device, seed: int, *, train: bool, workers: int | None = None) -> DataLoader:

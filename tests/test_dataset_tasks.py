@@ -1,0 +1,101 @@
+"""Dataset tasks: DataLoaders seeded from the trial, augmentation repeatable with and without workers, dict batches,
+and the examples under examples/ tuned end to end."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tuner.cli import main
+from tuner.config import Config
+from tuner.tasks import Data, load_data, load_task
+from tuner.tasks.batches import python_and_numpy_seeded
+from tuner.tasks.contract import check_task
+from tuner.train import Batches, evaluate, train
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture
+def examples(monkeypatch):
+    """The examples importable as ``examples.<module>``, as from the repository's root."""
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+class Noisy(torch.utils.data.Dataset):
+    """Samples whose inputs are redrawn on every read, from torch, NumPy and Python's generators."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = [torch.rand(()).item(), np.random.rand(), random.random()]
+        return torch.tensor([index, *noise], dtype=torch.float32), torch.tensor([float(index)])
+
+
+def first_batches(task, data: Data, seed: int, epochs: int = 2) -> list[torch.Tensor]:
+    """The inputs of the first batch of each epoch, with the global generators seeded as ``train`` seeds them."""
+    with torch.random.fork_rng(), python_and_numpy_seeded(seed):
+        torch.manual_seed(seed)
+        feed = Batches(task, data, batch_size=4, seed=seed)
+        return [next(feed.epoch())[0] for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_epoch_draws_new_order_and_augmentation_and_the_seed_repeats_them(workers):
+    task = load_task("broken_tasks:TinyDatasets")
+    task.num_workers = workers
+    data = Data(Noisy(), Noisy(), Noisy())
+    one, again, other = first_batches(task, data, 0), first_batches(task, data, 0), first_batches(task, data, 1)
+    assert not torch.equal(one[0], one[1])  # the second epoch is shuffled and augmented anew
+    assert all(map(torch.equal, one, again))  # torch, NumPy and Python's generators all follow the seed
+    assert not torch.equal(one[0], other[0])
+    assert len(set(one[0][:, 1:].flatten().tolist())) == one[0][:, 1:].numel()  # workers do not repeat each other's draws
+
+
+def test_a_dataset_split_evaluates_as_the_same_tensors_in_memory():
+    tensors, datasets = load_task("broken_tasks:Tiny"), load_task("broken_tasks:TinyDatasets")
+    model = tensors.model()
+    for name in ("val", "test"):
+        assert evaluate(tensors, model, getattr(tensors.data(), name)) == pytest.approx(evaluate(datasets, model, getattr(datasets.data(), name)))
+
+
+def test_training_through_dataloaders_is_repeatable_and_learns():
+    task = load_task("broken_tasks:TinyDatasets")
+    data = load_data(task, torch.device("cpu"))
+    config = Config("Adam", {"lr": 0.05}, "cosine", {}, task.name, {}, 5, 4, 0, "loss")
+    runs = [train(task, data, config, test=True) for _ in range(2)]
+    assert runs[0].history == runs[1].history and runs[0].test_loss == runs[1].test_loss
+    assert runs[0].history[-1].val_loss < runs[0].history[0].val_loss
+
+
+def test_the_contract_covers_dataset_tasks(examples):
+    check_task("broken_tasks:TinyDatasets")
+    check_task("examples.image_cnn:AugmentedDigits", {"channels": 4})
+    check_task("examples.text_classifier:TextClassifier", {"train_size": 128, "width": 16})
+
+
+@pytest.mark.parametrize(
+    ("experiment", "task_args"),
+    [("image-cnn.yaml", {"channels": 4, "num_workers": 2}), ("text-classifier.yaml", {"train_size": 96, "width": 16})],
+)
+def test_an_example_is_tuned_end_to_end_and_its_best_config_trains_again(experiment, task_args, examples, workdir, capsys):
+    spec = yaml.safe_load((ROOT / "examples" / experiment).read_text())
+    exp = workdir / experiment
+    exp.write_text(yaml.safe_dump(spec | {"task_args": spec.get("task_args", {}) | task_args, "optimizers": ["adam"]}))
+    argv = ["study", str(exp), "--trials", "2", "--epochs", "2", "--final-seeds", "1", "--batch-trials", "2",
+            "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"task {load_task(spec['task'], task_args).name!r} cannot be batched, so its trials run one at a time: its data are Datasets" in err
+    summary = (workdir / "out" / "summary.md").read_text()
+    assert "state bytes/param" in summary and "not measured" not in summary
+    best = workdir / "out" / "best-adam.yaml"
+    assert yaml.safe_load(best.read_text())["training"]["task"] == spec["task"]
+    assert main(["train", str(best)]) == 0
+    assert "seed 0: val accuracy" in capsys.readouterr().out
