@@ -211,3 +211,65 @@ class ModelCannotTakeBatch(BatchIsADict):
 
     def unpack(self, batch: dict) -> tuple[dict, torch.Tensor]:
         return {"features": batch["x"]}, batch["y"]
+
+
+@dataclass
+class TinyLoop:
+    """:class:`Tiny` trained by a loop of its own (``fit``): a valid loop task."""
+
+    name: str = "tiny-loop"
+    metric: str = "mse"
+    direction: str = "minimize"
+    epochs: int = 2
+    batch_size: int = 4
+
+    def fit(self, run) -> dict[str, float] | None:
+        tiny = Tiny()
+        data, model = tiny.data(), tiny.model().to(run.device)
+        optimizer, scheduler = run.build(model.parameters(), steps_per_epoch=len(range(0, len(data.train), run.batch_size)))
+        for epoch in range(1, run.epochs + 1):
+            for start in range(0, len(data.train), run.batch_size):
+                loss = tiny.loss(model(data.train.x[start : start + run.batch_size]), data.train.y[start : start + run.batch_size])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+            with torch.no_grad():
+                val = tiny.loss(model(data.val.x), data.val.y).item()
+            if self.report(run, epoch, loss.item(), val):
+                return None
+        with torch.no_grad():
+            test = tiny.loss(model(data.test.x), data.test.y).item()
+        return self.tested(test)
+
+    def report(self, run, epoch: int, train_loss: float, val_loss: float) -> bool:
+        return run.report(epoch, train_loss, val_loss, val_loss)
+
+    def tested(self, test_loss: float) -> dict[str, float] | None:
+        return {"test_loss": test_loss, "test_metric": test_loss}
+
+
+class LoopRaises(TinyLoop):
+    def fit(self, run) -> None:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+
+class LoopNeverReports(TinyLoop):
+    def report(self, run, epoch: int, train_loss: float, val_loss: float) -> bool:
+        return False
+
+
+class LoopReportsOutOfOrder(TinyLoop):
+    def report(self, run, epoch: int, train_loss: float, val_loss: float) -> bool:
+        return run.report(epoch + 1, train_loss, val_loss, val_loss)
+
+
+class LoopReportsNotANumber(TinyLoop):
+    def report(self, run, epoch: int, train_loss: float, val_loss: float) -> bool:
+        return run.report(epoch, train_loss, str(val_loss), val_loss)
+
+
+class LoopReturnsNoTestValues(TinyLoop):
+    def tested(self, test_loss: float) -> None:
+        return None

@@ -35,7 +35,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tuner.config import Config
 from tuner.errors import reason
 from tuner.optim import optimizer_arguments, torch_kwargs
-from tuner.tasks import CHECK_BATCH, Data, Split, Task
+from tuner.tasks import CHECK_BATCH, Data, Split, Task, is_loop
 from tuner.train import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, steps_per_epoch
 
 # Share of the free device memory a population may plan to use.
@@ -608,6 +608,8 @@ def why_not_batched(task: Task, data: Data) -> str | None:
     model that keeps parameters ``functional_call`` cannot replace each show
     here.
     """
+    if is_loop(task):
+        return "it trains with its own loop (fit), which tuner cannot stack"
     if not data.in_memory:
         return "its data are Datasets read through DataLoaders (batched trials slice in-memory tensors)"
     device = data.device

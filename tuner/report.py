@@ -20,14 +20,14 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import analysis, plots
+from tuner import analysis, loop, plots
 from tuner.analysis import Band, ExpectedBest, Speed, Summary
 from tuner.config import Config
 from tuner.errors import UserError, mask_url
 from tuner.export import config_from_dict
 from tuner.outcomes import outcome
 from tuner.study import best_trial, experiment_names
-from tuner.tasks import Data, Task, load_data, load_task
+from tuner.tasks import Data, Task, is_loop, load_data, load_task
 from tuner.tasks.batches import forward
 from tuner.train import Batches, evaluate, objective_label
 
@@ -230,6 +230,8 @@ def _measure(setup: dict[str, Any], configs: list[Config | None]) -> tuple[list[
         data = load_data(task, torch.device("cpu"), "setup.task")
     except UserError as err:
         return [None] * len(configs), None, [f"state memory and untrained model not measured: {err}"]
+    if is_loop(task):  # its model and data are inside its fit: state memory from the optimizer its first epoch built
+        return [None if c is None else loop.state_bytes_per_parameter(task, c, data.device) for c in configs], None, []
     memories = [None if c is None else state_bytes_per_parameter(task, data, c) for c in configs]
     untrained = untrained_objective(task, data, setup["seed"], setup["objective"])
     return memories, untrained if math.isfinite(untrained) else None, []

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tuner.config import AMP, Config
 from tuner.errors import UserError
-from tuner.tasks import Data, Split, Task, batches
+from tuner.tasks import Data, Split, Task, batches, is_loop
 
 # Evaluation runs in chunks of this many samples to bound activation memory.
 EVAL_CHUNK = 8192
@@ -161,10 +161,14 @@ def train(
     batch order: CPU runs are bit-for-bit repeatable. With ``config.amp`` bf16 the
     forward pass and loss run under bf16 autocast (CUDA). A non-finite training
     loss, validation loss or metric ends the run as ``diverged``. With ``test``, the test split
-    is evaluated at the end.
+    is evaluated at the end. A task with its own loop runs its ``fit`` instead (:func:`tuner.loop.run_loop`).
     """
     seed = config.seed if seed is None else seed
     device = data.device
+    if is_loop(task):
+        from tuner.loop import run_loop  # tuner.loop builds on this module's types
+
+        return run_loop(task, config, device, seed, callback, test)[0]
     result = RunResult()
     # The model's initialisation, dropout and augmentation use the global generators:
     # fork them so that the caller's random state is left as it was.

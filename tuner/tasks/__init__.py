@@ -52,9 +52,9 @@ class Data:
     ``device`` is where training runs: :meth:`to` sets it, and moves in-memory splits there.
     """
 
-    train: Split | Dataset
-    val: Split | Dataset
-    test: Split | Dataset
+    train: Split | Dataset | None  # None: a task with its own training loop (tuner.loop) keeps its data
+    val: Split | Dataset | None
+    test: Split | Dataset | None
     device: torch.device = torch.device("cpu")
 
     @property
@@ -147,8 +147,17 @@ BUILTIN: dict[str, str] = {
 ENTRY_POINT_GROUP = "tuner.tasks"
 # Samples in the one cheap training step that checks a task before any study exists.
 CHECK_BATCH = 8
-# The attributes of a Task.
+# The attributes of a Task, and of a task with its own training loop (see tuner.loop).
 FIELDS = ("name", "metric", "direction", "epochs", "batch_size", "data", "model", "loss", "score")
+LOOP_FIELDS = ("name", "metric", "direction", "epochs", "batch_size", "fit")
+# The learning rate of Adam in the one epoch of a loop task's fit that checks it before any study.
+LOOP_CHECK_LR = 1e-3
+
+
+def is_loop(task: Any) -> bool:
+    """Whether ``task`` brings its own training loop (a ``fit(run)`` method, see :mod:`tuner.loop`) rather than
+    ``data``, ``model``, ``loss`` and ``score``."""
+    return callable(getattr(task, "fit", None))
 
 
 def plugins() -> dict[str, importlib.metadata.EntryPoint]:
@@ -210,8 +219,8 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
         task = factory(**args)
     except Exception as err:  # a factory may reject its arguments in any way
         raise UserError(f"{where}: {spec!r}: the factory raised {reason(err)}") from None
-    if not isinstance(task, Task):
-        missing = [name for name in FIELDS if not hasattr(task, name)]
+    if not (isinstance(task, Task) or (is_loop(task) and all(hasattr(task, name) for name in LOOP_FIELDS))):
+        missing = [name for name in (LOOP_FIELDS if is_loop(task) else FIELDS) if not hasattr(task, name)]
         raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task)")
     checks = {
         "name": (isinstance(task.name, str) and task.name != "", "a non-empty string"),
@@ -330,6 +339,8 @@ def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
     than in every trial. In-memory data is moved to ``device`` once, here;
     Datasets stay where they are, and their batches move as they are read.
     """
+    if is_loop(task):
+        return _check_loop(task, device, where)
     try:
         data = _call("data()", task.data)
         _check_data(data)
@@ -339,6 +350,18 @@ def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
     except _Broken as err:
         raise UserError(f"{where}: {task.name!r} does not work: {err}") from None
     return data
+
+
+def _check_loop(task: Any, device: torch.device, where: str) -> Data:
+    """Run a loop task's ``fit`` for one epoch; a :class:`UserError` naming ``where`` if it raises or breaks a rule.
+    Its data are its own: the :class:`Data` returned has only the device."""
+    from tuner.loop import check_loop  # tuner.loop builds on the trainer, which builds on this module
+
+    try:
+        _call(f"fit(run) (one epoch of Adam, lr={LOOP_CHECK_LR})", check_loop, task, device)
+    except _Broken as err:
+        raise UserError(f"{where}: {task.name!r} does not work: {err}") from None
+    return Data(None, None, None, _indexed(device))
 
 
 @dataclass(frozen=True)
