@@ -1,5 +1,5 @@
-"""Dataset tasks: DataLoaders seeded from the trial, augmentation repeatable with and without workers, dict batches,
-and the examples under examples/ tuned end to end."""
+"""Dataset tasks (DataLoaders seeded from the trial, augmentation repeatable with and without workers, dict batches),
+tasks with their own training loop (fit), and the examples under examples/ tuned end to end."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import random
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 import yaml
 
 from tuner.cli import main
 from tuner.config import Config
+from tuner.loop import ReportError, Run
 from tuner.tasks import Data, load_data, load_task
 from tuner.tasks.batches import python_and_numpy_seeded
 from tuner.tasks.contract import check_task
@@ -82,7 +84,11 @@ def test_the_contract_covers_dataset_tasks(examples):
 
 @pytest.mark.parametrize(
     ("experiment", "task_args"),
-    [("image-cnn.yaml", {"channels": 4, "num_workers": 2}), ("text-classifier.yaml", {"train_size": 96, "width": 16})],
+    [
+        ("image-cnn.yaml", {"channels": 4, "num_workers": 2}),
+        ("text-classifier.yaml", {"train_size": 96, "width": 16}),
+        ("own-loop.yaml", {"hidden": 16, "accumulate": 3}),
+    ],
 )
 def test_an_example_is_tuned_end_to_end_and_its_best_config_trains_again(experiment, task_args, examples, workdir, capsys):
     spec = yaml.safe_load((ROOT / "examples" / experiment).read_text())
@@ -92,10 +98,46 @@ def test_an_example_is_tuned_end_to_end_and_its_best_config_trains_again(experim
             "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]  # fmt: skip
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert f"task {load_task(spec['task'], task_args).name!r} cannot be batched, so its trials run one at a time: its data are Datasets" in err
+    assert f"task {load_task(spec['task'], task_args).name!r} cannot be batched, so its trials run one at a time: " in err
     summary = (workdir / "out" / "summary.md").read_text()
-    assert "state bytes/param" in summary and "not measured" not in summary
+    adam = next(line for line in summary.splitlines() if line.startswith("| adam"))
+    assert float(adam.split("|")[-2]) > 0  # state bytes/param, measured from the optimizer the task built
     best = workdir / "out" / "best-adam.yaml"
     assert yaml.safe_load(best.read_text())["training"]["task"] == spec["task"]
     assert main(["train", str(best)]) == 0
     assert "seed 0: val accuracy" in capsys.readouterr().out
+
+
+def loop_config(epochs: int = 3, lr: float = 0.05) -> Config:
+    return Config("SGD", {"lr": lr}, "constant", {}, "tiny-loop", {}, epochs, 4, 0, "loss")
+
+
+def test_a_loop_task_is_repeatable_and_stops_when_told_or_diverged():
+    task = load_task("broken_tasks:TinyLoop")
+    data = load_data(task, torch.device("cpu"))
+    runs = [train(task, data, loop_config(), test=True) for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0].status == "complete" and len(runs[0].history) == 3
+    assert runs[0].history[-1].val_loss < runs[0].history[0].val_loss and runs[0].history[0].lr == 0.05
+    stopped = train(task, data, loop_config(), callback=lambda metrics: metrics.epoch == 2)
+    assert stopped.status == "stopped" and [m.epoch for m in stopped.history] == [1, 2] and stopped.test_loss is None
+    diverged = train(task, data, loop_config(lr=1e6))
+    assert diverged.status == "diverged" and "non-finite" in diverged.reason
+
+
+def test_a_report_after_stop_is_refused():
+    run = Run(loop_config(), torch.device("cpu"), 0, False, callback=lambda metrics: True)
+    assert run.report(1, 1.0, 1.0, torch.tensor(0.5)) is True
+    with pytest.raises(ReportError, match="after an earlier report said stop"):
+        run.report(2, 1.0, 1.0, 1.0)
+
+
+def test_a_loop_task_is_tuned_by_two_workers_with_pruning(workdir):
+    exp = workdir / "exp.yaml"
+    exp.write_text("name: loop\ntask: broken_tasks:TinyLoop\noptimizers: [sgd]\ntrials: 4\nepochs: 3\nseed: 0\nfinal_seeds: 1\n"
+                   "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\n")  # fmt: skip
+    argv = ["study", str(exp), "--jobs", "2", "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"),
+            "--no-progress", "--no-tracking"]  # fmt: skip
+    assert main(argv) == 0
+    trials = optuna.load_study(study_name="loop/sgd", storage=f"sqlite:///{workdir}/t.db").trials
+    assert len(trials) == 4 and all(t.user_attrs["outcome"] in ("complete", "pruned", "diverged") for t in trials)
+    assert (workdir / "out" / "best-sgd.yaml").exists()
