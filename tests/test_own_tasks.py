@@ -4,6 +4,7 @@ tasks with their own training loop (fit), and the examples under examples/ tuned
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import yaml
 
 from tuner.cli import main
 from tuner.config import Config
+from tuner.errors import UserError
 from tuner.loop import ReportError, Run
 from tuner.tasks import Data, load_data, load_task
 from tuner.tasks.batches import python_and_numpy_seeded
@@ -76,10 +78,19 @@ def test_training_through_dataloaders_is_repeatable_and_learns():
     assert runs[0].history[-1].val_loss < runs[0].history[0].val_loss
 
 
-def test_the_contract_covers_dataset_tasks(examples):
+def test_the_contract_covers_dataset_and_loop_tasks(examples):
     check_task("broken_tasks:TinyDatasets")
     check_task("examples.image_cnn:AugmentedDigits", {"channels": 4})
     check_task("examples.text_classifier:TextClassifier", {"train_size": 128, "width": 16})
+    check_task("broken_tasks:TinyLoop")
+    check_task("examples.own_loop:ClippedAccumulated", {"hidden": 16})
+
+    class Unrepeatable(load_task("broken_tasks:TinyLoop").__class__):
+        def report(self, run, epoch, train_loss, val_loss):
+            return run.report(epoch, train_loss, val_loss + time.perf_counter_ns() % 1000 * 1e-9, val_loss)
+
+    with pytest.raises(UserError, match="'tiny-loop' breaks the contract: two runs with the same seed differ on the CPU"):
+        check_task(Unrepeatable())
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from tuner.config import Config
 from tuner.errors import UserError
-from tuner.tasks import Data, Task, load_data, load_task
+from tuner.tasks import Data, Task, is_loop, load_data, load_task
 from tuner.train import evaluate, train
 
 # The learning rate of the one epoch of Adam that must lower the validation loss.
@@ -48,32 +49,8 @@ def _equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
-    """Check that ``task`` (a task, or a name for :func:`~tuner.tasks.load_task` with ``task_args``) keeps the contract.
-
-    What ``tuner study`` checks before a study (valid attributes; data, model,
-    loss and metric fit together in one training step), and beyond it:
-
-    - the data is the same on every call, whatever torch's random state (it
-      comes from a fixed seed of the task, not the trial's seed);
-    - after loading, every tensor of the data is on ``device`` (default CPU);
-    - the model's initial parameters are determined by torch's seed;
-    - one epoch of Adam (lr=1e-3, the task's batch size) runs without
-      diverging, lowers the validation loss, and has a finite test loss and
-      metric;
-    - on the CPU, two such epochs with the same seed are identical.
-
-    Raises :class:`~tuner.errors.UserError` with one line naming the task and
-    the first rule it breaks. Takes about two epochs of training.
-    """
-    if isinstance(task, str):
-        task = load_task(task, task_args)
-    device = torch.device(device)
-    data = load_data(task, device)
-
-    def broken(problem: str) -> UserError:
-        return UserError(f"task {task.name!r} breaks the contract: {problem}")
-
+def _untrained_val_loss(task: Task, data: Data, device: torch.device, broken: Callable[[str], UserError]) -> float:
+    """Check the data and model rules of ``task`` (a task with data, model, loss and score); its untrained model's validation loss."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(1)
         first = task.data()
@@ -91,6 +68,40 @@ def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device
             raise broken("model() built under the same torch seed gives different initial parameters")
         torch.manual_seed(0)
         initial_loss, _ = evaluate(task, task.model().to(device), data.val)
+    return initial_loss
+
+
+def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
+    """Check that ``task`` (a task, or a name for :func:`~tuner.tasks.load_task` with ``task_args``) keeps the contract.
+
+    What ``tuner study`` checks before a study (valid attributes; data, model,
+    loss and metric fit together in one training step), and beyond it:
+
+    - the data is the same on every call, whatever torch's random state (it
+      comes from a fixed seed of the task, not the trial's seed);
+    - after loading, every tensor of the data is on ``device`` (default CPU);
+    - the model's initial parameters are determined by torch's seed;
+    - one epoch of Adam (lr=1e-3, the task's batch size) runs without
+      diverging, lowers the validation loss, and has a finite test loss and
+      metric;
+    - on the CPU, two such epochs with the same seed are identical.
+
+    A task with its own loop (``fit``, see :mod:`tuner.loop`) has no data or
+    model to check apart: its epoch of Adam must run, report, not diverge,
+    return finite test values, and repeat with the seed on the CPU.
+
+    Raises :class:`~tuner.errors.UserError` with one line naming the task and
+    the first rule it breaks. Takes about two epochs of training.
+    """
+    if isinstance(task, str):
+        task = load_task(task, task_args)
+    device = torch.device(device)
+    data = load_data(task, device)
+
+    def broken(problem: str) -> UserError:
+        return UserError(f"task {task.name!r} breaks the contract: {problem}")
+
+    initial_loss = None if is_loop(task) else _untrained_val_loss(task, data, device, broken)
 
     config = Config("Adam", {"lr": CHECK_LR}, "constant", {}, task.name, {}, 1, task.batch_size, 0, "loss")
     runs = [train(task, data, config, test=True) for _ in range(2 if device.type == "cpu" else 1)]
@@ -98,7 +109,7 @@ def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device
     if run.status != "complete":
         raise broken(f"one epoch of Adam (lr={CHECK_LR}): {run.reason}")
     after = run.history[-1].val_loss
-    if not after < initial_loss:
+    if initial_loss is not None and not after < initial_loss:
         raise broken(f"one epoch of Adam (lr={CHECK_LR}) did not lower the validation loss ({initial_loss:.6g} -> {after:.6g})")
     if not (math.isfinite(run.test_loss) and math.isfinite(run.test_metric)):
         raise broken(f"test loss {run.test_loss} or test metric {run.test_metric} is not finite")
