@@ -62,6 +62,20 @@ def test_each_epoch_draws_new_order_and_augmentation_and_the_seed_repeats_them(w
     assert len(set(one[0][:, 1:].flatten().tolist())) == one[0][:, 1:].numel()  # workers do not repeat each other's draws
 
 
+def test_the_tasks_sampler_orders_training_and_draws_from_the_runs_generator():
+    class Weighted(load_task("broken_tasks:TinyDatasets").__class__):
+        def sampler(self, dataset, generator):
+            weights = torch.zeros(len(dataset))
+            weights[:6] = 1.0  # only the first six samples are ever drawn
+            return torch.utils.data.WeightedRandomSampler(weights, num_samples=8, generator=generator)
+
+    task, data = Weighted(), Data(Noisy(), Noisy(), Noisy())
+    one, again = first_batches(task, data, 0), first_batches(task, data, 0)
+    assert all(map(torch.equal, one, again))
+    assert set(torch.cat(one)[:, 0].tolist()) <= set(range(6))
+    assert Batches(task, data, batch_size=4, seed=0).steps == 2  # 8 samples an epoch, as the sampler says
+
+
 def test_a_dataset_split_evaluates_as_the_same_tensors_in_memory():
     tensors, datasets = load_task("broken_tasks:Tiny"), load_task("broken_tasks:TinyDatasets")
     model = tensors.model()
