@@ -1,6 +1,8 @@
 """Tasks: the PyTorch problems that studies tune optimizers on.
 
-A task is any object with the attributes of :class:`Task`. It is named by a
+A task is any object with the attributes of :class:`Task` (its data in-memory
+tensors or torch Datasets, see :mod:`tuner.tasks.batches`), or one that brings
+its own training loop (``fit``, see :mod:`tuner.loop`). It is named by a
 built-in name (``digits-mlp``, see :data:`BUILTIN`), the name of an entry
 point in the group ``tuner.tasks`` of an installed package, or a dotted path
 ``package.module:factory``, tried in that order; ``task_args`` from the
@@ -221,7 +223,7 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
         raise UserError(f"{where}: {spec!r}: the factory raised {reason(err)}") from None
     if not (isinstance(task, Task) or (is_loop(task) and all(hasattr(task, name) for name in LOOP_FIELDS))):
         missing = [name for name in (LOOP_FIELDS if is_loop(task) else FIELDS) if not hasattr(task, name)]
-        raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task)")
+        raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task, or with fit(run) instead of data, model, loss and score: see tuner.loop)")
     checks = {
         "name": (isinstance(task.name, str) and task.name != "", "a non-empty string"),
         "metric": (isinstance(task.metric, str) and task.metric != "", "a non-empty string"),
