@@ -186,6 +186,20 @@ CASES = [
     broken("LossNotFinite", ["'tiny' does not work", "loss() is inf", "finite"]),
     broken("ScoreIsTensor", ["'tiny' does not work", "score() returned Tensor", "float"]),
     broken("ScoreNaN", ["'tiny' does not work", "score() is nan", "finite"]),
+    # ... and a task whose data are Datasets
+    broken("DatasetEmpty", ["'tiny' does not work", "the val split is an empty Dataset"]),
+    broken("DatasetIterable", ["'tiny' does not work", "data().train is a Stream without __len__", "map-style"]),
+    broken("DatasetsMixedWithSplits", ["'tiny' does not work", "mixes Splits and Datasets"]),
+    broken("SamplerYieldsNothing", ["'tiny' does not work", "the training DataLoader yields no batch"]),
+    broken("CollateFails", ["'tiny' does not work", "first training batch", "collate_fn) raised KeyError: 'input_ids'"]),
+    broken("BatchIsADict", ["'tiny' does not work", "a batch is a dict, not a pair (inputs, target)", "unpack(batch)"]),
+    broken("ModelCannotTakeBatch", ["'tiny' does not work", "model(a training batch's inputs {'features': (8, 4)})", "TypeError"]),
+    # ... and a task with its own training loop (fit)
+    broken("LoopRaises", ["'tiny-loop' does not work", "fit(run)", "raised RuntimeError: CUDA error: device-side assert triggered"]),
+    broken("LoopNeverReports", ["'tiny-loop' does not work", "ReportError: fit(run) returned without calling run.report"]),
+    broken("LoopReportsOutOfOrder", ["'tiny-loop' does not work", "report(epoch=2) out of order", "expected 1"]),
+    broken("LoopReportsNotANumber", ["'tiny-loop' does not work", "val_loss is str", "allowed: a number"]),
+    broken("LoopReturnsNoTestValues", ["'tiny-loop' does not work", "fit(run) returned NoneType when run.test is True", "test_loss and test_metric"]),
     # --- a user's search space --------------------------------------------------------------------
     space("space-unknown-param", adam_space("momentum: 0.9"), ["params", "'momentum'", "Adam", "beta1"]),
     space("space-betas-not-split", adam_space("betas: [0.9, 0.999]"), ["params", "'betas'", "beta1"]),

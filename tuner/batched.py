@@ -35,7 +35,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tuner.config import Config
 from tuner.errors import reason
 from tuner.optim import optimizer_arguments, torch_kwargs
-from tuner.tasks import CHECK_BATCH, Data, Split, Task
+from tuner.tasks import CHECK_BATCH, Data, Split, Task, is_loop
 from tuner.train import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, drops_last, steps_per_epoch
 
 # Share of the free device memory a population may plan to use.
@@ -763,7 +763,11 @@ def why_not_batched(task: Task, data: Data) -> str | None:
     model that keeps parameters ``functional_call`` cannot replace each show
     here.
     """
-    device = data.train.x.device
+    if is_loop(task):
+        return "it trains with its own loop (fit), which tuner cannot stack"
+    if not data.in_memory:
+        return "its data are Datasets read through DataLoaders (batched trials slice in-memory tensors)"
+    device = data.device
     x, y = data.train.x[:CHECK_BATCH], data.train.y[:CHECK_BATCH]
     models = [seeded_model(task, seed, device) for seed in (0, 1)]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():

@@ -177,7 +177,7 @@ def run_study(args: argparse.Namespace) -> int:
     for space in experiment.optimizers:
         check_resumable(storage, names[space.name], setup, space, experiment.schedules)
     seeds = [experiment.seed + i for i in range(1, experiment.final_seeds + 1)]
-    device = data.train.x.device
+    device = data.device
     at_once, why = trials_at_once(experiment, setup, task, data, share=1 / args.jobs)
     if why:
         print(why, file=sys.stderr)

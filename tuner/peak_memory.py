@@ -13,26 +13,33 @@ from __future__ import annotations
 import torch
 
 from tuner.config import Config
-from tuner.tasks import Data, Task
-from tuner.train import steps_per_epoch
+from tuner.tasks import Data, Task, is_loop
+from tuner.train import first_step
 
 
 def peak_step_bytes(task: Task, data: Data, config: Config) -> float | None:
     """Bytes the first training step of ``config`` on the first batch of ``data`` adds at its peak (forward, backward,
-    optimizer step and its new state) on ``data``'s CUDA device; None on other devices. Torch's random state is left
-    as it was."""
-    device = data.train.x.device
-    if device.type != "cuda":
+    optimizer step and its new state) on ``data``'s CUDA device; None on other devices and for a task with its own
+    loop (its model and data live inside its ``fit``). Torch's random state is left as it was."""
+    device = data.device
+    if device.type != "cuda" or is_loop(task):
         return None
-    with torch.random.fork_rng(devices=[device]):
-        torch.manual_seed(config.seed)
-        model = task.model().to(device)
-        optimizer, _ = config.build(model.parameters(), steps_per_epoch=steps_per_epoch(len(data.train), config.batch_size))
-        batch = slice(0, config.batch_size)
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        task.loss(model(data.train.x[batch]), data.train.y[batch]).backward()
-        optimizer.step()
-        torch.cuda.synchronize(device)
-        return float(torch.cuda.max_memory_allocated(device) - before)
+    peak = _Peak(device)
+    first_step(task, data, config, around=lambda: peak)
+    return peak.bytes
+
+
+class _Peak:
+    """A context that measures how far ``torch.cuda.max_memory_allocated`` rises above what was allocated on entry."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.bytes = device, 0.0
+
+    def __enter__(self) -> None:
+        torch.cuda.synchronize(self.device)
+        self.before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.cuda.synchronize(self.device)
+        self.bytes = float(torch.cuda.max_memory_allocated(self.device) - self.before)

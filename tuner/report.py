@@ -23,15 +23,15 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import analysis, evidence, plots
+from tuner import analysis, evidence, loop, plots
 from tuner.analysis import Band, ExpectedBest, Speed, Summary
 from tuner.config import Config
 from tuner.errors import UserError, mask_url
 from tuner.export import config_from_dict
 from tuner.outcomes import outcome
 from tuner.study import best_trial, experiment_names
-from tuner.tasks import Data, Task, load_data, load_task
-from tuner.train import evaluate, objective_label, steps_per_epoch
+from tuner.tasks import Data, Task, is_loop, load_data, load_task
+from tuner.train import evaluate, first_step, objective_label
 
 # Outcomes of the trials that count toward the budget (interrupted ones are redone).
 COUNTED = ("complete", "pruned", "diverged", "failed")
@@ -237,26 +237,19 @@ def rank_parameters(importances: list[Importance]) -> list[str]:
 def state_bytes_per_parameter(task: Task, data: Data, config: Config) -> float:
     """Bytes of optimizer state per model parameter, measured after one training step with ``config``.
 
-    One forward, backward and optimizer step on the first batch of ``data``
+    One forward, backward and optimizer step on a training batch of ``data``
     (on its device), then the bytes of every tensor in ``optimizer.state``
     (moments, momentum buffers, step counts) over the model's parameter count.
     Torch's random state is left as it was.
     """
-    device = data.train.x.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
-        model = task.model().to(device)
-        optimizer, _ = config.build(model.parameters(), steps_per_epoch=steps_per_epoch(len(data.train), config.batch_size))
-        batch = slice(0, config.batch_size)
-        task.loss(model(data.train.x[batch]), data.train.y[batch]).backward()
-        optimizer.step()
+    model, optimizer = first_step(task, data, config)
     state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
     return state / sum(p.numel() for p in model.parameters())
 
 
 def untrained_objective(task: Task, data: Data, seed: int, objective: str, split: str = "val") -> float:
     """The ``loss`` or ``metric`` on ``split`` (``val``, default, or ``test``) of the task's model before any training, initialised with ``seed``."""
-    device = data.val.x.device
+    device = data.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         model = task.model().to(device)
@@ -272,6 +265,8 @@ def _measure(setup: dict[str, Any], configs: list[Config | None]) -> tuple[list[
         data = load_data(task, torch.device("cpu"), "setup.task")
     except UserError as err:
         return [None] * len(configs), [None, None], [f"state memory and untrained model not measured: {err}"]
+    if is_loop(task):  # its model and data are inside its fit: state memory from the optimizer its first epoch built
+        return [None if c is None else loop.state_bytes_per_parameter(task, c, data.device) for c in configs], [None, None], []
     memories = [None if c is None else state_bytes_per_parameter(task, data, c) for c in configs]
     untrained = [untrained_objective(task, data, setup["seed"], setup["objective"], split) for split in ("val", "test")]
     return memories, [u if math.isfinite(u) else None for u in untrained], []

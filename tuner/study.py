@@ -310,7 +310,7 @@ class StudyRunner:
         trial = self.live.ask()
         config = self._sample(trial)
         trial.set_user_attr("config", config_to_dict(config))
-        trial.set_user_attr("device", str(self.data.train.x.device))
+        trial.set_user_attr("device", str(self.data.device))
         # The expected-best curve assumes random-search trials: the report says which sampler drew them.
         trial.set_user_attr("sampler", self.experiment.sampler.name)
         return trial, config

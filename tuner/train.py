@@ -6,19 +6,22 @@ with the epoch's metrics; a truthy return stops the run.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from tuner.config import AMP, Config
 from tuner.errors import UserError
-from tuner.tasks import Data, Split, Task
+from tuner.tasks import Data, Split, Task, batches, is_loop
 
 # Evaluation runs in chunks of this many samples to bound activation memory.
 EVAL_CHUNK = 8192
@@ -94,14 +97,85 @@ def autocast(device: torch.device, amp: str) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
+class Batches:
+    """The batches of one training run, on ``data.device``, as ``(inputs, target)`` pairs.
+
+    In-memory splits are sliced on the device, the training split in a new
+    order every epoch drawn from ``seed`` (without the last partial batch when
+    the task's ``drop_last`` says so). Dataset splits are read through
+    DataLoaders (:func:`tuner.tasks.batches.loader`), the training one
+    shuffled from ``seed``. ``val`` and ``test`` are what :func:`evaluate` takes.
+    """
+
+    def __init__(self, task: Task, data: Data, batch_size: int, seed: int) -> None:
+        self.task, self.device, self.batch_size = task, data.device, batch_size
+        if data.in_memory:
+            self.source: Split | DataLoader = data.train
+            self.order = torch.Generator(device=self.device).manual_seed(seed)
+            self.steps = steps_per_epoch(len(data.train), batch_size, drops_last(task))
+            self.val, self.test = data.val, data.test
+        else:
+            self.source = batches.loader(task, data.train, batch_size, self.device, seed, train=True, drop_last=drops_last(task))
+            self.steps = len(self.source)
+            self.val, self.test = (batches.loader(task, split, batch_size, self.device, seed, train=False) for split in (data.val, data.test))
+
+    def epoch(self) -> Iterator[tuple[Any, Any]]:
+        """One epoch of training batches."""
+        if isinstance(self.source, DataLoader):
+            for batch in self.source:
+                yield batches.on_device(self.task, batch, self.device)
+            return
+        x, y = self.source.x, self.source.y
+        permutation = torch.randperm(len(x), generator=self.order, device=self.device)
+        xs, ys = x[permutation], y[permutation]
+        for start in range(0, self.steps * self.batch_size, self.batch_size):
+            yield xs[start : start + self.batch_size], ys[start : start + self.batch_size]
+
+
+def first_step(task: Task, data: Data, config: Config,
+               around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """One training step of ``config`` (forward, backward, optimizer step) on the first training batch of ``data``, on its
+    device, inside ``around()`` (default: nothing); returns the model and the optimizer. Torch's random state is left as it was.
+
+    The optimizer's state then holds everything it allocates (the report's state memory and peak memory read it).
+    """
+    device = data.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        model = task.model().to(device)
+        feed = Batches(task, data, config.batch_size, config.seed)
+        optimizer, _ = config.build(model.parameters(), steps_per_epoch=feed.steps)
+        inputs, target = next(feed.epoch())
+        with around():
+            task.loss(batches.forward(model, inputs), target).backward()
+            optimizer.step()
+    return model, optimizer
+
+
 @torch.inference_mode()
-def evaluate(task: Task, model: torch.nn.Module, split: Split, amp: str = "none") -> tuple[float, float]:
-    """Loss and metric of ``model`` over a whole split, under the mixed precision ``amp`` (default none)."""
+def evaluate(task: Task, model: torch.nn.Module, split: Split | Dataset | DataLoader, amp: str = "none") -> tuple[float, float]:
+    """Loss and metric of ``model`` over a whole split, under the mixed precision ``amp`` (default none).
+
+    ``split`` is an in-memory split (evaluated in chunks of :data:`EVAL_CHUNK`), a DataLoader, or a Dataset
+    (read in batches of the task's ``batch_size``). The outputs and targets of all batches are joined
+    along the batch dimension, and ``task.loss`` and ``task.score`` see them whole.
+    """
     model.eval()
-    with autocast(split.x.device, amp):
-        output = torch.cat([model(split.x[i : i + EVAL_CHUNK]) for i in range(0, len(split), EVAL_CHUNK)])
-        loss = task.loss(output, split.y).item()
-    return loss, task.score(output, split.y)
+    device = next(model.parameters()).device
+    if isinstance(split, Split):
+        pairs: Iterable[tuple[Any, Any]] = ((split.x[i : i + EVAL_CHUNK], split.y[i : i + EVAL_CHUNK]) for i in range(0, len(split), EVAL_CHUNK))
+    else:
+        reader = split if isinstance(split, DataLoader) else batches.loader(task, split, task.batch_size, device, 0, train=False)
+        pairs = (batches.on_device(task, batch, device) for batch in reader)
+    with autocast(device, amp):
+        outputs, targets = zip(*((batches.forward(model, inputs), target) for inputs, target in pairs))
+        output, target = _joined(outputs), _joined(targets)
+        loss = task.loss(output, target).item()
+    return loss, task.score(output, target)
+
+
+def _joined(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def train(
@@ -121,30 +195,31 @@ def train(
     forward pass and loss run under bf16 autocast (CUDA). A non-finite training
     loss, validation loss or metric ends the run as ``diverged``. With ``test``, the test split
     is evaluated at the end. ``step_hook(model, optimizer)`` runs before each optimizer step; a function it
-    returns runs after that step (as :class:`tuner.step_sizes.StepSizes` does).
+    returns runs after that step (as :class:`tuner.step_sizes.StepSizes` does). A task with its own loop
+    runs its ``fit`` instead (:func:`tuner.loop.run_loop`; the hook does not reach it).
     """
     seed = config.seed if seed is None else seed
-    x, y = data.train.x, data.train.y
-    device = x.device
-    n, batch_size = len(x), config.batch_size
-    steps = steps_per_epoch(n, batch_size, drops_last(task))
+    device = data.device
+    if is_loop(task):
+        from tuner.loop import run_loop  # tuner.loop builds on this module's types
+
+        return run_loop(task, config, device, seed, callback, test)[0]
     result = RunResult()
-    # The model's initialisation and dropout use torch's global generator:
-    # fork it so that the caller's random state is left as it was.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # The model's initialisation, dropout and augmentation use the global generators:
+    # fork them so that the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), batches.python_and_numpy_seeded(seed):
         torch.manual_seed(seed)
         model = task.model().to(device)
+        feed = Batches(task, data, config.batch_size, seed)
+        steps = feed.steps
         optimizer, scheduler = config.build(model.parameters(), steps_per_epoch=steps)
-        order = torch.Generator(device=device).manual_seed(seed)
         started = time.perf_counter()
         for epoch in range(1, config.epochs + 1):
             model.train()
-            permutation = torch.randperm(n, generator=order, device=device)
-            xs, ys = x[permutation], y[permutation]
             loss_sum = torch.zeros((), device=device)
-            for start in range(0, steps * batch_size, batch_size):
+            for inputs, target in feed.epoch():
                 with autocast(device, config.amp):
-                    loss = task.loss(model(xs[start : start + batch_size]), ys[start : start + batch_size])
+                    loss = task.loss(batches.forward(model, inputs), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 lr = optimizer.param_groups[0]["lr"]
@@ -157,7 +232,7 @@ def train(
                 loss_sum += loss.detach()
             # One host sync per epoch: the divergence check waits until here.
             train_loss = loss_sum.item() / steps
-            val_loss, val_metric = evaluate(task, model, data.val, config.amp)
+            val_loss, val_metric = evaluate(task, model, feed.val, config.amp)
             metrics = EpochMetrics(epoch, train_loss, val_loss, val_metric, lr, time.perf_counter() - started)
             result.history.append(metrics)
             result.reason = divergence(metrics)
@@ -168,7 +243,7 @@ def train(
                 result.status = "stopped"
                 return result
         if test:
-            result.test_loss, result.test_metric = evaluate(task, model, data.test, config.amp)
+            result.test_loss, result.test_metric = evaluate(task, model, feed.test, config.amp)
     return result
 
 

@@ -1,6 +1,8 @@
 """Tasks: the PyTorch problems that studies tune optimizers on.
 
-A task is any object with the attributes of :class:`Task`. It is named by a
+A task is any object with the attributes of :class:`Task` (its data in-memory
+tensors or torch Datasets, see :mod:`tuner.tasks.batches`), or one that brings
+its own training loop (``fit``, see :mod:`tuner.loop`). It is named by a
 built-in name (``digits-mlp``, see :data:`BUILTIN`), the name of an entry
 point in the group ``tuner.tasks`` of an installed package, or a dotted path
 ``package.module:factory``, tried in that order; ``task_args`` from the
@@ -11,6 +13,7 @@ checks it further, for tests.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import inspect
@@ -22,9 +25,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.nn import functional as F
+from torch.utils.data import Dataset, IterableDataset
 
 from tuner.config import check_type, is_int, is_number
 from tuner.errors import UserError, reason
+from tuner.tasks import batches
 
 
 @dataclass(frozen=True)
@@ -43,14 +48,34 @@ class Split:
 
 @dataclass(frozen=True)
 class Data:
-    """Train, validation and test splits of an in-memory task."""
+    """Train, validation and test splits: three in-memory :class:`Split` objects, or three map-style
+    ``torch.utils.data.Dataset`` objects read through DataLoaders (see :mod:`tuner.tasks.batches`).
 
-    train: Split
-    val: Split
-    test: Split
+    ``device`` is where training runs: :meth:`to` sets it, and moves in-memory splits there.
+    """
+
+    train: Split | Dataset | None  # None: a task with its own training loop (tuner.loop) keeps its data
+    val: Split | Dataset | None
+    test: Split | Dataset | None
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the splits are tensors (sliced on the device) rather than Datasets (read through DataLoaders)."""
+        return isinstance(self.train, Split)
 
     def to(self, device: torch.device | str) -> Data:
-        return Data(self.train.to(device), self.val.to(device), self.test.to(device))
+        if not self.in_memory:
+            return dataclasses.replace(self, device=_indexed(torch.device(device)))
+        train = self.train.to(device)
+        return Data(train, self.val.to(device), self.test.to(device), train.x.device)
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """``device`` with its index (``cuda`` -> ``cuda:0``), as a tensor moved there reports it."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 @runtime_checkable
@@ -61,6 +86,9 @@ class Task(Protocol):
     says whether it is better high (``"maximize"``) or low (``"minimize"``).
     ``batch_size`` is used when the experiment gives none; ``epochs`` is the
     task's suggested training length (experiments always state theirs).
+
+    A task whose data are Datasets may also have ``collate_fn``, ``sampler``,
+    ``num_workers`` and ``unpack`` (see :mod:`tuner.tasks.batches`).
     """
 
     name: str
@@ -124,8 +152,17 @@ BUILTIN: dict[str, str] = {
 ENTRY_POINT_GROUP = "tuner.tasks"
 # Samples in the one cheap training step that checks a task before any study exists.
 CHECK_BATCH = 8
-# The attributes of a Task.
+# The attributes of a Task, and of a task with its own training loop (see tuner.loop).
 FIELDS = ("name", "metric", "direction", "epochs", "batch_size", "data", "model", "loss", "score")
+LOOP_FIELDS = ("name", "metric", "direction", "epochs", "batch_size", "fit")
+# The learning rate of Adam in the one epoch of a loop task's fit that checks it before any study.
+LOOP_CHECK_LR = 1e-3
+
+
+def is_loop(task: Any) -> bool:
+    """Whether ``task`` brings its own training loop (a ``fit(run)`` method, see :mod:`tuner.loop`) rather than
+    ``data``, ``model``, ``loss`` and ``score``."""
+    return callable(getattr(task, "fit", None))
 
 
 def plugins() -> dict[str, importlib.metadata.EntryPoint]:
@@ -191,9 +228,9 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
         task = factory(**args)
     except Exception as err:  # a factory may reject its arguments in any way
         raise UserError(f"{where}: {spec!r}: the factory raised {reason(err)}") from None
-    if not isinstance(task, Task):
-        missing = [name for name in FIELDS if not hasattr(task, name)]
-        raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task)")
+    if not (isinstance(task, Task) or (is_loop(task) and all(hasattr(task, name) for name in LOOP_FIELDS))):
+        missing = [name for name in (LOOP_FIELDS if is_loop(task) else FIELDS) if not hasattr(task, name)]
+        raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task, or with fit(run) instead of data, model, loss and score: see tuner.loop)")
     checks = {
         "name": (isinstance(task.name, str) and task.name != "", "a non-empty string"),
         "metric": (isinstance(task.metric, str) and task.metric != "", "a non-empty string"),
@@ -224,12 +261,53 @@ def _check_data(data: Any) -> None:
         raise _Broken(f"data() returned {type(data).__name__} (allowed: tuner.tasks.Data)")
     for name in ("train", "val", "test"):
         split = getattr(data, name)
+        if isinstance(split, Dataset):
+            _check_dataset(name, split)
+            continue
         if not (isinstance(split, Split) and isinstance(split.x, torch.Tensor) and isinstance(split.y, torch.Tensor)):
-            raise _Broken(f"data().{name} is not a tuner.tasks.Split of two tensors")
+            raise _Broken(f"data().{name} is not a tuner.tasks.Split of two tensors (allowed: three Splits, or three Datasets)")
         if len(split.x) != len(split.y):
             raise _Broken(f"the {name} split has {len(split.x)} inputs but {len(split.y)} targets (allowed: as many of each)")
         if len(split.x) == 0:
             raise _Broken(f"the {name} split is empty")
+    if len({isinstance(split, Split) for split in (data.train, data.val, data.test)}) > 1:
+        raise _Broken("data() mixes Splits and Datasets (allowed: three Splits, or three Datasets)")
+
+
+def _check_dataset(name: str, split: Any) -> None:
+    if isinstance(split, IterableDataset) or not hasattr(split, "__len__"):
+        raise _Broken(f"data().{name} is a {type(split).__name__} without __len__ (allowed: a map-style torch Dataset with __len__)")
+    if _call(f"len(data().{name})", len, split) == 0:
+        raise _Broken(f"the {name} split is an empty Dataset")
+
+
+def _shapes(value: Any) -> Any:
+    """The shapes of the tensors in ``value`` (a tensor, dict, tuple or list), for messages."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, dict):
+        return {key: _shapes(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return tuple(_shapes(item) for item in value)
+    return type(value).__name__
+
+
+def _first_batch(task: Task, data: Data) -> tuple[Any, torch.Tensor, str]:
+    """A few training samples on the device as ``(inputs, target)``, and how a message names the inputs.
+
+    Datasets are read as training reads them (the task's sampler, collate_fn and unpack), in this process.
+    """
+    if data.in_memory:
+        x = data.train.x[:CHECK_BATCH]
+        return x, data.train.y[:CHECK_BATCH], f"train inputs of shape {tuple(x.shape)}"
+    train = batches.loader(task, data.train, CHECK_BATCH, data.device, seed=0, train=True, workers=0)
+    batch = _call("reading the first training batch (the task's Dataset, sampler and collate_fn)", lambda: next(iter(train), None))
+    if batch is None:
+        raise _Broken("the training DataLoader yields no batch (allowed: a sampler and Dataset that give at least one sample)")
+    inputs, target = _call("unpack(batch)" if hasattr(task, "unpack") else "taking (inputs, target) from a batch", batches.on_device, task, batch, data.device)
+    if not isinstance(target, torch.Tensor) or target.dim() == 0:
+        raise _Broken(f"a batch's target is {_shapes(target)} (allowed: a tensor with the batch first)")
+    return inputs, target, f"a training batch's inputs {_shapes(inputs)}"
 
 
 def _check_step(task: Task, data: Data) -> None:
@@ -237,14 +315,14 @@ def _check_step(task: Task, data: Data) -> None:
     model = _call("model()", task.model)
     if not isinstance(model, torch.nn.Module):
         raise _Broken(f"model() returned {type(model).__name__} (allowed: a torch.nn.Module)")
-    model = model.to(data.train.x.device)
+    model = model.to(data.device)
     if not any(p.requires_grad for p in model.parameters()):
         raise _Broken("model() has no trainable parameters")
-    x, y = data.train.x[:CHECK_BATCH], data.train.y[:CHECK_BATCH]
-    output = _call(f"model(train inputs of shape {tuple(x.shape)})", model, x)
-    if not isinstance(output, torch.Tensor) or output.dim() == 0 or len(output) != len(x):
+    x, y, inputs = _first_batch(task, data)
+    output = _call(f"model({inputs})", batches.forward, model, x)
+    if not isinstance(output, torch.Tensor) or output.dim() == 0 or len(output) != len(y):
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise _Broken(f"model() returned {shape} for {len(x)} inputs (allowed: a tensor with the batch first)")
+        raise _Broken(f"model() returned {shape} for {len(y)} inputs (allowed: a tensor with the batch first)")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch warns, rather than fails, when shapes broadcast by accident
         loss = _call(f"loss(outputs of shape {tuple(output.shape)}, targets of shape {tuple(y.shape)})", task.loss, output, y)
@@ -267,8 +345,11 @@ def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
 
     A task whose data, model, loss or metric do not fit together fails here
     with one line naming it and the problem, before any study exists, rather
-    than in every trial. The data is moved to ``device`` once, here.
+    than in every trial. In-memory data is moved to ``device`` once, here;
+    Datasets stay where they are, and their batches move as they are read.
     """
+    if is_loop(task):
+        return _check_loop(task, device, where)
     try:
         data = _call("data()", task.data)
         _check_data(data)
@@ -278,6 +359,18 @@ def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
     except _Broken as err:
         raise UserError(f"{where}: {task.name!r} does not work: {err}") from None
     return data
+
+
+def _check_loop(task: Any, device: torch.device, where: str) -> Data:
+    """Run a loop task's ``fit`` for one epoch; a :class:`UserError` naming ``where`` if it raises or breaks a rule.
+    Its data are its own: the :class:`Data` returned has only the device."""
+    from tuner.loop import check_loop  # tuner.loop builds on the trainer, which builds on this module
+
+    try:
+        _call(f"fit(run) (one epoch of Adam, lr={LOOP_CHECK_LR})", check_loop, task, device)
+    except _Broken as err:
+        raise UserError(f"{where}: {task.name!r} does not work: {err}") from None
+    return Data(None, None, None, _indexed(device))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,168 @@
+"""Dataset tasks (DataLoaders seeded from the trial, augmentation repeatable with and without workers, dict batches),
+tasks with their own training loop (fit), and the examples under examples/ tuned end to end."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+
+from tuner.cli import main
+from tuner.config import Config
+from tuner.errors import UserError
+from tuner.loop import ReportError, Run
+from tuner.tasks import Data, load_data, load_task
+from tuner.tasks.batches import python_and_numpy_seeded
+from tuner.tasks.contract import check_task
+from tuner.train import Batches, evaluate, train
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture
+def examples(monkeypatch):
+    """The examples importable as ``examples.<module>``, as from the repository's root."""
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+class Noisy(torch.utils.data.Dataset):
+    """Samples whose inputs are redrawn on every read, from torch, NumPy and Python's generators."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = [torch.rand(()).item(), np.random.rand(), random.random()]
+        return torch.tensor([index, *noise], dtype=torch.float32), torch.tensor([float(index)])
+
+
+def first_batches(task, data: Data, seed: int, epochs: int = 2) -> list[torch.Tensor]:
+    """The inputs of the first batch of each epoch, with the global generators seeded as ``train`` seeds them."""
+    with torch.random.fork_rng(), python_and_numpy_seeded(seed):
+        torch.manual_seed(seed)
+        feed = Batches(task, data, batch_size=4, seed=seed)
+        return [next(feed.epoch())[0] for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_epoch_draws_new_order_and_augmentation_and_the_seed_repeats_them(workers):
+    task = load_task("broken_tasks:TinyDatasets")
+    task.num_workers = workers
+    data = Data(Noisy(), Noisy(), Noisy())
+    one, again, other = first_batches(task, data, 0), first_batches(task, data, 0), first_batches(task, data, 1)
+    assert not torch.equal(one[0], one[1])  # the second epoch is shuffled and augmented anew
+    assert all(map(torch.equal, one, again))  # torch, NumPy and Python's generators all follow the seed
+    assert not torch.equal(one[0], other[0])
+    assert len(set(one[0][:, 1:].flatten().tolist())) == one[0][:, 1:].numel()  # workers do not repeat each other's draws
+
+
+def test_the_tasks_sampler_orders_training_and_draws_from_the_runs_generator():
+    class Weighted(load_task("broken_tasks:TinyDatasets").__class__):
+        def sampler(self, dataset, generator):
+            weights = torch.zeros(len(dataset))
+            weights[:6] = 1.0  # only the first six samples are ever drawn
+            return torch.utils.data.WeightedRandomSampler(weights, num_samples=8, generator=generator)
+
+    task, data = Weighted(), Data(Noisy(), Noisy(), Noisy())
+    one, again = first_batches(task, data, 0), first_batches(task, data, 0)
+    assert all(map(torch.equal, one, again))
+    assert set(torch.cat(one)[:, 0].tolist()) <= set(range(6))
+    assert Batches(task, data, batch_size=4, seed=0).steps == 2  # 8 samples an epoch, as the sampler says
+
+
+def test_a_dataset_split_evaluates_as_the_same_tensors_in_memory():
+    tensors, datasets = load_task("broken_tasks:Tiny"), load_task("broken_tasks:TinyDatasets")
+    model = tensors.model()
+    for name in ("val", "test"):
+        assert evaluate(tensors, model, getattr(tensors.data(), name)) == pytest.approx(evaluate(datasets, model, getattr(datasets.data(), name)))
+
+
+def test_training_through_dataloaders_is_repeatable_and_learns():
+    task = load_task("broken_tasks:TinyDatasets")
+    data = load_data(task, torch.device("cpu"))
+    config = Config("Adam", {"lr": 0.05}, "cosine", {}, task.name, {}, 5, 4, 0, "loss")
+    runs = [train(task, data, config, test=True) for _ in range(2)]
+    assert runs[0].history == runs[1].history and runs[0].test_loss == runs[1].test_loss
+    assert runs[0].history[-1].val_loss < runs[0].history[0].val_loss
+
+
+def test_the_contract_covers_dataset_and_loop_tasks(examples):
+    check_task("broken_tasks:TinyDatasets")
+    check_task("examples.image_cnn:AugmentedDigits", {"channels": 4})
+    check_task("examples.text_classifier:TextClassifier", {"train_size": 128, "width": 16})
+    check_task("broken_tasks:TinyLoop")
+    check_task("examples.own_loop:ClippedAccumulated", {"hidden": 16})
+
+    class Unrepeatable(load_task("broken_tasks:TinyLoop").__class__):
+        def report(self, run, epoch, train_loss, val_loss):
+            return run.report(epoch, train_loss, val_loss + time.perf_counter_ns() % 1000 * 1e-9, val_loss)
+
+    with pytest.raises(UserError, match="'tiny-loop' breaks the contract: two runs with the same seed differ on the CPU"):
+        check_task(Unrepeatable())
+
+
+@pytest.mark.parametrize(
+    ("experiment", "task_args"),
+    [
+        ("image-cnn.yaml", {"channels": 4, "num_workers": 2}),
+        ("text-classifier.yaml", {"train_size": 96, "width": 16}),
+        ("own-loop.yaml", {"hidden": 16, "accumulate": 3}),
+    ],
+)
+def test_an_example_is_tuned_end_to_end_and_its_best_config_trains_again(experiment, task_args, examples, workdir, capsys):
+    spec = yaml.safe_load((ROOT / "examples" / experiment).read_text())
+    exp = workdir / experiment
+    exp.write_text(yaml.safe_dump(spec | {"task_args": spec.get("task_args", {}) | task_args, "optimizers": ["adam"]}))
+    argv = ["study", str(exp), "--trials", "2", "--epochs", "2", "--final-seeds", "1", "--batch-trials", "2",
+            "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"task {load_task(spec['task'], task_args).name!r} cannot be batched, so its trials run one at a time: " in err
+    summary = (workdir / "out" / "summary.md").read_text()
+    adam = next(line for line in summary.splitlines() if line.startswith("| adam"))
+    assert float(adam.split("|")[-2]) > 0  # state bytes/param, measured from the optimizer the task built
+    best = workdir / "out" / "best-adam.yaml"
+    assert yaml.safe_load(best.read_text())["training"]["task"] == spec["task"]
+    assert main(["train", str(best)]) == 0
+    assert "seed 0: val accuracy" in capsys.readouterr().out
+
+
+def loop_config(epochs: int = 3, lr: float = 0.05) -> Config:
+    return Config("SGD", {"lr": lr}, "constant", {}, "tiny-loop", {}, epochs, 4, 0, "loss")
+
+
+def test_a_loop_task_is_repeatable_and_stops_when_told_or_diverged():
+    task = load_task("broken_tasks:TinyLoop")
+    data = load_data(task, torch.device("cpu"))
+    runs = [train(task, data, loop_config(), test=True) for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0].status == "complete" and len(runs[0].history) == 3
+    assert runs[0].history[-1].val_loss < runs[0].history[0].val_loss and runs[0].history[0].lr == 0.05
+    stopped = train(task, data, loop_config(), callback=lambda metrics: metrics.epoch == 2)
+    assert stopped.status == "stopped" and [m.epoch for m in stopped.history] == [1, 2] and stopped.test_loss is None
+    diverged = train(task, data, loop_config(lr=1e6))
+    assert diverged.status == "diverged" and "non-finite" in diverged.reason
+
+
+def test_a_report_after_stop_is_refused():
+    run = Run(loop_config(), torch.device("cpu"), 0, False, callback=lambda metrics: True)
+    assert run.report(1, 1.0, 1.0, torch.tensor(0.5)) is True
+    with pytest.raises(ReportError, match="after an earlier report said stop"):
+        run.report(2, 1.0, 1.0, 1.0)
+
+
+def test_a_loop_task_is_tuned_by_two_workers_with_pruning(workdir):
+    exp = workdir / "exp.yaml"
+    exp.write_text("name: loop\ntask: broken_tasks:TinyLoop\noptimizers: [sgd]\ntrials: 4\nepochs: 3\nseed: 0\nfinal_seeds: 1\n"
+                   "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\n")  # fmt: skip
+    argv = ["study", str(exp), "--jobs", "2", "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"),
+            "--no-progress", "--no-tracking"]  # fmt: skip
+    assert main(argv) == 0
+    trials = optuna.load_study(study_name="loop/sgd", storage=f"sqlite:///{workdir}/t.db").trials
+    assert len(trials) == 4 and all(t.user_attrs["outcome"] in ("complete", "pruned", "diverged") for t in trials)
+    assert (workdir / "out" / "best-sgd.yaml").exists()
