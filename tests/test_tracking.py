@@ -337,3 +337,16 @@ def test_the_tracking_uri_comes_from_the_environment(workdir, capsys, monkeypatc
     assert main(["study", "--trials", "1", "--epochs", "1", "--final-seeds", "1", "--optimizers", "sgd",
                  "--storage", f"sqlite:///{workdir}/t.db", "--no-progress"]) == 0
     assert layout(f"sqlite:///{workdir}/env.db", "quickstart")[0]
+
+
+def test_artifacts_go_next_to_the_sqlite_tracking_store_not_into_the_working_directory(workdir):
+    store = workdir / "elsewhere"
+    store.mkdir()
+    uri = f"sqlite:///{store}/mlflow.db"
+    assert main(study_args(workdir, "quickstart", "--optimizers", "adam", "--trials", "1", uri=uri)) == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("quickstart")
+    assert experiment.artifact_location == (store / "mlruns" / "quickstart").as_uri()
+    parent = next(iter(layout(uri, "quickstart")[0].values()))
+    assert (store / "mlruns" / "quickstart" / parent.info.run_id / "artifacts" / "best.yaml").is_file()
+    assert sorted(p.name for p in workdir.iterdir()) == ["elsewhere", "out", "t.db"]
