@@ -20,6 +20,7 @@ CHECKOUT_BEFORE = pytest.StashKey[set]()
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: several processes, real signals or servers; `-m 'not slow'` leaves them out")
     for name in [name for name in os.environ if name.startswith(ISOLATED_PREFIXES)]:
         del os.environ[name]
 
