@@ -240,6 +240,7 @@ def test_sync_rebuilds_the_mirror_idempotently_and_repairs_runs_cut_short(workdi
     assert "0 runs written" in capsys.readouterr().out.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_study_loses_nothing_and_the_rerun_leaves_one_finished_run_per_trial(workdir):
     uri = f"sqlite:///{workdir}/mlflow.db"
     cmd = [sys.executable, "-m", "tuner", *study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "4")]

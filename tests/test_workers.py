@@ -11,12 +11,16 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 
 from tuner.errors import mask_url
 from tuner.outcomes import outcome
 from tuner.study import TICKETS_PREFIX, finished
 
+
+# Every test here runs several processes, or a server.
+pytestmark = pytest.mark.slow
 
 def command(workdir, *extra: str, storage: str | None = None, out: str = "out", experiment: str = "quickstart") -> list[str]:
     return [sys.executable, "-m", "tuner", "study", experiment, "--optimizers", "adam", "sgd", "--epochs", "4", "--final-seeds", "1",
@@ -35,6 +39,15 @@ def assert_exact(workdir, budget: int, storage: str | None = None) -> None:
         counted = [t for t in study.trials if outcome(t) in ("complete", "pruned", "diverged", "failed")]
         assert len(counted) == budget == finished(study), [outcome(t) for t in study.trials]
         assert len({str(t.params) for t in counted}) == budget, "two workers trained the same configuration"
+
+
+def assert_concurrent(workdir, processes: int) -> None:
+    """``processes`` processes each trained some of the trials, and trials of different ones overlap in time (they did
+    not run one after another)."""
+    trials = [t for study in studies(workdir).values() for t in study.trials]
+    assert len({t.user_attrs["worker"] for t in trials}) == processes
+    assert any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+               for a in trials for b in trials if a.user_attrs["worker"] != b.user_attrs["worker"])  # fmt: skip
 
 
 def assert_one_run_per_trial(tracking: str, storage: str) -> list[object]:
@@ -115,6 +128,7 @@ def test_jobs_2_trains_in_two_processes_to_the_exact_budget_and_mirrors_every_tr
     assert result.returncode == 0, result.stderr
     assert "2 workers" in result.stderr
     assert_exact(workdir, 7)
+    assert_concurrent(workdir, 2)  # the command's own process trains nothing while its workers run
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id], "tags.`tuner.role` = 'trial'", max_results=1000)
     assert sorted((r.data.tags["tuner.study"], int(r.data.tags["tuner.trial"])) for r in runs) == sorted(
@@ -131,6 +145,7 @@ def test_three_commands_at_once_on_one_sqlite_file_share_the_budget_exactly(work
         assert proc.returncode == 0, err
         assert "database is locked" not in err
     assert_exact(workdir, 9)
+    assert_concurrent(workdir, 3)
 
 
 def long_trials(workdir) -> str:
