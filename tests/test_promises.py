@@ -4,6 +4,7 @@ Optuna's journal storage refused, exit code 1 for an unexpected error."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,14 @@ def test_an_unexpected_error_is_exit_code_1(workdir):
     result = subprocess.run([sys.executable, "-m", "tuner", "train", "cfg.yaml"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr
     assert "ValueError: score() takes at most 8 samples, got 16" in result.stderr
+
+
+def test_the_progress_bar_shows_trials_of_the_budget_best_so_far_elapsed_and_eta(workdir, capsys):
+    args = ["study", "--optimizers", "sgd", "--trials", "2", "--epochs", "1", "--final-seeds", "1", "--no-tracking"]
+    assert main(args) == 0
+    best = optuna.load_study(study_name="quickstart/sgd", storage="sqlite:///tuner.db").best_trial
+    frames = [f for f in re.split(r"[\r\n]", capsys.readouterr().err) if f.startswith("sgd: ")]
+    # tqdm's last frame: name, 100%, trials done of the budget, [elapsed<ETA, rate, best value (#trial)].
+    assert re.fullmatch(r"sgd: 100%\|.*\| 2/2 \[\d\d:\d\d<00:00, +[0-9.]+(s/)?trials?(/s)?, best (\S+) \(#(\d+)\)\]", frames[-1]), frames[-1]
+    assert frames[-1].endswith(f"best {best.value:.4g} (#{best.number})]")
+    assert any(" 0/2 [" in f for f in frames) and any(" 1/2 [" in f for f in frames)
