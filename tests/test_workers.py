@@ -109,6 +109,27 @@ def wait_mid_trial(storage: str, more_than: int, lost: set[tuple[str, int]], pro
     raise AssertionError(f"no trial was stored beyond {more_than}, or none started after (exit code {proc.poll()})")
 
 
+def command_lines_with(text: str, roots: set[int]) -> set[tuple[str, ...]]:
+    """The command lines holding ``text`` of the processes ``roots`` and all their descendants."""
+    parents, lines = {}, {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                lines[int(entry.name)] = (entry / "cmdline").read_bytes()
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            if pid in roots:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    return {tuple(line.decode().split("\0")[:-1]) for pid, line in lines.items() if text.encode() in line and descends(pid)}
+
+
 def workers_of(pid: int) -> list[int]:
     """The `--jobs` worker processes of the command ``pid`` (spawned children; not the resource tracker)."""
     found = []
@@ -185,15 +206,23 @@ def test_three_workers_on_postgresql_and_a_tracking_server_share_the_budget_and_
     procs = [subprocess.Popen(command(workdir, "--trials", "8", *jobs, storage=storage, out=f"out{i}") + ["--tracking-uri", mlflow_server.uri],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, jobs in enumerate([("--jobs", "2"), ()])]
+    # The commands were given the password on their command line; the processes they start (workers, MLflow followers)
+    # never are: the only command lines with it are the commands' own (a child forked before it runs another program
+    # shows its parent's for a moment).
+    secret = postgres.PASSWORD
+    showing, deadline = set(), time.monotonic() + 600
+    while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
+        showing |= command_lines_with(secret, {proc.pid for proc in procs})
+        time.sleep(0.2)
     outputs = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         outputs.append(out + err)
+    assert showing == {tuple(proc.args) for proc in procs}
     assert_exact(workdir, 8, storage)
     runs = assert_one_run_per_trial(mlflow_server.uri, storage)
 
-    secret = postgres.PASSWORD
     assert "tuner:***@127.0.0.1" in outputs[0]
     for text in outputs:
         assert secret not in text
