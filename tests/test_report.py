@@ -197,7 +197,7 @@ def test_optimizer_state_memory_is_measured(digits):
 def test_plot_rebuilds_the_report_of_a_study_from_the_storage_alone(tmp_path, capsys):
     db, out = f"sqlite:///{tmp_path}/t.db", tmp_path / "out"
     flags = ["--storage", db, "--out", str(out)]
-    assert main(["study", "quickstart", "--optimizers", "sgd", "--trials", "2", "--epochs", "2", "--final-seeds", "1", "--no-progress", *flags]) == 0
+    assert main(["study", "quickstart", "--optimizers", "sgd", "--trials", "2", "--epochs", "2", "--final-seeds", "1", "--no-progress", "--no-tracking", *flags]) == 0
     printed = capsys.readouterr().out
     written = (out / "summary.md").read_text()
     assert written in printed and "[best.yaml](best.yaml)" in written and "| sgd *" in written

@@ -30,11 +30,12 @@ def sampled_config(space_name: str, schedule: str, seed: int) -> Config:
     return Config(space.optimizer, spaces.sample_optimizer(trial, space), name, params, "digits-mlp", {}, EPOCHS, 32, 0)
 
 
-def lr_sequence(config: Config) -> list[float]:
+def lr_sequence(config: Config, steps_per_epoch: int = STEPS_PER_EPOCH) -> list[float]:
+    """The learning rate of every step of a run of ``config``."""
     params = [torch.nn.Parameter(torch.zeros(3))]
-    optimizer, scheduler = config.build(params, steps_per_epoch=STEPS_PER_EPOCH)
+    optimizer, scheduler = config.build(params, steps_per_epoch=steps_per_epoch)
     lrs = []
-    for _ in range(EPOCHS * STEPS_PER_EPOCH):
+    for _ in range(config.epochs * steps_per_epoch):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         if scheduler is not None:
@@ -116,3 +117,29 @@ def test_build_rejects_a_bad_steps_per_epoch():
     config = sampled_config("sgd", "constant", seed=0)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         config.build([torch.nn.Parameter(torch.zeros(1))], steps_per_epoch=0)
+
+
+def test_the_exported_yaml_rebuilds_the_lr_history_a_real_trial_stored(tmp_path):
+    from tuner.cli import main
+    from tuner.tasks import load_task
+    from tuner.train import steps_per_epoch
+
+    (tmp_path / "exp.yaml").write_text("name: lrs\ntask: digits-mlp\noptimizers: [adam]\nschedules: [cosine, warmup_cosine]\n"
+                                       "trials: 4\nepochs: 4\nseed: 0\nsampler: random\npruner: none\nfinal_seeds: 1\n")  # fmt: skip
+    storage = f"sqlite:///{tmp_path}/t.db"
+    argv = ["study", str(tmp_path / "exp.yaml"), "--storage", storage, "--out", str(tmp_path / "out"), "--no-progress", "--no-tracking"]
+    assert main(argv) == 0
+    trials = optuna.load_study(study_name="lrs/adam", storage=storage).trials
+    assert {t.params["schedule"] for t in trials} == {"cosine", "warmup_cosine"}
+    steps = steps_per_epoch(len(load_task("digits-mlp").data().train.x), 64)
+    best = tuner.load_config(tmp_path / "out" / "best-adam.yaml")
+    for trial in trials:
+        path = tmp_path / f"trial-{trial.number}.yaml"
+        write_config(config_from_dict(trial.user_attrs["config"]), path)
+        loaded = tuner.load_config(path)
+        if trial.number == best.source["trial"]:
+            assert loaded == best
+        sequence = lr_sequence(loaded, steps)
+        # The stored lr of an epoch is that of its last step.
+        assert [sequence[epoch * steps - 1] for epoch in trial.user_attrs["history"]["epoch"]] == trial.user_attrs["history"]["lr"]
+

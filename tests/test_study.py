@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 import tuner
 from tuner.cli import main
+from tuner.config import shipped_dir
 from tuner.outcomes import outcome
 from tuner.study import counts, finished
 
@@ -96,15 +97,37 @@ def test_ctrl_c_marks_the_trial_interrupted_exits_130_and_the_rerun_redoes_it(wo
     assert finished(study) == 3 and counts(study)["interrupted"] == 1
 
 
-def test_resume_with_another_setup_is_refused(workdir, capsys):
-    args = study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "1")
+def test_resume_with_another_setup_is_refused_for_every_change_the_readme_lists(workdir, capsys):
+    space = yaml.safe_load((shipped_dir("search_spaces") / "sgd.yaml").read_text())
+    (workdir / "sgd.yaml").write_text(yaml.safe_dump(space))
+    # The same file name, so the same study, in another folder: another range of lr.
+    (workdir / "narrower").mkdir()
+    (workdir / "narrower" / "sgd.yaml").write_text(yaml.safe_dump(space | {"params": space["params"] | {"lr": {"low": 1.0e-5, "high": 0.5, "scale": "log"}}}))
+    base = {"name": "r", "task": "digits-mlp", "optimizers": ["sgd.yaml"], "trials": 1, "epochs": 2, "batch_size": 64,
+            "seed": 0, "objective": "loss", "final_seeds": 1}  # fmt: skip
+    exp = workdir / "exp.yaml"
+    args = ["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]
+    exp.write_text(yaml.safe_dump(base))
     assert main(args) == 0
     capsys.readouterr()
-    files = {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()}
-    assert main([*args, "--epochs", "3"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "epochs=2 -> 3" in err and len(err.splitlines()) == 1
-    assert {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()} == files, "the refused run changed a file or the database"
+    files = {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file() and path.suffix != ".yaml"}
+    changes = [
+        ({"task": "quadratic-deep"}, "task='digits-mlp' -> 'quadratic-deep'"),
+        ({"task_args": {"hidden": 32}}, "task_args={} -> {'hidden': 32}"),
+        ({"epochs": 3}, "epochs=2 -> 3"),
+        ({"batch_size": 32}, "batch_size=64 -> 32"),
+        ({"seed": 1}, "seed=0 -> 1"),
+        ({"objective": "metric"}, "objective='loss' -> 'metric'"),
+        ({"optimizers": ["narrower/sgd.yaml"]}, "space changed"),
+    ]
+    for change, expect in changes:
+        exp.write_text(yaml.safe_dump(base | change))
+        assert main([*args, "--trials", "2"]) == 2, change
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "study 'r/sgd'" in err and "was run with another setup" in err and expect in err, err
+        now = {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file() and path.suffix != ".yaml"}
+        assert now == files, f"the refused run ({change}) changed a file or the database"
+    assert len(load(workdir, "r/sgd").trials) == 1
 
 
 def test_resume_with_another_search_space_is_refused(workdir, capsys):
@@ -140,14 +163,34 @@ def test_same_seed_same_study(tmp_path, monkeypatch):
     assert results[0] == results[1]
 
 
-def test_exported_config_retrains_to_the_trials_value(workdir, capsys):
+def test_tuner_train_reproduces_the_trial_and_the_final_seeds_bit_for_bit(workdir, capsys, monkeypatch):
+    import tuner.train
+    from tuner.train import columns
+
     assert main(study_args(workdir, "quickstart", "--optimizers", "rmsprop", "--trials", "3")) == 0
-    best = load(workdir, "quickstart/rmsprop").best_trial
+    study = load(workdir, "quickstart/rmsprop")
+    best, final = study.best_trial, study.user_attrs["final"]
+    assert final["trial"] == best.number and final["seeds"] == [1, 2]
+    # What `tuner train` computes, seed by seed: the real trainer's results, recorded on their way to the printout.
+    runs, real = {}, tuner.train.train
+    monkeypatch.setattr(tuner.train, "train", lambda *args, seed, **kwargs: runs.setdefault(seed, real(*args, seed=seed, **kwargs)))
     capsys.readouterr()
-    assert main(["train", str(workdir / "out" / "best.yaml"), "--seeds", "2", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert f"seed 0: val loss {best.value:.6g}," in out
-    assert "over 2 seed(s)" in out and "±" in out
+    assert main(["train", str(workdir / "out" / "best.yaml"), "--seeds", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(runs) == [0, 1, 2] and len(out) == 4
+    def values(curve: dict[str, list[float]]) -> dict[str, list[float]]:
+        return {k: v for k, v in curve.items() if k != "seconds"}
+
+    curves = {seed: values(columns(run.history)) for seed, run in runs.items()}
+    # Seed 0 is the trial's own: every epoch's every value, to the bit.
+    assert curves[0] == values(best.user_attrs["history"])
+    assert runs[0].history[-1].val_loss == best.value and out[0].startswith(f"seed 0: val loss {best.value:.6g}, ")
+    # Seeds 1 and 2 are the final evaluation's.
+    for i, seed in enumerate(final["seeds"]):
+        assert curves[seed] == values(final["history"][i])
+        assert (runs[seed].history[-1].val_loss, runs[seed].test_loss, runs[seed].test_metric) == (
+            final["val_objective"][i], final["test_objective"][i], final["test_metric"][i])
+    assert out[3].startswith("val loss: ") and "over 3 seed(s)" in out[3]
 
 
 def divergent_space(tmp_path):

@@ -15,14 +15,21 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from mlflow import MlflowClient
 
 from tuner.cli import main
 from tuner.outcomes import outcome
-from tuner.tracking import STATUS, metric_names
+from tuner.tracking import STATUS
 
 FAST = ["--epochs", "3", "--final-seeds", "2", "--no-progress"]
+# The README's per-epoch MLflow metrics of a trial, by history column, for the tasks used here (a task whose metric
+# is its loss, quadratic-deep, logs it once).
+EPOCH_METRICS = {
+    "accuracy": {"train_loss": "train_loss", "val_loss": "val_loss", "val_metric": "val_accuracy", "lr": "lr"},
+    "loss": {"train_loss": "train_loss", "val_loss": "val_loss", "lr": "lr"},
+}
 
 
 def study_args(workdir: Path, *extra: str, uri: str | None = None) -> list[str]:
@@ -87,11 +94,15 @@ def assert_mirrors(workdir: Path, uri: str, experiment: str, studies: list[str])
             assert run.data.params["schedule"] == trial.user_attrs["config"]["schedule"]["name"]
             history = trial.user_attrs.get("history")
             if history:
-                for column, key in metric_names(metric).items():
+                for column, key in EPOCH_METRICS[metric].items():
                     logged = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
                     expected = [(e, v) for e, v in zip(history["epoch"], history[column])]
                     assert [s for s, _ in logged] == [e for e, _ in expected], key
                     assert all(same(a, b) for (_, a), (_, b) in zip(logged, expected)), key
+            if trial.state.name == "COMPLETE":
+                assert run.data.metrics["objective"] == trial.value
+            else:
+                assert "objective" not in run.data.metrics
         assert not [r for r in children[name] if r.info.status == "RUNNING"]
     return parents
 
@@ -164,6 +175,23 @@ def test_pruned_diverged_and_failed_trials_have_truthful_statuses(workdir, capsy
     assert diverged.data.tags["tuner.reason"].startswith("diverged at epoch")
 
 
+def test_a_trials_run_has_the_readmes_param_and_metric_names(workdir):
+    (workdir / "exp.yaml").write_text("name: names\ntask: digits-mlp\ntask_args: {hidden: 32}\noptimizers: [adam]\n"
+                                      "schedules: [warmup_cosine]\nobjective: loss\ntrials: 1\nepochs: 2\nseed: 0\nfinal_seeds: 1\n")  # fmt: skip
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    assert main([*study_args(workdir, str(workdir / "exp.yaml")), "--epochs", "2", "--final-seeds", "1"]) == 0
+    run = trial_runs(layout(uri, "names")[1]["names/adam"])[0]
+    params = run.data.params
+    assert set(run.data.metrics) == {"train_loss", "val_loss", "val_accuracy", "lr", "objective"}
+    assert {"lr", "betas", "beta1", "beta2", "eps", "weight_decay", "schedule", "schedule.warmup", "schedule.start_factor",
+            "schedule.eta_min", "task", "task_args.hidden", "epochs", "batch_size", "seed", "objective", "device"} <= set(params)
+    assert (params["schedule"], params["schedule.start_factor"], params["task_args.hidden"]) == ("warmup_cosine", "0.01", "32")
+    assert (params["epochs"], params["seed"], params["objective"], params["device"]) == ("2", "0", "loss", "cpu")
+    client = MlflowClient(uri)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
+    assert run.data.tags["tuner.role"] == "trial" and run.data.tags["tuner.trial"] == "0" and run.data.tags["tuner.outcome"] == "complete"
+
+
 def test_resume_logs_under_the_same_parent_and_refreshes_the_final_runs(workdir):
     uri = f"sqlite:///{workdir}/mlflow.db"
     args = study_args(workdir, "quickstart", "--optimizers", "sgd")
@@ -212,6 +240,7 @@ def test_sync_rebuilds_the_mirror_idempotently_and_repairs_runs_cut_short(workdi
     assert "0 runs written" in capsys.readouterr().out.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_study_loses_nothing_and_the_rerun_leaves_one_finished_run_per_trial(workdir):
     uri = f"sqlite:///{workdir}/mlflow.db"
     cmd = [sys.executable, "-m", "tuner", *study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "4")]
@@ -277,6 +306,58 @@ def test_ctrl_c_closes_the_runs_and_the_rerun_resumes_under_the_same_parent(work
     assert after["quickstart/adam"].info.run_id == parents["quickstart/adam"].info.run_id
 
 
+@pytest.mark.slow
+def test_a_real_ctrl_c_mid_trial_stores_it_interrupted_kills_its_run_and_the_parent_and_the_rerun_completes(workdir):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    # Trials of 30 unpruned epochs (half a second or more each): the signal lands in the trial that has just started.
+    (workdir / "long.yaml").write_text("name: quickstart\ntask: digits-mlp\noptimizers: [adam]\ntrials: 3\nepochs: 30\nseed: 0\npruner: none\n")
+    cmd = [sys.executable, "-m", "tuner", *study_args(workdir, str(workdir / "long.yaml"))]
+    cmd[cmd.index("--epochs") + 1] = "30"
+    cmd[cmd.index("--final-seeds") + 1] = "1"
+    # SIGINT at its default, as in a terminal (a shell without job control starts `&` jobs with SIGINT ignored).
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    deadline = time.monotonic() + 600
+    stored = 0
+    while stored < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            stored = len(load(workdir, "quickstart/adam").trials)
+        except Exception:  # the study does not exist yet, or is being created
+            continue
+    assert stored == 2 and proc.poll() is None, f"{stored} trials stored, exit code {proc.poll()}"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the command's process group (the follower has its own)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; finished trials are kept" in err and "Traceback" not in err
+    trials = load(workdir, "quickstart/adam").trials
+    assert [outcome(t) for t in trials] == ["complete", "complete", "interrupted"], err
+    kept = {t.number: (t.value, t.params) for t in trials[:2]}
+    assert trials[2].state.name == "FAIL" and len(trials[2].intermediate_values) < 30
+
+    # The follower outlives the command: it mirrors the interrupted trial as KILLED and closes the parent KILLED.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        parents, children = layout(uri, "quickstart")
+        if parents["quickstart/adam"].info.status != "RUNNING" and len(trial_runs(children["quickstart/adam"])) == 3:
+            break
+        time.sleep(0.5)
+    assert parents["quickstart/adam"].info.status == "KILLED"
+    runs = trial_runs(children["quickstart/adam"])
+    assert runs[2].info.status == "KILLED" and runs[2].data.tags["tuner.outcome"] == "interrupted"
+    assert [runs[n].info.status for n in (0, 1)] == ["FINISHED", "FINISHED"]
+    assert_mirrors(workdir, uri, "quickstart", ["quickstart/adam"])
+
+    rerun = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = load(workdir, "quickstart/adam").trials
+    assert [outcome(t) for t in trials] == ["complete", "complete", "interrupted", "complete"]
+    assert {t.number: (t.value, t.params) for t in trials[:2]} == kept
+    after = assert_mirrors(workdir, uri, "quickstart", ["quickstart/adam"])
+    assert after["quickstart/adam"].info.run_id == parents["quickstart/adam"].info.run_id
+    assert after["quickstart/adam"].info.status == "FINISHED"
+
+
 # --------------------------------------------------------------------------
 # A real tracking server.
 
@@ -337,3 +418,16 @@ def test_the_tracking_uri_comes_from_the_environment(workdir, capsys, monkeypatc
     assert main(["study", "--trials", "1", "--epochs", "1", "--final-seeds", "1", "--optimizers", "sgd",
                  "--storage", f"sqlite:///{workdir}/t.db", "--no-progress"]) == 0
     assert layout(f"sqlite:///{workdir}/env.db", "quickstart")[0]
+
+
+def test_artifacts_go_next_to_the_sqlite_tracking_store_not_into_the_working_directory(workdir):
+    store = workdir / "elsewhere"
+    store.mkdir()
+    uri = f"sqlite:///{store}/mlflow.db"
+    assert main(study_args(workdir, "quickstart", "--optimizers", "adam", "--trials", "1", uri=uri)) == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("quickstart")
+    assert experiment.artifact_location == (store / "mlruns" / "quickstart").as_uri()
+    parent = next(iter(layout(uri, "quickstart")[0].values()))
+    assert (store / "mlruns" / "quickstart" / parent.info.run_id / "artifacts" / "best.yaml").is_file()
+    assert sorted(p.name for p in workdir.iterdir()) == ["elsewhere", "out", "t.db"]

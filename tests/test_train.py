@@ -101,26 +101,31 @@ def test_a_non_finite_metric_is_divergence_too(digits, monkeypatch):
     assert "val metric nan" in result.reason
 
 
-# A training step's activations: four 4 MiB tensors alive at once, then freed; page faults over 20 steps.
+# A training step's activations: four 4 MiB tensors (4,096 pages in all) alive at once, then freed. The page faults of
+# 20 steps with glibc's settings as they are, then in the same process after keep_freed_memory().
 STEPS = """
-import resource, sys, torch
+import resource, torch
 from tuner.train import keep_freed_memory
-if sys.argv[1] == "keep":
-    keep_freed_memory()
 def step():
     return sum(t.sum() for t in [torch.ones(2**20) for _ in range(4)])
-step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+def faults():
     step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+baseline = faults()
+keep_freed_memory()
+print(baseline, faults())
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only (elsewhere keep_freed_memory does nothing)")
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
-    faults = {mode: int(subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, check=True).stdout)
-              for mode in ("glibc", "keep")}
-    # glibc's defaults hand the blocks back, and each step faults its 16 MiB in again (4,096 pages); kept, they are reused.
-    assert faults["glibc"] > 20 * 2048
-    assert faults["keep"] < faults["glibc"] / 10
+    baseline, kept = map(int, subprocess.run([sys.executable, "-c", STEPS], capture_output=True, text=True, check=True).stdout.split())
+    # glibc's defaults usually hand the blocks back and each step faults its 4,096 pages in again (about 81,000), but
+    # its dynamic mmap threshold sometimes keeps them itself: then there is nothing for tuner's setting to keep.
+    if baseline < 20 * 2048:
+        pytest.skip(f"glibc's defaults already kept the freed memory in this run ({baseline} page faults over 20 steps)")
+    # Kept: near zero, less than one step's pages over all 20 steps.
+    assert kept < 4096, (baseline, kept)

@@ -11,12 +11,16 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 
 from tuner.errors import mask_url
 from tuner.outcomes import outcome
 from tuner.study import TICKETS_PREFIX, finished
 
+
+# Every test here runs several processes, or a server.
+pytestmark = pytest.mark.slow
 
 def command(workdir, *extra: str, storage: str | None = None, out: str = "out", experiment: str = "quickstart") -> list[str]:
     return [sys.executable, "-m", "tuner", "study", experiment, "--optimizers", "adam", "sgd", "--epochs", "4", "--final-seeds", "1",
@@ -35,6 +39,15 @@ def assert_exact(workdir, budget: int, storage: str | None = None) -> None:
         counted = [t for t in study.trials if outcome(t) in ("complete", "pruned", "diverged", "failed")]
         assert len(counted) == budget == finished(study), [outcome(t) for t in study.trials]
         assert len({str(t.params) for t in counted}) == budget, "two workers trained the same configuration"
+
+
+def assert_concurrent(workdir, processes: int) -> None:
+    """``processes`` processes each trained some of the trials, and trials of different ones overlap in time (they did
+    not run one after another)."""
+    trials = [t for study in studies(workdir).values() for t in study.trials]
+    assert len({t.user_attrs["worker"] for t in trials}) == processes
+    assert any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+               for a in trials for b in trials if a.user_attrs["worker"] != b.user_attrs["worker"])  # fmt: skip
 
 
 def assert_one_run_per_trial(tracking: str, storage: str) -> list[object]:
@@ -96,6 +109,27 @@ def wait_mid_trial(storage: str, more_than: int, lost: set[tuple[str, int]], pro
     raise AssertionError(f"no trial was stored beyond {more_than}, or none started after (exit code {proc.poll()})")
 
 
+def command_lines_with(text: str, roots: set[int]) -> set[tuple[str, ...]]:
+    """The command lines holding ``text`` of the processes ``roots`` and all their descendants."""
+    parents, lines = {}, {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                lines[int(entry.name)] = (entry / "cmdline").read_bytes()
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            if pid in roots:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    return {tuple(line.decode().split("\0")[:-1]) for pid, line in lines.items() if text.encode() in line and descends(pid)}
+
+
 def workers_of(pid: int) -> list[int]:
     """The `--jobs` worker processes of the command ``pid`` (spawned children; not the resource tracker)."""
     found = []
@@ -115,6 +149,7 @@ def test_jobs_2_trains_in_two_processes_to_the_exact_budget_and_mirrors_every_tr
     assert result.returncode == 0, result.stderr
     assert "2 workers" in result.stderr
     assert_exact(workdir, 7)
+    assert_concurrent(workdir, 2)  # the command's own process trains nothing while its workers run
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id], "tags.`tuner.role` = 'trial'", max_results=1000)
     assert sorted((r.data.tags["tuner.study"], int(r.data.tags["tuner.trial"])) for r in runs) == sorted(
@@ -131,6 +166,7 @@ def test_three_commands_at_once_on_one_sqlite_file_share_the_budget_exactly(work
         assert proc.returncode == 0, err
         assert "database is locked" not in err
     assert_exact(workdir, 9)
+    assert_concurrent(workdir, 3)
 
 
 def long_trials(workdir) -> str:
@@ -170,15 +206,23 @@ def test_three_workers_on_postgresql_and_a_tracking_server_share_the_budget_and_
     procs = [subprocess.Popen(command(workdir, "--trials", "8", *jobs, storage=storage, out=f"out{i}") + ["--tracking-uri", mlflow_server.uri],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, jobs in enumerate([("--jobs", "2"), ()])]
+    # The commands were given the password on their command line; the processes they start (workers, MLflow followers)
+    # never are: the only command lines with it are the commands' own (a child forked before it runs another program
+    # shows its parent's for a moment).
+    secret = postgres.PASSWORD
+    showing, deadline = set(), time.monotonic() + 600
+    while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
+        showing |= command_lines_with(secret, {proc.pid for proc in procs})
+        time.sleep(0.2)
     outputs = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         outputs.append(out + err)
+    assert showing == {tuple(proc.args) for proc in procs}
     assert_exact(workdir, 8, storage)
     runs = assert_one_run_per_trial(mlflow_server.uri, storage)
 
-    secret = postgres.PASSWORD
     assert "tuner:***@127.0.0.1" in outputs[0]
     for text in outputs:
         assert secret not in text

@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import os
+import socket
 import time
 import traceback
 import uuid
@@ -303,7 +304,8 @@ class StudyRunner:
         )
 
     def _ask(self, ticket: Ticket) -> tuple[optuna.Trial, Config]:
-        """A new trial of the live study and its config, recorded in its user attributes with the device."""
+        """A new trial of the live study and its config, recorded in its user attributes with the device and the
+        process that trains it (``worker``: host:pid)."""
         # Seeded by the trial's budget ticket: reproducible for one worker,
         # different for each of several, and no replay of earlier suggestions on resume.
         self.live.sampler = make_sampler(self.experiment.sampler, self.experiment.seed + ticket.number, self.experiment.at("sampler"))
@@ -311,6 +313,7 @@ class StudyRunner:
         config = self._sample(trial)
         trial.set_user_attr("config", config_to_dict(config))
         trial.set_user_attr("device", str(self.data.device))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         # The expected-best curve assumes random-search trials: the report says which sampler drew them.
         trial.set_user_attr("sampler", self.experiment.sampler.name)
         return trial, config

@@ -119,6 +119,18 @@ def tracking_uri(flag: str | None) -> tuple[str, str]:
     return DEFAULT_URI, "--tracking-uri (default)"
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: ``<folder of the SQLite file>/mlruns/<experiment>`` as a ``file://`` URI.
+
+    Without it MLflow puts them in ``./mlruns`` of whatever the working directory is, away from the database.
+    ``None`` (the store's own default) for other stores: a server chooses its artifact root, and a
+    PostgreSQL or MySQL database has no folder of its own on this machine.
+    """
+    if urlsplit(uri).scheme.split("+")[0] != "sqlite":
+        return None
+    return (Path(sqlite_file(uri)).resolve().parent / "mlruns" / experiment).as_uri()
+
+
 def check_reachable(uri: str, where: str) -> None:
     """Fail with one line if the tracking store at ``uri`` cannot be used; creates nothing."""
     parts = urlsplit(uri)
@@ -342,7 +354,8 @@ class Mirror:
         found = self.client.get_experiment_by_name(experiment)
         if found is not None and found.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment {experiment!r} in {mask_url(uri)!r} is deleted: restore it (`mlflow experiments restore`) or remove it for good (`mlflow gc`)")
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment, tags=EXPERIMENT_KIND)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location(uri, experiment), tags=EXPERIMENT_KIND)
         if found is not None and not any(key in found.tags for key in EXPERIMENT_KIND):  # made by an earlier tuner; a kind the user chose stays
             for key, value in EXPERIMENT_KIND.items():
                 self.client.set_experiment_tag(self.experiment_id, key, value)
