@@ -65,7 +65,7 @@ def optimizer(name: str, cls: str, objective: list[float], epochs_to: list[int],
     final = {"seeds": [1, 2, 3], "val_objective": objective, "history": history, "step_sizes": [record(cls, 1e-3, 1e-3 * spread)] * 3}
     return OptimizerReport(
         name=name, summary=Summary(name, f"x/{name}", 0, min(objective), {}, final), points=[], best_so_far=[],
-        expected=ExpectedBest([], [], []), cpe=math.nan, loss=None, metric=None, speed=None, importance=Importance({}, 0), memory=memory,
+        expected=ExpectedBest([], [], []), cpe=math.nan, cpe_test=math.nan, loss=None, metric=None, speed=None, importance=Importance({}, 0), memory=memory,
         step_sizes=final["step_sizes"][0],
     )  # fmt: skip
 
@@ -85,4 +85,4 @@ def test_the_table_of_a_synthetic_sparse_task():
     assert rows["bias correction"] == [NO_EVIDENCE, CONSISTENT, CONSISTENT]  # Adam: not ablated here
     assert rows["suited to"] == [CONSISTENT, NO_EVIDENCE, NO_EVIDENCE]  # the task is of Adam's kind only
     text = evidence_markdown(report, build_evidence(report))
-    assert "0/0 trials within 5% of the best" in text and "η p95/p5 40 ± 0" in text and "final val loss 0.3 ± 0.01" in text
+    assert "0/0 trials within 5% of the best" in text and "η p95/p5 40 ± 0" in text and "final val loss 0.300 ± 0.010" in text

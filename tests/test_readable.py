@@ -42,7 +42,7 @@ def point(outcome: str, value: float | None, lr: float = 1e-3, eps: float | None
 
 
 def optimizer(name: str, points: list[TrialPoint], best_so_far: list[float], imp: Importance | None = None) -> OptimizerReport:
-    return OptimizerReport(name, Summary(name, f"x/{name}", None, None, {}, None), points, best_so_far, ExpectedBest([], [], []), math.nan,
+    return OptimizerReport(name, Summary(name, f"x/{name}", None, None, {}, None), points, best_so_far, ExpectedBest([], [], []), math.nan, math.nan,
                            None, None, None, imp or Importance({}, 0, "too few"), None)
 
 

@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 
-from tuner import optim
+from tuner import optim, step_sizes
 from tuner.config import Config
-from tuner.step_sizes import StepSizes
-from tuner.tasks import Data, Task
-from tuner.train import columns, steps_per_epoch, train
+from tuner.tasks import Data, Task, is_loop
+from tuner.train import columns, train
 
 # The optimizers whose best config is ablated: torch's Adam family with its bias correction.
 ABLATED = ("Adam", "AdamW")
@@ -111,13 +110,13 @@ def uncorrected(config: Config) -> Config:
 
 def ablate(task: Task, data: Data, config: Config, seeds: list[int]) -> dict[str, Any] | None:
     """Re-train ``config`` on ``seeds`` with bias correction off, recording step sizes; None unless its optimizer is one
-    of :data:`ABLATED`. The record: ``seeds``, ``status``, ``history`` (per seed, as the final runs store theirs),
+    of :data:`ABLATED` or the task has its own loop. The record: ``seeds``, ``status``, ``history`` (per seed, as the final runs store theirs),
     ``step_sizes`` (per seed, :meth:`tuner.step_sizes.StepSizes.result`)."""
-    if config.optimizer not in ABLATED:
+    if config.optimizer not in ABLATED or is_loop(task):  # a task's own loop: no step sizes to compare
         return None
     ablated, runs, probes = uncorrected(config), [], []
     for seed in seeds:
-        probes.append(StepSizes(steps_per_epoch(len(data.train), config.batch_size), config.epochs))
+        probes.append(step_sizes.probe(task, data, ablated))
         runs.append(train(task, data, ablated, seed=seed, step_hook=probes[-1]))
     return {
         "seeds": seeds,

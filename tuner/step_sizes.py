@@ -39,6 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from tuner.config import Config
+from tuner.tasks import Data, Task, is_loop
+from tuner.train import Batches
+
 PERCENTILES = (5, 25, 50, 75, 95)
 # Percentiles of a tensor with more elements are those of this many, drawn at random once per run (fixed seed):
 # a sort of every element at every recorded step would cost more than the training (CPU: ~0.4 µs an element here),
@@ -223,3 +227,9 @@ def largest(record: dict[str, Any], count: int) -> list[Series]:
         rows = record["effective_lr"][name]
         out.append(Series(name, record["numel"][i], record["steps"], *([row[j] for row in rows] for j in where)))
     return out
+
+
+def probe(task: Task, data: Data, config: Config) -> StepSizes | None:
+    """A :class:`StepSizes` for one training run of ``config`` on ``task``'s ``data`` (its steps per epoch as the trainer
+    counts them), or None for a task with its own loop: the trainer's step hook does not reach its ``fit``."""
+    return None if is_loop(task) else StepSizes(Batches(task, data, config.batch_size, config.seed).steps, config.epochs)

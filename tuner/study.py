@@ -24,7 +24,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tuner import bias_correction, spaces
+from tuner import bias_correction, spaces, step_sizes
 from tuner.batched import population_size, train_batched
 from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace, check_type
 from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
@@ -33,8 +33,7 @@ from tuner.outcomes import FINISHED, outcome
 from tuner.tasks import Data, Task
 from tuner.tickets import GRACE_SECONDS, HEARTBEAT_SECONDS, TICKETS_PREFIX, Ticket, Tickets
 from tuner.peak_memory import peak_step_bytes
-from tuner.step_sizes import StepSizes
-from tuner.train import EpochMetrics, RunResult, columns, objective_label, steps_per_epoch, train
+from tuner.train import EpochMetrics, RunResult, columns, objective_label, train
 
 # How long a worker waits before looking again when every slot left is held.
 WAIT_SECONDS = 0.5
@@ -466,7 +465,7 @@ class StudyRunner:
     def final_evaluation(self, seeds: list[int]) -> dict[str, Any] | None:
         """Re-train the best config on ``seeds`` with test evaluation; stored in the study and reused.
 
-        Each seed's run records its step sizes (:class:`tuner.step_sizes.StepSizes`) under ``step_sizes``; an Adam or
+        Each seed's run records its step sizes (:class:`tuner.step_sizes.StepSizes`; None for a task with its own loop) under ``step_sizes``; an Adam or
         AdamW config is also re-trained with its bias correction off (:func:`tuner.bias_correction.ablate`); on CUDA the
         peak memory of its first step is measured (:func:`tuner.peak_memory.peak_step_bytes`)."""
         best = best_trial(self.study)
@@ -479,7 +478,7 @@ class StudyRunner:
         runs, started, probes = [], [], []
         for seed in seeds:
             started.append(time.time())
-            probes.append(StepSizes(steps_per_epoch(len(self.data.train), config.batch_size), config.epochs))
+            probes.append(step_sizes.probe(self.task, self.data, config))
             runs.append(train(self.task, self.data, config, seed=seed, test=True, step_hook=probes[-1]))
         final = {
             "trial": best.number,
@@ -491,7 +490,7 @@ class StudyRunner:
             "test_objective": [_test_objective(run, config.objective) for run in runs],
             "test_metric": [math.nan if run.test_metric is None else run.test_metric for run in runs],
             "history": [columns(run.history) for run in runs],
-            "step_sizes": [probe.result() for probe in probes],
+            "step_sizes": None if None in probes else [probe.result() for probe in probes],
             "bias_correction_off": bias_correction.ablate(self.task, self.data, config, seeds),
             "peak_step_bytes": peak_step_bytes(self.task, self.data, config),
         }
