@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -86,3 +87,10 @@ def test_the_table_of_a_synthetic_sparse_task():
     assert rows["suited to"] == [CONSISTENT, NO_EVIDENCE, NO_EVIDENCE]  # the task is of Adam's kind only
     text = evidence_markdown(report, build_evidence(report))
     assert "0/0 trials within 5% of the best" in text and "η p95/p5 40 ± 0" in text and "final val loss 0.300 ± 0.010" in text
+
+
+def test_compare_of_near_identical_values_says_nothing_on_the_console():
+    # Seeds that agree to rounding: scipy warns of precision loss; the report prints no warning, and decides by the p-value.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compare([1.0, 1.0 + 1e-15, 1.0], [1.0 + 2e-15, 1.0, 1.0 + 1e-15], -1) == NO_EVIDENCE

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,10 @@ def compare(a: list[float], b: list[float], expect: int, alpha: float = ALPHA) -
         return NO_EVIDENCE
     from scipy.stats import ttest_ind  # scipy comes with scikit-learn; imported only when a report is written
 
-    if ttest_ind(a, b, equal_var=False).pvalue >= alpha:
+    with warnings.catch_warnings():  # near-identical values: scipy warns of precision loss, and its p-value may be NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pvalue = ttest_ind(a, b, equal_var=False).pvalue
+    if not pvalue < alpha:  # NaN decides nothing
         return NO_EVIDENCE
     return CONSISTENT if sign == expect else NOT_CONSISTENT
 
