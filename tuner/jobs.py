@@ -75,12 +75,15 @@ def run_workers(
 
 def _work(prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, device: str, threads: int, trials: Any) -> None:
     """One worker: every study of the experiment, in turn, to its budget."""
+    import logging
+
     import optuna
 
     from tuner.errors import UserError
     from tuner.study import StudyRunner, open_storage, trials_at_once
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("tuner").setLevel(logging.ERROR)  # warnings (tuner.storage's) are said once, by the parent
     torch.set_num_threads(threads)
     try:
         experiment, task, setup, data = prepare(args, device)
