@@ -40,7 +40,7 @@ def run_workers(
 ) -> list[str]:
     """Train every study of ``args``'s experiment to its budget with ``jobs`` worker processes.
 
-    ``prepare(args, device)`` loads what a worker needs (see ``tuner.cli.prepare``);
+    ``prepare(args, device)`` loads what a worker needs (see ``tuner.run.prepare``);
     ``on_trial(study_name, trial_id)`` runs in this process for every trial a worker stored.
     Returns the workers that ended early (killed, crashed), named with their exit code: what
     they left undone is for the caller to top up. A worker that stopped on bad input (exit
