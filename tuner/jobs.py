@@ -80,18 +80,18 @@ def _work(prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, d
     import optuna
 
     from tuner.errors import UserError
-    from tuner.study import StudyRunner, open_storage, trials_at_once
+    from tuner.study import StudyRunner, open_storage, population
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("tuner").setLevel(logging.ERROR)  # warnings (tuner.storage's) are said once, by the parent
     torch.set_num_threads(threads)
     try:
         experiment, task, setup, data = prepare(args, device)
-        at_once, _ = trials_at_once(experiment, setup, task, data, share=1 / args.jobs)  # the parent said why, if fewer
+        size, _ = population(experiment, setup, task, data, share=1 / args.jobs)  # the parent said why, if fewer
         storage = open_storage(args.storage)
         for space in experiment.optimizers:
             runner = StudyRunner(experiment, space, setup, task, data, storage)
-            runner.run_batched(experiment.trials, at_once, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id)))
+            runner.run_batched(experiment.trials, size, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id)))
     except KeyboardInterrupt:
         sys.exit(130)
     except UserError:  # said once, by the parent, which meets it when it tops the study up

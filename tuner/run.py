@@ -106,7 +106,7 @@ def run_study(args: Options) -> Result:
 
     from tuner import analysis, export
     from tuner.jobs import run_workers
-    from tuner.study import StudyRunner, check_resumable, open_storage, study_name, trials_at_once
+    from tuner.study import StudyRunner, check_resumable, open_storage, population, study_name
     from tuner.tracking import Follower, check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -121,12 +121,12 @@ def run_study(args: Options) -> Result:
         check_resumable(storage, names[space.name], setup, space, experiment.schedules)
     seeds = [experiment.seed + i for i in range(1, experiment.final_seeds + 1)]
     device = data.train.x.device
-    at_once, why = trials_at_once(experiment, setup, task, data, share=1 / args.jobs)
+    size, why = population(experiment, setup, task, data, share=1 / args.jobs)
     if why:
         print(why, file=sys.stderr)
     print(f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
           f"{setup.epochs} epochs, device {device}{'' if args.amp == 'none' else ', amp ' + args.amp}, "
-          f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}{'' if at_once == 1 else f'{at_once} trials at once, '}storage {mask_url(args.storage)}, "
+          f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}{'' if size == 1 else f'a population of {size} trials at once, '}storage {mask_url(args.storage)}, "
           f"tracking {mask_url(tracking[0]) if tracking else 'off'}", file=sys.stderr)
 
     # MLflow is written by a follower process, off the training process's clock (see tuner.tracking).
@@ -155,7 +155,7 @@ def run_study(args: Options) -> Result:
             runner = StudyRunner(experiment, space, setup, task, data, storage)
             with _progress(space.name, runner.study, experiment.trials, setup.direction, args.no_progress) as progress:
                 try:
-                    runner.run_batched(experiment.trials, at_once, _on_trial(runner.name, progress, follower))
+                    runner.run_batched(experiment.trials, size, _on_trial(runner.name, progress, follower))
                 except UserError:  # every trial failed the same way: the parent run says so
                     if follower:
                         follower.end(runner.name, "FAILED")

@@ -177,9 +177,9 @@ def check_components(experiment: Experiment, setup: Setup) -> None:
             raise UserError(f"{experiment.at(name)}: {component.name} {component.kwargs}: {type(err).__name__}: {err}") from None
 
 
-def trials_at_once(experiment: Experiment, setup: Setup, task: Task, data: Data, share: float = 1.0) -> tuple[int, str | None]:
-    """How many trials each study trains at once: the experiment's ``batch_trials`` (at most ``trials``), or fewer with the
-    one line that says why (see :func:`tuner.batched.population_size`; ``share``: this worker's part of the device's memory)."""
+def population(experiment: Experiment, setup: Setup, task: Task, data: Data, share: float = 1.0) -> tuple[int, str | None]:
+    """The population of each study (how many trials it trains together): the experiment's ``batch_trials`` (at most
+    ``trials``), or fewer with the one line that says why (see :func:`tuner.batched.population_size`; ``share``: this worker's part of the device's memory)."""
     spaces = [space.optimizer for space in experiment.optimizers]
     return population_size(task, data, min(experiment.batch_trials, experiment.trials), setup.batch_size, setup.amp, spaces, share)
 
@@ -397,8 +397,8 @@ class StudyRunner:
             "fix the task and run the same command: the failed trials count toward the budget)"
         )
 
-    def run_batched(self, budget: int, size: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
-        """:meth:`run`, training up to ``size`` trials at once as one population (see :mod:`tuner.batched`); 1 is :meth:`run`.
+    def run_batched(self, budget: int, population: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
+        """:meth:`run`, training a population of up to ``population`` trials together (see :mod:`tuner.batched`); 1 is :meth:`run`.
 
         Each member reports its epochs to its own trial and is pruned alone; it
         is told as :meth:`run_trial` does, and its slot goes to a newly asked
@@ -408,7 +408,7 @@ class StudyRunner:
         the task's code fails the members training then and the study goes
         on; Ctrl-C stores them as interrupted.
         """
-        if size == 1:
+        if population == 1:
             return self.run(budget, on_trial)
         running: dict[int, tuple[optuna.Trial, Ticket]] = {}  # by trial number
         asked = 0
@@ -439,7 +439,7 @@ class StudyRunner:
             while True:
                 before = asked
                 try:
-                    train_batched(self.task, self.data, size, _own(start), lambda number, metrics: self._report(running[number][0], metrics), _own(ended))
+                    train_batched(self.task, self.data, population, _own(start), lambda number, metrics: self._report(running[number][0], metrics), _own(ended))
                 except KeyboardInterrupt:
                     finish(list(running), self._interrupted)
                     raise
