@@ -178,14 +178,15 @@ class Tables:
         trial, attr, beat = m.TrialModel, m.TrialUserAttributeModel, m.TrialHeartbeatModel
         with orm.Session(self.storage.engine) as session, session.begin():
             self._lock(session)
-            now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)  # the database's clock, as the heartbeats'
+            # The database's clock, as the heartbeats' (naive, as Optuna compares them).
             rows = session.execute(
-                sqlalchemy.select(trial.trial_id, trial.number, trial.state, attr.value_json, beat.heartbeat)
+                sqlalchemy.select(trial.trial_id, trial.number, trial.state, attr.value_json, beat.heartbeat, sqlalchemy.func.now().label("now"))
                 .outerjoin(attr, (attr.trial_id == trial.trial_id) & (attr.key == "outcome"))
                 .outerjoin(beat, beat.trial_id == trial.trial_id)
                 .where(trial.study_id == self.study_id)
             ).all()
-            stale = {r.trial_id for r in rows if r.state == TrialState.RUNNING and r.heartbeat and now - r.heartbeat > _grace(self.storage)}
+            stale = {r.trial_id for r in rows
+                     if r.state == TrialState.RUNNING and r.heartbeat and r.now.replace(tzinfo=None) - r.heartbeat > _grace(self.storage)}
             for row in session.scalars(sqlalchemy.select(trial).where(trial.trial_id.in_(stale))) if stale else []:
                 row.state, row.datetime_complete = TrialState.FAIL, datetime.datetime.now()
             states = [(TrialState.FAIL if r.trial_id in stale else r.state, r.value_json and json.loads(r.value_json), r.number) for r in rows]
