@@ -205,7 +205,7 @@ def check_resumable(storage: optuna.storages.BaseStorage, name: str, setup: Setu
 
 
 def experiment_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    """The experiments that have studies in ``storage`` (the budget tickets' ledgers are not experiments)."""
+    """The experiments that have studies in ``storage`` (a ledger study of an earlier version, not yet deleted, is none)."""
     return sorted({n.split("/", 1)[0] for n in optuna.get_all_study_names(storage) if "/" in n and not n.startswith(TICKETS_PREFIX)})
 
 
