@@ -96,7 +96,7 @@ def test_tickets_taken_at_once_never_exceed_the_budget(storage, study):
     look = first.take(1, 5, set())
     assert storage.get_trial(trial_id).value == 0.5 and look.tickets == [] and look.counted == 1
     assert [t.number for t in look.joined] == [held[0].number]  # the other worker's trial, for the sampler
-    second.release(held[1:])  # handed back without a trial: stored as interrupted, not counted
+    second.release(held[1:])  # handed back without a trial: failed with no outcome, not counted
     assert outcome(storage.get_trial(held[1].trial_id)) == "interrupted"
     assert len(first.take(2, 5, set()).tickets) == 1
 

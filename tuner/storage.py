@@ -79,9 +79,9 @@ def _grace(storage: optuna.storages.RDBStorage) -> datetime.timedelta:
     return datetime.timedelta(seconds=storage.grace_period or 2 * storage.heartbeat_interval)
 
 
-def _interrupted() -> FrozenTrial:
-    """A slot given back untrained: failed, and counted as interrupted."""
-    return optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"outcome": "interrupted"})
+def _given_back() -> FrozenTrial:
+    """A slot given back untrained: failed with no outcome, as one lost with its worker (it counts for nothing)."""
+    return optuna.trial.create_trial(state=TrialState.FAIL)
 
 
 class Public:
@@ -89,8 +89,8 @@ class Public:
 
     Without the study's lock, workers that take the last slots at the same
     moment may together hold more than the budget: they look again after
-    taking, and the slots numbered beyond the budget are given back (stored as
-    interrupted trials, which do not count). A worker killed between creating
+    taking, and the slots numbered beyond the budget are given back (failed
+    with no outcome, which counts for nothing). A worker killed between creating
     a trial and its first heartbeat leaves a RUNNING trial that Optuna never
     fails: its slot stays held (Optuna's API records both in two calls).
     """
@@ -147,10 +147,10 @@ class Public:
         self.storage.set_trial_state_values(slot, trial.state, trial.values)
 
     def release(self, slots: Iterable[int]) -> None:
-        """Give ``slots`` back untrained (stored as interrupted trials); one no longer RUNNING is left as it is."""
+        """Give ``slots`` back untrained (failed with no outcome); one no longer RUNNING is left as it is."""
         for slot in slots:
             try:
-                self._fill(slot, _interrupted())
+                self._fill(slot, _given_back())
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
 
@@ -209,8 +209,8 @@ class Tables:
         return self._write(trials, keep_unheld=True)
 
     def release(self, slots: Iterable[int]) -> None:
-        """Give ``slots`` back untrained (stored as interrupted trials); one no longer RUNNING is left as it is."""
-        self._write([(_interrupted(), slot) for slot in slots], keep_unheld=False)
+        """Give ``slots`` back untrained (failed with no outcome); one no longer RUNNING is left as it is."""
+        self._write([(_given_back(), slot) for slot in slots], keep_unheld=False)
 
     def _write(self, trials: list[tuple[FrozenTrial, int]], keep_unheld: bool) -> list[tuple[int, int]]:
         trial = models().TrialModel

@@ -49,7 +49,7 @@ class Tickets:
     into it. While open (``with tickets:``), one thread beats every live
     ticket; the tickets of a dead worker (kill -9, a lost machine) stop beating
     and are failed after ``GRACE_SECONDS``: their slots are trained again. On
-    closing, the tickets still live are given back (stored as interrupted).
+    closing, the tickets still live are given back (failed with no outcome).
     """
 
     def __init__(self, storage: optuna.storages.RDBStorage, study: optuna.Study) -> None:
@@ -96,7 +96,7 @@ class Tickets:
         return written
 
     def release(self, tickets: list[Ticket]) -> None:
-        """Give the slots of ``tickets`` back to the budget, with no trial trained (stored as interrupted)."""
+        """Give the slots of ``tickets`` back to the budget, with no trial trained (failed with no outcome)."""
         self.writer.release([ticket.trial_id for ticket in tickets])
         self._forget(tickets)
 
