@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from tuner.cli import main, sync_command
+from tuner.cli import main
+from tuner.run import sync_command
 from tuner.tracking import Mirror, RunRecord, mlflow_key
 
 TASK = '''

@@ -1,4 +1,5 @@
-"""Budget tickets taken several at once stay exact, one thread keeps them alive, and trials written whole equal Optuna's own."""
+"""Budget tickets taken several at once stay exact, one thread keeps them alive, and trials written whole equal Optuna's own,
+through Optuna's tables and through its public API alike."""
 
 from __future__ import annotations
 
@@ -10,14 +11,35 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tuner import storage as tables
 from tuner import tickets
-from tuner.tickets import Tickets, write_trials
+from tuner.outcomes import outcome
+from tuner.tickets import Tickets
+
+
+@pytest.fixture(params=["tables", "public"])
+def writer(request, monkeypatch):
+    """Which way trials are written: Optuna's tables (where tested), or its public API (the fallback)."""
+    monkeypatch.setenv(tables.PUBLIC_ENV, "1" if request.param == "public" else "0")
+    tables.private_tables.cache_clear()
+    yield request.param
+    tables.private_tables.cache_clear()
 
 
 @pytest.fixture
-def storage(tmp_path):
-    # A second's grace: a worker that does not beat is dead after it.
-    return optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/t.db", heartbeat_interval=1, grace_period=1)
+def grace():
+    """Seconds after which a ticket that does not beat is failed; the tests of dead workers make it 1."""
+    return 60
+
+
+@pytest.fixture
+def storage(tmp_path, writer, grace):
+    return optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/t.db", heartbeat_interval=1, grace_period=grace)
+
+
+@pytest.fixture
+def study(storage):
+    return optuna.create_study(storage=storage, study_name="s")
 
 
 def finished_trials() -> list[optuna.trial.FrozenTrial]:
@@ -39,58 +61,84 @@ def finished_trials() -> list[optuna.trial.FrozenTrial]:
     return told
 
 
-def test_trials_written_whole_read_back_as_optunas_own(storage):
-    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
+def test_trials_written_whole_read_back_as_optunas_own(storage, study, writer):
+    assert tables.private_tables() == (writer == "tables")
+    study_id = storage.get_study_id_from_name("s")
     trials = finished_trials()
     for trial in trials[:2]:
         storage.create_new_trial(study_id, template_trial=trial)
-    written = write_trials(storage, study_id, trials)
+    held = Tickets(storage, study).take(4, 6, set())
+    assert [t.number for t in held.tickets] == [2, 3, 4, 5] and held.counted == 2
+    assert all(t.state == TrialState.RUNNING for t in storage.get_all_trials(study_id)[2:])
+    written = Tickets(storage, study).settle(list(zip(trials, held.tickets)))
     assert [number for _, number in written] == [2, 3, 4, 5]
     stored = storage.get_all_trials(study_id)
     assert [t._trial_id for t in stored[2:]] == [trial_id for trial_id, _ in written]
-    fields = ("state", "values", "params", "distributions", "user_attrs", "system_attrs", "datetime_start", "datetime_complete")
+    fields = ("state", "values", "params", "distributions", "user_attrs", "system_attrs")
     for ours, theirs in ((stored[2], stored[0]), (stored[3], stored[1])):  # the same trial, written both ways
         assert all(getattr(ours, f) == getattr(theirs, f) for f in fields)
         assert str(ours.intermediate_values) == str(theirs.intermediate_values)  # nan != nan
     for ours, trial in zip(stored[2:], trials):
-        assert all(getattr(ours, f) == getattr(trial, f) for f in fields)
+        assert all(getattr(ours, f) == getattr(trial, f) for f in fields) and ours.datetime_complete is not None
+    if writer == "tables":  # the in-memory trial's own times (Optuna's public API sets them when it is called)
+        assert [(t.datetime_start, t.datetime_complete) for t in stored[2:]] == [(t.datetime_start, t.datetime_complete) for t in trials]
+    # Every client sees one study: the tickets are its own trials.
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
 
 
-def test_tickets_taken_at_once_never_exceed_the_budget(storage):
-    stored = {"n": 0}
-    first, second = Tickets(storage, "s"), Tickets(storage, "s")
-    assert len(first.take(3, 5, lambda: stored["n"])) == 3
-    held = second.take(4, 5, lambda: stored["n"])
-    assert len(held) == 2 and first.take(1, 5, lambda: stored["n"]) == []
+def test_tickets_taken_at_once_never_exceed_the_budget(storage, study):
+    first, second = Tickets(storage, study), Tickets(storage, study)
+    assert len(first.take(3, 5, set()).tickets) == 3
+    held = second.take(4, 5, set()).tickets
+    assert len(held) == 2 and first.take(1, 5, set()).tickets == []
     # A trial stored moves its slot from the ticket to the count, in one transaction.
-    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
-    (trial_id,) = second.settle(study_id, [(finished_trials()[0], held[0])])
-    stored["n"] += 1
-    assert storage.get_trial(trial_id).value == 0.5 and first.take(1, 5, lambda: stored["n"]) == []
-    second.release(held[1:])  # handed back without a trial
-    assert len(first.take(2, 5, lambda: stored["n"])) == 1
+    ((trial_id, _),) = second.settle([(finished_trials()[0], held[0])])
+    look = first.take(1, 5, set())
+    assert storage.get_trial(trial_id).value == 0.5 and look.tickets == [] and look.counted == 1
+    assert [t.number for t in look.joined] == [held[0].number]  # the other worker's trial, for the sampler
+    second.release(held[1:])  # handed back without a trial: failed with no outcome, not counted
+    assert outcome(storage.get_trial(held[1].trial_id)) == "interrupted"
+    assert len(first.take(2, 5, set()).tickets) == 1
 
 
-def test_a_ticket_is_refused_when_others_filled_the_budget_while_it_was_taken(storage):
-    # The count is read before the tickets are written and again after: trials stored in between refuse the last ones.
-    counts = iter([0, 3])
-    taken = Tickets(storage, "s").take(4, 5, lambda: next(counts))
-    assert [t.number for t in taken] == [0, 1]
-    ledger = storage.get_all_trials(storage.get_study_id_from_name(tickets.TICKETS_PREFIX + "s"))
-    assert [t.state for t in ledger] == [TrialState.RUNNING] * 2 + [TrialState.PRUNED] * 2  # refused, not lost
+@pytest.mark.parametrize("grace", [1])
+def test_a_slot_failed_as_stale_while_its_worker_lived_is_stored_as_a_new_trial(storage, study):
+    slow, other = Tickets(storage, study), Tickets(storage, study)
+    (ticket,) = slow.take(1, 2, set()).tickets  # never beats: another worker takes it for dead
+    time.sleep(2.5)
+    assert len(other.take(2, 2, set()).tickets) == 2
+    ((trial_id, number),) = slow.settle([(finished_trials()[0], ticket)])
+    assert trial_id != ticket.trial_id and number == 3
+    assert outcome(storage.get_trial(ticket.trial_id)) == "interrupted"  # lost: counts for nothing
 
 
-def test_one_thread_keeps_every_live_ticket_alive_and_a_dead_workers_slots_come_back(storage, monkeypatch):
+@pytest.mark.parametrize("grace", [1])
+def test_one_thread_keeps_every_live_ticket_alive_and_a_dead_workers_slots_come_back(storage, study, monkeypatch):
     monkeypatch.setattr(tickets, "HEARTBEAT_SECONDS", 0.3)
-    alive, dead, other = Tickets(storage, "s"), Tickets(storage, "s"), Tickets(storage, "s")
+    alive, dead, other = Tickets(storage, study), Tickets(storage, study), Tickets(storage, study)
     threads = threading.active_count()
     with alive:
         assert threading.active_count() == threads + 1
-        assert len(alive.take(3, 5, lambda: 0)) == 3
-        assert len(dead.take(2, 5, lambda: 0)) == 2  # never beats, as after kill -9
+        assert len(alive.take(3, 5, set()).tickets) == 3
+        assert len(dead.take(2, 5, set()).tickets) == 2  # never beats, as after kill -9
         assert threading.active_count() == threads + 1
         time.sleep(2.5)
         # The dead worker's two tickets are failed as stale, the living one's three are not.
-        assert len(other.take(5, 5, lambda: 0)) == 2
+        assert len(other.take(5, 5, set()).tickets) == 2
     assert threading.active_count() == threads
-    assert len(other.take(5, 5, lambda: 0)) == 3  # closing released the living worker's tickets
+    assert len(other.take(5, 5, set()).tickets) == 3  # closing released the living worker's tickets
+
+
+def test_a_storage_with_the_old_ledger_study_resumes_and_loses_it(tmp_path):
+    """Storages written before the tickets moved into the study kept them in a second study, ``tuner-tickets:<study>``."""
+    url = f"sqlite:///{tmp_path}/old.db"
+    study = optuna.create_study(storage=url, study_name="quickstart/adam")
+    for trial in finished_trials():
+        study.add_trial(trial)
+    ledger = optuna.create_study(storage=url, study_name=tickets.TICKETS_PREFIX + "quickstart/adam")
+    for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING):  # released, refused, lost, held
+        ledger.add_trial(optuna.trial.create_trial(state=state, value=0.0 if state == TrialState.COMPLETE else None))
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=1)
+    look = Tickets(storage, optuna.load_study(study_name="quickstart/adam", storage=storage)).take(5, 5, set())
+    assert [t.number for t in look.tickets] == [4, 5] and look.counted == 3  # the trials' own; the ledger's tickets count for nothing
+    assert optuna.get_all_study_names(storage) == ["quickstart/adam"]

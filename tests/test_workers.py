@@ -60,25 +60,30 @@ def assert_one_run_per_trial(tracking: str, storage: str) -> list[object]:
     children = [r for p in parents for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'", max_results=1000)]
     trials = [r for r in children if r.data.tags["tuner.role"] == "trial"]
     assert sorted((r.data.tags["tuner.study"], int(r.data.tags["tuner.trial"])) for r in trials) == sorted(
-        (name, t.number) for name, study in studies(None, storage).items() for t in study.trials
+        (name, t.number) for name, study in studies(None, storage).items() for t in study.trials if "outcome" in t.user_attrs  # not a ticket
     )
     assert all(r.info.status != "RUNNING" for r in [*parents, *children])
     return [*parents, *children]
 
 
 def stored(storage: str) -> dict[tuple[str, int], tuple[object, ...]]:
-    """What the storage holds of each finished trial: its state, value and params."""
-    return {(name, t.number): (t.state, t.value, t.params) for name, study in studies(None, storage).items() for t in study.trials}
+    """What the storage holds of each finished trial: its state, value and params (a ticket, RUNNING or lost, is none)."""
+    return {(name, t.number): (t.state, t.value, t.params) for name, study in studies(None, storage).items() for t in study.trials
+            if "outcome" in t.user_attrs}
+
+
+# A budget ticket is a trial of the study that no worker stored: RUNNING while it trains, FAIL once lost with its worker.
+TICKET = "not exists (select 1 from trial_user_attributes a where a.trial_id = t.trial_id and a.key = 'outcome')"
 
 
 def tickets(storage: str, *states: str) -> set[tuple[str, int]]:
-    """The budget tickets in ``states`` (RUNNING: a trial is training), by ledger and number (PostgreSQL; one query)."""
+    """The budget tickets in ``states`` (RUNNING: a trial is training), by study and number (PostgreSQL; one query)."""
     import psycopg
 
-    query = "select s.study_name, t.number from trials t join studies s using (study_id) where s.study_name like %s and t.state = any(%s)"
+    query = f"select s.study_name, t.number from trials t join studies s using (study_id) where t.state = any(%s) and {TICKET}"
     with psycopg.connect(storage) as connection:
         try:
-            return set(connection.execute(query, (TICKETS_PREFIX + "%", list(states))).fetchall())
+            return set(connection.execute(query, (list(states),)).fetchall())
         except psycopg.errors.UndefinedTable:  # no study yet
             return set()
 
@@ -86,10 +91,10 @@ def tickets(storage: str, *states: str) -> set[tuple[str, int]]:
 def stored_count(storage: str) -> int:
     import psycopg
 
-    query = "select count(*) from trials t join studies s using (study_id) where s.study_name not like %s and t.state <> 'RUNNING'"
+    query = f"select count(*) from trials t where not {TICKET}"
     with psycopg.connect(storage) as connection:
         try:
-            return connection.execute(query, (TICKETS_PREFIX + "%",)).fetchone()[0]
+            return connection.execute(query).fetchone()[0]
         except psycopg.errors.UndefinedTable:  # no study yet
             return 0
 

@@ -1,21 +1,24 @@
 """tuner: which optimizer, with which settings, trains this PyTorch model best.
 
-Public API: :func:`load_config` reads an exported best-config YAML file; its
+Public API: :func:`run_experiment` runs an experiment as ``tuner study`` does
+and returns each optimizer's best config, the summaries and every trial as a
+DataFrame; :func:`load_config` reads an exported best-config YAML file; its
 ``build(params, steps_per_epoch=...)`` returns the exact ``torch.optim``
 optimizer and learning-rate scheduler that the trial used.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_config"]
+__all__ = ["__version__", "load_config", "run_experiment"]
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tuner.config import Config
+    from tuner.config import Config, Experiment
+    from tuner.run import Result
 
 
 def load_config(path: str | Path) -> Config:
@@ -24,3 +27,11 @@ def load_config(path: str | Path) -> Config:
     from tuner.export import load_config as _load
 
     return _load(path)
+
+
+def run_experiment(experiment: str | Path | Experiment | None = None, **options: Any) -> Result:
+    """Run an experiment (a YAML file, a shipped name, or an Experiment) as ``tuner study`` does; see
+    :func:`tuner.run.run_experiment` for the options and :class:`tuner.run.Result` for what it returns."""
+    from tuner.run import run_experiment as _run
+
+    return _run(experiment, **options)

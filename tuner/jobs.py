@@ -40,7 +40,7 @@ def run_workers(
 ) -> list[str]:
     """Train every study of ``args``'s experiment to its budget with ``jobs`` worker processes.
 
-    ``prepare(args, device)`` loads what a worker needs (see ``tuner.cli.prepare``);
+    ``prepare(args, device)`` loads what a worker needs (see ``tuner.run.prepare``);
     ``on_trial(study_name, trial_id)`` runs in this process for every trial a worker stored.
     Returns the workers that ended early (killed, crashed), named with their exit code: what
     they left undone is for the caller to top up. A worker that stopped on bad input (exit
@@ -75,20 +75,23 @@ def run_workers(
 
 def _work(prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, device: str, threads: int, trials: Any) -> None:
     """One worker: every study of the experiment, in turn, to its budget."""
+    import logging
+
     import optuna
 
     from tuner.errors import UserError
-    from tuner.study import StudyRunner, open_storage, trials_at_once
+    from tuner.study import StudyRunner, open_storage, population
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("tuner").setLevel(logging.ERROR)  # warnings (tuner.storage's) are said once, by the parent
     torch.set_num_threads(threads)
     try:
         experiment, task, setup, data = prepare(args, device)
-        at_once, _ = trials_at_once(experiment, setup, task, data, share=1 / args.jobs)  # the parent said why, if fewer
+        size, _ = population(experiment, setup, task, data, share=1 / args.jobs)  # the parent said why, if fewer
         storage = open_storage(args.storage)
         for space in experiment.optimizers:
             runner = StudyRunner(experiment, space, setup, task, data, storage)
-            runner.run_batched(experiment.trials, at_once, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id)))
+            runner.run_batched(experiment.trials, size, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id)))
     except KeyboardInterrupt:
         sys.exit(130)
     except UserError:  # said once, by the parent, which meets it when it tops the study up

@@ -12,7 +12,10 @@ diverged    PRUNED          yes; NaN reported at the diverged epoch, so TPE rank
                             and below pruned trials that reached the same
                             epoch); a FAIL state would be ignored by TPE
 failed      FAIL            yes (an exception in the task's code; ``reason``)
-interrupted FAIL            no: Ctrl-C (a killed process stores nothing)
+interrupted FAIL            no: Ctrl-C; or a trial whose worker was killed (its
+                            RUNNING trial stops beating and is failed, with no
+                            outcome, ``GRACE_SECONDS`` later)
+running     RUNNING         holds a slot of the budget while it trains
 =========== =============== =====================================================
 """
 
@@ -24,8 +27,16 @@ from optuna.trial import TrialState
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+COUNTED = ("complete", "pruned", "diverged", "failed")
+
+
 def outcome(trial: optuna.trial.FrozenTrial) -> str:
     """complete, pruned, diverged, failed, interrupted or running."""
-    if trial.state == TrialState.RUNNING:
+    return outcome_of(trial.state, trial.user_attrs.get("outcome"))
+
+
+def outcome_of(state: TrialState, stored: str | None) -> str:
+    """The outcome of a trial in ``state`` whose user attribute ``outcome`` is ``stored`` (None: none)."""
+    if state == TrialState.RUNNING:
         return "running"
-    return trial.user_attrs.get("outcome") or ("complete" if trial.state == TrialState.COMPLETE else "interrupted")
+    return stored or ("complete" if state == TrialState.COMPLETE else "interrupted")

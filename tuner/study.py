@@ -5,6 +5,7 @@ Trial outcomes (complete, pruned, diverged, failed, interrupted) are described i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import inspect
@@ -183,9 +184,9 @@ def check_components(experiment: Experiment, setup: Setup) -> None:
             raise UserError(f"{experiment.at(name)}: {component.name} {component.kwargs}: {type(err).__name__}: {err}") from None
 
 
-def trials_at_once(experiment: Experiment, setup: Setup, task: Task, data: Data, share: float = 1.0) -> tuple[int, str | None]:
-    """How many trials each study trains at once: the experiment's ``batch_trials`` (at most ``trials``), or fewer with the
-    one line that says why (see :func:`tuner.batched.population_size`; ``share``: this worker's part of the device's memory)."""
+def population(experiment: Experiment, setup: Setup, task: Task, data: Data, share: float = 1.0) -> tuple[int, str | None]:
+    """The population of each study (how many trials it trains together): the experiment's ``batch_trials`` (at most
+    ``trials``), or fewer with the one line that says why (see :func:`tuner.batched.population_size`; ``share``: this worker's part of the device's memory)."""
     spaces = [space.optimizer for space in experiment.optimizers]
     return population_size(task, data, min(experiment.batch_trials, experiment.trials), setup.batch_size, setup.amp, spaces, share)
 
@@ -211,7 +212,7 @@ def check_resumable(storage: optuna.storages.BaseStorage, name: str, setup: Setu
 
 
 def experiment_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    """The experiments that have studies in ``storage`` (the budget tickets' ledgers are not experiments)."""
+    """The experiments that have studies in ``storage`` (a ledger study of an earlier version, not yet deleted, is none)."""
     return sorted({n.split("/", 1)[0] for n in optuna.get_all_study_names(storage) if "/" in n and not n.startswith(TICKETS_PREFIX)})
 
 
@@ -265,31 +266,36 @@ class StudyRunner:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names([f"val_{setup.label}"])
-        self._study_id = storage.get_study_id_from_name(self.name)
         # Trials run against an in-memory copy of the study and reach the
-        # storage once, whole, when they end. A report and a pruning decision
+        # storage once, whole, when they end (into the RUNNING trial that
+        # held their budget slot, see tuner.storage). A report and a pruning decision
         # per epoch on SQLite cost about 10 ms (SQLAlchemy), as much as an
         # epoch of a small model; in memory they cost about 0.1 ms. The sampler
         # and the pruner see the same trials either way, and a run killed
-        # mid-trial leaves nothing half-written behind. Trials that other
-        # workers stored join the copy before each new trial (refresh()).
+        # mid-trial leaves no trial half-written, only its slot (failed once
+        # it stops beating). Trials that other
+        # workers stored join the copy before each new trial (take()).
         self.live = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(),
             study_name=self.name,
             direction=setup.direction,
             pruner=make_pruner(experiment.pruner, setup.epochs, experiment.at("pruner")),
         )
-        self.known: set[int] = set()  # storage ids of the trials in the live copy
-        self.tickets = Tickets(storage, self.name)
-        self.refresh()
+        self.known: set[int] = set()  # stored numbers of the trials in the live copy
+        self.stored_numbers: list[int] = []  # by live number: the trial's number in the storage
+        self.counted = 0  # trials that count toward the budget, at the last look
+        self.tickets = Tickets(storage, self.study)
 
-    def refresh(self) -> int:
-        """Add the trials other workers stored since the last call to the live copy; returns the count toward the budget."""
-        for trial in self.study.get_trials(deepcopy=False, states=FINISHED):
-            if trial._trial_id not in self.known:
-                self.known.add(trial._trial_id)
-                self.live.add_trial(trial)
-        return finished(self.live)
+    def take(self, n: int, budget: int) -> list[Ticket]:
+        """Up to ``n`` budget tickets, in the storage's one read for them; the trials other workers stored meanwhile
+        join the live copy."""
+        look = self.tickets.take(n, budget, self.known)
+        for trial in look.joined:
+            self.live.add_trial(trial)
+            self.stored_numbers.append(trial.number)
+            self.known.add(trial.number)
+        self.counted = look.counted
+        return look.tickets
 
     def _sample(self, trial: optuna.Trial) -> Config:
         schedule, schedule_params = spaces.sample_schedule(trial, self.experiment.schedules)
@@ -309,6 +315,7 @@ class StudyRunner:
         # different for each of several, and no replay of earlier suggestions on resume.
         self.live.sampler = make_sampler(self.experiment.sampler, self.experiment.seed + ticket.number, self.experiment.at("sampler"))
         trial = self.live.ask()
+        self.stored_numbers.append(ticket.number)
         config = self._sample(trial)
         trial.set_user_attr("config", config_to_dict(config))
         trial.set_user_attr("device", str(self.data.device))
@@ -353,10 +360,13 @@ class StudyRunner:
         return self._store([(self.live.tell(trial, state=TrialState.FAIL), ticket)])[0]
 
     def _store(self, told: list[tuple[optuna.trial.FrozenTrial, Ticket]]) -> list[tuple[optuna.trial.FrozenTrial, int]]:
-        """Write finished trials to the storage, whole, and release their tickets, in one transaction; returns each with its storage id."""
-        trial_ids = self.tickets.settle(self._study_id, told)
-        self.known.update(trial_ids)
-        return [(trial, trial_id) for (trial, _), trial_id in zip(told, trial_ids)]
+        """Write finished trials into their tickets, whole, in one transaction; returns each under its stored number, with its storage id."""
+        stored = []
+        for (trial, _), (trial_id, number) in zip(told, self.tickets.settle(told)):
+            self.known.add(number)
+            self.stored_numbers[trial.number] = number
+            stored.append((_renumbered(trial, number), trial_id))
+        return stored
 
     def _tell(self, trial: optuna.Trial, result: RunResult) -> optuna.trial.FrozenTrial:
         # Optuna keeps only the objective per epoch; the whole learning curve goes with the trial.
@@ -378,8 +388,10 @@ class StudyRunner:
         """Top the study up to ``budget`` counted trials, never beyond, however many workers share it;
         ``on_trial(trial, trial_id)`` after each trial this worker stored."""
         with self.tickets:
-            while self.refresh() < budget:
-                tickets = self.tickets.take(1, budget, self.refresh)
+            while True:
+                tickets = self.take(1, budget)
+                if not tickets and self.counted >= budget:
+                    break
                 if not tickets:  # every slot left is being trained by another worker: wait for one to end
                     time.sleep(WAIT_SECONDS)
                     continue
@@ -395,15 +407,15 @@ class StudyRunner:
         reasons = {t.user_attrs.get("reason") for t in counted}
         if len(counted) < FAIL_LIMIT or len(reasons) > 1 or any(outcome(t) != "failed" for t in counted):
             return
-        last = max(counted, key=lambda t: t.number)
+        last = self.stored_numbers[max(t.number for t in counted)]
         raise UserError(
             f"study {self.name!r}: all {len(counted)} of its trials failed the same way, so it stops instead of spending its budget: "
-            f"{reasons.pop()} (traceback: trial {last.number}'s user attribute 'traceback', MLflow tag tuner.traceback; "
+            f"{reasons.pop()} (traceback: trial {last}'s user attribute 'traceback', MLflow tag tuner.traceback; "
             "fix the task and run the same command: the failed trials count toward the budget)"
         )
 
-    def run_batched(self, budget: int, size: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
-        """:meth:`run`, training up to ``size`` trials at once as one population (see :mod:`tuner.batched`); 1 is :meth:`run`.
+    def run_batched(self, budget: int, population: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
+        """:meth:`run`, training a population of up to ``population`` trials together (see :mod:`tuner.batched`); 1 is :meth:`run`.
 
         Each member reports its epochs to its own trial and is pruned alone; it
         is told as :meth:`run_trial` does, and its slot goes to a newly asked
@@ -413,7 +425,7 @@ class StudyRunner:
         the task's code fails the members training then and the study goes
         on; Ctrl-C stores them as interrupted.
         """
-        if size == 1:
+        if population == 1:
             return self.run(budget, on_trial)
         running: dict[int, tuple[optuna.Trial, Ticket]] = {}  # by trial number
         asked = 0
@@ -421,7 +433,7 @@ class StudyRunner:
         def start(n: int) -> list[tuple[int, Config]]:
             nonlocal asked
             entries = []
-            for ticket in self.tickets.take(n, budget, self.refresh):
+            for ticket in self.take(n, budget):
                 trial, config = self._ask(ticket)
                 running[trial.number] = trial, ticket
                 entries.append((trial.number, config))
@@ -441,10 +453,10 @@ class StudyRunner:
             end(list(by_number), lambda trial: self._tell(trial, by_number[trial.number]))
 
         with self.tickets:
-            while self.refresh() < budget:
+            while True:
                 before = asked
                 try:
-                    train_batched(self.task, self.data, size, _own(start), lambda number, metrics: self._report(running[number][0], metrics), _own(ended), test=True)
+                    train_batched(self.task, self.data, population, _own(start), lambda number, metrics: self._report(running[number][0], metrics), _own(ended), test=True)
                 except KeyboardInterrupt:
                     finish(list(running), self._interrupted)
                     raise
@@ -453,6 +465,8 @@ class StudyRunner:
                 except Exception as err:  # the task's code may raise anything; the study goes on
                     out_of_memory = any([self._failed(trial, err) for trial, _ in running.values()])
                 else:
+                    if asked == before and self.counted >= budget:
+                        break
                     if asked == before:  # every slot left is being trained by another worker: wait for one to end
                         time.sleep(WAIT_SECONDS)
                     continue
@@ -512,6 +526,13 @@ def _own(function: Callable[..., Any]) -> Callable[..., Any]:
             raise _OwnError() from err
 
     return wrapped
+
+
+def _renumbered(trial: optuna.trial.FrozenTrial, number: int) -> optuna.trial.FrozenTrial:
+    """A copy of ``trial`` (of the live copy) under its number in the storage, the one users see."""
+    stored = copy.copy(trial)
+    stored.number = number
+    return stored
 
 
 def _hand_back_cuda_memory() -> None:

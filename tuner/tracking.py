@@ -482,7 +482,8 @@ class Mirror:
         optimizer, metric = study.rsplit("/", 1)[-1], setup.get("metric", "metric")
         every = trials is None
         if every:
-            trials = self.storage.get_all_trials(study_id, deepcopy=False, states=FINISHED)
+            # A trial without an outcome is a budget slot lost with its worker (tuner.storage): nothing trained to an end.
+            trials = [t for t in self.storage.get_all_trials(study_id, deepcopy=False, states=FINISHED) if "outcome" in t.user_attrs]
         records = [trial_record(study, optimizer, metric, t) for t in trials]
         final = attrs.get("final")
         if every and final:

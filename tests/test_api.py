@@ -1,0 +1,26 @@
+"""The Python API takes the CLI's path: an experiment from a file or an object, its best configs, summary and trials."""
+
+from __future__ import annotations
+
+import pandas
+
+import tuner
+from tuner.config import Config, find_experiment, load_experiment
+
+
+def test_run_experiment_returns_best_configs_summaries_and_the_trials_as_a_dataframe(workdir):
+    options = dict(storage=f"sqlite:///{workdir}/t.db", out=workdir / "out", no_tracking=True, no_progress=True)
+    result = tuner.run_experiment("quickstart", optimizers=["sgd", "adam"], trials=3, epochs=2, final_seeds=1, **options)
+    assert sorted(result.best) == ["adam", "sgd"] and result.winner in result.best
+    for name, config in result.best.items():
+        assert isinstance(config, Config) and config == tuner.load_config(workdir / "out" / f"best-{name}.yaml")
+    assert [s.optimizer for s in result.summaries] == ["sgd", "adam"]
+    assert isinstance(result.trials, pandas.DataFrame) and len(result.trials) == 6
+    assert sorted(result.trials["optimizer"]) == ["adam"] * 3 + ["sgd"] * 3
+    assert {"number", "value", "state", "params_lr", "user_attrs_outcome"} <= set(result.trials.columns)
+    assert (workdir / "out" / "summary.md") in result.files
+
+    # The same experiment as an object resumes the same studies: nothing more is trained, the same best configs.
+    experiment = load_experiment(find_experiment("quickstart"), {"optimizers": ["sgd", "adam"], "trials": 3, "epochs": 2, "final_seeds": 1})
+    again = tuner.run_experiment(experiment, **options)
+    assert again.best == result.best and len(again.trials) == 6
