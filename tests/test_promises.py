@@ -23,7 +23,7 @@ def test_the_default_locations_are_in_the_working_directory(workdir, capsys):
     # tuner.db, mlflow.db (with its artifacts beside it in mlruns/) and runs/<experiment>/, all in the working directory.
     assert main(["study", "--optimizers", "sgd", "--trials", "1", "--epochs", "1", "--final-seeds", "1", "--no-progress"]) == 0
     assert sorted(p.name for p in workdir.iterdir()) == ["mlflow.db", "mlruns", "runs", "tuner.db"]
-    assert optuna.get_all_study_names("sqlite:///tuner.db") == ["quickstart/sgd", "tuner-tickets:quickstart/sgd"]
+    assert optuna.get_all_study_names("sqlite:///tuner.db") == ["quickstart/sgd"]  # one study per optimizer: budget slots live inside it
     assert (workdir / "runs" / "quickstart" / "best.yaml").is_file() and (workdir / "runs" / "quickstart" / "summary.md").is_file()
     experiment = MlflowClient("sqlite:///mlflow.db").get_experiment_by_name("quickstart")
     assert experiment.artifact_location == (workdir / "mlruns" / "quickstart").as_uri()
