@@ -65,7 +65,8 @@ def test_an_unexpected_error_is_exit_code_1(workdir):
     assert "ValueError: score() takes at most 8 samples, got 16" in result.stderr
 
 
-def test_the_progress_bar_shows_trials_of_the_budget_best_so_far_elapsed_and_eta(workdir, capsys):
+def test_the_progress_bar_shows_trials_of_the_budget_best_so_far_elapsed_and_eta(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every update drawn: a trial of one epoch is quicker than tqdm's 0.1 s
     args = ["study", "--optimizers", "sgd", "--trials", "2", "--epochs", "1", "--final-seeds", "1", "--no-tracking"]
     assert main(args) == 0
     best = optuna.load_study(study_name="quickstart/sgd", storage="sqlite:///tuner.db").best_trial
