@@ -18,7 +18,7 @@ def test_run_experiment_returns_best_configs_summaries_and_the_trials_as_a_dataf
     assert isinstance(result.trials, pandas.DataFrame) and len(result.trials) == 6
     assert sorted(result.trials["optimizer"]) == ["adam"] * 3 + ["sgd"] * 3
     # The objective's column is named by the study's metric name, as optuna-dashboard shows it.
-    assert {"number", "values_val_loss", "state", "params_lr", "user_attrs_outcome"} <= set(result.trials.columns)
+    assert {"number", "value_val_loss", "state", "params_lr", "user_attrs_outcome"} <= set(result.trials.columns)
     assert (workdir / "out" / "summary.md") in result.files
 
     # The same experiment as an object resumes the same studies: nothing more is trained, the same best configs.

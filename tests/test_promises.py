@@ -65,12 +65,15 @@ def test_an_unexpected_error_is_exit_code_1(workdir):
     assert "ValueError: score() takes at most 8 samples, got 16" in result.stderr
 
 
-def test_the_progress_bar_shows_trials_of_the_budget_best_so_far_elapsed_and_eta(workdir, capsys, monkeypatch):
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every update drawn: a trial of one epoch is quicker than tqdm's 0.1 s
+def test_the_progress_bar_shows_trials_of_the_budget_best_so_far_elapsed_and_eta(workdir):
+    # In a process of its own, with every update drawn (tqdm reads TQDM_* when it is imported): a trial of one epoch
+    # is quicker than tqdm's 0.1 s between frames.
+    env = os.environ | {"TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
     args = ["study", "--optimizers", "sgd", "--trials", "2", "--epochs", "1", "--final-seeds", "1", "--no-tracking"]
-    assert main(args) == 0
+    done = subprocess.run([sys.executable, "-m", "tuner", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
     best = optuna.load_study(study_name="quickstart/sgd", storage="sqlite:///tuner.db").best_trial
-    frames = [f for f in re.split(r"[\r\n]", capsys.readouterr().err) if f.startswith("sgd: ")]
+    frames = [f for f in re.split(r"[\r\n]", done.stderr) if f.startswith("sgd: ")]
     # tqdm's last frame: name, 100%, trials done of the budget, [elapsed<ETA, rate, best value (#trial)].
     assert re.fullmatch(r"sgd: 100%\|.*\| 2/2 \[\d\d:\d\d<00:00, +[0-9.]+(s/)?trials?(/s)?, best (\S+) \(#(\d+)\)\]", frames[-1]), frames[-1]
     assert frames[-1].endswith(f"best {best.value:.4g} (#{best.number})]")
