@@ -7,6 +7,7 @@ other factory changes one thing in it.
 from __future__ import annotations
 
 import math
+import multiprocessing
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,18 @@ class Tiny:
 
     def score(self, output: torch.Tensor, target: torch.Tensor) -> float:
         return F.mse_loss(output, target).item()
+
+
+@dataclass
+class ThreadsSeen(Tiny):
+    """A valid task that appends ``<process name> <torch's CPU threads>`` to the file ``record`` whenever a model is built."""
+
+    record: str = ""
+
+    def model(self) -> nn.Module:
+        with open(self.record, "a") as file:
+            file.write(f"{multiprocessing.current_process().name} {torch.get_num_threads()}\n")
+        return super().model()
 
 
 def raises() -> Tiny:

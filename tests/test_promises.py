@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -78,3 +79,21 @@ def test_the_progress_bar_shows_trials_of_the_budget_best_so_far_elapsed_and_eta
     assert re.fullmatch(r"sgd: 100%\|.*\| 2/2 \[\d\d:\d\d<00:00, +[0-9.]+(s/)?trials?(/s)?, best (\S+) \(#(\d+)\)\]", frames[-1]), frames[-1]
     assert frames[-1].endswith(f"best {best.value:.4g} (#{best.number})]")
     assert any(" 0/2 [" in f for f in frames) and any(" 1/2 [" in f for f in frames)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flags", "threads"), [((), max(1, (os.cpu_count() or 1) // 2)), (("--threads", "3"), 3)])
+def test_jobs_split_the_cpu_cores_among_the_workers_unless_threads_says_how_many(workdir, flags, threads):
+    record = workdir / "threads.txt"
+    (workdir / "exp.yaml").write_text(f"name: threads\ntask: broken_tasks:ThreadsSeen\ntask_args: {{record: '{record}'}}\n"
+                                      "optimizers: [sgd]\ntrials: 4\nepochs: 1\nseed: 0\n")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    args = ["study", "exp.yaml", "--storage", f"sqlite:///{workdir}/t.db", "--no-tracking", "--no-progress", "--final-seeds", "1",
+            "--jobs", "2", *flags]
+    done = subprocess.run([sys.executable, "-m", "tuner", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    seen = [line.split() for line in record.read_text().splitlines()]
+    workers = {name for name, _ in seen if name.startswith("tuner-worker-")}
+    assert workers and {int(n) for name, n in seen if name in workers} == {threads}, seen  # 2 workers share the cores
+    if flags:  # --threads holds for the command's own process too
+        assert {int(n) for name, n in seen if name == "MainProcess"} == {3}, seen
