@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -22,14 +23,20 @@ from tuner.tasks import load_data, load_task
         ([3.0, 3.1, 2.9, 3.0], [7.0, 7.2, 6.9, 7.1], -1, CONSISTENT),  # clearly smaller, as claimed
         ([3.0, 3.1, 2.9, 3.0], [7.0, 7.2, 6.9, 7.1], 1, NOT_CONSISTENT),  # clearly smaller, claimed larger
         ([3.0, 5.0, 1.0], [3.5, 6.0, 1.5], -1, NO_EVIDENCE),  # inside the seeds' spread
-        ([4.0], [8.0], -1, CONSISTENT),  # exact measurements (no spread): compared as they are
-        ([8.0], [8.0], -1, NO_EVIDENCE),
+        ([4.0], [8.0], -1, NO_EVIDENCE),  # one seed a side: no spread to judge a difference by
         ([3.0], [7.0, 7.2], -1, NO_EVIDENCE),  # one seed against spread: nothing to test with
         ([3.0, float("nan")], [7.0, 7.2], -1, NO_EVIDENCE),
+        ([1.0] * 3, [2.0] * 3, -1, NO_EVIDENCE),  # three seeds a side that all agree: a rank test's best p is 0.1
+        ([1.0] * 5, [2.0] * 5, -1, CONSISTENT),  # five a side: 2/252 < 0.05
+        ([1.0] * 5, [2.0] * 5, 1, NOT_CONSISTENT),
     ],
 )
 def test_compare_decides_beyond_the_spread_only(a, b, expect, verdict):
     assert compare(a, b, expect) == verdict
+
+
+def test_exact_measurements_are_compared_as_they_are():
+    assert compare([4.0], [8.0], -1, exact=True) == CONSISTENT and compare([8.0], [8.0], -1, exact=True) == NO_EVIDENCE
 
 
 def test_a_cell_combines_its_pairwise_verdicts():
@@ -67,7 +74,7 @@ def optimizer(name: str, cls: str, objective: list[float], epochs_to: list[int],
     return OptimizerReport(
         name=name, summary=Summary(name, f"x/{name}", 0, min(objective), {}, final), points=[], best_so_far=[],
         expected=ExpectedBest([], [], []), cpe=math.nan, cpe_test=math.nan, loss=None, metric=None, speed=None, importance=Importance({}, 0), memory=memory,
-        step_sizes=final["step_sizes"][0],
+        step_sizes=final["step_sizes"][0], torch_class=cls,
     )  # fmt: skip
 
 
@@ -94,3 +101,12 @@ def test_compare_of_near_identical_values_says_nothing_on_the_console():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert compare([1.0, 1.0 + 1e-15, 1.0], [1.0 + 2e-15, 1.0, 1.0 + 1e-15], -1) == NO_EVIDENCE
+
+
+def test_the_claims_come_from_the_search_spaces_class_even_without_step_sizes():
+    # A task with its own loop records no step sizes: the optimizer's family still comes from its study's setup.
+    setup = {"task": "t", "task_args": {}, "epochs": 3, "batch_size": 64, "seed": 0, "objective": "loss", "direction": "minimize", "metric": "accuracy"}
+    optimizers = [dataclasses.replace(optimizer(n, c, [0.3, 0.31, 0.29], [1, 2, 1], 1.0, m), step_sizes=None) for n, c, m in (("adam", "Adam", 8.0), ("sgd", "SGD", 4.0))]
+    rows = {row.claim: row for row in build_evidence(Report("x", setup, 0.5, True, None, "", [], optimizers, "adam", []))}
+    assert [cell.claim for cell in rows["memory"].cells] == ["moderate", "low"]
+    assert [cell.verdict for cell in rows["memory"].cells] == [CONSISTENT, CONSISTENT]

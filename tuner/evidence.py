@@ -64,17 +64,23 @@ class Row:
     test: str
 
 
-def compare(a: list[float], b: list[float], expect: int, alpha: float = ALPHA) -> str:
-    """Whether ``a`` is smaller (``expect`` = -1) or larger (+1) than ``b`` beyond the spread: Welch's two-sided t-test
-    at ``alpha`` (default 0.05) over the values (one per seed). Values without spread on both sides (a deterministic
-    measurement) are compared as they are. Fewer than two values on a side, or a non-finite one, decide nothing."""
+def compare(a: list[float], b: list[float], expect: int, alpha: float = ALPHA, *, exact: bool = False) -> str:
+    """Whether ``a`` is smaller (``expect`` = -1) or larger (+1) than ``b`` beyond the spread over seeds (one value per seed).
+
+    ``exact`` measurements (no seeds: bytes of optimizer state) are compared as they are. Otherwise each side needs two
+    seeds or more: Welch's two-sided t-test at ``alpha`` (default 0.05) decides; where no seed differs from another on
+    either side (Welch's t is undefined), the seeds' agreement decides only if a rank test could (its smallest two-sided
+    p-value, 2 / C(n_a + n_b, n_a), is below ``alpha``: five seeds a side, not three). A non-finite value decides nothing."""
     if not a or not b or not all(map(math.isfinite, a + b)):
         return NO_EVIDENCE
     sign = (statistics.fmean(a) > statistics.fmean(b)) - (statistics.fmean(a) < statistics.fmean(b))
-    if len(set(a)) == 1 and len(set(b)) == 1:  # no spread: the difference, if any, is exact
-        return NO_EVIDENCE if sign == 0 else CONSISTENT if sign == expect else NOT_CONSISTENT
+    agreed = CONSISTENT if sign == expect else NOT_CONSISTENT
+    if exact:
+        return NO_EVIDENCE if sign == 0 else agreed
     if min(len(a), len(b)) < 2:
         return NO_EVIDENCE
+    if len(set(a)) == 1 and len(set(b)) == 1:
+        return NO_EVIDENCE if sign == 0 or 2 / math.comb(len(a) + len(b), len(a)) >= alpha else agreed
     from scipy.stats import ttest_ind  # scipy comes with scikit-learn; imported only when a report is written
 
     with warnings.catch_warnings():  # near-identical values: scipy warns of precision loss, and its p-value may be NaN
@@ -82,7 +88,7 @@ def compare(a: list[float], b: list[float], expect: int, alpha: float = ALPHA) -
         pvalue = ttest_ind(a, b, equal_var=False).pvalue
     if not pvalue < alpha:  # NaN decides nothing
         return NO_EVIDENCE
-    return CONSISTENT if sign == expect else NOT_CONSISTENT
+    return agreed
 
 
 def combine(verdicts: list[str]) -> str:
@@ -93,17 +99,16 @@ def combine(verdicts: list[str]) -> str:
 
 
 def family(o: OptimizerReport) -> str | None:
-    """The torch.optim class of an optimizer's best config (AdamW counted as Adam), from its step-size record."""
-    name = (o.step_sizes or {}).get("optimizer")
-    return "Adam" if name == "AdamW" else name
+    """The torch.optim class of an optimizer's search space (AdamW counted as Adam), as its study's setup stored it."""
+    return "Adam" if o.torch_class == "AdamW" else o.torch_class
 
 
-def _ordered(values: dict[str, list[float]], claims: dict[str, str], lower_is: int = -1) -> dict[str, str]:
-    """Per optimizer, the verdict of its claimed level against every optimizer claimed at another level."""
+def _ordered(values: dict[str, list[float]], claims: dict[str, str], lower_is: int = -1, exact: bool = False) -> dict[str, str]:
+    """Per optimizer, the verdict of its claimed level against every optimizer claimed at another level (see :func:`compare`)."""
     verdicts = {}
     for name, claim in claims.items():
         pairs = [
-            compare(values[name], values[other], lower_is * (1 if LEVELS[claim] < LEVELS[theirs] else -1))
+            compare(values[name], values[other], lower_is * (1 if LEVELS[claim] < LEVELS[theirs] else -1), exact=exact)
             for other, theirs in claims.items()
             if other != name and claim in LEVELS and theirs in LEVELS and LEVELS[theirs] != LEVELS[claim]
         ]
@@ -149,7 +154,7 @@ def adaptive_row(report: Report) -> Row:
 def memory_row(report: Report) -> Row:
     claims = _claims(report, "memory")
     values = {o.name: [] if o.memory is None else [o.memory] for o in report.optimizers}
-    verdicts = _ordered(values, claims)
+    verdicts = _ordered(values, claims, exact=True)
     cells = []
     for o in report.optimizers:
         peak = (o.summary.final or {}).get("peak_step_bytes")

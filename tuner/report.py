@@ -103,6 +103,7 @@ class OptimizerReport:
     importance: Importance
     memory: float | None  # optimizer state, bytes per model parameter
     step_sizes: dict[str, Any] | None = None  # the first final seed's tuner.step_sizes record
+    torch_class: str | None = None  # the search space's torch.optim class ("Adam"), from the study's setup
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
     target = target if given else analysis.default_target(summaries, direction)
     key = "val_loss" if setup["objective"] == "loss" else "val_metric"
     optimizers = []
-    for study_trials, summary, imp, memory in zip(trials, summaries, importances, memories):
+    for study_trials, summary, imp, memory, study_setup in zip(trials, summaries, importances, memories, setups):
         points = trial_points(study_trials)
         worths = [analysis.worth(p.value, untrained, direction) for p in points]
         expected = analysis.expected_best([w for w in worths if w is not None], len(points), direction)
@@ -321,6 +322,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
             importance=imp,
             memory=memory,
             step_sizes=((summary.final or {}).get("step_sizes") or [None])[0],
+            torch_class=study_setup.get("optimizer"),
         ))  # fmt: skip
     best = analysis.winner(summaries, direction)
     close = close_call(summaries, best, direction)
