@@ -70,6 +70,11 @@ def test_convergence_keeps_every_marker_and_line_visible():
     assert len(steps) == 2
     for line in steps:
         assert all(low <= y <= high for y in line.get_ydata() if not math.isnan(y))
+    # Every row of edge markers lies beyond every value drawn, the untrained model's line included (axes fraction).
+    to_axes = ax.transLimits.transform
+    lowest_row = min(line.get_ydata()[0] for line in crosses)
+    for y in [0.5, 0.3, 0.4, 2.3]:
+        assert to_axes((1, y))[1] < lowest_row - 0.01, (y, lowest_row)
 
 
 def test_a_log_axis_is_labelled_between_its_decades():

@@ -94,7 +94,7 @@ def _trials(ax: Axes, report: Report, xs: list[float], points: list[TrialPoint],
         filled = p.outcome == "complete"
         if p.value is None:
             groups.setdefault((MARKERS.get(p.outcome, "x"), filled, True), []).append((x, edge))
-        elif worth(p.value, report.untrained, report.direction) != p.value:
+        elif _at_edge(report, p):
             groups.setdefault((beyond, filled, True), []).append((x, edge))
         else:
             groups.setdefault(("o", filled, False), []).append((x, p.value))
@@ -103,6 +103,21 @@ def _trials(ax: Axes, report: Report, xs: list[float], points: list[TrialPoint],
         ax.plot(*zip(*xy), linestyle="none", marker=marker, markersize=6, color=color, markerfacecolor=color if filled else "none", **where)
     if report.untrained is not None:
         ax.axhline(report.untrained, color="grey", linestyle=":", linewidth=1)
+
+
+def _at_edge(report: Report, p: TrialPoint) -> bool:
+    """Whether :func:`_trials` draws ``p`` at the bad edge: no value, or worse than the untrained model."""
+    return p.value is None or worth(p.value, report.untrained, report.direction) != p.value
+
+
+def _make_room(ax: Axes, direction: str, share: float) -> None:
+    """Widen the y axis on its bad side (the top when minimizing) so that the outer ``share`` of its height holds no
+    value drawn so far: the rows of edge markers then lie beyond every value, the untrained line included."""
+    log = ax.get_yscale() == "log"
+    low, high = (math.log10(v) for v in ax.get_ylim()) if log else ax.get_ylim()
+    grown = (high - low) / (1 - share) - (high - low)
+    low, high = (low, high + grown) if direction == "minimize" else (low - grown, high)
+    ax.set_ylim(*((10**low, 10**high) if log else (low, high)))
 
 
 def _trial_handles(report: Report) -> list[Line2D]:
@@ -163,6 +178,9 @@ def draw_convergence(report: Report) -> Figure:
     for lane, o in enumerate(report.optimizers):
         _trials(ax, report, list(range(1, len(o.points) + 1)), o.points, color[o.name], lane)
     _log_if_wide(ax, [v for o in report.optimizers for v in _shown(report, o.points)] + [report.untrained])
+    at_edge = [lane for lane, o in enumerate(report.optimizers) if any(_at_edge(report, p) for p in o.points)]
+    if at_edge:
+        _make_room(ax, report.direction, 0.04 + EDGE_LANE * max(at_edge))
     low, high = ax.get_ylim()
     for o in report.optimizers:
         # A best so far worse than every value shown (worse than the untrained model) runs along the bad edge, inside the axes.
