@@ -4,6 +4,7 @@ log axes labelled between decades, importances with their uncertainty)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -130,3 +131,23 @@ def test_threads_caps_torchs_threads(tmp_path, monkeypatch, capsys):
     assert main(["train", "cfg.yaml", "--first-seed", "5"]) == 0
     fresh = capsys.readouterr()
     assert "seed 5:" in fresh.out and "seed 4:" not in fresh.out and fresh.err == ""
+
+
+def test_importance_labels_clear_their_error_bars_and_long_titles_wrap_inside_the_figure():
+    imp = Importance({"lr": 0.8, "eps": 0.2}, 12, "weak estimate: 12 complete trials, 20 advised", {"lr": 0.27, "eps": 0.05})
+    evaluator = "PED-ANOVA: how far the top 25% of complete trials stray from all of them; conditional parameters included"
+    built = dataclasses.replace(report(optimizer("adam", [], [], imp), optimizer("a-long-optimizer-name", [], [], imp)), importance=evaluator)
+    fig = drawn(plots.draw_importance(built))
+    for ax in fig.axes:
+        (label,) = [t for t in ax.texts if t.get_text().startswith("0.80")]
+        assert label.get_position()[0] > 0.8 + 0.27 and ax.get_xlim()[1] > label.get_position()[0] + 0.3
+    # The figure is 8.3 inches wide: its title (one line of 104 characters unwrapped) comes in lines that fit.
+    title = fig.get_suptitle()
+    assert max(len(line) for line in title.splitlines()) <= 90 and "conditional parameters included" in title.replace("\n", " ")
+
+
+def test_wrapped_breaks_long_lines_and_leaves_mathtext_whole():
+    formula = r"$E[\min$ of $n] = \sum_{i=1}^{N} v_{(i)}$ " + "x " * 80
+    text = plots._wrapped("short\n" + "word " * 60 + "\n" + formula, 4.0, 8)
+    lines = text.split("\n")
+    assert lines[0] == "short" and lines[-1] == formula and all(len(line) <= 60 for line in lines[1:-1]) and len(lines) > 4

@@ -14,6 +14,7 @@ the values that matter.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,6 +140,13 @@ def _trial_handles(report: Report) -> list[Line2D]:
     return handles
 
 
+def _wrapped(text: str, inches: float, points: float) -> str:
+    """``text`` with each line broken to fit ``inches`` of width at a font size of ``points`` (mathtext lines, with ``$``,
+    are left whole: a break inside one would not render)."""
+    width = max(20, int(inches * 120 / points))  # about 0.6 em a character: 72 / (0.6 * points) characters an inch
+    return "\n".join(line if "$" in line else textwrap.fill(line, width) for line in text.split("\n"))
+
+
 def _note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="dimgrey")
 
@@ -155,17 +163,19 @@ def draw_importance(report: Report) -> Figure:
             if name in imp.values:
                 width, sd = imp.values[name], imp.sd.get(name, 0.0)
                 ax.barh(y, width, xerr=sd, color=color[o.name], error_kw={"ecolor": "dimgrey", "capsize": 3, "linewidth": 1})
-                ax.text(min(width + sd, 1.0) + 0.02, y, f"{width:.2f} ± {sd:.2f}", va="center", fontsize=8)
+                ax.text(width + sd + 0.02, y, f"{width:.2f} ± {sd:.2f}", va="center", fontsize=8)
         if imp.note and not imp.values:
             _note(ax, imp.note)
         weak = f"\n{imp.note}" if imp.note and imp.values else ""
-        ax.set_title(f"{o.name} ({imp.trials} complete trials){weak}", color=color[o.name], fontsize=10)
-        ax.set_xlim(0, 1.3)
+        ax.set_title(_wrapped(f"{o.name} ({imp.trials} complete trials){weak}", 3.2, 10), color=color[o.name], fontsize=10)
+        # Room right of the longest bar and its error bar for the label.
+        ax.set_xlim(0, max([1.3] + [imp.values[n] + imp.sd.get(n, 0.0) + 0.45 for n in imp.values]))
         ax.set_xlabel("importance (sums to 1)")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(order)), order)
     axes[0].set_ylim(max(len(order), 1) - 0.5, -0.5)  # the most important on top
-    fig.suptitle(f"Parameter importance ({report.importance})\nerror bars: ± 1 sd over bootstrap resamples of the complete trials", fontsize=11)
+    fig.suptitle(_wrapped(f"Parameter importance ({report.importance})\nerror bars: ± 1 sd over bootstrap resamples of the complete trials",
+                          fig.get_figwidth() - 0.3, 11), fontsize=11)
     fig.supxlabel("1-x: x searched as 1 - x on a log scale; <schedule>.<param>: only in the trials of that schedule", fontsize=8)
     return fig
 
@@ -262,7 +272,8 @@ def draw_budget(report: Report) -> Figure:
     ax.set_title(
         rf"$E[\{best}$ of $n] = \sum_{{i=1}}^{{N}} v_{{(i)}}\,[(i/N)^n - ((i-1)/N)^n]$ (Dodge et al. 2019); band: ± 1 sd"
         f"\n$v_{{(1)}}..v_{{(N)}}$: the N trials' values sorted worst to best; a trial's value: its validation {report.label}"
-        f"\n(pruned: the last it reported){floor}\nthe estimator assumes random-search trials; these are {report.sampling}",
+        + _wrapped(f"\n(pruned: the last it reported){floor}\nthe estimator assumes random-search trials; these are {report.sampling}",
+                   fig.get_figwidth() - 0.5, 8),
         fontsize=8,
     )
     ax.set(xlabel="n: number of trials (the tuning budget)", ylabel=f"expected best validation {report.label}")
