@@ -19,6 +19,7 @@ from tuner.outcomes import outcome
 from tuner.study import TICKETS_PREFIX, finished
 
 
+TESTS = Path(__file__).resolve().parent
 # Every test here runs several processes, or a server.
 pytestmark = pytest.mark.slow
 
@@ -164,8 +165,13 @@ def test_jobs_2_trains_in_two_processes_to_the_exact_budget_and_mirrors_every_tr
 
 
 def test_three_commands_at_once_on_one_sqlite_file_share_the_budget_exactly(workdir):
-    procs = [subprocess.Popen(command(workdir, "--trials", "9", "--no-tracking"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    # The commands meet once torch and the task are loaded (tests/started_together.py): otherwise the last one to start
+    # on a loaded machine may find the budget already trained, and rightly train nothing.
+    (workdir / "together.yaml").write_text("name: quickstart\ntask: started_together:digits\n"
+                                           f"task_args: {{parties: 3, folder: {workdir / 'met'}}}\nseed: 0\n")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = command(workdir, "--trials", "9", "--no-tracking", experiment=str(workdir / "together.yaml"))
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
