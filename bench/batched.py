@@ -21,8 +21,8 @@ same budget. Those figures are printed too, with the epochs trained per second
 end to end (the work done per second, whatever was pruned).
 
 Then **training only**: the configs of the one-at-a-time study's trials, each
-for the epochs its trial trained, are trained again with ``tuner.train.train``
-one at a time and with ``tuner.batched.train_batched`` K at a time, without
+for the epochs its trial trained, are trained again with ``tuner.train.trainer.train``
+one at a time and with ``tuner.batched.trainer.train_batched`` K at a time, without
 Optuna or a storage: the same work on both sides, so epochs per second give
 the per-config training throughput, without what a study adds per trial
 (sampling, a budget ticket, the transaction that stores the trial).
@@ -37,7 +37,7 @@ configs that train stably, without bound in chaotic ones (a learning rate at
 the edge of divergence, a loss that grows), which the pruner stops.
 
 Both sides run with the allocator that ``tuner study`` sets (freed memory
-kept for reuse: ``tuner.train.keep_freed_memory``); ``--malloc glibc``
+kept for reuse: ``tuner.train.trainer.keep_freed_memory``); ``--malloc glibc``
 measures with glibc's defaults instead.
 
 Each figure comes with wall-clock seconds and the process's CPU time
@@ -68,14 +68,14 @@ import time
 import optuna
 import torch
 
-from tuner import config
-from tuner.batched import train_batched
-from tuner.cli import positive_int
-from tuner.config import Config
-from tuner.export import config_from_dict
-from tuner.study import Setup, StudyRunner, open_storage
+from tuner.config import experiment as config
+from tuner.batched.trainer import train_batched
+from tuner.cli.main import positive_int
+from tuner.config.experiment import Config
+from tuner.config.export import config_from_dict
+from tuner.study.runner import Setup, StudyRunner, open_storage
 from tuner.tasks import load_data, load_task
-from tuner.train import EpochMetrics, keep_freed_memory, resolve_device, train
+from tuner.train.trainer import EpochMetrics, keep_freed_memory, resolve_device, train
 
 # The budget of each task when not given: (trials, epochs). The quickstart's own; digits-cnn's 1.4 s trials halved.
 BUDGETS = {"digits-mlp": (40, 25), "digits-cnn": (32, 10)}
@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads(N) first (default: torch's own choice)")
     parser.add_argument("--device", default="cpu", help="device of both sides (default: cpu)")
     parser.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
-                        help="keep: freed memory kept for reuse, as tuner study and train set it (tuner.train.keep_freed_memory); "
+                        help="keep: freed memory kept for reuse, as tuner study and train set it (tuner.train.trainer.keep_freed_memory); "
                              "glibc: glibc's defaults (default keep)")
     args = parser.parse_args()
     if args.malloc == "keep":

@@ -7,10 +7,10 @@ The data: scikit-learn's digits (1078 training images of 64 pixels, as in
 accuracy per epoch, the rounds interleaved and the fastest of ``--rounds``
 kept per side:
 
-- **tuner**: ``tuner.train.train`` on the Dataset task (its DataLoaders);
+- **tuner**: ``tuner.train.trainer.train`` on the Dataset task (its DataLoaders);
 - **hand**: the same work by hand: seed, model, ``DataLoader(shuffle=True,
   generator=...)``, the loop, and the validation split through a DataLoader;
-- **tensors**: ``tuner.train.train`` on the same data as in-memory tensors
+- **tensors**: ``tuner.train.trainer.train`` on the same data as in-memory tensors
   (``digits-mlp``): batches are slices on the device, no DataLoader at all.
 
 Run from the repository root::
@@ -27,10 +27,10 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from tuner.config import Config
+from tuner.config.experiment import Config
 from tuner.tasks import Data, Split, load_data, load_task
 from tuner.tasks.digits import DigitsMLP
-from tuner.train import train
+from tuner.train.trainer import train
 
 
 class Samples(Dataset):

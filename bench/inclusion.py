@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import tuner
-from tuner.cli import main as tuner_main
+from tuner.cli.main import main as tuner_main
 
 
 def run(experiment: str, spaces: list[str], args: argparse.Namespace, folder: Path) -> float:

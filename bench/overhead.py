@@ -2,14 +2,14 @@
 
 One run of this script does, on a fresh SQLite storage in a temporary folder:
 
-1. **tuner**: ``tuner.cli.main(["study", EXPERIMENT, ...])`` in-process, timed as
+1. **tuner**: ``tuner.cli.main.main(["study", EXPERIMENT, ...])`` in-process, timed as
    a whole (task data loading, every trial, the final evaluation, the exported
    YAML). Before the clock starts, an untimed 1-trial, 1-epoch ``tuner study``
    does the one-off imports (torch's first ``optimizer.step()`` pulls in
    torch._dynamo and sympy; Optuna's storage pulls in SQLAlchemy and Alembic),
    so one-off import time counts on neither side; its time is printed apart.
    It also sets the allocator as every training command does
-   (``tuner.train.keep_freed_memory``), for every side of this process.
+   (``tuner.train.trainer.keep_freed_memory``), for every side of this process.
    **tracked** is the same command with MLflow tracking on (an SQLite file in
    the temporary folder, ``--tracking-uri``): its follower process starts
    (MLflow import, database creation) while the first trials train, and the
@@ -79,11 +79,11 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-import tuner.cli
-from tuner import config as tuner_config
-from tuner.config import Config
-from tuner.export import config_from_dict
-from tuner.optim import build_scheduler
+import tuner.cli.main
+from tuner.config import experiment as tuner_config
+from tuner.config.experiment import Config
+from tuner.config.export import config_from_dict
+from tuner.train.optim import build_scheduler
 from tuner.tasks import Data, Task, load_task
 
 
@@ -113,7 +113,7 @@ def time_tuner(args: argparse.Namespace, folder: str, budget: list[str], trackin
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         start, cpu = time.perf_counter(), time.process_time()
-        code = tuner.cli.main(argv)
+        code = tuner.cli.main.main(argv)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if code != 0:
         sys.exit(f"tuner study exited with {code}:\n{log.getvalue()}")
@@ -223,10 +223,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Example: python bench/overhead.py --trials 10 --epochs 5 --repeat 3")
     parser.add_argument("--experiment", default="quickstart", help="shipped experiment name or YAML path (default: quickstart)")
-    parser.add_argument("--trials", type=tuner.cli.positive_int, help="trials per optimizer (default: the experiment's)")
-    parser.add_argument("--epochs", type=tuner.cli.positive_int, help="epochs per trial (default: the experiment's)")
-    parser.add_argument("--repeat", type=tuner.cli.positive_int, default=1, help="runs of each side, alternating; the fastest is kept (default 1)")
-    parser.add_argument("--threads", type=tuner.cli.positive_int, help="torch.set_num_threads(N) first (default: torch's own choice)")
+    parser.add_argument("--trials", type=tuner.cli.main.positive_int, help="trials per optimizer (default: the experiment's)")
+    parser.add_argument("--epochs", type=tuner.cli.main.positive_int, help="epochs per trial (default: the experiment's)")
+    parser.add_argument("--repeat", type=tuner.cli.main.positive_int, default=1, help="runs of each side, alternating; the fastest is kept (default 1)")
+    parser.add_argument("--threads", type=tuner.cli.main.positive_int, help="torch.set_num_threads(N) first (default: torch's own choice)")
     parser.add_argument("--device", default="cpu", help="device of both sides (default: cpu)")
     args = parser.parse_args()
     if args.threads:

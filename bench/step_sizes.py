@@ -1,7 +1,7 @@
-"""What recording the step sizes (:mod:`tuner.step_sizes`) costs a final evaluation.
+"""What recording the step sizes (:mod:`tuner.measure.step_sizes`) costs a final evaluation.
 
 For each task and optimizer, the final evaluation's work (``--seeds`` runs of ``--epochs`` epochs, test
-evaluation at the end) runs with the :class:`~tuner.step_sizes.StepSizes` hook, and the time spent inside the
+evaluation at the end) runs with the :class:`~tuner.measure.step_sizes.StepSizes` hook, and the time spent inside the
 hook (before and after each recorded step, and its one copy to the host) is summed: the printed share is that
 time over the whole evaluation's. On a shared machine timing two separate runs measures the neighbours' load
 more than the hook; the share inside one run does not. On CUDA each hook call is synchronised before and after
@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from tuner.config import Config
-from tuner.step_sizes import StepSizes
+from tuner.config.experiment import Config
+from tuner.measure.step_sizes import StepSizes
 from tuner.tasks import load_data, load_task
-from tuner.train import steps_per_epoch, train
+from tuner.train.trainer import steps_per_epoch, train
 
 CONFIGS = {"Adam": {"lr": 1e-3}, "SGD": {"lr": 0.05, "momentum": 0.9}, "RMSprop": {"lr": 1e-3}}
 

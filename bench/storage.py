@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from tuner.cli import main
+from tuner.cli.main import main
 
 
 def study(folder: Path, trials: int, counts: collections.Counter) -> float:

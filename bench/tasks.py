@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from tuner.config import Config
+from tuner.config.experiment import Config
 from tuner.tasks import BUILTIN, load_data, load_task
-from tuner.train import evaluate, train
+from tuner.train.trainer import evaluate, train
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from tuner.loop import Run
+from tuner.train.loop import Run
 
 
 def digits(split: str) -> TensorDataset:

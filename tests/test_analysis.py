@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tuner.analysis import ExpectedBest, Speed, Summary, band, cpe, default_target, epochs_to_target, expected_best, mean_sd, table, winner, worth
+from tuner.report.statistics import ExpectedBest, Speed, Summary, band, cpe, default_target, epochs_to_target, expected_best, mean_sd, table, winner, worth
 
 COUNTS = {"complete": 3, "pruned": 1, "diverged": 0, "failed": 0, "interrupted": 0, "running": 0}
 

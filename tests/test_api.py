@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas
 
 import tuner
-from tuner.config import Config, find_experiment, load_experiment
+from tuner.config.experiment import Config, find_experiment, load_experiment
 
 
 def test_run_experiment_returns_best_configs_summaries_and_the_trials_as_a_dataframe(workdir):

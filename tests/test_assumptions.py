@@ -8,9 +8,9 @@ import statistics
 import optuna
 import pytest
 
-from tuner.analysis import cpe, expected_best, expected_picked, worth
-from tuner.cli import main
-from tuner.report import untrained_objective
+from tuner.report.statistics import cpe, expected_best, expected_picked, worth
+from tuner.cli.main import main
+from tuner.report.data import untrained_objective
 from tuner.tasks import load_task
 
 

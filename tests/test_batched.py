@@ -13,14 +13,14 @@ import optuna
 import pytest
 import torch
 
-from tuner import batched
-from tuner.batched import VECTORIZED, population_size, seeded_model, train_batched
-from tuner.cli import main
-from tuner.config import Config
-from tuner.outcomes import outcome
-from tuner.study import TICKETS_PREFIX, counts, finished
+from tuner.batched import trainer as batched
+from tuner.batched.trainer import VECTORIZED, population_size, seeded_model, train_batched
+from tuner.cli.main import main
+from tuner.config.experiment import Config
+from tuner.study.outcomes import outcome
+from tuner.study.runner import TICKETS_PREFIX, counts, finished
 from tuner.tasks import BUILTIN, load_data, load_task
-from tuner.train import train
+from tuner.train.trainer import train
 
 # Training amplifies rounding: a batched learning curve follows the same config trained alone within this
 # relative difference over a few epochs of a config that trains stably (measured: 1e-7 to 1e-5; see README).
@@ -187,7 +187,7 @@ def test_a_diverging_member_ends_alone_and_its_slot_is_refilled(quadratic):
 def test_a_member_starts_from_the_parameters_of_its_trial_alone(digits):
     task, data = digits
 
-    def alone(seed: int) -> torch.Tensor:  # as tuner.train.train builds the model
+    def alone(seed: int) -> torch.Tensor:  # as tuner.train.trainer.train builds the model
         torch.manual_seed(seed)
         return flat(task.model().parameters())
 

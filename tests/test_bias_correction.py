@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from tuner.bias_correction import AdamCorrections, ablate, first_step_ratio, uncorrected
-from tuner.config import Config
-from tuner.step_sizes import StepSizes
+from tuner.measure.bias_correction import AdamCorrections, ablate, first_step_ratio, uncorrected
+from tuner.config.experiment import Config
+from tuner.measure.step_sizes import StepSizes
 from tuner.tasks import load_data, load_task
-from tuner.train import steps_per_epoch, train
+from tuner.train.trainer import steps_per_epoch, train
 
 
 def model() -> torch.nn.Module:

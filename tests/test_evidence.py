@@ -9,11 +9,11 @@ import warnings
 import pytest
 import torch
 
-from tuner.analysis import ExpectedBest, Summary
-from tuner.config import Config
-from tuner.evidence import CONSISTENT, NO_EVIDENCE, NOT_CONSISTENT, build_evidence, combine, compare, evidence_markdown
-from tuner.peak_memory import peak_step_bytes
-from tuner.report import Importance, OptimizerReport, Report
+from tuner.report.statistics import ExpectedBest, Summary
+from tuner.config.experiment import Config
+from tuner.report.evidence import CONSISTENT, NO_EVIDENCE, NOT_CONSISTENT, build_evidence, combine, compare, evidence_markdown
+from tuner.measure.peak_memory import peak_step_bytes
+from tuner.report.data import Importance, OptimizerReport, Report
 from tuner.tasks import load_data, load_task
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.config import Config, load_space, shipped_dir
-from tuner.train import train
+from tuner.config.experiment import Config, load_space, shipped_dir
+from tuner.train.trainer import train
 
 LR_SGD, MOMENTUM, EPS = 0.01, 0.9, 1.0e3
 

@@ -15,9 +15,9 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from tuner.cli import main
-from tuner.run import sync_command
-from tuner.tracking import Mirror, RunRecord, mlflow_key
+from tuner.cli.main import main
+from tuner.run.experiment import sync_command
+from tuner.tracking.mirror import Mirror, RunRecord, mlflow_key
 
 TASK = '''
 from dataclasses import dataclass

@@ -10,7 +10,7 @@ import optuna
 import yaml
 from mlflow import MlflowClient
 
-from tuner.cli import main
+from tuner.cli.main import main
 
 EXPERIMENT = """name: t
 task: digits-mlp

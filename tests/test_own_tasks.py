@@ -13,14 +13,14 @@ import pytest
 import torch
 import yaml
 
-from tuner.cli import main
-from tuner.config import Config
+from tuner.cli.main import main
+from tuner.config.experiment import Config
 from tuner.errors import UserError
-from tuner.loop import ReportError, Run
+from tuner.train.loop import ReportError, Run
 from tuner.tasks import Data, load_data, load_task
 from tuner.tasks.batches import python_and_numpy_seeded
 from tuner.tasks.contract import check_task
-from tuner.train import Batches, evaluate, train
+from tuner.train.trainer import Batches, evaluate, train
 
 ROOT = Path(__file__).parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tuner.cli import main
+from tuner.cli.main import main
 from tuner.tasks import describe, load_task
 
 TESTS = Path(__file__).resolve().parent

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.config import Config
+from tuner.config.experiment import Config
 from tuner.errors import UserError
 from tuner.tasks import load_task
 from tuner.tasks.quadratic import QuadraticDeep
-from tuner.train import evaluate, steps_per_epoch, train
+from tuner.train.trainer import evaluate, steps_per_epoch, train
 
 
 def published_hessian() -> tuple[np.ndarray, np.ndarray]:

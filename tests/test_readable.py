@@ -11,9 +11,9 @@ import math
 import optuna
 import pytest
 
-from tuner import plots
-from tuner.analysis import ExpectedBest, Summary, pm
-from tuner.report import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, Importance, OptimizerReport, Report, TrialPoint, close_call, importance
+from tuner.report import plots
+from tuner.report.statistics import ExpectedBest, Summary, pm
+from tuner.report.data import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, Importance, OptimizerReport, Report, TrialPoint, close_call, importance
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_threads_caps_torchs_threads(tmp_path, monkeypatch, capsys):
     import torch
     import yaml
 
-    from tuner.cli import main
+    from tuner.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     config = {"format": 1, "optimizer": {"class": "torch.optim.SGD", "kwargs": {"lr": 0.1}}, "schedule": {"name": "constant", "params": {}},

@@ -15,11 +15,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from tuner import plots
-from tuner.cli import main
-from tuner.config import load_experiment
-from tuner.export import config_from_dict
-from tuner.report import (
+from tuner.report import plots
+from tuner.cli.main import main
+from tuner.config.experiment import load_experiment
+from tuner.config.export import config_from_dict
+from tuner.report.data import (
     MIN_IMPORTANCE_TRIALS,
     MIN_WEAK_IMPORTANCE_TRIALS,
     Importance,

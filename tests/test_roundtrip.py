@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import tuner
-from tuner import optim, spaces
-from tuner.config import Config, load_schedules, load_space, shipped_dir
-from tuner.export import config_from_dict, config_to_dict, write_config
+from tuner.train import optim
+from tuner.study import spaces
+from tuner.config.experiment import Config, load_schedules, load_space, shipped_dir
+from tuner.config.export import config_from_dict, config_to_dict, write_config
 
 SPACES = ["adam", "adamw", "sgd", "rmsprop", "nadam", "radam", "adagrad", "adamax", "adam-wide", "nadam-wide"]
 SCHEDULES = list(optim.SCHEDULES)
@@ -120,9 +121,9 @@ def test_build_rejects_a_bad_steps_per_epoch():
 
 
 def test_the_exported_yaml_rebuilds_the_lr_history_a_real_trial_stored(tmp_path):
-    from tuner.cli import main
+    from tuner.cli.main import main
     from tuner.tasks import load_task
-    from tuner.train import steps_per_epoch
+    from tuner.train.trainer import steps_per_epoch
 
     (tmp_path / "exp.yaml").write_text("name: lrs\ntask: digits-mlp\noptimizers: [adam]\nschedules: [cosine, warmup_cosine]\n"
                                        "trials: 4\nepochs: 4\nseed: 0\nsampler: random\npruner: none\nfinal_seeds: 1\n")  # fmt: skip

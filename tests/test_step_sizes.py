@@ -8,13 +8,13 @@ import optuna
 import pytest
 import torch
 
-from tuner.config import Config
-from tuner.optim import build_scheduler
-from tuner.step_sizes import PERCENTILES, StepSizes, effective_lr, largest, percentiles, recorded_steps
+from tuner.config.experiment import Config
+from tuner.train.optim import build_scheduler
+from tuner.measure.step_sizes import PERCENTILES, StepSizes, effective_lr, largest, percentiles, recorded_steps
 from tuner.tasks import load_data, load_task
-from tuner.cli import main
-from tuner.tracking import final_records, step_size_metrics
-from tuner.train import steps_per_epoch, train
+from tuner.cli.main import main
+from tuner.tracking.mirror import final_records, step_size_metrics
+from tuner.train.trainer import steps_per_epoch, train
 
 GRADS = [[0.5, -2.0, 0.0], [0.25, 1.0, 0.0], [-1.0, 3.0, 0.0]]  # the third element never gets a gradient
 

@@ -7,8 +7,8 @@ import logging
 import optuna
 import pytest
 
-from tuner import storage as tables
-from tuner.cli import main
+from tuner.study import storage as tables
+from tuner.cli.main import main
 
 
 def run(workdir, name: str) -> list[tuple[object, ...]]:

@@ -12,10 +12,10 @@ import yaml
 from mlflow import MlflowClient
 
 import tuner
-from tuner.cli import main
-from tuner.config import shipped_dir
-from tuner.outcomes import outcome
-from tuner.study import counts, finished
+from tuner.cli.main import main
+from tuner.config.experiment import shipped_dir
+from tuner.study.outcomes import outcome
+from tuner.study.runner import counts, finished
 
 FAST = ["--epochs", "2", "--final-seeds", "2", "--no-progress", "--no-tracking"]
 
@@ -164,16 +164,16 @@ def test_same_seed_same_study(tmp_path, monkeypatch):
 
 
 def test_tuner_train_reproduces_the_trial_and_the_final_seeds_bit_for_bit(workdir, capsys, monkeypatch):
-    import tuner.train
-    from tuner.train import columns
+    import tuner.train.trainer
+    from tuner.train.trainer import columns
 
     assert main(study_args(workdir, "quickstart", "--optimizers", "rmsprop", "--trials", "3")) == 0
     study = load(workdir, "quickstart/rmsprop")
     best, final = study.best_trial, study.user_attrs["final"]
     assert final["trial"] == best.number and final["seeds"] == [1, 2]
     # What `tuner train` computes, seed by seed: the real trainer's results, recorded on their way to the printout.
-    runs, real = {}, tuner.train.train
-    monkeypatch.setattr(tuner.train, "train", lambda *args, seed, **kwargs: runs.setdefault(seed, real(*args, seed=seed, **kwargs)))
+    runs, real = {}, tuner.train.trainer.train
+    monkeypatch.setattr(tuner.train.trainer, "train", lambda *args, seed, **kwargs: runs.setdefault(seed, real(*args, seed=seed, **kwargs)))
     capsys.readouterr()
     assert main(["train", str(workdir / "out" / "best.yaml"), "--seeds", "3", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -269,7 +269,7 @@ def test_tasks_lists_the_built_ins(capsys):
 
 
 def test_help_does_not_import_the_heavy_libraries():
-    code = "import sys; from tuner.cli import build_parser; build_parser().format_help(); print(sorted({'torch', 'optuna', 'mlflow', 'sklearn'} & set(sys.modules)))"
+    code = "import sys; from tuner.cli.main import build_parser; build_parser().format_help(); print(sorted({'torch', 'optuna', 'mlflow', 'sklearn'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

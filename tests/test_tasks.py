@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 
-from tuner.cli import main
-from tuner.config import Config
+from tuner.cli.main import main
+from tuner.config.experiment import Config
 from tuner.errors import UserError
-from tuner.export import config_from_dict, config_to_dict
+from tuner.config.export import config_from_dict, config_to_dict
 from tuner.tasks import BUILTIN, describe, load_data, load_task
 from tuner.tasks.contract import check_task
-from tuner.train import resolve_device, train
+from tuner.train.trainer import resolve_device, train
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "tuner-example-task"
 # Smaller data than the defaults where a task has a size argument: the contract does not depend on it.

@@ -11,10 +11,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner import storage as tables
-from tuner import tickets
-from tuner.outcomes import outcome
-from tuner.tickets import Tickets
+from tuner.study import storage as tables
+from tuner.study import budget as tickets
+from tuner.study.outcomes import outcome
+from tuner.study.budget import Tickets
 
 
 @pytest.fixture(params=["tables", "public"])

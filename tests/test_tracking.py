@@ -19,9 +19,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tuner.cli import main
-from tuner.outcomes import outcome
-from tuner.tracking import STATUS
+from tuner.cli.main import main
+from tuner.study.outcomes import outcome
+from tuner.tracking.mirror import STATUS
 
 FAST = ["--epochs", "3", "--final-seeds", "2", "--no-progress"]
 # The README's per-epoch MLflow metrics of a trial, by history column, for the tasks used here (a task whose metric
@@ -287,7 +287,7 @@ def test_kill_9_mid_study_loses_nothing_and_the_rerun_leaves_one_finished_run_pe
 
 
 def test_ctrl_c_closes_the_runs_and_the_rerun_resumes_under_the_same_parent(workdir, capsys, monkeypatch):
-    from tuner.study import StudyRunner
+    from tuner.study.runner import StudyRunner
 
     uri = f"sqlite:///{workdir}/mlflow.db"
     original = StudyRunner.run_trial
@@ -386,7 +386,7 @@ def test_a_study_logs_over_http_to_a_real_server_and_no_password_leaks(workdir, 
 
 
 def test_a_server_lost_mid_study_costs_no_trial_and_sync_fills_the_gap(workdir, mlflow_server, capsys, monkeypatch):
-    from tuner.study import StudyRunner
+    from tuner.study.runner import StudyRunner
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     original = StudyRunner.run_trial

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from tuner.config import Config
-from tuner.train import evaluate, steps_per_epoch, train
+from tuner.config.experiment import Config
+from tuner.train.trainer import evaluate, steps_per_epoch, train
 
 
 def adam(**changes) -> Config:
@@ -105,7 +105,7 @@ def test_a_non_finite_metric_is_divergence_too(digits, monkeypatch):
 # 20 steps with glibc's settings as they are, then in the same process after keep_freed_memory().
 STEPS = """
 import resource, torch
-from tuner.train import keep_freed_memory
+from tuner.train.trainer import keep_freed_memory
 def step():
     return sum(t.sum() for t in [torch.ones(2**20) for _ in range(4)])
 def faults():

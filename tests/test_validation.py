@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from tuner.cli import main
-from tuner.config import load_experiment, load_space
-from tuner.export import load_config
+from tuner.cli.main import main
+from tuner.config.experiment import load_experiment, load_space
+from tuner.config.export import load_config
 
 DROP = object()  # an experiment key to leave out
 
@@ -141,7 +141,7 @@ CASES = [
     study("exp-yaml-empty", ["exp.yaml", "mapping"], exp=""),
     study("exp-not-utf8", ["exp.yaml", "UTF-8"], exp=b"name: t\xff\xfe\n"),
     case("exp-file-missing", ["study", "nonexistent.yaml"], ["nonexistent.yaml", "no such file", "quickstart"]),
-    # YAML that means something other than what it says (tuner.strict_yaml), in every file kind
+    # YAML that means something other than what it says (tuner.config.strict_yaml), in every file kind
     study("exp-duplicate-key", ["exp.yaml", "line 9", "'epochs'", "twice", "line 6", "unique"], exp=experiment() + "epochs: 2\n"),
     study("exp-duplicate-nested-key", ["exp.yaml", "line 9", "'hidden'", "twice", "line 9"],
           exp=experiment() + "task_args: {hidden: 32, hidden: 64}\n"),
@@ -419,7 +419,7 @@ def test_the_valid_files_the_cases_start_from_are_accepted(tmp_path, monkeypatch
 @pytest.mark.parametrize("kind", ["search_spaces", "experiments"])
 def test_every_shipped_file_reads_as_it_says(kind):
     """The shipped files pass the strict loader: no duplicate key, no yes/no/on/off, no octal or base-60 number."""
-    from tuner.config import read_yaml, shipped_dir
+    from tuner.config.experiment import read_yaml, shipped_dir
 
     files = sorted(shipped_dir(kind).glob("*.yaml"))
     assert files
@@ -428,7 +428,7 @@ def test_every_shipped_file_reads_as_it_says(kind):
 
 
 def test_strict_yaml_reads_the_unambiguous_forms_as_pyyaml_does():
-    from tuner import strict_yaml
+    from tuner.config import strict_yaml
 
     text = "a: true\nb: False\nc: 'yes'\nd: 10\ne: 1.0e-3\nf: 0\ng: 0.5\nh: -3\ni: 1_000\nbase: &b {x: 1}\nmerged: {<<: *b, x: 2}\n"
     assert strict_yaml.load(text) == yaml.safe_load(text)

@@ -15,8 +15,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tuner.errors import mask_url
-from tuner.outcomes import outcome
-from tuner.study import TICKETS_PREFIX, finished
+from tuner.study.outcomes import outcome
+from tuner.study.runner import TICKETS_PREFIX, finished
 
 
 TESTS = Path(__file__).resolve().parent
@@ -285,7 +285,7 @@ def test_kill_9_again_and_again_loses_no_finished_trial_and_the_last_run_meets_t
 def test_bad_postgresql_urls_are_one_line_without_the_password_and_bad_input_leaves_the_database_empty(workdir, postgres, capsys):
     import psycopg
 
-    from tuner.cli import main
+    from tuner.cli.main import main
 
     storage = postgres.database()
     wrong = storage.replace(postgres.PASSWORD, "not-the-pw-1234")

@@ -17,21 +17,21 @@ __all__ = ["__version__", "load_config", "run_experiment"]
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tuner.config import Config, Experiment
-    from tuner.run import Result
+    from tuner.config.experiment import Config, Experiment
+    from tuner.run.experiment import Result
 
 
 def load_config(path: str | Path) -> Config:
     """Read a best-config YAML file written by ``tuner study``."""
     # Imported here so that `import tuner` (and `--help`) stays light.
-    from tuner.export import load_config as _load
+    from tuner.config.export import load_config as _load
 
     return _load(path)
 
 
 def run_experiment(experiment: str | Path | Experiment | None = None, **options: Any) -> Result:
     """Run an experiment (a YAML file, a shipped name, or an Experiment) as ``tuner study`` does; see
-    :func:`tuner.run.run_experiment` for the options and :class:`tuner.run.Result` for what it returns."""
-    from tuner.run import run_experiment as _run
+    :func:`tuner.run.experiment.run_experiment` for the options and :class:`tuner.run.experiment.Result` for what it returns."""
+    from tuner.run.experiment import run_experiment as _run
 
     return _run(experiment, **options)

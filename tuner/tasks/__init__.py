@@ -2,7 +2,7 @@
 
 A task is any object with the attributes of :class:`Task` (its data in-memory
 tensors or torch Datasets, see :mod:`tuner.tasks.batches`), or one that brings
-its own training loop (``fit``, see :mod:`tuner.loop`). It is named by a
+its own training loop (``fit``, see :mod:`tuner.train.loop`). It is named by a
 built-in name (``digits-mlp``, see :data:`BUILTIN`), the name of an entry
 point in the group ``tuner.tasks`` of an installed package, or a dotted path
 ``package.module:factory``, tried in that order; ``task_args`` from the
@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset, IterableDataset
 
-from tuner.config import check_type, is_int, is_number
+from tuner.config.experiment import check_type, is_int, is_number
 from tuner.errors import UserError, reason
 from tuner.tasks import batches
 
@@ -54,7 +54,7 @@ class Data:
     ``device`` is where training runs: :meth:`to` sets it, and moves in-memory splits there.
     """
 
-    train: Split | Dataset | None  # None: a task with its own training loop (tuner.loop) keeps its data
+    train: Split | Dataset | None  # None: a task with its own training loop (tuner.train.loop) keeps its data
     val: Split | Dataset | None
     test: Split | Dataset | None
     device: torch.device = torch.device("cpu")
@@ -152,7 +152,7 @@ BUILTIN: dict[str, str] = {
 ENTRY_POINT_GROUP = "tuner.tasks"
 # Samples in the one cheap training step that checks a task before any study exists.
 CHECK_BATCH = 8
-# The attributes of a Task, and of a task with its own training loop (see tuner.loop).
+# The attributes of a Task, and of a task with its own training loop (see tuner.train.loop).
 FIELDS = ("name", "metric", "direction", "epochs", "batch_size", "data", "model", "loss", "score")
 LOOP_FIELDS = ("name", "metric", "direction", "epochs", "batch_size", "fit")
 # The learning rate of Adam in the one epoch of a loop task's fit that checks it before any study.
@@ -160,7 +160,7 @@ LOOP_CHECK_LR = 1e-3
 
 
 def is_loop(task: Any) -> bool:
-    """Whether ``task`` brings its own training loop (a ``fit(run)`` method, see :mod:`tuner.loop`) rather than
+    """Whether ``task`` brings its own training loop (a ``fit(run)`` method, see :mod:`tuner.train.loop`) rather than
     ``data``, ``model``, ``loss`` and ``score``."""
     return callable(getattr(task, "fit", None))
 
@@ -230,7 +230,7 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
         raise UserError(f"{where}: {spec!r}: the factory raised {reason(err)}") from None
     if not (isinstance(task, Task) or (is_loop(task) and all(hasattr(task, name) for name in LOOP_FIELDS))):
         missing = [name for name in (LOOP_FIELDS if is_loop(task) else FIELDS) if not hasattr(task, name)]
-        raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task, or with fit(run) instead of data, model, loss and score: see tuner.loop)")
+        raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task, or with fit(run) instead of data, model, loss and score: see tuner.train.loop)")
     checks = {
         "name": (isinstance(task.name, str) and task.name != "", "a non-empty string"),
         "metric": (isinstance(task.metric, str) and task.metric != "", "a non-empty string"),
@@ -364,7 +364,7 @@ def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
 def _check_loop(task: Any, device: torch.device, where: str) -> Data:
     """Run a loop task's ``fit`` for one epoch; a :class:`UserError` naming ``where`` if it raises or breaks a rule.
     Its data are its own: the :class:`Data` returned has only the device."""
-    from tuner.loop import check_loop  # tuner.loop builds on the trainer, which builds on this module
+    from tuner.train.loop import check_loop  # tuner.train.loop builds on the trainer, which builds on this module
 
     try:
         _call(f"fit(run) (one epoch of Adam, lr={LOOP_CHECK_LR})", check_loop, task, device)

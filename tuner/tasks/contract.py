@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from tuner.config import Config
+from tuner.config.experiment import Config
 from tuner.errors import UserError
 from tuner.tasks import Data, Task, is_loop, load_data, load_task
-from tuner.train import evaluate, train
+from tuner.train.trainer import evaluate, train
 
 # The learning rate of the one epoch of Adam that must lower the validation loss.
 CHECK_LR = 1e-3
@@ -86,7 +86,7 @@ def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device
       metric;
     - on the CPU, two such epochs with the same seed are identical.
 
-    A task with its own loop (``fit``, see :mod:`tuner.loop`) has no data or
+    A task with its own loop (``fit``, see :mod:`tuner.train.loop`) has no data or
     model to check apart: its epoch of Adam must run, report, not diverge,
     return finite test values, and repeat with the seed on the CPU.
 

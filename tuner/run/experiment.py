@@ -19,16 +19,16 @@ from tuner.errors import UserError, mask_url
 if TYPE_CHECKING:
     import pandas
 
-    from tuner.analysis import Summary
-    from tuner.config import Config, Experiment
+    from tuner.report.statistics import Summary
+    from tuner.config.experiment import Config, Experiment
 
 
 @dataclass
 class Options:
     """What ``tuner study`` takes, with its defaults (its flags, by the same names; see ``python -m tuner study --help``).
 
-    ``experiment``: a file, a shipped name (None: quickstart), or an :class:`~tuner.config.Experiment` (from
-    :func:`tuner.config.load_experiment`), used as it is: the overrides below (``trials`` ... ``batch_trials``)
+    ``experiment``: a file, a shipped name (None: quickstart), or an :class:`~tuner.config.experiment.Experiment` (from
+    :func:`tuner.config.experiment.load_experiment`), used as it is: the overrides below (``trials`` ... ``batch_trials``)
     apply to files and names only.
     """
 
@@ -72,13 +72,13 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
 
     Every ``--jobs`` worker calls it too, for its own device.
     """
-    from tuner import config
-    from tuner.study import Setup, check_components
+    from tuner.config import experiment as config
+    from tuner.study.runner import Setup, check_components
     from tuner.tasks import load_data, load_task
-    from tuner.train import check_amp, keep_freed_memory, resolve_device
+    from tuner.train.trainer import check_amp, keep_freed_memory, resolve_device
 
     keep_freed_memory()
-    if args.threads:  # without it, --jobs workers split the cores (tuner.jobs)
+    if args.threads:  # without it, --jobs workers split the cores (tuner.run.workers)
         import torch
 
         torch.set_num_threads(args.threads)
@@ -111,11 +111,11 @@ def run_study(args: Options) -> Result:
 
     import pandas
 
-    from tuner import export
-    from tuner.jobs import run_workers
-    from tuner.outputs import write_outputs
-    from tuner.study import StudyRunner, check_resumable, open_storage, population, study_name
-    from tuner.tracking import Follower, check_reachable, tracking_uri
+    from tuner.config import export
+    from tuner.run.workers import run_workers
+    from tuner.run.outputs import write_outputs
+    from tuner.study.runner import StudyRunner, check_resumable, open_storage, population, study_name
+    from tuner.tracking.mirror import Follower, check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     experiment, task, setup, data = prepare(args, args.device)
@@ -137,7 +137,7 @@ def run_study(args: Options) -> Result:
           f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}{'' if size == 1 else f'a population of {size} trials at once, '}storage {mask_url(args.storage)}, "
           f"tracking {mask_url(tracking[0]) if tracking else 'off'}", file=sys.stderr)
 
-    # MLflow is written by a follower process, off the training process's clock (see tuner.tracking).
+    # MLflow is written by a follower process, off the training process's clock (see tuner.tracking.mirror).
     follower = tracking and Follower(tracking[0], args.storage, experiment.name, list(names.values()), __version__)
     try:
         if args.jobs > 1:
@@ -248,7 +248,7 @@ class _progress:
     def __init__(self, name: str, study: Any, budget: int, direction: str, disable: bool, position: int | None = None) -> None:
         from tqdm.auto import tqdm
 
-        from tuner.study import best_trial, finished
+        from tuner.study.runner import best_trial, finished
 
         self.name, self.sign = name, -1.0 if direction == "maximize" else 1.0
         self.best = best_trial(study)
@@ -272,7 +272,7 @@ class _progress:
     def __call__(self, trial: Any) -> None:
         from optuna.trial import TrialState
 
-        from tuner.outcomes import outcome
+        from tuner.study.outcomes import outcome
 
         if outcome(trial) == "failed":
             self.bar.write(f"{self.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
@@ -285,7 +285,7 @@ class _progress:
 def run_experiment(experiment: str | Path | Experiment | None = None, **options: Any) -> Result:
     """Run an experiment as ``tuner study`` does and return its :class:`Result`.
 
-    ``experiment``: a YAML file, a shipped name (default: quickstart) or an :class:`~tuner.config.Experiment`;
+    ``experiment``: a YAML file, a shipped name (default: quickstart) or an :class:`~tuner.config.experiment.Experiment`;
     ``options``: the fields of :class:`Options` (``trials=10, storage="sqlite:///tuner.db", no_tracking=True``...).
     Raises :class:`~tuner.errors.UserError` (one line naming the field, the value and what is allowed) for bad input,
     TypeError for an option that does not exist.

@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from tuner import optim, step_sizes
-from tuner.config import Config
+from tuner.train import optim
+from tuner.measure import step_sizes
+from tuner.config.experiment import Config
 from tuner.tasks import Data, Task, is_loop
-from tuner.train import columns, train
+from tuner.train.trainer import columns, train
 
 # The optimizers whose best config is ablated: torch's Adam family with its bias correction.
 ABLATED = ("Adam", "AdamW")
@@ -111,7 +112,7 @@ def uncorrected(config: Config) -> Config:
 def ablate(task: Task, data: Data, config: Config, seeds: list[int]) -> dict[str, Any] | None:
     """Re-train ``config`` on ``seeds`` with bias correction off, recording step sizes; None unless its optimizer is one
     of :data:`ABLATED` or the task has its own loop. The record: ``seeds``, ``status``, ``history`` (per seed, as the final runs store theirs),
-    ``step_sizes`` (per seed, :meth:`tuner.step_sizes.StepSizes.result`)."""
+    ``step_sizes`` (per seed, :meth:`tuner.measure.step_sizes.StepSizes.result`)."""
     if config.optimizer not in ABLATED or is_loop(task):  # a task's own loop: no step sizes to compare
         return None
     ablated, runs, probes = uncorrected(config), [], []

@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuner.config import Config
+from tuner.config.experiment import Config
 from tuner.tasks import Data, Task, is_loop
-from tuner.train import Batches
+from tuner.train.trainer import Batches
 
 PERCENTILES = (5, 25, 50, 75, 95)
 # Percentiles of a tensor with more elements are those of this many, drawn at random once per run (fixed seed):
@@ -123,7 +123,7 @@ class _Pending:
 
 
 class StepSizes:
-    """A per-step hook for :func:`tuner.train.train` that records ``η`` and ``|Δθ|/|g|`` at :func:`recorded_steps`.
+    """A per-step hook for :func:`tuner.train.trainer.train` that records ``η`` and ``|Δθ|/|g|`` at :func:`recorded_steps`.
 
     Called before each optimizer step with the model and optimizer, it returns a function to call after the step at
     a recorded step (None otherwise). :meth:`result` is the record, JSON-safe (see there).

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from tuner import optim, strict_yaml
+from tuner.train import optim
+from tuner.config import strict_yaml
 from tuner.errors import UserError
 
 SCALES = ("linear", "log", "log1m")
@@ -36,7 +37,7 @@ def shipped_names(kind: str) -> list[str]:
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
-    """A YAML mapping from ``path``, read by :mod:`tuner.strict_yaml` (every file tuner reads comes through here)."""
+    """A YAML mapping from ``path``, read by :mod:`tuner.config.strict_yaml` (every file tuner reads comes through here)."""
     try:
         text = path.read_text()
     except OSError as err:
@@ -376,7 +377,7 @@ class Experiment:
     target: float | None
     source: str
     origins: dict[str, str] = field(default_factory=dict, compare=False)
-    # Trials trained at once as one vectorized population (tuner.batched); 1: one at a time.
+    # Trials trained at once as one vectorized population (tuner.batched.trainer); 1: one at a time.
     batch_trials: int = 1
 
     def at(self, key: str) -> str:
@@ -480,7 +481,7 @@ class Config:
 
     ``optimizer_kwargs`` are the keyword arguments of ``torch.optim.<optimizer>``
     as given to it; ``schedule_params`` those of the schedule (see
-    :mod:`tuner.optim` for how they map onto ``torch.optim.lr_scheduler``).
+    :mod:`tuner.train.optim` for how they map onto ``torch.optim.lr_scheduler``).
     ``objective`` is ``"loss"`` (validation loss) or ``"metric"`` (the task's metric).
     ``amp`` is ``"none"`` (default, full precision) or ``"bf16"`` (forward pass and
     loss under ``torch.autocast(dtype=torch.bfloat16)``, on CUDA).

@@ -1,4 +1,4 @@
-"""``step_sizes.png``: each optimizer's effective per-parameter learning rate over training (see :mod:`tuner.step_sizes`).
+"""``step_sizes.png``: each optimizer's effective per-parameter learning rate over training (see :mod:`tuner.measure.step_sizes`).
 
 One panel per optimizer, one shared log y axis: for its largest parameter tensors, the median (line) and 5-95%
 band of ``η`` against the optimizer step, from the first final seed's record; the optimizer's own scheduled
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
-from tuner.step_sizes import largest
+from tuner.measure.step_sizes import largest
 
 if TYPE_CHECKING:
-    from tuner.report import Report
+    from tuner.report.data import Report
 
 # Tensors drawn per optimizer, the largest: more bands would hide each other.
 TENSORS = 4
@@ -22,7 +22,7 @@ TENSORS = 4
 
 def draw_step_sizes(report: Report) -> Figure:
     """The figure; a panel says why when its optimizer has no record (no final evaluation, or one stored before)."""
-    from tuner import plots  # which lists this figure: imported here, not at the top, to import in any order
+    from tuner.report import plots  # which lists this figure: imported here, not at the top, to import in any order
 
     records = {o.name: o.step_sizes for o in report.optimizers}
     sgd = next((r for r in records.values() if r and r["optimizer"] == "SGD"), None)

@@ -2,7 +2,7 @@
 
 Plain functions on plain data: what a trial is worth, the expected best
 objective at a budget (Dodge et al. 2019) and its CPE score, epochs to a target
-(DeepOBS's speed), mean and sd bands of learning curves. :mod:`tuner.report`
+(DeepOBS's speed), mean and sd bands of learning curves. :mod:`tuner.report.data`
 applies them to the studies.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import optuna
 
-from tuner import study as studies
-from tuner.config import Config
-from tuner.export import config_from_dict
+from tuner.study import runner as studies
+from tuner.config.experiment import Config
+from tuner.config.export import config_from_dict
 
 
 @dataclass(frozen=True)

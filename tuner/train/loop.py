@@ -5,7 +5,7 @@ A loop task has ``name``, ``metric``, ``direction``, ``epochs`` and
 ``score`` one method ``fit(run)`` (the shape of a Ray Tune function trainable
 or an Optuna objective)::
 
-    def fit(self, run: tuner.loop.Run) -> dict[str, float] | None:
+    def fit(self, run: tuner.train.loop.Run) -> dict[str, float] | None:
         model = Net().to(run.device)                      # torch is seeded with run.seed
         optimizer, scheduler = run.build(model.parameters(), steps_per_epoch=len(loader))
         for epoch in range(1, run.epochs + 1):
@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from tuner.config import Config
+from tuner.config.experiment import Config
 from tuner.tasks import LOOP_CHECK_LR
 from tuner.tasks.batches import python_and_numpy_seeded
-from tuner.train import EpochMetrics, RunResult, divergence
+from tuner.train.trainer import EpochMetrics, RunResult, divergence
 
 
 class ReportError(ValueError):
@@ -41,7 +41,7 @@ class ReportError(ValueError):
 class Run:
     """What one run of a loop task gets: its config, device, seed, optimizer and a per-epoch report.
 
-    ``config`` is the trial's :class:`tuner.config.Config` (``epochs``,
+    ``config`` is the trial's :class:`tuner.config.experiment.Config` (``epochs``,
     ``batch_size``, ``task_args`` ...); ``test`` says whether tuner needs the
     test values (the final evaluation, ``tuner train``) or not (a tuning trial).
     """

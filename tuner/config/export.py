@@ -2,7 +2,7 @@
 
 The file maps one-to-one onto torch: ``optimizer.class`` and ``optimizer.kwargs``
 are the ``torch.optim`` class and its keyword arguments; ``schedule`` names the
-schedule and its parameters (see :mod:`tuner.optim` for the torch objects it
+schedule and its parameters (see :mod:`tuner.train.optim` for the torch objects it
 becomes); ``training`` is what ``tuner train`` needs to re-run it.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import yaml
 
-from tuner import optim
-from tuner.config import AMP, MAX_SEED, Config, check_type, is_int, is_number, read_yaml
+from tuner.train import optim
+from tuner.config.experiment import AMP, MAX_SEED, Config, check_type, is_int, is_number, read_yaml
 from tuner.errors import UserError
 
 FORMAT = 1

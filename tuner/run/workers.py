@@ -4,7 +4,7 @@ Each worker is a spawned process that loads the experiment and the task by
 itself, on its own device — CUDA devices round-robin (``cuda``, or ``auto`` on
 a CUDA machine, spreads over every GPU; ``cuda:1`` keeps all on that one), on a
 CPU the cores split evenly — and runs every study to its budget in turn. The
-budget tickets of :class:`tuner.tickets.Tickets` keep each budget exact. The
+budget tickets of :class:`tuner.study.budget.Tickets` keep each budget exact. The
 parent process trains nothing: each trial a worker stores comes back as its
 storage id on a queue, for the progress bars and the MLflow follower.
 """
@@ -40,7 +40,7 @@ def run_workers(
 ) -> list[str]:
     """Train every study of ``args``'s experiment to its budget with ``jobs`` worker processes.
 
-    ``prepare(args, device)`` loads what a worker needs (see ``tuner.run.prepare``);
+    ``prepare(args, device)`` loads what a worker needs (see ``tuner.run.experiment.prepare``);
     ``on_trial(study_name, trial_id)`` runs in this process for every trial a worker stored.
     Returns the workers that ended early (killed, crashed), named with their exit code: what
     they left undone is for the caller to top up. A worker that stopped on bad input (exit
@@ -80,10 +80,10 @@ def _work(prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, d
     import optuna
 
     from tuner.errors import UserError
-    from tuner.study import StudyRunner, open_storage, population
+    from tuner.study.runner import StudyRunner, open_storage, population
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("tuner").setLevel(logging.ERROR)  # warnings (tuner.storage's) are said once, by the parent
+    logging.getLogger("tuner").setLevel(logging.ERROR)  # warnings (tuner.study.storage's) are said once, by the parent
     torch.set_num_threads(threads)
     try:
         experiment, task, setup, data = prepare(args, device)

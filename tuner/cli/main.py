@@ -101,7 +101,7 @@ def build_parser() -> Parser:
     plot.add_argument("--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)")
     plot.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
     plot.add_argument("--target", type=finite_float, help=TARGET_HELP)
-    # The keys of tuner.report.IMPORTANCE_EVALUATORS (not imported here, so that --help stays instant).
+    # The keys of tuner.report.data.IMPORTANCE_EVALUATORS (not imported here, so that --help stays instant).
     plot.add_argument("--importance", choices=("ped-anova", "fanova", "mdi"), default="ped-anova",
                       help="Optuna importance evaluator (default: ped-anova, which keeps the conditional schedule parameters)")  # fmt: skip
     plot.set_defaults(func=run_plot)
@@ -132,7 +132,7 @@ def build_parser() -> Parser:
 def run_study(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from tuner import run
+    from tuner.run import experiment as run
 
     run.run_study(run.Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(run.Options)}))
     return 0
@@ -141,8 +141,8 @@ def run_study(args: argparse.Namespace) -> int:
 def run_sync(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuner.study import experiment_names, open_storage
-    from tuner.tracking import Mirror, SyncCount, check_reachable, tracking_uri
+    from tuner.study.runner import experiment_names, open_storage
+    from tuner.tracking.mirror import Mirror, SyncCount, check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = _select_experiment(args)[0]
@@ -172,7 +172,7 @@ def run_sync(args: argparse.Namespace) -> int:
 
 def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str]:
     """``plot`` and ``sync``: the experiment's name, target, and where they came from (every study of that name is used)."""
-    from tuner import config
+    from tuner.config import experiment as config
 
     if args.experiment and args.name:
         raise UserError(f"--experiment {args.name!r} and the experiment file {args.experiment!r}: give one, not both")
@@ -185,9 +185,9 @@ def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str
 def run_plot(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuner.outputs import write_outputs
-    from tuner.run import check_writable_folder
-    from tuner.study import open_storage
+    from tuner.run.outputs import write_outputs
+    from tuner.run.experiment import check_writable_folder
+    from tuner.study.runner import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name, target, where = _select_experiment(args)
@@ -208,11 +208,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from tuner.analysis import mean_sd, pm
-    from tuner.config import MAX_SEED
-    from tuner.export import load_config
+    from tuner.report.statistics import mean_sd, pm
+    from tuner.config.experiment import MAX_SEED
+    from tuner.config.export import load_config
     from tuner.tasks import load_data, load_task
-    from tuner.train import check_amp, keep_freed_memory, objective_label, resolve_device, train
+    from tuner.train.trainer import check_amp, keep_freed_memory, objective_label, resolve_device, train
 
     keep_freed_memory()
     if args.threads:

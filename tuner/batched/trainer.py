@@ -10,7 +10,7 @@ single-tensor path (the CPU default) bit for bit; whole trainings differ from
 the same trial run alone only by rounding (the stacked forward and backward
 passes group sums differently), which training amplifies.
 
-:func:`train_batched` mirrors :func:`tuner.train.train` member by member: the
+:func:`train_batched` mirrors :func:`tuner.train.trainer.train` member by member: the
 same seeding (a member's initial parameters are those of its trial run alone),
 its own batch order, the same per-epoch metrics, divergence check, callback and
 test evaluation. When a member ends, its slot is refilled with the next
@@ -32,11 +32,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from tuner.config import Config
+from tuner.config.experiment import Config
 from tuner.errors import reason
-from tuner.optim import optimizer_arguments, torch_kwargs
+from tuner.train.optim import optimizer_arguments, torch_kwargs
 from tuner.tasks import CHECK_BATCH, Data, Split, Task, is_loop
-from tuner.train import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, drops_last, steps_per_epoch
+from tuner.train.trainer import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, drops_last, steps_per_epoch
 
 # Share of the free device memory a population may plan to use.
 MEMORY_SHARE = 0.8
@@ -55,7 +55,7 @@ Key = Hashable
 
 class _Schedule:
     """One member's learning rate at each optimizer step, from the very ``torch.optim`` scheduler that
-    :func:`tuner.train.train` builds for its config, driven on a one-element dummy parameter."""
+    :func:`tuner.train.trainer.train` builds for its config, driven on a one-element dummy parameter."""
 
     def __init__(self, config: Config, steps_per_epoch: int) -> None:
         self.optimizer, self.scheduler = config.build([torch.zeros(1, requires_grad=True)], steps_per_epoch=steps_per_epoch)
@@ -589,7 +589,7 @@ class StackedModel:
 
 
 def seeded_model(task: Task, seed: int, device: torch.device) -> torch.nn.Module:
-    """``task.model()`` on ``device`` built under ``torch.manual_seed(seed)``, as :func:`tuner.train.train` builds it;
+    """``task.model()`` on ``device`` built under ``torch.manual_seed(seed)``, as :func:`tuner.train.trainer.train` builds it;
     the caller's random state is left as it was."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -673,7 +673,7 @@ class _Population:
 
     @torch.inference_mode()
     def evaluate(self, split: Split) -> list[tuple[float, float]]:
-        """Every member's loss and metric over a whole split, as :func:`tuner.train.evaluate` computes them."""
+        """Every member's loss and metric over a whole split, as :func:`tuner.train.trainer.evaluate` computes them."""
         self.model.train(False)
         with autocast(self.device, self.shared[3]):
             output = torch.cat([self.model.shared(split.x[i : i + EVAL_CHUNK]) for i in range(0, len(split), EVAL_CHUNK)], dim=1)
@@ -696,7 +696,7 @@ def train_batched(
     *,
     test: bool = False,
 ) -> None:
-    """Train configs ``size`` at a time as one population, like :func:`tuner.train.train` trains one.
+    """Train configs ``size`` at a time as one population, like :func:`tuner.train.trainer.train` trains one.
 
     ``start(n)`` gives up to ``n`` next members, ``(key, config)`` each, or
     fewer (none) when there are no more for now; it fills the population at
@@ -706,7 +706,7 @@ def train_batched(
     ``callback(key, metrics)`` may stop it (a truthy return); a non-finite
     train loss, validation loss or metric ends it as diverged, without touching
     the other members. The members that end at an epoch go to ``end``
-    together, as ``(key, result)`` with their :class:`~tuner.train.RunResult`
+    together, as ``(key, result)`` with their :class:`~tuner.train.trainer.RunResult`
     (with ``test``, completed members' test-split loss and metric), then
     ``start`` refills their slots; the population shrinks when there is
     nothing left to start. Returns when no member is left. The caller's random

@@ -19,8 +19,11 @@ from typing import Any
 import optuna
 import yaml
 
-from tuner import analysis, export, report, strict_yaml
-from tuner.config import Config
+from tuner.report import statistics as analysis
+from tuner.config import export
+from tuner.report import data as report
+from tuner.config import strict_yaml
+from tuner.config.experiment import Config
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def write_outputs(
 ) -> Outputs:
     """Rewrite ``out`` from every study of ``experiment`` in ``storage``, in the order they were created (see the module's docstring).
 
-    ``target`` and ``importance``: as :func:`tuner.report.build_report` takes them. ``source``: the ``source``
+    ``target`` and ``importance``: as :func:`tuner.report.data.build_report` takes them. ``source``: the ``source``
     section of the best-config files; ``run_ids``: study name -> trial number -> MLflow run id, known to a
     tracked ``tuner study``. Raises :class:`~tuner.errors.UserError` (naming ``where``) when the experiment
     has no study there.

@@ -11,8 +11,8 @@ from typing import Any
 
 import optuna
 
-from tuner import optim
-from tuner.config import Param, ScheduleSpace, SearchSpace
+from tuner.train import optim
+from tuner.config.experiment import Param, ScheduleSpace, SearchSpace
 
 
 def suggest(trial: optuna.Trial, name: str, param: Param) -> Any:

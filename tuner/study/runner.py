@@ -1,6 +1,6 @@
 """Optuna glue: one study per (experiment, optimizer), its budget, resume and final evaluation.
 
-Trial outcomes (complete, pruned, diverged, failed, interrupted) are described in :mod:`tuner.outcomes`.
+Trial outcomes (complete, pruned, diverged, failed, interrupted) are described in :mod:`tuner.study.outcomes`.
 """
 
 from __future__ import annotations
@@ -25,16 +25,18 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tuner import bias_correction, spaces, step_sizes
-from tuner.batched import population_size, train_batched
-from tuner.config import Component, Config, Experiment, ScheduleSpace, SearchSpace, check_type
+from tuner.measure import bias_correction
+from tuner.study import spaces
+from tuner.measure import step_sizes
+from tuner.batched.trainer import population_size, train_batched
+from tuner.config.experiment import Component, Config, Experiment, ScheduleSpace, SearchSpace, check_type
 from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
-from tuner.export import config_from_dict, config_to_dict
-from tuner.outcomes import FINISHED, outcome
+from tuner.config.export import config_from_dict, config_to_dict
+from tuner.study.outcomes import FINISHED, outcome
 from tuner.tasks import Data, Task
-from tuner.tickets import GRACE_SECONDS, HEARTBEAT_SECONDS, TICKETS_PREFIX, Ticket, Tickets
-from tuner.peak_memory import peak_step_bytes
-from tuner.train import EpochMetrics, RunResult, columns, objective_label, train
+from tuner.study.budget import GRACE_SECONDS, HEARTBEAT_SECONDS, TICKETS_PREFIX, Ticket, Tickets
+from tuner.measure.peak_memory import peak_step_bytes
+from tuner.train.trainer import EpochMetrics, RunResult, columns, objective_label, train
 
 # How long a worker waits before looking again when every slot left is held.
 WAIT_SECONDS = 0.5
@@ -186,7 +188,7 @@ def check_components(experiment: Experiment, setup: Setup) -> None:
 
 def population(experiment: Experiment, setup: Setup, task: Task, data: Data, share: float = 1.0) -> tuple[int, str | None]:
     """The population of each study (how many trials it trains together): the experiment's ``batch_trials`` (at most
-    ``trials``), or fewer with the one line that says why (see :func:`tuner.batched.population_size`; ``share``: this worker's part of the device's memory)."""
+    ``trials``), or fewer with the one line that says why (see :func:`tuner.batched.trainer.population_size`; ``share``: this worker's part of the device's memory)."""
     spaces = [space.optimizer for space in experiment.optimizers]
     return population_size(task, data, min(experiment.batch_trials, experiment.trials), setup.batch_size, setup.amp, spaces, share)
 
@@ -268,7 +270,7 @@ class StudyRunner:
                 self.study.set_metric_names([f"val_{setup.label}"])
         # Trials run against an in-memory copy of the study and reach the
         # storage once, whole, when they end (into the RUNNING trial that
-        # held their budget slot, see tuner.storage). A report and a pruning decision
+        # held their budget slot, see tuner.study.storage). A report and a pruning decision
         # per epoch on SQLite cost about 10 ms (SQLAlchemy), as much as an
         # epoch of a small model; in memory they cost about 0.1 ms. The sampler
         # and the pruner see the same trials either way, and a run killed
@@ -415,7 +417,7 @@ class StudyRunner:
         )
 
     def run_batched(self, budget: int, population: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
-        """:meth:`run`, training a population of up to ``population`` trials together (see :mod:`tuner.batched`); 1 is :meth:`run`.
+        """:meth:`run`, training a population of up to ``population`` trials together (see :mod:`tuner.batched.trainer`); 1 is :meth:`run`.
 
         Each member reports its epochs to its own trial and is pruned alone; it
         is told as :meth:`run_trial` does, and its slot goes to a newly asked
@@ -479,9 +481,9 @@ class StudyRunner:
     def final_evaluation(self, seeds: list[int]) -> dict[str, Any] | None:
         """Re-train the best config on ``seeds`` with test evaluation; stored in the study and reused.
 
-        Each seed's run records its step sizes (:class:`tuner.step_sizes.StepSizes`; None for a task with its own loop) under ``step_sizes``; an Adam or
-        AdamW config is also re-trained with its bias correction off (:func:`tuner.bias_correction.ablate`); on CUDA the
-        peak memory of its first step is measured (:func:`tuner.peak_memory.peak_step_bytes`)."""
+        Each seed's run records its step sizes (:class:`tuner.measure.step_sizes.StepSizes`; None for a task with its own loop) under ``step_sizes``; an Adam or
+        AdamW config is also re-trained with its bias correction off (:func:`tuner.measure.bias_correction.ablate`); on CUDA the
+        peak memory of its first step is measured (:func:`tuner.measure.peak_memory.peak_step_bytes`)."""
         best = best_trial(self.study)
         if best is None:
             return None

@@ -10,7 +10,7 @@ to), one column per optimizer. Each cell holds the measured value, the common cl
 Relative claims (fast/moderate/slow, low/moderate, easy/moderate/hard) are tested pairwise against every
 other optimizer whose claim differs: a cell is consistent when every such comparison comes out as claimed,
 not consistent when one comes out the other way, and undecided otherwise. :func:`compare` decides one pair.
-Everything is read from the report's data (:mod:`tuner.report`): nothing here trains.
+Everything is read from the report's data (:mod:`tuner.report.data`): nothing here trains.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tuner import analysis
-from tuner.bias_correction import first_step_ratio
+from tuner.report import statistics as analysis
+from tuner.measure.bias_correction import first_step_ratio
 
 if TYPE_CHECKING:
-    from tuner.report import OptimizerReport, Report
+    from tuner.report.data import OptimizerReport, Report
 
 CONSISTENT, NOT_CONSISTENT, NO_EVIDENCE = "consistent", "not consistent", "no evidence either way"
 ALPHA = 0.05
@@ -220,7 +220,7 @@ def bias_row(report: Report) -> Row:
         step_off = statistics.fmean(first_step_ratio(r) for r in off["step_sizes"])
         measured = f"val loss with / without: {losses}; step 1 median Δθ/g {step_on:.3g} / {step_off:.3g}"
         cells.append(_cell(measured, "yes (it helps the first epochs)", compare(_at(on_runs, 1), _at(off_runs, 1), -1)))
-    test = ("the best Adam config re-trained on the final seeds with both correction factors removed (tuner.bias_correction): "
+    test = ("the best Adam config re-trained on the final seeds with both correction factors removed (tuner.measure.bias_correction): "
             f"Welch's t-test (two-sided, α = {ALPHA}) on the validation loss after epoch 1, with against without; SGD and "
             "RMSprop have no correction in torch's update")  # fmt: skip
     return Row("bias correction", cells, test)

@@ -1,7 +1,7 @@
 """The report of an experiment: the data of every figure and the summary, from the Optuna storage alone.
 
 Each figure's data is computed once, here, into plain dataclasses (a
-:class:`Report`); :mod:`tuner.plots` draws from them. Nothing here trains:
+:class:`Report`); :mod:`tuner.report.plots` draws from them. Nothing here trains:
 ``tuner plot`` rebuilds the report from the stored trials (their ``config``,
 ``outcome`` and ``history`` user attributes) and each study's ``setup`` and
 ``final`` attributes. Two numbers build the task's model, without training:
@@ -23,15 +23,18 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import analysis, evidence, loop, plots
-from tuner.analysis import Band, ExpectedBest, Speed, Summary
-from tuner.config import Config
+from tuner.report import statistics as analysis
+from tuner.report import evidence
+from tuner.train import loop
+from tuner.report import plots
+from tuner.report.statistics import Band, ExpectedBest, Speed, Summary
+from tuner.config.experiment import Config
 from tuner.errors import UserError, mask_url
-from tuner.export import config_from_dict
-from tuner.outcomes import outcome
-from tuner.study import best_trial, experiment_names
+from tuner.config.export import config_from_dict
+from tuner.study.outcomes import outcome
+from tuner.study.runner import best_trial, experiment_names
 from tuner.tasks import Data, Task, is_loop, load_data, load_task
-from tuner.train import evaluate, first_step, objective_label
+from tuner.train.trainer import evaluate, first_step, objective_label
 
 # Outcomes of the trials that count toward the budget (interrupted ones are redone).
 COUNTED = ("complete", "pruned", "diverged", "failed")
@@ -102,7 +105,7 @@ class OptimizerReport:
     speed: Speed | None
     importance: Importance
     memory: float | None  # optimizer state, bytes per model parameter
-    step_sizes: dict[str, Any] | None = None  # the first final seed's tuner.step_sizes record
+    step_sizes: dict[str, Any] | None = None  # the first final seed's tuner.measure.step_sizes record
     torch_class: str | None = None  # the search space's torch.optim class ("Adam"), from the study's setup
 
 
@@ -283,7 +286,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
     """The report of one experiment's studies: every figure's data and the summary's numbers; trains nothing.
 
     ``target`` is the speed target in the objective's units; None derives it
-    with :func:`tuner.analysis.default_target`. ``evaluator`` is a key of
+    with :func:`tuner.report.statistics.default_target`. ``evaluator`` is a key of
     :data:`IMPORTANCE_EVALUATORS`.
     """
     setups = [study.user_attrs["setup"] for study in studies]

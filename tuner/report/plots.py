@@ -1,4 +1,4 @@
-"""The report's figures, drawn with matplotlib from the plain data of :mod:`tuner.report`.
+"""The report's figures, drawn with matplotlib from the plain data of :mod:`tuner.report.data`.
 
 Figures are ``matplotlib.figure.Figure`` objects, without pyplot (no global
 figure registry, no GUI backend), saved as PNG by matplotlib's Agg renderer.
@@ -25,13 +25,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
 
-from tuner import step_size_plot
-from tuner.analysis import worth
+from tuner.report import step_size_plot
+from tuner.report.statistics import worth
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from tuner.report import Report, TrialPoint
+    from tuner.report.data import Report, TrialPoint
 
 DPI = 100
 MARKERS = {"diverged": "x", "failed": "+"}  # trials without a value

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from tuner.config import Config
+from tuner.config.experiment import Config
 from tuner.tasks import Data, Task, is_loop
-from tuner.train import first_step
+from tuner.train.trainer import first_step
 
 
 def peak_step_bytes(task: Task, data: Data, config: Config) -> float | None:

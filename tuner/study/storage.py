@@ -40,7 +40,7 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import orm
 
-from tuner.outcomes import COUNTED, FINISHED, outcome, outcome_of
+from tuner.study.outcomes import COUNTED, FINISHED, outcome, outcome_of
 
 # Optuna versions (major.minor) whose private tables tuner was tested with.
 TESTED_OPTUNA = ("5.0",)

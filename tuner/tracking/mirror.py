@@ -52,7 +52,7 @@ was cut short: it is deleted and written again. :meth:`Mirror.sync` does this
 for a whole study, idempotently, from the Optuna storage alone (``tuner sync``).
 
 During ``tuner study`` the mirroring is done by a follower process
-(``python -m tuner.tracking``, see :class:`Follower`), so that the training
+(``python -m tuner.tracking.mirror``, see :class:`Follower`), so that the training
 process never imports MLflow nor waits for it: the training process writes
 one JSON line per stored trial to the follower's stdin. The follower ignores
 Ctrl-C, and when its stdin closes, however the training process ended (even
@@ -84,7 +84,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
-from tuner.outcomes import FINISHED, outcome
+from tuner.study.outcomes import FINISHED, outcome
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # A pruned trial ended as tuning meant it to (Optuna's MLflowCallback logs it FINISHED too): the MLflow UI draws
@@ -258,7 +258,7 @@ def trial_record(study: str, optimizer: str, metric: str, trial: FrozenTrial) ->
 
 
 def step_size_metrics(record: dict[str, Any]) -> list[tuple[str, float, int]]:
-    """A final run's step sizes (:meth:`tuner.step_sizes.StepSizes.result`) as metrics ``(name, value, step)``:
+    """A final run's step sizes (:meth:`tuner.measure.step_sizes.StepSizes.result`) as metrics ``(name, value, step)``:
     ``step_size/<tensor>/lr_p<q>`` (effective learning rate) and ``step_size/<tensor>/ratio_p<q>`` (|Δθ|/|g|)
     at each recorded optimizer step; undefined (NaN) values left out."""
     points = []
@@ -482,7 +482,7 @@ class Mirror:
         optimizer, metric = study.rsplit("/", 1)[-1], setup.get("metric", "metric")
         every = trials is None
         if every:
-            # A trial without an outcome is a budget slot lost with its worker (tuner.storage): nothing trained to an end.
+            # A trial without an outcome is a budget slot lost with its worker (tuner.study.storage): nothing trained to an end.
             trials = [t for t in self.storage.get_all_trials(study_id, deepcopy=False, states=FINISHED) if "outcome" in t.user_attrs]
         records = [trial_record(study, optimizer, metric, t) for t in trials]
         final = attrs.get("final")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial
 
-from tuner import storage as tables
+from tuner.study import storage as tables
 
 # A worker's tickets beat every HEARTBEAT_SECONDS; one silent for GRACE_SECONDS
 # belongs to a dead worker: it is failed and its slot trained again.

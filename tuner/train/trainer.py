@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tuner.config import AMP, Config
+from tuner.config.experiment import AMP, Config
 from tuner.errors import UserError
 from tuner.tasks import Data, Split, Task, batches, is_loop
 
@@ -195,13 +195,13 @@ def train(
     forward pass and loss run under bf16 autocast (CUDA). A non-finite training
     loss, validation loss or metric ends the run as ``diverged``. With ``test``, the test split
     is evaluated at the end. ``step_hook(model, optimizer)`` runs before each optimizer step; a function it
-    returns runs after that step (as :class:`tuner.step_sizes.StepSizes` does). A task with its own loop
-    runs its ``fit`` instead (:func:`tuner.loop.run_loop`; the hook does not reach it).
+    returns runs after that step (as :class:`tuner.measure.step_sizes.StepSizes` does). A task with its own loop
+    runs its ``fit`` instead (:func:`tuner.train.loop.run_loop`; the hook does not reach it).
     """
     seed = config.seed if seed is None else seed
     device = data.device
     if is_loop(task):
-        from tuner.loop import run_loop  # tuner.loop builds on this module's types
+        from tuner.train.loop import run_loop  # tuner.train.loop builds on this module's types
 
         return run_loop(task, config, device, seed, callback, test)[0]
     result = RunResult()

@@ -1,0 +1,1 @@
+"""Experiments and best configs: the YAML files, their validation and their dataclasses."""

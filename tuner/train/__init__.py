@@ -1,0 +1,1 @@
+"""The trainer: one config trained on one task (tuner's loop or the task's own), optimizers and schedules."""
