@@ -68,9 +68,9 @@ import time
 import optuna
 import torch
 
-from tuner.config import experiment as config
 from tuner.batched.trainer import train_batched
 from tuner.cli.main import positive_int
+from tuner.config import experiment as config
 from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict
 from tuner.study.runner import Setup, StudyRunner, open_storage
@@ -105,7 +105,10 @@ def tune(experiment: config.Experiment, task, data, size: int, folder: str) -> t
     started = clock()
     runner.run_batched(experiment.trials, size)
     done = clock()
-    runs = [(config_from_dict(t.user_attrs["config"]), t.user_attrs["history"] | {"outcome": t.user_attrs["outcome"]}) for t in runner.study.get_trials(deepcopy=False)]
+    runs = [
+        (config_from_dict(t.user_attrs["config"]), t.user_attrs["history"] | {"outcome": t.user_attrs["outcome"]})
+        for t in runner.study.get_trials(deepcopy=False)
+    ]
     return timing_between(started, done, len(runs), sum(len(history["epoch"]) for _, history in runs)), runs
 
 
@@ -124,8 +127,14 @@ def train_only(task, data, runs: list[tuple[Config, dict]], size: int) -> tuple[
             curves[i] = train(task, data, cfg, callback=lambda metrics, i=i: metrics.epoch >= epochs[i]).history
     else:
         waiting = iter(enumerate(cfg for cfg, _ in runs))
-        train_batched(task, data, size, lambda n: list(itertools.islice(waiting, n)),
-                      lambda i, metrics: metrics.epoch >= epochs[i], lambda ended: [curves.__setitem__(i, result.history) for i, result in ended])
+        train_batched(
+            task,
+            data,
+            size,
+            lambda n: list(itertools.islice(waiting, n)),
+            lambda i, metrics: metrics.epoch >= epochs[i],
+            lambda ended: [curves.__setitem__(i, result.history) for i, result in ended],
+        )
     return timing_between(started, clock(), len(runs), sum(epochs)), curves
 
 
@@ -134,24 +143,43 @@ def differences(runs: list[tuple[Config, dict]], curves: list[list[EpochMetrics]
     largest = []
     for (_, history), curve in zip(runs, curves):
         pairs = [(a, getattr(m, key)) for key in ("train_loss", "val_loss") for a, m in zip(history[key], curve)]
-        largest.append(max((abs(a - b) / max(abs(a), 1e-12) for a, b in pairs if math.isfinite(a) and math.isfinite(b)), default=0.0))
+        largest.append(
+            max(
+                (abs(a - b) / max(abs(a), 1e-12) for a, b in pairs if math.isfinite(a) and math.isfinite(b)),
+                default=0.0,
+            )
+        )
     return largest
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tasks", nargs="*", default=list(BUDGETS), help=f"built-in tasks (default: {' '.join(BUDGETS)})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "tasks", nargs="*", default=list(BUDGETS), help=f"built-in tasks (default: {' '.join(BUDGETS)})"
+    )
     parser.add_argument("--k", type=positive_int, default=16, help="trials at once on the batched side (default 16)")
     parser.add_argument("--optimizer", default="adam", help="the search space tuned (default adam)")
-    parser.add_argument("--pruners", nargs="+", default=["none", "median"], help="pruners, one comparison each (default: none median)")
+    parser.add_argument(
+        "--pruners", nargs="+", default=["none", "median"], help="pruners, one comparison each (default: none median)"
+    )
     parser.add_argument("--trials", type=positive_int, help="budget in trials (default: per task, see BUDGETS)")
     parser.add_argument("--epochs", type=positive_int, help="epochs per trial (default: per task)")
-    parser.add_argument("--repeat", type=positive_int, default=1, help="runs of each side, alternating; the fastest is kept (default 1)")
-    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads(N) first (default: torch's own choice)")
+    parser.add_argument(
+        "--repeat", type=positive_int, default=1, help="runs of each side, alternating; the fastest is kept (default 1)"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, help="torch.set_num_threads(N) first (default: torch's own choice)"
+    )
     parser.add_argument("--device", default="cpu", help="device of both sides (default: cpu)")
-    parser.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
-                        help="keep: freed memory kept for reuse, as tuner study and train set it (tuner.train.trainer.keep_freed_memory); "
-                             "glibc: glibc's defaults (default keep)")
+    parser.add_argument(
+        "--malloc",
+        choices=["keep", "glibc"],
+        default="keep",
+        help="keep: freed memory kept for reuse, as tuner study and train set it (tuner.train.trainer.keep_freed_memory); "
+        "glibc: glibc's defaults (default keep)",
+    )
     args = parser.parse_args()
     if args.malloc == "keep":
         keep_freed_memory()
@@ -160,18 +188,31 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
-    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, K={args.k}, malloc {args.malloc}; "
-          f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"{'task':11} {'pruner':6} {'K':>3} {'trials':>6} {'epochs':>6} {'wall s':>7} {'cpu s':>7} {'load':>5} {'trials/min':>10} {'epochs/s':>9}"
-          "   speedup: trials/min (wall, cpu), epochs/s (wall, cpu)")
+    print(
+        f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, K={args.k}, malloc {args.malloc}; "
+        f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"{'task':11} {'pruner':6} {'K':>3} {'trials':>6} {'epochs':>6} {'wall s':>7} {'cpu s':>7} {'load':>5} {'trials/min':>10} {'epochs/s':>9}"
+        "   speedup: trials/min (wall, cpu), epochs/s (wall, cpu)"
+    )
     quickstart = config.find_experiment("quickstart")
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
         for task_name in args.tasks:
-            trials, epochs = args.trials or BUDGETS.get(task_name, (32, 10))[0], args.epochs or BUDGETS.get(task_name, (32, 10))[1]
+            trials, epochs = (
+                args.trials or BUDGETS.get(task_name, (32, 10))[0],
+                args.epochs or BUDGETS.get(task_name, (32, 10))[1],
+            )
             task = load_task(task_name)
             data = load_data(task, device)
             for pruner in args.pruners:
-                overrides = {"task": task_name, "optimizers": [args.optimizer], "trials": trials, "epochs": epochs, "pruner": pruner}
+                overrides = {
+                    "task": task_name,
+                    "optimizers": [args.optimizer],
+                    "trials": trials,
+                    "epochs": epochs,
+                    "pruner": pruner,
+                }
                 experiment = config.load_experiment(quickstart, overrides)
                 warm = dataclasses.replace(experiment, trials=2, epochs=1)
                 for size in (1, args.k):
@@ -189,12 +230,20 @@ def main() -> int:
                 for side, timings in sides.items():
                     report(task_name, pruner, side, timings)
                 largest = differences(same_work, curves)
-                print(f"{task_name:11} {pruner:6} learning curves, batched vs alone, largest relative difference of train/val loss per trial:")
+                print(
+                    f"{task_name:11} {pruner:6} learning curves, batched vs alone, largest relative difference of train/val loss per trial:"
+                )
                 for label, complete in (("complete", True), ("pruned or diverged", False)):
-                    group = sorted(d for d, (_, history) in zip(largest, same_work) if (history["outcome"] == "complete") == complete)
+                    group = sorted(
+                        d
+                        for d, (_, history) in zip(largest, same_work)
+                        if (history["outcome"] == "complete") == complete
+                    )
                     if group:
-                        print(f"{'':18}   {label} trials ({len(group)}): median {statistics.median(group):.1e}, "
-                              f"90% {group[int(0.9 * (len(group) - 1))]:.1e}, max {group[-1]:.1e}; within 1e-5: {sum(d <= 1e-5 for d in group)}")
+                        print(
+                            f"{'':18}   {label} trials ({len(group)}): median {statistics.median(group):.1e}, "
+                            f"90% {group[int(0.9 * (len(group) - 1))]:.1e}, max {group[-1]:.1e}; within 1e-5: {sum(d <= 1e-5 for d in group)}"
+                        )
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
 
@@ -205,14 +254,26 @@ def report(task_name: str, pruner: str, side: str, timings: dict[int, list[Timin
     fastest = {size: (min(ts, key=lambda t: t.seconds), min(ts, key=lambda t: t.cpu)) for size, ts in timings.items()}
     one, one_cpu = fastest[1]
     for size, (wall, cpu) in fastest.items():
-        speedup = "" if size == 1 else (
-            f"   {wall.trials / wall.seconds / (one.trials / one.seconds):.2f}x, {cpu.trials / cpu.cpu / (one_cpu.trials / one_cpu.cpu):.2f}x;"
-            f" {wall.epochs / wall.seconds / (one.epochs / one.seconds):.2f}x, {cpu.epochs / cpu.cpu / (one_cpu.epochs / one_cpu.cpu):.2f}x")
-        print(f"{task_name:11} {pruner:6} {size:3} {wall.trials:6} {wall.epochs:6} {wall.seconds:7.2f} {cpu.cpu:7.2f} {wall.load:5.1f} "
-              f"{60 * wall.trials / wall.seconds:10.1f} {wall.epochs / wall.seconds:9.1f}{speedup}   {side}", flush=True)
+        speedup = (
+            ""
+            if size == 1
+            else (
+                f"   {wall.trials / wall.seconds / (one.trials / one.seconds):.2f}x, {cpu.trials / cpu.cpu / (one_cpu.trials / one_cpu.cpu):.2f}x;"
+                f" {wall.epochs / wall.seconds / (one.epochs / one.seconds):.2f}x, {cpu.epochs / cpu.cpu / (one_cpu.epochs / one_cpu.cpu):.2f}x"
+            )
+        )
+        print(
+            f"{task_name:11} {pruner:6} {size:3} {wall.trials:6} {wall.epochs:6} {wall.seconds:7.2f} {cpu.cpu:7.2f} {wall.load:5.1f} "
+            f"{60 * wall.trials / wall.seconds:10.1f} {wall.epochs / wall.seconds:9.1f}{speedup}   {side}",
+            flush=True,
+        )
     if len(timings[1]) > 1:
-        print(f"{'':18} each run ({side}), wall/cpu s: " + "; ".join(
-            f"K={size}: {', '.join(f'{t.seconds:.1f}/{t.cpu:.1f}' for t in ts)}" for size, ts in timings.items()))
+        print(
+            f"{'':18} each run ({side}), wall/cpu s: "
+            + "; ".join(
+                f"K={size}: {', '.join(f'{t.seconds:.1f}/{t.cpu:.1f}' for t in ts)}" for size, ts in timings.items()
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def by_hand(task: DigitsMLP, data: Data, epochs: int, seed: int) -> float:
     torch.manual_seed(seed)
     model = task.model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train_loader = DataLoader(data.train, batch_size=task.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    train_loader = DataLoader(
+        data.train, batch_size=task.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
     val_loader = DataLoader(data.val, batch_size=task.batch_size)
     for _ in range(epochs):
         model.train()
@@ -74,7 +76,10 @@ def by_hand(task: DigitsMLP, data: Data, epochs: int, seed: int) -> float:
         with torch.inference_mode():
             outputs, targets = zip(*((model(x), y) for x, y in val_loader))
             output, target = torch.cat(outputs), torch.cat(targets)
-            val_loss, accuracy = F.cross_entropy(output, target).item(), (output.argmax(1) == target).float().mean().item()
+            val_loss, accuracy = (
+                F.cross_entropy(output, target).item(),
+                (output.argmax(1) == target).float().mean().item(),
+            )
         _ = total.item() / len(train_loader), val_loss
     return accuracy
 
@@ -90,7 +95,9 @@ def main() -> None:
     cpu = torch.device("cpu")
     dataset_task, tensor_task = DigitsDataset(), load_task("digits-mlp")
     datasets, tensors = load_data(dataset_task, cpu), load_data(tensor_task, cpu)
-    config = Config("Adam", {"lr": 1e-3}, "constant", {}, "digits-mlp", {}, args.epochs, dataset_task.batch_size, 0, "loss")
+    config = Config(
+        "Adam", {"lr": 1e-3}, "constant", {}, "digits-mlp", {}, args.epochs, dataset_task.batch_size, 0, "loss"
+    )
     sides = {
         "tuner (Dataset task)": lambda: train(dataset_task, datasets, config).history[-1].val_metric,
         "hand (same DataLoader loop)": lambda: by_hand(dataset_task, datasets, args.epochs, 0),
@@ -106,8 +113,10 @@ def main() -> None:
             accuracy[name] = side()
             best[name] = min(best[name], time.perf_counter() - started)
     hand = best["hand (same DataLoader loop)"]
-    print(f"digits, MLP, {args.epochs} epochs x {len(datasets.train)} samples, batch {config.batch_size}, "
-          f"torch threads {torch.get_num_threads()}, fastest of {args.rounds} rounds")  # fmt: skip
+    print(
+        f"digits, MLP, {args.epochs} epochs x {len(datasets.train)} samples, batch {config.batch_size}, "
+        f"torch threads {torch.get_num_threads()}, fastest of {args.rounds} rounds"
+    )
     for name, seconds in best.items():
         print(f"{name:30s} {seconds:7.3f} s   {seconds / hand:5.2f} x hand   val accuracy {accuracy[name]:.4f}")
 

@@ -53,9 +53,30 @@ class Row:
 def study(folder: Path, name: str, device: str, trials: int, epochs: int, flags: list[str]) -> Row:
     """Time one ``tuner study`` of digits-mlp with Adam; exit code 2 (a refused flag) becomes a skipped row."""
     storage = f"sqlite:///{folder / (name.replace(' ', '-') + '.db')}"
-    argv = [sys.executable, "-m", "tuner", "study", "quickstart", "--optimizers", "adam", "--trials", str(trials),
-            "--epochs", str(epochs), "--device", device, "--storage", storage, "--no-tracking", "--no-progress",
-            "--final-seeds", "1", "--out", str(folder / name.replace(" ", "-")), *flags]
+    argv = [
+        sys.executable,
+        "-m",
+        "tuner",
+        "study",
+        "quickstart",
+        "--optimizers",
+        "adam",
+        "--trials",
+        str(trials),
+        "--epochs",
+        str(epochs),
+        "--device",
+        device,
+        "--storage",
+        storage,
+        "--no-tracking",
+        "--no-progress",
+        "--final-seeds",
+        "1",
+        "--out",
+        str(folder / name.replace(" ", "-")),
+        *flags,
+    ]
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, cwd=folder)
     seconds = time.perf_counter() - start
@@ -69,13 +90,17 @@ def study(folder: Path, name: str, device: str, trials: int, epochs: int, flags:
 def tests(folder: Path) -> Row:
     """Run the CUDA tests; the row gives passed/skipped from pytest's closing line."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda",
-                           str(ROOT / "tests")], capture_output=True, text=True, cwd=folder)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", str(ROOT / "tests")],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+    )
     seconds = time.perf_counter() - start
     closing = (done.stdout.strip().splitlines() or [""])[-1]
     if done.returncode not in (0, 5):
         raise SystemExit(f"bench/gpu.py: the CUDA tests failed:\n{done.stdout[-3000:]}")
-    counts = dict((word, int(n)) for n, word in re.findall(r"(\d+) (passed|skipped|deselected)", closing))
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|skipped|deselected)", closing)}
     return Row(f"tests: {counts.get('passed', 0)} passed, {counts.get('skipped', 0)} skipped", 0, seconds)
 
 
@@ -97,17 +122,36 @@ def main() -> int:
         rows = [tests(folder)]
         for k in populations:
             # K = 1 trains one trial at a time: a sixteenth of the trials gives its rate.
-            rows.append(study(folder, f"population {k}", args.device, max(k, trials // 16 if k == 1 else trials),
-                              epochs, ["--batch-trials", str(k)]))
+            rows.append(
+                study(
+                    folder,
+                    f"population {k}",
+                    args.device,
+                    max(k, trials // 16 if k == 1 else trials),
+                    epochs,
+                    ["--batch-trials", str(k)],
+                )
+            )
         for k in (populations[0], populations[-1]):
-            rows.append(study(folder, f"bf16 population {k}", args.device, max(k, trials // 16 if k == 1 else trials),
-                              epochs, ["--batch-trials", str(k), "--amp", "bf16"]))
+            rows.append(
+                study(
+                    folder,
+                    f"bf16 population {k}",
+                    args.device,
+                    max(k, trials // 16 if k == 1 else trials),
+                    epochs,
+                    ["--batch-trials", str(k), "--amp", "bf16"],
+                )
+            )
         for jobs in (2,) if args.small else (gpus, 2 * gpus):
-            rows.append(study(folder, f"jobs {jobs}", args.device, max(2 * jobs, trials // 16), epochs,
-                              ["--jobs", str(jobs)]))
+            rows.append(
+                study(folder, f"jobs {jobs}", args.device, max(2 * jobs, trials // 16), epochs, ["--jobs", str(jobs)])
+            )
     base = next(r for r in rows if r.name == "population 1")
     per_minute = 60 * base.trials / base.seconds
-    print(f"device {args.device}, {gpus} GPU(s), digits-mlp + adam, {epochs} epochs a trial, {os.cpu_count()} CPU cores")
+    print(
+        f"device {args.device}, {gpus} GPU(s), digits-mlp + adam, {epochs} epochs a trial, {os.cpu_count()} CPU cores"
+    )
     print(f"{'row':26} {'trials':>6} {'wall s':>8} {'trials/min':>10} {'vs K=1':>7}")
     for row in rows:
         if row.skipped:

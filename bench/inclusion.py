@@ -30,10 +30,23 @@ from tuner.cli.main import main as tuner_main
 def run(experiment: str, spaces: list[str], args: argparse.Namespace, folder: Path) -> float:
     """One ``tuner study`` of ``experiment`` over ``spaces`` into ``folder``; its wall-clock seconds."""
     command = [
-        "study", experiment, "--optimizers", *spaces, "--trials", str(args.trials), "--final-seeds", str(args.final_seeds),
-        "--batch-trials", str(args.batch_trials), "--storage", f"sqlite:///{folder}/bench.db", "--out", str(folder / "out"),
-        "--no-progress", "--no-tracking",
-    ]  # fmt: skip
+        "study",
+        experiment,
+        "--optimizers",
+        *spaces,
+        "--trials",
+        str(args.trials),
+        "--final-seeds",
+        str(args.final_seeds),
+        "--batch-trials",
+        str(args.batch_trials),
+        "--storage",
+        f"sqlite:///{folder}/bench.db",
+        "--out",
+        str(folder / "out"),
+        "--no-progress",
+        "--no-tracking",
+    ]
     if args.epochs:
         command += ["--epochs", str(args.epochs)]
     start = time.perf_counter()
@@ -44,15 +57,21 @@ def run(experiment: str, spaces: list[str], args: argparse.Namespace, folder: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiments", nargs="*", default=["quadratic-deep", "quickstart"], help="shipped experiments or paths")
-    parser.add_argument("--spaces", nargs="+", default=["sgd", "adam", "adam-wide", "nadam-wide"], help="the spaces compared")
+    parser.add_argument(
+        "experiments", nargs="*", default=["quadratic-deep", "quickstart"], help="shipped experiments or paths"
+    )
+    parser.add_argument(
+        "--spaces", nargs="+", default=["sgd", "adam", "adam-wide", "nadam-wide"], help="the spaces compared"
+    )
     parser.add_argument("--trials", type=int, default=16, help="trials per space (default 16)")
     parser.add_argument("--epochs", type=int, help="epochs (default: the experiment's)")
     parser.add_argument("--final-seeds", type=int, default=3, help="final seeds (default 3)")
     parser.add_argument("--batch-trials", type=int, default=8, help="trials trained at once (default 8)")
     args = parser.parse_args()
     print(f"budget: {args.trials} trials per space, final seeds {args.final_seeds}, batch trials {args.batch_trials}")
-    print("| experiment | space | epochs | best trial | final val (mean ± sd) | final test (mean ± sd) | s (whole experiment) |")
+    print(
+        "| experiment | space | epochs | best trial | final val (mean ± sd) | final test (mean ± sd) | s (whole experiment) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for experiment in args.experiments:
         with tempfile.TemporaryDirectory() as tmp:
@@ -61,8 +80,10 @@ def main() -> None:
                 config = tuner.load_config(Path(tmp) / "out" / f"best-{space}.yaml")
                 final = config.metrics["final"]
                 val, test = final["val_objective"], final["test_objective"]
-                print(f"| {experiment} | {space} | {config.epochs} | {config.metrics['tuning']['val_objective']:.4f} "
-                      f"| {val['mean']:.4f} ± {val['sd']:.4f} | {test['mean']:.4f} ± {test['sd']:.4f} | {seconds:.0f} |")  # fmt: skip
+                print(
+                    f"| {experiment} | {space} | {config.epochs} | {config.metrics['tuning']['val_objective']:.4f} "
+                    f"| {val['mean']:.4f} ± {val['sd']:.4f} | {test['mean']:.4f} ± {test['sd']:.4f} | {seconds:.0f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -83,8 +83,8 @@ import tuner.cli.main
 from tuner.config import experiment as tuner_config
 from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict
-from tuner.train.optim import build_scheduler
 from tuner.tasks import Data, Task, load_task
+from tuner.train.optim import build_scheduler
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,19 @@ def time_tuner(args: argparse.Namespace, folder: str, budget: list[str], trackin
     """Wall and CPU seconds of one in-process ``tuner study`` into ``folder``/bench.db (with ``tracking``:
     and MLflow into ``folder``/mlflow.db; the follower process's CPU time is not counted, its wall time is)."""
     track = ["--tracking-uri", f"sqlite:///{folder}/mlflow.db"] if tracking else ["--no-tracking"]
-    argv = ["study", args.experiment, "--storage", f"sqlite:///{folder}/bench.db", "--out", folder,
-            "--no-progress", "--device", args.device, *track, *budget]
+    argv = [
+        "study",
+        args.experiment,
+        "--storage",
+        f"sqlite:///{folder}/bench.db",
+        "--out",
+        folder,
+        "--no-progress",
+        "--device",
+        args.device,
+        *track,
+        *budget,
+    ]
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         start, cpu = time.perf_counter(), time.process_time()
@@ -139,8 +150,15 @@ def read_runs(storage: str) -> list[Run]:
     return runs
 
 
-def train_bare(task: Task, data: Data, cfg: Config, seed: int, epochs: int, test: bool,
-               on_epoch: Callable[[int, float], object] | None = None) -> float:
+def train_bare(
+    task: Task,
+    data: Data,
+    cfg: Config,
+    seed: int,
+    epochs: int,
+    test: bool,
+    on_epoch: Callable[[int, float], object] | None = None,
+) -> float:
     """The loop a careful user would write by hand; returns the last validation objective.
 
     ``on_epoch(epoch, objective)`` (epochs count from 1) is called after every epoch; what it returns is ignored.
@@ -184,7 +202,9 @@ def train_hand(task: Task, data: Data, run: Run, studies: dict[str, optuna.Study
         return train_bare(task, data, run.config, run.seed, run.epochs, run.test)
     if run.study not in studies:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, run.config.epochs // 4))
-        studies[run.study] = optuna.create_study(storage=storage, study_name=run.study, direction=run.direction, pruner=pruner)
+        studies[run.study] = optuna.create_study(
+            storage=storage, study_name=run.study, direction=run.direction, pruner=pruner
+        )
     study = studies[run.study]
     study.enqueue_trial(run.trial.params)
     trial = study.ask(run.trial.distributions)
@@ -215,29 +235,57 @@ def time_side(runs: list[Run], device: str, storage: str | None = None) -> tuple
         results = [train_hand(task, data, r, studies, storage) for r in runs]
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     # A diverged trial stores NaN where the bare loop sees inf or NaN.
-    matched = sum(a == r.objective or not (math.isfinite(a) or math.isfinite(r.objective)) for a, r in zip(results, runs))
+    matched = sum(
+        a == r.objective or not (math.isfinite(a) or math.isfinite(r.objective)) for a, r in zip(results, runs)
+    )
     return seconds, cpu, matched
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Example: python bench/overhead.py --trials 10 --epochs 5 --repeat 3")
-    parser.add_argument("--experiment", default="quickstart", help="shipped experiment name or YAML path (default: quickstart)")
-    parser.add_argument("--trials", type=tuner.cli.main.positive_int, help="trials per optimizer (default: the experiment's)")
-    parser.add_argument("--epochs", type=tuner.cli.main.positive_int, help="epochs per trial (default: the experiment's)")
-    parser.add_argument("--repeat", type=tuner.cli.main.positive_int, default=1, help="runs of each side, alternating; the fastest is kept (default 1)")
-    parser.add_argument("--threads", type=tuner.cli.main.positive_int, help="torch.set_num_threads(N) first (default: torch's own choice)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example: python bench/overhead.py --trials 10 --epochs 5 --repeat 3",
+    )
+    parser.add_argument(
+        "--experiment", default="quickstart", help="shipped experiment name or YAML path (default: quickstart)"
+    )
+    parser.add_argument(
+        "--trials", type=tuner.cli.main.positive_int, help="trials per optimizer (default: the experiment's)"
+    )
+    parser.add_argument(
+        "--epochs", type=tuner.cli.main.positive_int, help="epochs per trial (default: the experiment's)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=tuner.cli.main.positive_int,
+        default=1,
+        help="runs of each side, alternating; the fastest is kept (default 1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=tuner.cli.main.positive_int,
+        help="torch.set_num_threads(N) first (default: torch's own choice)",
+    )
     parser.add_argument("--device", default="cpu", help="device of both sides (default: cpu)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     experiment = tuner_config.load_experiment(tuner_config.find_experiment(args.experiment))
-    budget = [*(["--trials", str(args.trials)] if args.trials else []), *(["--epochs", str(args.epochs)] if args.epochs else [])]
+    budget = [
+        *(["--trials", str(args.trials)] if args.trials else []),
+        *(["--epochs", str(args.epochs)] if args.epochs else []),
+    ]
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
         warm_up, _ = time_tuner(args, folder, ["--trials", "1", "--epochs", "1", "--final-seeds", "1"])
 
-    times: dict[str, list[tuple[float, float]]] = {"tuner": [], "tracked": [], "hand": [], "bare": []}  # (wall, cpu) per repeat
+    times: dict[str, list[tuple[float, float]]] = {
+        "tuner": [],
+        "tracked": [],
+        "hand": [],
+        "bare": [],
+    }  # (wall, cpu) per repeat
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
             times["tracked"].append(time_tuner(args, folder, budget, tracking=True))
@@ -250,21 +298,30 @@ def main() -> int:
         times["bare"].append(tuple(seconds))
 
     trials, finals, epochs = sum(not r.test for r in runs), sum(r.test for r in runs), sum(r.epochs for r in runs)
-    print(f"experiment {experiment.name}: {trials} trials + {finals} final runs = {epochs} epochs; "
-          f"results equal to tuner's: bare {bare_matched}/{len(runs)}, hand {hand_matched}/{len(runs)}")
-    print(f"device {args.device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, optuna {optuna.__version__}; "
-          f"untimed warm-up (one-off imports) {warm_up:.1f} s")
+    print(
+        f"experiment {experiment.name}: {trials} trials + {finals} final runs = {epochs} epochs; "
+        f"results equal to tuner's: bare {bare_matched}/{len(runs)}, hand {hand_matched}/{len(runs)}"
+    )
+    print(
+        f"device {args.device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, optuna {optuna.__version__}; "
+        f"untimed warm-up (one-off imports) {warm_up:.1f} s"
+    )
     print(f"{'':5} {'tuner s':>8} {'hand s':>8} {'bare s':>8} {'tuner/bare':>10} {'hand/bare':>10}")
     for k, label in enumerate(("wall", "cpu")):
         tuner_s, hand_s, bare_s = (min(t[k] for t in times[side]) for side in ("tuner", "hand", "bare"))
         print(f"{label:5} {tuner_s:8.2f} {hand_s:8.2f} {bare_s:8.2f} {tuner_s / bare_s:10.3f} {hand_s / bare_s:10.3f}")
     if args.repeat > 1:
-        print("wall s of each run: " + "; ".join(f"{side} {', '.join(f'{t[0]:.2f}' for t in ts)}" for side, ts in times.items()))
+        print(
+            "wall s of each run: "
+            + "; ".join(f"{side} {', '.join(f'{t[0]:.2f}' for t in ts)}" for side, ts in times.items())
+        )
     wall = min(t[0] for t in times["tuner"]) / min(t[0] for t in times["bare"])
     print(f"target: tuner within 5% of the bare loop (wall ratio <= 1.05): {'met' if wall <= 1.05 else 'NOT met'}")
     tracked = min(t[0] for t in times["tracked"]) / min(t[0] for t in times["tuner"])
-    print(f"tuner with MLflow tracking (SQLite): {min(t[0] for t in times['tracked']):.2f} s wall, {tracked:.3f} x without; "
-          f"target <= 1.05: {'met' if tracked <= 1.05 else 'NOT met'}")
+    print(
+        f"tuner with MLflow tracking (SQLite): {min(t[0] for t in times['tracked']):.2f} s wall, {tracked:.3f} x without; "
+        f"target <= 1.05: {'met' if tracked <= 1.05 else 'NOT met'}"
+    )
     return 0
 
 

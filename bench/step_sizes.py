@@ -74,8 +74,11 @@ def main() -> None:
                 sync()
                 total += time.perf_counter() - started
                 hook_seconds += hook.seconds
-            print(f"{name:12} {optimizer:8} {device} {len(hook.steps)} records a run, {args.seeds} seeds: "
-                  f"{total:.2f} s, of which the hook {hook_seconds:.3f} s = {100 * hook_seconds / total:.1f}%", flush=True)
+            print(
+                f"{name:12} {optimizer:8} {device} {len(hook.steps)} records a run, {args.seeds} seeds: "
+                f"{total:.2f} s, of which the hook {hook_seconds:.3f} s = {100 * hook_seconds / total:.1f}%",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,24 @@ from tuner.cli.main import main
 def study(folder: Path, trials: int, counts: collections.Counter) -> float:
     """CPU seconds of one ``tuner study`` of ``trials`` trials; ``counts`` gains its statements by kind."""
     counts.clear()
-    args = ["study", "quickstart", "--optimizers", "adam", "--trials", str(trials), "--epochs", "1", "--final-seeds", "1",
-            "--no-progress", "--no-tracking", "--storage", f"sqlite:///{folder}/{trials}.db", "--out", str(folder / str(trials))]
+    args = [
+        "study",
+        "quickstart",
+        "--optimizers",
+        "adam",
+        "--trials",
+        str(trials),
+        "--epochs",
+        "1",
+        "--final-seeds",
+        "1",
+        "--no-progress",
+        "--no-tracking",
+        "--storage",
+        f"sqlite:///{folder}/{trials}.db",
+        "--out",
+        str(folder / str(trials)),
+    ]
     start = time.process_time()
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(args) == 0
@@ -43,7 +59,7 @@ def main_bench() -> None:
     args = parser.parse_args()
     counts: collections.Counter = collections.Counter()
 
-    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001 (SQLAlchemy's event signature)
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
         counts[statement.split(None, 1)[0].upper()] += 1
 
     sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", count)
@@ -54,10 +70,14 @@ def main_bench() -> None:
             seconds[trials] = study(Path(folder), trials, counts)
             statements[trials] = dict(counts)
     n = args.large - args.small
-    per_kind = {k: (statements[args.large].get(k, 0) - statements[args.small].get(k, 0)) / n for k in statements[args.large]}
-    print(f"per trial ({args.small} -> {args.large} trials, 1 epoch of digits-mlp each): "
-          f"{1000 * (seconds[args.large] - seconds[args.small]) / n:.1f} ms CPU, statements "
-          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_kind.items()) if v))
+    per_kind = {
+        k: (statements[args.large].get(k, 0) - statements[args.small].get(k, 0)) / n for k in statements[args.large]
+    }
+    print(
+        f"per trial ({args.small} -> {args.large} trials, 1 epoch of digits-mlp each): "
+        f"{1000 * (seconds[args.large] - seconds[args.small]) / n:.1f} ms CPU, statements "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_kind.items()) if v)
+    )
 
 
 if __name__ == "__main__":

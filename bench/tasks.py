@@ -38,12 +38,25 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Adam lr={args.lr}, constant schedule")
-    print("task              epochs  batch  s/trial  val loss: init -> 1st -> last   val metric: init -> 1st -> last   test metric")
+    print(
+        "task              epochs  batch  s/trial  val loss: init -> 1st -> last   val metric: init -> 1st -> last   test metric"
+    )
     for name in args.tasks:
         task = load_task(name)
         data = load_data(task, torch.device("cpu"))
         epochs = args.epochs or task.epochs
-        config = Config("Adam", {"lr": args.lr, "betas": (0.9, 0.999), "eps": 1e-8}, "constant", {}, name, {}, epochs, task.batch_size, 0, "loss")
+        config = Config(
+            "Adam",
+            {"lr": args.lr, "betas": (0.9, 0.999), "eps": 1e-8},
+            "constant",
+            {},
+            name,
+            {},
+            epochs,
+            task.batch_size,
+            0,
+            "loss",
+        )
         torch.manual_seed(0)
         init_loss, init_metric = evaluate(task, task.model(), data.val)
         seconds, runs = [], []

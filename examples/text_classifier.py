@@ -80,7 +80,11 @@ class TextClassifier(Classifier):
         ids = [s["input_ids"] for s in samples]
         input_ids = pad_sequence(ids, batch_first=True, padding_value=PAD)
         attention_mask = (input_ids != PAD).long()
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.stack([s["label"] for s in samples])}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": torch.stack([s["label"] for s in samples]),
+        }
 
     def unpack(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, batch["labels"]

@@ -239,10 +239,14 @@ class TinyLoop:
     def fit(self, run) -> dict[str, float] | None:
         tiny = Tiny()
         data, model = tiny.data(), tiny.model().to(run.device)
-        optimizer, scheduler = run.build(model.parameters(), steps_per_epoch=len(range(0, len(data.train), run.batch_size)))
+        optimizer, scheduler = run.build(
+            model.parameters(), steps_per_epoch=len(range(0, len(data.train), run.batch_size))
+        )
         for epoch in range(1, run.epochs + 1):
             for start in range(0, len(data.train), run.batch_size):
-                loss = tiny.loss(model(data.train.x[start : start + run.batch_size]), data.train.y[start : start + run.batch_size])
+                loss = tiny.loss(
+                    model(data.train.x[start : start + run.batch_size]), data.train.y[start : start + run.batch_size]
+                )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -5,10 +5,9 @@ import os
 from pathlib import Path
 
 import pytest
-
 from services import MlflowServer, Postgres, postgres_bin
-from tuner.tasks import load_task
 
+from tuner.tasks import load_task
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 # Variables that tuner, MLflow, Optuna, tqdm or libpq read: a developer's own (a tracking server in
@@ -20,7 +19,9 @@ CHECKOUT_BEFORE = pytest.StashKey[set]()
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: several processes, real signals or servers; `-m 'not slow'` leaves them out")
+    config.addinivalue_line(
+        "markers", "slow: several processes, real signals or servers; `-m 'not slow'` leaves them out"
+    )
     for name in [name for name in os.environ if name.startswith(ISOLATED_PREFIXES)]:
         del os.environ[name]
 
@@ -41,7 +42,9 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
     new = sorted(checkout_files() - session.config.stash[CHECKOUT_BEFORE])
     if new:
-        session.config.get_terminal_writer().line(f"tests wrote into the checkout {CHECKOUT}: {', '.join(new)}", red=True)
+        session.config.get_terminal_writer().line(
+            f"tests wrote into the checkout {CHECKOUT}: {', '.join(new)}", red=True
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -85,7 +88,9 @@ def postgres():
     """A real PostgreSQL server for the session; ``postgres.database()`` gives each test a fresh database's URL."""
     bin_dir = postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed: apt-get install postgresql (.ci/run does)")
+        pytest.skip(
+            "PostgreSQL's server programs (initdb, pg_ctl) are not installed: apt-get install postgresql (.ci/run does)"
+        )
     if importlib.util.find_spec("psycopg") is None:
         pytest.skip("the PostgreSQL driver psycopg (3) is not installed: pip install -e '.[test]'")
     server = Postgres(bin_dir)

@@ -36,8 +36,22 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
-               "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.folder}/server.db",
+            "--artifacts-destination",
+            str(self.folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 (the server writes to it until stopped)
         # No background job runner (seven more processes, for features tuner does not use): a quicker start.
         env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -79,8 +93,9 @@ class Postgres:
         self.bin, self.port = bin_dir, free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="tuner-pg-"))  # in /tmp: the server's user must reach it
         # PostgreSQL refuses to run as root: the tests' root runs it as the package's own user.
-        self.account = None if os.geteuid() else next(
-            (name for name in ("postgres", "nobody") if _has_user(name)), None)
+        self.account = (
+            None if os.geteuid() else next((name for name in ("postgres", "nobody") if _has_user(name)), None)
+        )
         if os.geteuid() == 0 and self.account is None:
             raise RuntimeError("running as root and no unprivileged user (postgres, nobody) to run PostgreSQL as")
         (self.folder / "password").write_text(self.PASSWORD)
@@ -98,11 +113,23 @@ class Postgres:
 
     def start(self) -> None:
         data = self.folder / "data"
-        self._run("initdb", "-D", str(data), "-U", self.USER, f"--pwfile={self.folder / 'password'}", "--auth=scram-sha-256",
-                  "-E", "UTF8", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(data),
+            "-U",
+            self.USER,
+            f"--pwfile={self.folder / 'password'}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         # fsync off: a test server's data need not survive a power cut, and it is several times faster.
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off -c max_connections=200"
-        self._run("pg_ctl", "-D", str(data), "-l", str(self.folder / "server.log"), "-o", options, "-w", "-t", "60", "start")
+        self._run(
+            "pg_ctl", "-D", str(data), "-l", str(self.folder / "server.log"), "-o", options, "-w", "-t", "60", "start"
+        )
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")

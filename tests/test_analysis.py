@@ -6,13 +6,30 @@ import math
 
 import pytest
 
-from tuner.report.statistics import ExpectedBest, Speed, Summary, band, cpe, default_target, epochs_to_target, expected_best, mean_sd, table, winner, worth
+from tuner.report.statistics import (
+    ExpectedBest,
+    Speed,
+    Summary,
+    band,
+    cpe,
+    default_target,
+    epochs_to_target,
+    expected_best,
+    mean_sd,
+    table,
+    winner,
+    worth,
+)
 
 COUNTS = {"complete": 3, "pruned": 1, "diverged": 0, "failed": 0, "interrupted": 0, "running": 0}
 
 
 def summary(name: str, best: float, finals: list[float] | None) -> Summary:
-    final = None if finals is None else {"seeds": list(range(1, len(finals) + 1)), "val_objective": finals, "test_objective": finals}
+    final = (
+        None
+        if finals is None
+        else {"seeds": list(range(1, len(finals) + 1)), "val_objective": finals, "test_objective": finals}
+    )
     return Summary(name, f"x/{name}", 0, best, COUNTS, final)
 
 
@@ -47,7 +64,9 @@ def test_expected_best_matches_the_hand_computed_dodge_curve():
     up = expected_best([3.0, 1.0, 2.0], 3, "maximize")
     assert up.n == [1, 2, 3]
     assert up.mean == pytest.approx([2.0, 22 / 9, 72 / 27])  # n=2: (1*1 + 2*3 + 3*5)/9; n=3: (1*1 + 2*7 + 3*19)/27
-    assert up.sd == pytest.approx([(2 / 3) ** 0.5, 38**0.5 / 9, (8 / 27) ** 0.5])  # sd from E[max^2]: n=2 58/9, n=3 200/27)
+    assert up.sd == pytest.approx(
+        [(2 / 3) ** 0.5, 38**0.5 / 9, (8 / 27) ** 0.5]
+    )  # sd from E[max^2]: n=2 58/9, n=3 200/27)
     # Minimizing mirrors it: the best is the smallest, sorted 3, 2, 1.
     down = expected_best([1.0, 2.0, 3.0], 3, "minimize")
     assert down.mean == pytest.approx([2.0, 14 / 9, 4 / 3])

@@ -9,8 +9,10 @@ from tuner.config.experiment import Config, find_experiment, load_experiment
 
 
 def test_run_experiment_returns_best_configs_summaries_and_the_trials_as_a_dataframe(workdir):
-    options = dict(storage=f"sqlite:///{workdir}/t.db", out=workdir / "out", no_tracking=True, no_progress=True)
-    result = tuner.run_experiment("quickstart", optimizers=["sgd", "adam"], trials=3, epochs=2, final_seeds=1, **options)
+    options = {"storage": f"sqlite:///{workdir}/t.db", "out": workdir / "out", "no_tracking": True, "no_progress": True}
+    result = tuner.run_experiment(
+        "quickstart", optimizers=["sgd", "adam"], trials=3, epochs=2, final_seeds=1, **options
+    )
     assert sorted(result.best) == ["adam", "sgd"] and result.winner in result.best
     for name, config in result.best.items():
         assert isinstance(config, Config) and config == tuner.load_config(workdir / "out" / f"best-{name}.yaml")
@@ -22,6 +24,8 @@ def test_run_experiment_returns_best_configs_summaries_and_the_trials_as_a_dataf
     assert (workdir / "out" / "summary.md") in result.files
 
     # The same experiment as an object resumes the same studies: nothing more is trained, the same best configs.
-    experiment = load_experiment(find_experiment("quickstart"), {"optimizers": ["sgd", "adam"], "trials": 3, "epochs": 2, "final_seeds": 1})
+    experiment = load_experiment(
+        find_experiment("quickstart"), {"optimizers": ["sgd", "adam"], "trials": 3, "epochs": 2, "final_seeds": 1}
+    )
     again = tuner.run_experiment(experiment, **options)
     assert again.best == result.best and len(again.trials) == 6

@@ -31,8 +31,17 @@ STEPS_PER_EPOCH, EPOCHS = 10, 6
 SHAPES = [(16, 8), (16,), (3, 16), (3,), (2, 3, 5)]
 
 
-def config(optimizer: str, kwargs: dict, schedule: str = "constant", params: dict | None = None, *, task: str = "digits-mlp",
-           epochs: int = EPOCHS, batch_size: int = 64, seed: int = 0) -> Config:
+def config(
+    optimizer: str,
+    kwargs: dict,
+    schedule: str = "constant",
+    params: dict | None = None,
+    *,
+    task: str = "digits-mlp",
+    epochs: int = EPOCHS,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Config:
     return Config(optimizer, kwargs, schedule, params or {}, task, {}, epochs, batch_size, seed, "loss")
 
 
@@ -40,44 +49,96 @@ def config(optimizer: str, kwargs: dict, schedule: str = "constant", params: dic
 MEMBERS = {
     "Adam": [
         config("Adam", {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8}, "cosine"),
-        config("Adam", {"lr": 3e-3, "betas": (0.5, 0.99), "eps": 1e-3, "weight_decay": 0.1}, "warmup_cosine", {"warmup": 0.2}),
+        config(
+            "Adam",
+            {"lr": 3e-3, "betas": (0.5, 0.99), "eps": 1e-3, "weight_decay": 0.1},
+            "warmup_cosine",
+            {"warmup": 0.2},
+        ),
         config("Adam", {"lr": 1e-1, "betas": (0.0, 0.9), "eps": 1.0, "amsgrad": True}, "one_cycle", {"pct_start": 0.3}),
-        config("Adam", {"lr": 1e-2, "betas": (0.95, 0.9999), "eps": 1e-10, "weight_decay": 0.05, "decoupled_weight_decay": True},
-               "step", {"step_size": 0.2, "gamma": 0.5}),
+        config(
+            "Adam",
+            {"lr": 1e-2, "betas": (0.95, 0.9999), "eps": 1e-10, "weight_decay": 0.05, "decoupled_weight_decay": True},
+            "step",
+            {"step_size": 0.2, "gamma": 0.5},
+        ),
     ],
     "AdamW": [
         config("AdamW", {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}, "cosine"),
-        config("AdamW", {"lr": 3e-3, "betas": (0.5, 0.99), "eps": 1e-3, "weight_decay": 0.0}, "exponential", {"end_factor": 0.01}),
+        config(
+            "AdamW",
+            {"lr": 3e-3, "betas": (0.5, 0.99), "eps": 1e-3, "weight_decay": 0.0},
+            "exponential",
+            {"end_factor": 0.01},
+        ),
         config("AdamW", {"lr": 1e-1, "betas": (0.3, 0.9), "eps": 1e-6, "weight_decay": 0.5, "amsgrad": True}),
     ],
     "SGD": [
         config("SGD", {"lr": 1e-2}, "cosine"),
-        config("SGD", {"lr": 1e-1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}, "warmup_cosine", {"warmup": 0.1}),
+        config(
+            "SGD",
+            {"lr": 1e-1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+            "warmup_cosine",
+            {"warmup": 0.1},
+        ),
         config("SGD", {"lr": 5e-2, "momentum": 0.5, "dampening": 0.3}, "one_cycle"),
         config("SGD", {"lr": 3e-2, "momentum": 0.99, "weight_decay": 0.1}, "step", {"step_size": 0.3}),
         config("SGD", {"lr": 3e-2, "momentum": 0.0, "dampening": 0.5, "weight_decay": 0.1}),
     ],
     "RMSprop": [
         config("RMSprop", {"lr": 1e-2}, "cosine"),
-        config("RMSprop", {"lr": 1e-3, "alpha": 0.9, "eps": 1e-4, "momentum": 0.9, "centered": True}, "warmup_cosine", {"warmup": 0.1}),
+        config(
+            "RMSprop",
+            {"lr": 1e-3, "alpha": 0.9, "eps": 1e-4, "momentum": 0.9, "centered": True},
+            "warmup_cosine",
+            {"warmup": 0.1},
+        ),
         config("RMSprop", {"lr": 5e-3, "alpha": 0.999, "centered": True, "weight_decay": 0.01}, "one_cycle"),
         config("RMSprop", {"lr": 3e-3, "momentum": 0.5}, "exponential", {"end_factor": 0.1}),
     ],
     "NAdam": [
         config("NAdam", {"lr": 2e-3}, "cosine"),
-        config("NAdam", {"lr": 1e-2, "betas": (0.5, 0.99), "eps": 1e-3, "weight_decay": 0.1, "momentum_decay": 0.01}, "warmup_cosine", {"warmup": 0.2}),
-        config("NAdam", {"lr": 1e-1, "betas": (0.99, 0.9), "eps": 1.0, "weight_decay": 0.05, "decoupled_weight_decay": True}, "one_cycle"),
+        config(
+            "NAdam",
+            {"lr": 1e-2, "betas": (0.5, 0.99), "eps": 1e-3, "weight_decay": 0.1, "momentum_decay": 0.01},
+            "warmup_cosine",
+            {"warmup": 0.2},
+        ),
+        config(
+            "NAdam",
+            {"lr": 1e-1, "betas": (0.99, 0.9), "eps": 1.0, "weight_decay": 0.05, "decoupled_weight_decay": True},
+            "one_cycle",
+        ),
     ],
     "RAdam": [
         # beta2 0.999 rectifies from step 6 on, 0.9 from step 8, 0.6 never: both branches, and members switching apart.
         config("RAdam", {"lr": 1e-2}, "cosine"),
-        config("RAdam", {"lr": 3e-2, "betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1}, "step", {"step_size": 0.2, "gamma": 0.5}),
-        config("RAdam", {"lr": 1e-1, "betas": (0.0, 0.6), "eps": 1.0, "weight_decay": 0.05, "decoupled_weight_decay": True}, "one_cycle"),
+        config(
+            "RAdam",
+            {"lr": 3e-2, "betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1},
+            "step",
+            {"step_size": 0.2, "gamma": 0.5},
+        ),
+        config(
+            "RAdam",
+            {"lr": 1e-1, "betas": (0.0, 0.6), "eps": 1.0, "weight_decay": 0.05, "decoupled_weight_decay": True},
+            "one_cycle",
+        ),
     ],
     "Adagrad": [
         config("Adagrad", {"lr": 1e-2}, "cosine"),
-        config("Adagrad", {"lr": 1e-1, "lr_decay": 0.01, "initial_accumulator_value": 0.1, "eps": 1e-6}, "warmup_cosine", {"warmup": 0.1}),
-        config("Adagrad", {"lr": 5e-2, "weight_decay": 0.01, "initial_accumulator_value": 1.0}, "exponential", {"end_factor": 0.1}),
+        config(
+            "Adagrad",
+            {"lr": 1e-1, "lr_decay": 0.01, "initial_accumulator_value": 0.1, "eps": 1e-6},
+            "warmup_cosine",
+            {"warmup": 0.1},
+        ),
+        config(
+            "Adagrad",
+            {"lr": 5e-2, "weight_decay": 0.01, "initial_accumulator_value": 1.0},
+            "exponential",
+            {"end_factor": 0.1},
+        ),
     ],
     "Adamax": [
         config("Adamax", {"lr": 2e-3}, "cosine"),
@@ -191,7 +252,9 @@ def test_a_member_starts_from_the_parameters_of_its_trial_alone(digits):
         torch.manual_seed(seed)
         return flat(task.model().parameters())
 
-    population = batched._Population(task, data, [("a", config("Adam", {"lr": 1e-3}, seed=0)), ("b", config("Adam", {"lr": 1e-2}, seed=3))])
+    population = batched._Population(
+        task, data, [("a", config("Adam", {"lr": 1e-3}, seed=0)), ("b", config("Adam", {"lr": 1e-2}, seed=3))]
+    )
     assert torch.equal(population.model.flat[0], alone(0)) and torch.equal(population.model.flat[1], alone(3))
     population.epoch()
     population.replace(1, "c", config("Adam", {"lr": 1e-2}, seed=7))
@@ -208,8 +271,9 @@ def test_batched_learning_curves_match_the_same_configs_alone(digits):
         config("Adam", {"lr": 1e-2, "eps": 1e-6}, "one_cycle", epochs=3, seed=2),
     ]
     waiting, results, seen = list(enumerate(members)), {}, []
-    train_batched(task, data, 2, feed(waiting),
-                  lambda key, metrics: seen.append((key, metrics.epoch)), results.update, test=True)
+    train_batched(
+        task, data, 2, feed(waiting), lambda key, metrics: seen.append((key, metrics.epoch)), results.update, test=True
+    )
     assert sorted(seen) == [(key, epoch) for key in range(3) for epoch in range(1, 4)]
     for key, cfg in enumerate(members):
         together, alone = results[key], train(task, data, cfg, test=True)
@@ -229,17 +293,26 @@ def test_bf16_runs_the_stacked_forward_in_bfloat16_and_follows_the_same_configs_
     data = load_data(task, torch.device("cpu"))
     dtypes, loss = [], task.loss
     monkeypatch.setattr(task, "loss", lambda output, target: dtypes.append(output.dtype) or loss(output, target))
-    members = [dataclasses.replace(config("Adam", {"lr": 3e-3}, "cosine", task=name, epochs=2, seed=seed), amp="bf16") for seed in (0, 1)]
+    members = [
+        dataclasses.replace(config("Adam", {"lr": 3e-3}, "cosine", task=name, epochs=2, seed=seed), amp="bf16")
+        for seed in (0, 1)
+    ]
     results = {}
     train_batched(task, data, 2, feed(list(enumerate(members))), lambda key, metrics: None, results.update)
     assert set(dtypes) == {torch.bfloat16}
     for key, cfg in enumerate(members):
         alone = train(task, data, cfg)
         for a, b in zip(results[key].history, alone.history, strict=True):
-            assert math.isclose(a.val_loss, b.val_loss, rel_tol=BF16_RTOL) and math.isclose(a.train_loss, b.train_loss, rel_tol=BF16_RTOL)
+            assert math.isclose(a.val_loss, b.val_loss, rel_tol=BF16_RTOL) and math.isclose(
+                a.train_loss, b.train_loss, rel_tol=BF16_RTOL
+            )
 
 
-SMALL = {"lstm-adding": {"train_size": 64, "length": 6}, "tiny-transformer": {"train_size": 64}, "digits-cnn": {"channels": 2}}
+SMALL = {
+    "lstm-adding": {"train_size": 64, "length": 6},
+    "tiny-transformer": {"train_size": 64},
+    "digits-cnn": {"channels": 2},
+}
 
 
 @pytest.mark.parametrize("name", list(BUILTIN))
@@ -252,7 +325,10 @@ def test_every_built_in_task_batches_or_falls_back_with_its_reason(name):
         assert len(why.splitlines()) == 1
         return
     assert (size, why) == (4, None)
-    waiting = [(seed, config("Adam", {"lr": 1e-3}, task=name, epochs=1, batch_size=task.batch_size, seed=seed)) for seed in (0, 1)]
+    waiting = [
+        (seed, config("Adam", {"lr": 1e-3}, task=name, epochs=1, batch_size=task.batch_size, seed=seed))
+        for seed in (0, 1)
+    ]
     results = {}
     train_batched(task, data, 2, feed(waiting), lambda key, metrics: None, results.update)
     assert [r.status for r in results.values()] == ["complete", "complete"]
@@ -332,10 +408,14 @@ def test_a_model_with_a_parameter_that_gets_no_gradient_falls_back(digits):
         def model(self):
             return Unused()
 
-    assert population_size(Task(), data, 4, 64, "none", ["Adam"]) == (1, (
-        f"batched trials: task {task.name!r} cannot be batched, so its trials run one at a time: a stacked training step "
-        "(vmap over its model and loss) raised RuntimeError: parameters spare.weight, spare.bias got no gradient "
-        "(torch.optim would skip them; a population cannot)"))
+    assert population_size(Task(), data, 4, 64, "none", ["Adam"]) == (
+        1,
+        (
+            f"batched trials: task {task.name!r} cannot be batched, so its trials run one at a time: a stacked training step "
+            "(vmap over its model and loss) raised RuntimeError: parameters spare.weight, spare.bias got no gradient "
+            "(torch.optim would skip them; a population cannot)"
+        ),
+    )
 
 
 def test_memory_decides_how_many_members(digits, monkeypatch):
@@ -350,7 +430,16 @@ def test_memory_decides_how_many_members(digits, monkeypatch):
 
 
 def study_args(workdir, *extra: str) -> list[str]:
-    return ["study", *extra, "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]
+    return [
+        "study",
+        *extra,
+        "--storage",
+        f"sqlite:///{workdir}/t.db",
+        "--out",
+        str(workdir / "out"),
+        "--no-progress",
+        "--no-tracking",
+    ]
 
 
 def load(workdir, name: str) -> optuna.Study:
@@ -359,10 +448,14 @@ def load(workdir, name: str) -> optuna.Study:
 
 def test_study_with_batch_trials_keeps_the_budget_exact_refills_and_resumes(workdir, capsys):
     # SGD on the quadratic diverges above lr ~2/60; the pruner prunes from the first complete trial on.
-    (workdir / "hot.yaml").write_text("optimizer: SGD\nparams:\n  lr: {low: 1.0e-3, high: 10.0, scale: log}\n  momentum: {low: 0.0, high: 0.9}\n")
+    (workdir / "hot.yaml").write_text(
+        "optimizer: SGD\nparams:\n  lr: {low: 1.0e-3, high: 10.0, scale: log}\n  momentum: {low: 0.0, high: 0.9}\n"
+    )
     exp = workdir / "exp.yaml"
-    exp.write_text("name: b\ntask: quadratic-deep\noptimizers: [hot.yaml]\nschedules: [constant, cosine]\ntrials: 10\nepochs: 3\nseed: 0\n"
-                   "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\nfinal_seeds: 1\nbatch_trials: 4\n")
+    exp.write_text(
+        "name: b\ntask: quadratic-deep\noptimizers: [hot.yaml]\nschedules: [constant, cosine]\ntrials: 10\nepochs: 3\nseed: 0\n"
+        "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\nfinal_seeds: 1\nbatch_trials: 4\n"
+    )
     assert main(study_args(workdir, str(exp))) == 0
     assert "4 trials at once" in capsys.readouterr().err
     study = load(workdir, "b/hot")
@@ -375,7 +468,9 @@ def test_study_with_batch_trials_keeps_the_budget_exact_refills_and_resumes(work
         assert history["epoch"] == sorted(trial.intermediate_values)
         if outcome(trial) == "diverged":
             epoch = max(trial.intermediate_values)
-            assert math.isnan(trial.intermediate_values[epoch]) and trial.user_attrs["reason"].startswith(f"diverged at epoch {epoch}")
+            assert math.isnan(trial.intermediate_values[epoch]) and trial.user_attrs["reason"].startswith(
+                f"diverged at epoch {epoch}"
+            )
         else:
             assert history["val_loss"] == [trial.intermediate_values[e] for e in history["epoch"]]
     first = [(t.number, t.params, t.user_attrs["history"]) for t in study.trials]
@@ -389,8 +484,10 @@ def test_study_with_batch_trials_keeps_the_budget_exact_refills_and_resumes(work
 
 def test_a_task_that_cannot_be_batched_runs_one_at_a_time_with_one_line(workdir, capsys):
     exp = workdir / "exp.yaml"
-    exp.write_text("name: l\ntask: lstm-adding\ntask_args: {train_size: 32, length: 4}\noptimizers: [adam]\ntrials: 2\nepochs: 1\n"
-                   "seed: 0\nfinal_seeds: 1\n")
+    exp.write_text(
+        "name: l\ntask: lstm-adding\ntask_args: {train_size: 32, length: 4}\noptimizers: [adam]\ntrials: 2\nepochs: 1\n"
+        "seed: 0\nfinal_seeds: 1\n"
+    )
     assert main(study_args(workdir, str(exp), "--batch-trials", "4")) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "batched" in line]
     assert len(lines) == 1 and "task 'lstm-adding' cannot be batched, so its trials run one at a time" in lines[0]
@@ -400,20 +497,41 @@ def test_a_task_that_cannot_be_batched_runs_one_at_a_time_with_one_line(workdir,
 @pytest.mark.parametrize(("where", "value"), [("yaml", "0"), ("yaml", "two"), ("flag", "0")])
 def test_a_bad_batch_trials_is_one_line_and_exit_2(workdir, capsys, where, value):
     exp = workdir / "exp.yaml"
-    exp.write_text("name: v\ntask: digits-mlp\noptimizers: [adam]\ntrials: 2\nepochs: 1\nseed: 0\n" + (f"batch_trials: {value}\n" if where == "yaml" else ""))
+    exp.write_text(
+        "name: v\ntask: digits-mlp\noptimizers: [adam]\ntrials: 2\nepochs: 1\nseed: 0\n"
+        + (f"batch_trials: {value}\n" if where == "yaml" else "")
+    )
     argv = study_args(workdir, str(exp)) + (["--batch-trials", value] if where == "flag" else [])
     try:
         rc = main(argv)
     except SystemExit as exit:  # argparse's errors
         rc = exit.code
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and ("batch_trials" in err or "--batch-trials" in err) and not (workdir / "t.db").exists()
+    assert (
+        rc == 2
+        and len(err.splitlines()) == 1
+        and ("batch_trials" in err or "--batch-trials" in err)
+        and not (workdir / "t.db").exists()
+    )
 
 
 def test_ctrl_c_stores_the_running_members_as_interrupted_and_the_rerun_redoes_them(workdir, capsys, monkeypatch):
     from tuner.tasks.digits import DigitsMLP
 
-    args = study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "5", "--epochs", "2", "--final-seeds", "1", "--batch-trials", "3")
+    args = study_args(
+        workdir,
+        "quickstart",
+        "--optimizers",
+        "sgd",
+        "--trials",
+        "5",
+        "--epochs",
+        "2",
+        "--final-seeds",
+        "1",
+        "--batch-trials",
+        "3",
+    )
     calls = {"n": 0}
     original = DigitsMLP.model
 
@@ -448,7 +566,20 @@ def test_an_exception_in_the_task_fails_the_running_members_and_the_study_goes_o
         return original(self)
 
     monkeypatch.setattr(DigitsMLP, "model", flaky)
-    args = study_args(workdir, "quickstart", "--optimizers", "adam", "--trials", "6", "--epochs", "2", "--final-seeds", "1", "--batch-trials", "3")
+    args = study_args(
+        workdir,
+        "quickstart",
+        "--optimizers",
+        "adam",
+        "--trials",
+        "6",
+        "--epochs",
+        "2",
+        "--final-seeds",
+        "1",
+        "--batch-trials",
+        "3",
+    )
     assert main(args) == 0
     study = load(workdir, "quickstart/adam")
     failed = [t for t in study.trials if outcome(t) == "failed"]
@@ -457,8 +588,27 @@ def test_an_exception_in_the_task_fails_the_running_members_and_the_study_goes_o
 
 
 def test_jobs_2_with_batch_trials_keeps_the_budget_exact(workdir):
-    cmd = [sys.executable, "-m", "tuner", *study_args(workdir, "quadratic-deep", "--optimizers", "adam", "--epochs", "1", "--final-seeds", "1",
-                                                      "--trials", "7", "--jobs", "2", "--batch-trials", "3")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuner",
+        *study_args(
+            workdir,
+            "quadratic-deep",
+            "--optimizers",
+            "adam",
+            "--epochs",
+            "1",
+            "--final-seeds",
+            "1",
+            "--trials",
+            "7",
+            "--jobs",
+            "2",
+            "--batch-trials",
+            "3",
+        ),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     url = f"sqlite:///{workdir}/t.db"
@@ -473,7 +623,9 @@ def test_jobs_2_with_batch_trials_keeps_the_budget_exact(workdir):
 
 def frozen_first_layer(norm: bool) -> torch.nn.Module:
     """digits-mlp's shape with its first layer frozen (requires_grad=False); with ``norm``, a BatchNorm1d (buffers) after it."""
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), *([torch.nn.BatchNorm1d(32)] if norm else []), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 32), *([torch.nn.BatchNorm1d(32)] if norm else []), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
     model[0].requires_grad_(False)
     return model
 
@@ -490,13 +642,19 @@ def test_frozen_parameters_and_buffers_train_batched_as_alone(digits, norm):
 
     task = Frozen()
     assert batched.why_not_batched(task, data) is None
-    members = [config("Adam", {"lr": 1e-2}, epochs=2, seed=0), config("Adam", {"lr": 3e-3, "weight_decay": 0.1}, epochs=2, seed=1)]
+    members = [
+        config("Adam", {"lr": 1e-2}, epochs=2, seed=0),
+        config("Adam", {"lr": 3e-3, "weight_decay": 0.1}, epochs=2, seed=1),
+    ]
     population = batched._Population(task, data, list(enumerate(members)))
     before = {name: t.clone() for name, t in population.model.frozen.items()}
     assert sorted(before) == ["0.bias", "0.weight"]
     population.epoch()
     assert all(torch.equal(population.model.frozen[name], t) for name, t in before.items())
-    assert all(torch.equal(population.model.frozen["0.weight"][k], seeded_model(task, c.seed, torch.device("cpu"))[0].weight) for k, c in enumerate(members))
+    assert all(
+        torch.equal(population.model.frozen["0.weight"][k], seeded_model(task, c.seed, torch.device("cpu"))[0].weight)
+        for k, c in enumerate(members)
+    )
 
     results: dict = {}
     train_batched(task, data, 2, feed(list(enumerate(members))), lambda key, metrics: None, results.update)

@@ -12,9 +12,9 @@ import random
 
 import pytest
 import torch
+from broken_tasks import Tiny
 from torch import nn
 
-from broken_tasks import Tiny
 from tuner.errors import UserError
 from tuner.tasks.contract import check_task
 

@@ -9,11 +9,19 @@ import warnings
 import pytest
 import torch
 
-from tuner.report.statistics import ExpectedBest, Summary
 from tuner.config.experiment import Config
-from tuner.report.evidence import CONSISTENT, NO_EVIDENCE, NOT_CONSISTENT, build_evidence, combine, compare, evidence_markdown
 from tuner.measure.peak_memory import peak_step_bytes
 from tuner.report.data import Importance, OptimizerReport, Report
+from tuner.report.evidence import (
+    CONSISTENT,
+    NO_EVIDENCE,
+    NOT_CONSISTENT,
+    build_evidence,
+    combine,
+    compare,
+    evidence_markdown,
+)
+from tuner.report.statistics import ExpectedBest, Summary
 from tuner.tasks import load_data, load_task
 
 
@@ -50,40 +58,93 @@ def test_a_cell_combines_its_pairwise_verdicts():
 def test_the_first_steps_peak_memory_on_cuda_counts_adams_two_moments():
     task = load_task("digits-mlp")
     data = load_data(task, torch.device("cuda"))
-    peaks = {name: peak_step_bytes(task, data, Config(name, {"lr": 1e-3}, "constant", {}, "digits-mlp", {}, 1, 64, 0)) for name in ("SGD", "Adam")}
+    peaks = {
+        name: peak_step_bytes(task, data, Config(name, {"lr": 1e-3}, "constant", {}, "digits-mlp", {}, 1, 64, 0))
+        for name in ("SGD", "Adam")
+    }
     parameters = sum(p.numel() for p in task.model().parameters())
     assert peaks["Adam"] - peaks["SGD"] >= 8 * parameters  # exp_avg and exp_avg_sq, float32
 
 
 def test_the_peak_memory_is_not_measured_on_the_cpu():
     task = load_task("digits-mlp")
-    assert peak_step_bytes(task, load_data(task, torch.device("cpu")), Config("SGD", {"lr": 0.1}, "constant", {}, "digits-mlp", {}, 1, 64, 0)) is None
+    assert (
+        peak_step_bytes(
+            task,
+            load_data(task, torch.device("cpu")),
+            Config("SGD", {"lr": 0.1}, "constant", {}, "digits-mlp", {}, 1, 64, 0),
+        )
+        is None
+    )
 
 
 def record(optimizer: str, low: float, high: float) -> dict:
     """A step-size record of one tensor at two steps, η's 5th percentile ``low`` and 95th ``high``."""
     row = [low, low, (low + high) / 2, high, high]
-    return {"percentiles": [5, 25, 50, 75, 95], "steps": [1, 2], "lr": [0.1, 0.1], "tensors": ["w"], "numel": [10],
-            "effective_lr": {"w": [row, row]}, "ratio": {"w": [row, row]}, "optimizer": optimizer, "defined": True}  # fmt: skip
+    return {
+        "percentiles": [5, 25, 50, 75, 95],
+        "steps": [1, 2],
+        "lr": [0.1, 0.1],
+        "tensors": ["w"],
+        "numel": [10],
+        "effective_lr": {"w": [row, row]},
+        "ratio": {"w": [row, row]},
+        "optimizer": optimizer,
+        "defined": True,
+    }
 
 
-def optimizer(name: str, cls: str, objective: list[float], epochs_to: list[int], spread: float, memory: float) -> OptimizerReport:
+def optimizer(
+    name: str, cls: str, objective: list[float], epochs_to: list[int], spread: float, memory: float
+) -> OptimizerReport:
     """One optimizer of a synthetic report: final seeds with these validation objectives, reaching 0.5 at these epochs."""
-    history = [{"val_loss": [1.0] * (e - 1) + [0.5] * (4 - e), "val_metric": [0.0] * 3, "seconds": [1.0, 2.0, 3.0]} for e in epochs_to]
-    final = {"seeds": [1, 2, 3], "val_objective": objective, "history": history, "step_sizes": [record(cls, 1e-3, 1e-3 * spread)] * 3}
+    history = [
+        {"val_loss": [1.0] * (e - 1) + [0.5] * (4 - e), "val_metric": [0.0] * 3, "seconds": [1.0, 2.0, 3.0]}
+        for e in epochs_to
+    ]
+    final = {
+        "seeds": [1, 2, 3],
+        "val_objective": objective,
+        "history": history,
+        "step_sizes": [record(cls, 1e-3, 1e-3 * spread)] * 3,
+    }
     return OptimizerReport(
-        name=name, summary=Summary(name, f"x/{name}", 0, min(objective), {}, final), points=[], best_so_far=[],
-        expected=ExpectedBest([], [], []), cpe=math.nan, cpe_test=math.nan, loss=None, metric=None, speed=None, importance=Importance({}, 0), memory=memory,
-        step_sizes=final["step_sizes"][0], torch_class=cls,
-    )  # fmt: skip
+        name=name,
+        summary=Summary(name, f"x/{name}", 0, min(objective), {}, final),
+        points=[],
+        best_so_far=[],
+        expected=ExpectedBest([], [], []),
+        cpe=math.nan,
+        cpe_test=math.nan,
+        loss=None,
+        metric=None,
+        speed=None,
+        importance=Importance({}, 0),
+        memory=memory,
+        step_sizes=final["step_sizes"][0],
+        torch_class=cls,
+    )
 
 
 def test_the_table_of_a_synthetic_sparse_task():
-    setup = {"task": "bag-of-words", "task_args": {}, "epochs": 3, "batch_size": 64, "seed": 0, "objective": "loss", "direction": "minimize", "metric": "accuracy"}
+    setup = {
+        "task": "bag-of-words",
+        "task_args": {},
+        "epochs": 3,
+        "batch_size": 64,
+        "seed": 0,
+        "objective": "loss",
+        "direction": "minimize",
+        "metric": "accuracy",
+    }
     optimizers = [
-        optimizer("adam", "Adam", [0.30, 0.31, 0.29], [1, 2, 1], spread=40.0, memory=8.0),  # clearly best; fast, but inside the spread
+        optimizer(
+            "adam", "Adam", [0.30, 0.31, 0.29], [1, 2, 1], spread=40.0, memory=8.0
+        ),  # clearly best; fast, but inside the spread
         optimizer("sgd", "SGD", [0.50, 0.52, 0.49], [2, 1, 2], spread=1.0, memory=0.0),
-        optimizer("rmsprop", "RMSprop", [0.51, 0.50, 0.52], [1, 2, 2], spread=1.5, memory=4.0),  # not adaptive on this task
+        optimizer(
+            "rmsprop", "RMSprop", [0.51, 0.50, 0.52], [1, 2, 2], spread=1.5, memory=4.0
+        ),  # not adaptive on this task
     ]
     report = Report("x", setup, 0.5, True, None, "", [], optimizers, "adam", [])
     rows = {row.claim: [cell.verdict for cell in row.cells] for row in build_evidence(report)}
@@ -93,7 +154,11 @@ def test_the_table_of_a_synthetic_sparse_task():
     assert rows["bias correction"] == [NO_EVIDENCE, CONSISTENT, CONSISTENT]  # Adam: not ablated here
     assert rows["suited to"] == [CONSISTENT, NO_EVIDENCE, NO_EVIDENCE]  # the task is of Adam's kind only
     text = evidence_markdown(report, build_evidence(report))
-    assert "0/0 trials within 5% of the best" in text and "η p95/p5 40 ± 0" in text and "final val loss 0.300 ± 0.010" in text
+    assert (
+        "0/0 trials within 5% of the best" in text
+        and "η p95/p5 40 ± 0" in text
+        and "final val loss 0.300 ± 0.010" in text
+    )
 
 
 def test_compare_of_near_identical_values_says_nothing_on_the_console():
@@ -105,8 +170,22 @@ def test_compare_of_near_identical_values_says_nothing_on_the_console():
 
 def test_the_claims_come_from_the_search_spaces_class_even_without_step_sizes():
     # A task with its own loop records no step sizes: the optimizer's family still comes from its study's setup.
-    setup = {"task": "t", "task_args": {}, "epochs": 3, "batch_size": 64, "seed": 0, "objective": "loss", "direction": "minimize", "metric": "accuracy"}
-    optimizers = [dataclasses.replace(optimizer(n, c, [0.3, 0.31, 0.29], [1, 2, 1], 1.0, m), step_sizes=None) for n, c, m in (("adam", "Adam", 8.0), ("sgd", "SGD", 4.0))]
-    rows = {row.claim: row for row in build_evidence(Report("x", setup, 0.5, True, None, "", [], optimizers, "adam", []))}
+    setup = {
+        "task": "t",
+        "task_args": {},
+        "epochs": 3,
+        "batch_size": 64,
+        "seed": 0,
+        "objective": "loss",
+        "direction": "minimize",
+        "metric": "accuracy",
+    }
+    optimizers = [
+        dataclasses.replace(optimizer(n, c, [0.3, 0.31, 0.29], [1, 2, 1], 1.0, m), step_sizes=None)
+        for n, c, m in (("adam", "Adam", 8.0), ("sgd", "SGD", 4.0))
+    ]
+    rows = {
+        row.claim: row for row in build_evidence(Report("x", setup, 0.5, True, None, "", [], optimizers, "adam", []))
+    }
     assert [cell.claim for cell in rows["memory"].cells] == ["moderate", "low"]
     assert [cell.verdict for cell in rows["memory"].cells] == [CONSISTENT, CONSISTENT]

@@ -16,10 +16,13 @@ def inside(space_name: str, kwargs: dict) -> bool:
     return all(p.low <= values[p.name] <= p.high for p in space.params if p.searched)
 
 
-@pytest.mark.parametrize(("space", "adaptive", "sgd"), [
-    ("adam-wide", {"optimizer": "Adam"}, {"momentum": MOMENTUM}),
-    ("nadam-wide", {"optimizer": "NAdam", "momentum_decay": 100.0}, {"momentum": MOMENTUM, "nesterov": True}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("space", "adaptive", "sgd"),
+    [
+        ("adam-wide", {"optimizer": "Adam"}, {"momentum": MOMENTUM}),
+        ("nadam-wide", {"optimizer": "NAdam", "momentum_decay": 100.0}, {"momentum": MOMENTUM, "nesterov": True}),
+    ],
+)
 def test_a_wide_space_holds_the_config_that_trains_as_momentum_sgd(quadratic, space, adaptive, sgd):
     task, data = quadratic
 
@@ -34,4 +37,6 @@ def test_a_wide_space_holds_the_config_that_trains_as_momentum_sgd(quadratic, sp
     target = final("SGD", {"lr": LR_SGD} | sgd)
     assert final(adaptive["optimizer"], kwargs) == pytest.approx(target, rel=1e-3)
     # The default eps does not: Adam at the same lr / eps ratio is another optimizer.
-    assert final(adaptive["optimizer"], kwargs | {"lr": LR_SGD * 1e-8 / (1 - MOMENTUM), "eps": 1e-8}) != pytest.approx(target, rel=1e-2)
+    assert final(adaptive["optimizer"], kwargs | {"lr": LR_SGD * 1e-8 / (1 - MOMENTUM), "eps": 1e-8}) != pytest.approx(
+        target, rel=1e-2
+    )

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CHECKOUT
 
 PROBE = os.environ.get("TUNER_TEST_PROBE")
@@ -18,13 +17,20 @@ PROBE = os.environ.get("TUNER_TEST_PROBE")
 
 def probe(name: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     test = f"{Path(__file__).resolve()}::test_probe_{name}"
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
-                          env=os.environ | env | {"TUNER_TEST_PROBE": name}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        env=os.environ | env | {"TUNER_TEST_PROBE": name},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.skipif(PROBE != "environment", reason="run by test_a_developers_environment_reaches_no_test")
 def test_probe_environment():
-    child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.environ))"], capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(sorted(os.environ))"], capture_output=True, text=True, check=True
+    )
     for names in (list(os.environ), eval(child.stdout)):
         assert [n for n in names if n.startswith(("MLFLOW_", "OPTUNA_", "TQDM_", "PG"))] == []
     cwd = Path.cwd()
@@ -37,8 +43,15 @@ def test_probe_leak():
 
 
 def test_a_developers_environment_reaches_no_test():
-    result = probe("environment", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "OPTUNA_STORAGE": "sqlite:///x.db", "TQDM_DISABLE": "1",
-                                   "PGPASSWORD": "secret"})  # fmt: skip
+    result = probe(
+        "environment",
+        {
+            "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+            "OPTUNA_STORAGE": "sqlite:///x.db",
+            "TQDM_DISABLE": "1",
+            "PGPASSWORD": "secret",
+        },
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
 

@@ -19,7 +19,7 @@ from tuner.cli.main import main
 from tuner.run.experiment import sync_command
 from tuner.tracking.mirror import Mirror, RunRecord, mlflow_key
 
-TASK = '''
+TASK = """
 from dataclasses import dataclass
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ class Tiny:
 
     def score(self, output, target):
         return (output - target).abs().mean().item()
-'''
+"""
 
 EXPERIMENT = """name: "metric at"
 task: at_metric:Tiny
@@ -65,14 +65,22 @@ pruner: none
 
 @pytest.mark.parametrize(
     ("name", "key"),
-    [("val_mae@1", "val_mae_1"), ("val_a/b", "val_a_b"), ("val_a:b", "val_a_b"), ("val_top-1 acc.", "val_top-1 acc."), ("val_précision", "val_précision"),
-     ("test_../x", "test_.._x")],
+    [
+        ("val_mae@1", "val_mae_1"),
+        ("val_a/b", "val_a_b"),
+        ("val_a:b", "val_a_b"),
+        ("val_top-1 acc.", "val_top-1 acc."),
+        ("val_précision", "val_précision"),
+        ("test_../x", "test_.._x"),
+    ],
 )
 def test_mlflow_key_keeps_what_mlflow_allows_everywhere_and_maps_the_rest_to_underscore(name, key):
     assert mlflow_key(name) == key
 
 
-def test_a_metric_name_mlflow_refuses_is_logged_under_its_mapped_key_and_sync_has_nothing_to_do(tmp_path, monkeypatch, capsys):
+def test_a_metric_name_mlflow_refuses_is_logged_under_its_mapped_key_and_sync_has_nothing_to_do(
+    tmp_path, monkeypatch, capsys
+):
     """Case 01 (a metric named ``mae@1``), in a folder with a space, as in case 06: the printed command and links work."""
     tmp_path = tmp_path / "my folder"
     tmp_path.mkdir()
@@ -115,8 +123,15 @@ def test_a_run_the_store_refuses_is_deleted_not_left_running(tmp_path):
     optuna.create_study(study_name="e/adam", storage=storage).set_user_attr("uid", "u1")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mirror = Mirror(uri, "e", storage, f"sqlite:///{tmp_path}/t.db", "test")
-    refused = RunRecord(key="trial/0", name="adam-0", status="FINISHED", start_ms=1, end_ms=2, params={"x" * 300: "1"},
-                        tags={"tuner.role": "trial", "tuner.trial": "0"})
+    refused = RunRecord(
+        key="trial/0",
+        name="adam-0",
+        status="FINISHED",
+        start_ms=1,
+        end_ms=2,
+        params={"x" * 300: "1"},
+        tags={"tuner.role": "trial", "tuner.trial": "0"},
+    )
     with pytest.raises(MlflowException):
         mirror.write("e/adam", refused)
     client = MlflowClient(uri)
@@ -129,5 +144,14 @@ def test_a_run_the_store_refuses_is_deleted_not_left_running(tmp_path):
 def test_the_printed_sync_command_pastes_into_a_shell_as_the_arguments_it_names():
     args = argparse.Namespace(experiment="my exp.yaml", storage="sqlite:////home/a b/d b.db")
     command = sync_command(args, "http://bob:secret@host:5000/it's")
-    assert shlex.split(command) == ["python", "-m", "tuner", "sync", "my exp.yaml", "--storage", "sqlite:////home/a b/d b.db",
-                                    "--tracking-uri", "http://bob:***@host:5000/it's"]
+    assert shlex.split(command) == [
+        "python",
+        "-m",
+        "tuner",
+        "sync",
+        "my exp.yaml",
+        "--storage",
+        "sqlite:////home/a b/d b.db",
+        "--tracking-uri",
+        "http://bob:***@host:5000/it's",
+    ]

@@ -46,7 +46,9 @@ def check_folder(out, uri: str) -> dict[str, dict]:
     client = MlflowClient(uri)
     for name, data in files.items():
         run = client.get_run(data["source"]["mlflow_run_id"])
-        assert run.data.tags["tuner.study"] == data["source"]["study"] and run.data.tags["tuner.trial"] == str(data["source"]["trial"]), name
+        assert run.data.tags["tuner.study"] == data["source"]["study"] and run.data.tags["tuner.trial"] == str(
+            data["source"]["trial"]
+        ), name
         assert f"]({name})" in (out / "summary.md").read_text()
     return files
 

@@ -16,10 +16,10 @@ import yaml
 from tuner.cli.main import main
 from tuner.config.experiment import Config
 from tuner.errors import UserError
-from tuner.train.loop import ReportError, Run
 from tuner.tasks import Data, load_data, load_task
 from tuner.tasks.batches import python_and_numpy_seeded
 from tuner.tasks.contract import check_task
+from tuner.train.loop import ReportError, Run
 from tuner.train.trainer import Batches, evaluate, train
 
 ROOT = Path(__file__).parents[1]
@@ -59,7 +59,9 @@ def test_each_epoch_draws_new_order_and_augmentation_and_the_seed_repeats_them(w
     assert not torch.equal(one[0], one[1])  # the second epoch is shuffled and augmented anew
     assert all(map(torch.equal, one, again))  # torch, NumPy and Python's generators all follow the seed
     assert not torch.equal(one[0], other[0])
-    assert len(set(one[0][:, 1:].flatten().tolist())) == one[0][:, 1:].numel()  # workers do not repeat each other's draws
+    assert (
+        len(set(one[0][:, 1:].flatten().tolist())) == one[0][:, 1:].numel()
+    )  # workers do not repeat each other's draws
 
 
 def test_the_tasks_sampler_orders_training_and_draws_from_the_runs_generator():
@@ -80,7 +82,9 @@ def test_a_dataset_split_evaluates_as_the_same_tensors_in_memory():
     tensors, datasets = load_task("broken_tasks:Tiny"), load_task("broken_tasks:TinyDatasets")
     model = tensors.model()
     for name in ("val", "test"):
-        assert evaluate(tensors, model, getattr(tensors.data(), name)) == pytest.approx(evaluate(datasets, model, getattr(datasets.data(), name)))
+        assert evaluate(tensors, model, getattr(tensors.data(), name)) == pytest.approx(
+            evaluate(datasets, model, getattr(datasets.data(), name))
+        )
 
 
 def test_training_through_dataloaders_is_repeatable_and_learns():
@@ -103,7 +107,9 @@ def test_the_contract_covers_dataset_and_loop_tasks(examples):
         def report(self, run, epoch, train_loss, val_loss):
             return run.report(epoch, train_loss, val_loss + time.perf_counter_ns() % 1000 * 1e-9, val_loss)
 
-    with pytest.raises(UserError, match="'tiny-loop' breaks the contract: two runs with the same seed differ on the CPU"):
+    with pytest.raises(
+        UserError, match="'tiny-loop' breaks the contract: two runs with the same seed differ on the CPU"
+    ):
         check_task(Unrepeatable())
 
 
@@ -115,15 +121,35 @@ def test_the_contract_covers_dataset_and_loop_tasks(examples):
         ("own-loop.yaml", {"hidden": 16, "accumulate": 3}),
     ],
 )
-def test_an_example_is_tuned_end_to_end_and_its_best_config_trains_again(experiment, task_args, examples, workdir, capsys):
+def test_an_example_is_tuned_end_to_end_and_its_best_config_trains_again(
+    experiment, task_args, examples, workdir, capsys
+):
     spec = yaml.safe_load((ROOT / "examples" / experiment).read_text())
     exp = workdir / experiment
     exp.write_text(yaml.safe_dump(spec | {"task_args": spec.get("task_args", {}) | task_args, "optimizers": ["adam"]}))
-    argv = ["study", str(exp), "--trials", "2", "--epochs", "2", "--final-seeds", "1", "--batch-trials", "2",
-            "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]  # fmt: skip
+    argv = [
+        "study",
+        str(exp),
+        "--trials",
+        "2",
+        "--epochs",
+        "2",
+        "--final-seeds",
+        "1",
+        "--batch-trials",
+        "2",
+        "--storage",
+        f"sqlite:///{workdir}/t.db",
+        "--out",
+        str(workdir / "out"),
+        "--no-progress",
+        "--no-tracking",
+    ]
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert f"task {load_task(spec['task'], task_args).name!r} cannot be batched, so its trials run one at a time: " in err
+    assert (
+        f"task {load_task(spec['task'], task_args).name!r} cannot be batched, so its trials run one at a time: " in err
+    )
     summary = (workdir / "out" / "summary.md").read_text()
     adam = next(line for line in summary.splitlines() if line.startswith("| adam"))
     assert float(adam.split("|")[-2]) > 0  # state bytes/param, measured from the optimizer the task built
@@ -158,10 +184,22 @@ def test_a_report_after_stop_is_refused():
 
 def test_a_loop_task_is_tuned_by_two_workers_with_pruning(workdir):
     exp = workdir / "exp.yaml"
-    exp.write_text("name: loop\ntask: broken_tasks:TinyLoop\noptimizers: [sgd]\ntrials: 4\nepochs: 3\nseed: 0\nfinal_seeds: 1\n"
-                   "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\n")  # fmt: skip
-    argv = ["study", str(exp), "--jobs", "2", "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"),
-            "--no-progress", "--no-tracking"]  # fmt: skip
+    exp.write_text(
+        "name: loop\ntask: broken_tasks:TinyLoop\noptimizers: [sgd]\ntrials: 4\nepochs: 3\nseed: 0\nfinal_seeds: 1\n"
+        "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\n"
+    )
+    argv = [
+        "study",
+        str(exp),
+        "--jobs",
+        "2",
+        "--storage",
+        f"sqlite:///{workdir}/t.db",
+        "--out",
+        str(workdir / "out"),
+        "--no-progress",
+        "--no-tracking",
+    ]
     assert main(argv) == 0
     trials = optuna.load_study(study_name="loop/sgd", storage=f"sqlite:///{workdir}/t.db").trials
     assert len(trials) == 4 and all(t.user_attrs["outcome"] in ("complete", "pruned", "diverged") for t in trials)

@@ -89,8 +89,18 @@ class Counting(QuadraticDeep):
 
 def test_an_epoch_is_seven_full_batches_of_128():
     task = Counting()
-    config = Config(optimizer="SGD", optimizer_kwargs={"lr": 0.01}, schedule="constant", schedule_params={},
-                    task="quadratic-deep", task_args={}, epochs=2, batch_size=128, seed=0, objective="loss")  # fmt: skip
+    config = Config(
+        optimizer="SGD",
+        optimizer_kwargs={"lr": 0.01},
+        schedule="constant",
+        schedule_params={},
+        task="quadratic-deep",
+        task_args={},
+        epochs=2,
+        batch_size=128,
+        seed=0,
+        objective="loss",
+    )
     result = train(task, task.data(), config)
     assert task.batches == [128] * 14
     assert result.status == "complete" and result.history[-1].val_loss < result.history[0].val_loss
@@ -98,6 +108,8 @@ def test_an_epoch_is_seven_full_batches_of_128():
 
 
 def test_a_batch_larger_than_the_training_set_is_refused_when_the_last_batch_is_dropped():
-    with pytest.raises(UserError, match=r"batch_size: 2000 is not allowed: .* 1000 training samples \(allowed: 1 to 1000\)"):
+    with pytest.raises(
+        UserError, match=r"batch_size: 2000 is not allowed: .* 1000 training samples \(allowed: 1 to 1000\)"
+    ):
         steps_per_epoch(1000, 2000, drop_last=True)
     assert load_task("quadratic-deep", {"train_size": 256}).data().train.x.shape == (256, 100)

@@ -12,27 +12,48 @@ import optuna
 import pytest
 
 from tuner.report import plots
+from tuner.report.data import (
+    MIN_IMPORTANCE_TRIALS,
+    MIN_WEAK_IMPORTANCE_TRIALS,
+    Importance,
+    OptimizerReport,
+    Report,
+    TrialPoint,
+    close_call,
+    importance,
+)
 from tuner.report.statistics import ExpectedBest, Summary, pm
-from tuner.report.data import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, Importance, OptimizerReport, Report, TrialPoint, close_call, importance
 
 
 @pytest.mark.parametrize(
     ("stat", "text"),
-    [((0.08073, 0.02), "0.081 ± 0.020"), ((0.08073, 0.0068), "0.0807 ± 0.0068"), ((0.9786, 0.0996), "0.98 ± 0.10"),
-     ((56734.0, 1234.0), "56700 ± 1200"), ((0.2, 0.0), "0.2 ± 0"), ((math.nan, math.nan), "nan ± nan"), ((1e19, 3e18), "1e+19 ± 3e+18")],
+    [
+        ((0.08073, 0.02), "0.081 ± 0.020"),
+        ((0.08073, 0.0068), "0.0807 ± 0.0068"),
+        ((0.9786, 0.0996), "0.98 ± 0.10"),
+        ((56734.0, 1234.0), "56700 ± 1200"),
+        ((0.2, 0.0), "0.2 ± 0"),
+        ((math.nan, math.nan), "nan ± nan"),
+        ((1e19, 3e18), "1e+19 ± 3e+18"),
+    ],
 )
 def test_mean_and_sd_are_written_to_the_precision_of_the_sd(stat, text):
     assert pm(stat) == text
 
 
 def summary(name: str, values: list[float]) -> Summary:
-    return Summary(name, f"x/{name}", 0, values[0], {}, {"seeds": list(range(1, len(values) + 1)), "val_objective": values})
+    return Summary(
+        name, f"x/{name}", 0, values[0], {}, {"seeds": list(range(1, len(values) + 1)), "val_objective": values}
+    )
 
 
 def test_a_close_call_is_said_with_its_uncertainty_and_a_clear_lead_is_not():
     adam, rmsprop = summary("adam", [0.06, 0.08, 0.10]), summary("rmsprop", [0.07, 0.09, 0.105])
     note = close_call([adam, rmsprop], adam, "minimize")
-    assert note.startswith("close call: adam (0.080 ± 0.020) and rmsprop (0.088 ± 0.018)") and "standard error (0.015)" in note
+    assert (
+        note.startswith("close call: adam (0.080 ± 0.020) and rmsprop (0.088 ± 0.018)")
+        and "standard error (0.015)" in note
+    )
     far = summary("sgd", [0.50, 0.52, 0.51])
     assert close_call([adam, far], adam, "minimize") is None
     assert close_call([adam], adam, "minimize") is None
@@ -42,13 +63,34 @@ def point(outcome: str, value: float | None, lr: float = 1e-3, eps: float | None
     return TrialPoint(outcome, value, lr, eps)
 
 
-def optimizer(name: str, points: list[TrialPoint], best_so_far: list[float], imp: Importance | None = None) -> OptimizerReport:
-    return OptimizerReport(name, Summary(name, f"x/{name}", None, None, {}, None), points, best_so_far, ExpectedBest([], [], []), math.nan, math.nan,
-                           None, None, None, imp or Importance({}, 0, "too few"), None)
+def optimizer(
+    name: str, points: list[TrialPoint], best_so_far: list[float], imp: Importance | None = None
+) -> OptimizerReport:
+    return OptimizerReport(
+        name,
+        Summary(name, f"x/{name}", None, None, {}, None),
+        points,
+        best_so_far,
+        ExpectedBest([], [], []),
+        math.nan,
+        math.nan,
+        None,
+        None,
+        None,
+        imp or Importance({}, 0, "too few"),
+        None,
+    )
 
 
 def report(*optimizers: OptimizerReport, untrained: float | None = 2.3) -> Report:
-    setup = {"objective": "loss", "metric": "accuracy", "direction": "minimize", "epochs": 3, "task": "t", "task_args": {}}
+    setup = {
+        "objective": "loss",
+        "metric": "accuracy",
+        "direction": "minimize",
+        "epochs": 3,
+        "task": "t",
+        "task_args": {},
+    }
     return Report("x", setup, None, False, untrained, "PED-ANOVA", ["lr", "eps"], list(optimizers), None, [])
 
 
@@ -61,7 +103,9 @@ def test_convergence_keeps_every_marker_and_line_visible():
     # Both optimizers diverge at trial 2: their crosses sit in two rows at the edge, not one on the other.
     # sgd's best so far is worse than the untrained model (a loss of 1e19): its line runs along the edge.
     adam = optimizer("adam", [point("complete", 0.5), point("diverged", None), point("complete", 0.3)], [0.5, 0.5, 0.3])
-    sgd = optimizer("sgd", [point("complete", 1e19), point("diverged", None), point("complete", 0.4)], [1e19, 1e19, 0.4])
+    sgd = optimizer(
+        "sgd", [point("complete", 1e19), point("diverged", None), point("complete", 0.4)], [1e19, 1e19, 0.4]
+    )
     fig = drawn(plots.draw_convergence(report(adam, sgd)))
     ax = fig.axes[0]
     crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
@@ -97,11 +141,22 @@ def test_an_epsilon_panel_next_to_a_blank_one_keeps_its_tick_labels():
 
 def test_importance_of_few_trials_is_shown_as_weak_with_its_bootstrap_sd():
     study = optuna.create_study()
-    study.optimize(lambda t: abs(math.log10(t.suggest_float("lr", 1e-4, 1.0, log=True)) + 2) + 0 * t.suggest_float("eps", 0.0, 1.0), n_trials=12)
+    study.optimize(
+        lambda t: (
+            abs(math.log10(t.suggest_float("lr", 1e-4, 1.0, log=True)) + 2) + 0 * t.suggest_float("eps", 0.0, 1.0)
+        ),
+        n_trials=12,
+    )
     weak = importance(study)
     assert MIN_WEAK_IMPORTANCE_TRIALS <= weak.trials < MIN_IMPORTANCE_TRIALS
-    assert set(weak.values) == set(weak.sd) == {"lr", "eps"} and "weak estimate" in weak.note and str(MIN_IMPORTANCE_TRIALS) in weak.note
-    assert all(sd >= 0 for sd in weak.sd.values()) and importance(study) == weak  # seeded resamples: the same figure every time
+    assert (
+        set(weak.values) == set(weak.sd) == {"lr", "eps"}
+        and "weak estimate" in weak.note
+        and str(MIN_IMPORTANCE_TRIALS) in weak.note
+    )
+    assert (
+        all(sd >= 0 for sd in weak.sd.values()) and importance(study) == weak
+    )  # seeded resamples: the same figure every time
     none = importance(optuna.create_study())
     assert none.values == {} and str(MIN_WEAK_IMPORTANCE_TRIALS) in none.note
     fig = drawn(plots.draw_importance(report(optimizer("adam", [], [], weak), optimizer("sgd", [], [], none))))
@@ -116,8 +171,19 @@ def test_threads_caps_torchs_threads(tmp_path, monkeypatch, capsys):
     from tuner.cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    config = {"format": 1, "optimizer": {"class": "torch.optim.SGD", "kwargs": {"lr": 0.1}}, "schedule": {"name": "constant", "params": {}},
-              "training": {"task": "quadratic-deep", "task_args": {}, "epochs": 1, "batch_size": 64, "seed": 4, "objective": "loss"}}
+    config = {
+        "format": 1,
+        "optimizer": {"class": "torch.optim.SGD", "kwargs": {"lr": 0.1}},
+        "schedule": {"name": "constant", "params": {}},
+        "training": {
+            "task": "quadratic-deep",
+            "task_args": {},
+            "epochs": 1,
+            "batch_size": 64,
+            "seed": 4,
+            "objective": "loss",
+        },
+    }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
     before = torch.get_num_threads()
     try:
@@ -127,27 +193,40 @@ def test_threads_caps_torchs_threads(tmp_path, monkeypatch, capsys):
         torch.set_num_threads(before)
     captured = capsys.readouterr()
     assert "seed 4:" in captured.out and "seed 5:" in captured.out
-    assert "seed 4 reproduces the trial it was selected on" in captured.err and "--first-seed 5 for fresh seeds" in captured.err
+    assert (
+        "seed 4 reproduces the trial it was selected on" in captured.err
+        and "--first-seed 5 for fresh seeds" in captured.err
+    )
     assert main(["train", "cfg.yaml", "--first-seed", "5"]) == 0
     fresh = capsys.readouterr()
     assert "seed 5:" in fresh.out and "seed 4:" not in fresh.out and fresh.err == ""
 
 
 def test_importance_labels_clear_their_error_bars_and_long_titles_wrap_inside_the_figure():
-    imp = Importance({"lr": 0.8, "eps": 0.2}, 12, "weak estimate: 12 complete trials, 20 advised", {"lr": 0.27, "eps": 0.05})
-    evaluator = "PED-ANOVA: how far the top 25% of complete trials stray from all of them; conditional parameters included"
-    built = dataclasses.replace(report(optimizer("adam", [], [], imp), optimizer("a-long-optimizer-name", [], [], imp)), importance=evaluator)
+    imp = Importance(
+        {"lr": 0.8, "eps": 0.2}, 12, "weak estimate: 12 complete trials, 20 advised", {"lr": 0.27, "eps": 0.05}
+    )
+    evaluator = (
+        "PED-ANOVA: how far the top 25% of complete trials stray from all of them; conditional parameters included"
+    )
+    built = dataclasses.replace(
+        report(optimizer("adam", [], [], imp), optimizer("a-long-optimizer-name", [], [], imp)), importance=evaluator
+    )
     fig = drawn(plots.draw_importance(built))
     for ax in fig.axes:
         (label,) = [t for t in ax.texts if t.get_text().startswith("0.80")]
         assert label.get_position()[0] > 0.8 + 0.27 and ax.get_xlim()[1] > label.get_position()[0] + 0.3
     # The figure is 8.3 inches wide: its title (one line of 104 characters unwrapped) comes in lines that fit.
     title = fig.get_suptitle()
-    assert max(len(line) for line in title.splitlines()) <= 90 and "conditional parameters included" in title.replace("\n", " ")
+    assert max(len(line) for line in title.splitlines()) <= 90 and "conditional parameters included" in title.replace(
+        "\n", " "
+    )
 
 
 def test_wrapped_breaks_long_lines_and_leaves_mathtext_whole():
     formula = r"$E[\min$ of $n] = \sum_{i=1}^{N} v_{(i)}$ " + "x " * 80
     text = plots._wrapped("short\n" + "word " * 60 + "\n" + formula, 4.0, 8)
     lines = text.split("\n")
-    assert lines[0] == "short" and lines[-1] == formula and all(len(line) <= 60 for line in lines[1:-1]) and len(lines) > 4
+    assert (
+        lines[0] == "short" and lines[-1] == formula and all(len(line) <= 60 for line in lines[1:-1]) and len(lines) > 4
+    )

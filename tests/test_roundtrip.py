@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import tuner
-from tuner.train import optim
-from tuner.study import spaces
 from tuner.config.experiment import Config, load_schedules, load_space, shipped_dir
 from tuner.config.export import config_from_dict, config_to_dict, write_config
+from tuner.study import spaces
+from tuner.train import optim
 
 SPACES = ["adam", "adamw", "sgd", "rmsprop", "nadam", "radam", "adagrad", "adamax", "adam-wide", "nadam-wide"]
 SCHEDULES = list(optim.SCHEDULES)
@@ -91,16 +91,24 @@ def test_schedule_mappings_follow_the_documented_table():
     total = 2 * 10
     params = [torch.nn.Parameter(torch.zeros(1))]
 
-    _, step = dataclasses.replace(base, schedule="step", schedule_params={"step_size": 0.25, "gamma": 0.5}).build(params, steps_per_epoch=10)
+    _, step = dataclasses.replace(base, schedule="step", schedule_params={"step_size": 0.25, "gamma": 0.5}).build(
+        params, steps_per_epoch=10
+    )
     assert step.step_size == 5 and step.gamma == 0.5
 
-    _, exponential = dataclasses.replace(base, schedule="exponential", schedule_params={"end_factor": 0.01}).build(params, steps_per_epoch=10)
-    assert exponential.gamma ** total == pytest.approx(0.01)
+    _, exponential = dataclasses.replace(base, schedule="exponential", schedule_params={"end_factor": 0.01}).build(
+        params, steps_per_epoch=10
+    )
+    assert exponential.gamma**total == pytest.approx(0.01)
 
-    _, warmup = dataclasses.replace(base, schedule="warmup_cosine", schedule_params={"warmup": 0.1}).build(params, steps_per_epoch=10)
+    _, warmup = dataclasses.replace(base, schedule="warmup_cosine", schedule_params={"warmup": 0.1}).build(
+        params, steps_per_epoch=10
+    )
     assert warmup._milestones == [2]
 
-    optimizer, one_cycle = dataclasses.replace(base, schedule="one_cycle", schedule_params={"pct_start": 0.3}).build(params, steps_per_epoch=10)
+    optimizer, one_cycle = dataclasses.replace(base, schedule="one_cycle", schedule_params={"pct_start": 0.3}).build(
+        params, steps_per_epoch=10
+    )
     assert one_cycle.total_steps == total
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0 / 25.0)
 
@@ -125,10 +133,21 @@ def test_the_exported_yaml_rebuilds_the_lr_history_a_real_trial_stored(tmp_path)
     from tuner.tasks import load_task
     from tuner.train.trainer import steps_per_epoch
 
-    (tmp_path / "exp.yaml").write_text("name: lrs\ntask: digits-mlp\noptimizers: [adam]\nschedules: [cosine, warmup_cosine]\n"
-                                       "trials: 4\nepochs: 4\nseed: 0\nsampler: random\npruner: none\nfinal_seeds: 1\n")  # fmt: skip
+    (tmp_path / "exp.yaml").write_text(
+        "name: lrs\ntask: digits-mlp\noptimizers: [adam]\nschedules: [cosine, warmup_cosine]\n"
+        "trials: 4\nepochs: 4\nseed: 0\nsampler: random\npruner: none\nfinal_seeds: 1\n"
+    )
     storage = f"sqlite:///{tmp_path}/t.db"
-    argv = ["study", str(tmp_path / "exp.yaml"), "--storage", storage, "--out", str(tmp_path / "out"), "--no-progress", "--no-tracking"]
+    argv = [
+        "study",
+        str(tmp_path / "exp.yaml"),
+        "--storage",
+        storage,
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--no-tracking",
+    ]
     assert main(argv) == 0
     trials = optuna.load_study(study_name="lrs/adam", storage=storage).trials
     assert {t.params["schedule"] for t in trials} == {"cosine", "warmup_cosine"}
@@ -142,5 +161,6 @@ def test_the_exported_yaml_rebuilds_the_lr_history_a_real_trial_stored(tmp_path)
             assert loaded == best
         sequence = lr_sequence(loaded, steps)
         # The stored lr of an epoch is that of its last step.
-        assert [sequence[epoch * steps - 1] for epoch in trial.user_attrs["history"]["epoch"]] == trial.user_attrs["history"]["lr"]
-
+        assert [sequence[epoch * steps - 1] for epoch in trial.user_attrs["history"]["epoch"]] == trial.user_attrs[
+            "history"
+        ]["lr"]

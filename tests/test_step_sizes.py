@@ -8,18 +8,20 @@ import optuna
 import pytest
 import torch
 
+from tuner.cli.main import main
 from tuner.config.experiment import Config
-from tuner.train.optim import build_scheduler
 from tuner.measure.step_sizes import PERCENTILES, StepSizes, effective_lr, largest, percentiles, recorded_steps
 from tuner.tasks import load_data, load_task
-from tuner.cli.main import main
 from tuner.tracking.mirror import final_records, step_size_metrics
+from tuner.train.optim import build_scheduler
 from tuner.train.trainer import steps_per_epoch, train
 
 GRADS = [[0.5, -2.0, 0.0], [0.25, 1.0, 0.0], [-1.0, 3.0, 0.0]]  # the third element never gets a gradient
 
 
-def stepped(optimizer_class: type, steps: int = 3, **kwargs: float) -> tuple[torch.nn.Parameter, torch.optim.Optimizer, torch.Tensor]:
+def stepped(
+    optimizer_class: type, steps: int = 3, **kwargs: float
+) -> tuple[torch.nn.Parameter, torch.optim.Optimizer, torch.Tensor]:
     """A float64 parameter stepped ``steps`` times with :data:`GRADS`; returns it, its optimizer and the last Δθ."""
     param = torch.nn.Parameter(torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64))
     optimizer = optimizer_class([param], **kwargs)
@@ -38,7 +40,9 @@ def test_adam_equals_the_hand_computed_rate_over_three_steps():
         m = [beta1 * a + (1 - beta1) * g for a, g in zip(m, grad)]
         v = [beta2 * a + (1 - beta2) * g * g for a, g in zip(v, grad)]
     t = len(GRADS)
-    expected = [lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) / (math.sqrt(b) + eps * math.sqrt(1 - beta2**t)) for b in v[:2]]
+    expected = [
+        lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) / (math.sqrt(b) + eps * math.sqrt(1 - beta2**t)) for b in v[:2]
+    ]
     eta = effective_lr(optimizer, param, optimizer.param_groups[0], lr)
     assert eta[:2].tolist() == pytest.approx(expected, rel=1e-12)
     assert math.isnan(eta[2])  # no gradient yet: v = 0, left out
@@ -102,7 +106,9 @@ def test_a_recorded_step_holds_percentiles_per_tensor_and_the_realised_ratio():
         for kind in ("effective_lr", "ratio"):
             assert all(row == sorted(row) and len(row) == len(PERCENTILES) for row in record[kind][name])
     # Without momentum, RMSprop moves each element by η·|g|: the ratio is η.
-    assert torch.allclose(torch.tensor(record["ratio"]["bias"]), torch.tensor(record["effective_lr"]["bias"]), rtol=1e-5)
+    assert torch.allclose(
+        torch.tensor(record["ratio"]["bias"]), torch.tensor(record["effective_lr"]["bias"]), rtol=1e-5
+    )
     assert [s.tensor for s in largest(record, 1)] == ["weight"]
 
 
@@ -123,8 +129,12 @@ def test_recorded_steps_are_the_first_steps_and_a_few_per_epoch():
 
 
 def test_mlflow_metrics_of_a_record_leave_out_what_is_undefined():
-    record = {"percentiles": [5, 50, 95], "steps": [1, 9], "effective_lr": {"w": [[1.0, 2.0, 3.0], [math.nan] * 3]},
-              "ratio": {"w": [[0.5, 0.5, 0.5], [0.1, 0.2, 0.3]]}}  # fmt: skip
+    record = {
+        "percentiles": [5, 50, 95],
+        "steps": [1, 9],
+        "effective_lr": {"w": [[1.0, 2.0, 3.0], [math.nan] * 3]},
+        "ratio": {"w": [[0.5, 0.5, 0.5], [0.1, 0.2, 0.3]]},
+    }
     points = step_size_metrics(record)
     assert ("step_size/w/lr_p50", 2.0, 1) in points and ("step_size/w/ratio_p95", 0.3, 9) in points
     assert len(points) == 9
@@ -133,7 +143,24 @@ def test_mlflow_metrics_of_a_record_leave_out_what_is_undefined():
 def test_the_final_runs_store_step_sizes_and_the_ablation_mirror_them_and_write_evidence(tmp_path):
     db = f"sqlite:///{tmp_path}/t.db"
     flags = ["--storage", db, "--out", str(tmp_path / "out"), "--no-tracking", "--no-progress"]
-    assert main(["study", "quickstart", "--optimizers", "adam", "--trials", "1", "--epochs", "1", "--final-seeds", "1", *flags]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "quickstart",
+                "--optimizers",
+                "adam",
+                "--trials",
+                "1",
+                "--epochs",
+                "1",
+                "--final-seeds",
+                "1",
+                *flags,
+            ]
+        )
+        == 0
+    )
     study = optuna.load_study(study_name="quickstart/adam", storage=db)
     final = study.user_attrs["final"]
     record = final["step_sizes"][0]
@@ -146,6 +173,14 @@ def test_the_final_runs_store_step_sizes_and_the_ablation_mirror_them_and_write_
     assert off["seeds"] == final["seeds"] and off["step_sizes"][0]["optimizer"] == "AdamCorrections"
     evidence = (tmp_path / "out" / "evidence.md").read_text()
     rows = [line.split("|")[1].strip() for line in evidence.splitlines() if line.startswith("| ") and "---" not in line]
-    assert rows == ["claim", "adaptive learning rate", "memory", "convergence speed", "bias correction", "ease of tuning", "suited to"]
+    assert rows == [
+        "claim",
+        "adaptive learning rate",
+        "memory",
+        "convergence speed",
+        "bias correction",
+        "ease of tuning",
+        "suited to",
+    ]
     assert "adam (Adam)" in evidence and "step 1 median Δθ/g" in evidence
     assert all(line.count("|") == 3 for line in evidence.splitlines() if line.startswith("| "))  # claim + one optimizer

@@ -7,21 +7,46 @@ import logging
 import optuna
 import pytest
 
-from tuner.study import storage as tables
 from tuner.cli.main import main
+from tuner.study import storage as tables
 
 
 def run(workdir, name: str) -> list[tuple[object, ...]]:
     """``tuner study`` of 3 SGD trials into ``name``.db; what it stored of each trial, wall-clock times aside."""
     url = f"sqlite:///{workdir}/{name}.db"
-    args = ["study", "quickstart", "--optimizers", "sgd", "--trials", "3", "--epochs", "2", "--final-seeds", "1", "--no-progress",
-            "--no-tracking", "--storage", url, "--out", str(workdir / name)]
+    args = [
+        "study",
+        "quickstart",
+        "--optimizers",
+        "sgd",
+        "--trials",
+        "3",
+        "--epochs",
+        "2",
+        "--final-seeds",
+        "1",
+        "--no-progress",
+        "--no-tracking",
+        "--storage",
+        url,
+        "--out",
+        str(workdir / name),
+    ]
     assert main(args) == 0
     assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["quickstart/sgd"]
     trials = optuna.load_study(study_name="quickstart/sgd", storage=url).trials
-    return [(t.number, t.state, t.params, t.values, t.intermediate_values,
-             {k: v for k, v in t.user_attrs.items() if k != "history"}, {k: v for k, v in t.user_attrs["history"].items() if k != "seconds"})
-            for t in trials]
+    return [
+        (
+            t.number,
+            t.state,
+            t.params,
+            t.values,
+            t.intermediate_values,
+            {k: v for k, v in t.user_attrs.items() if k != "history"},
+            {k: v for k, v in t.user_attrs["history"].items() if k != "seconds"},
+        )
+        for t in trials
+    ]
 
 
 @pytest.fixture

@@ -42,7 +42,9 @@ def test_study_end_to_end_on_each_shipped_experiment(workdir, capsys, experiment
         assert config.metrics["tuning"]["val_objective"] == best.value
         final = config.metrics["final"]
         assert final["seeds"] == [1, 2] and len(final["val_objective"]["values"]) == 2
-        assert all(math.isfinite(final[k]["mean"]) for k in ("val_objective", "test_objective", "val_metric", "test_metric"))
+        assert all(
+            math.isfinite(final[k]["mean"]) for k in ("val_objective", "test_objective", "val_metric", "test_metric")
+        )
         for trial in study.trials:  # the whole learning curve is stored with each trial
             history = trial.user_attrs["history"]
             assert history["epoch"] == sorted(trial.intermediate_values)
@@ -102,11 +104,31 @@ def test_resume_with_another_setup_is_refused_for_every_change_the_readme_lists(
     (workdir / "sgd.yaml").write_text(yaml.safe_dump(space))
     # The same file name, so the same study, in another folder: another range of lr.
     (workdir / "narrower").mkdir()
-    (workdir / "narrower" / "sgd.yaml").write_text(yaml.safe_dump(space | {"params": space["params"] | {"lr": {"low": 1.0e-5, "high": 0.5, "scale": "log"}}}))
-    base = {"name": "r", "task": "digits-mlp", "optimizers": ["sgd.yaml"], "trials": 1, "epochs": 2, "batch_size": 64,
-            "seed": 0, "objective": "loss", "final_seeds": 1}  # fmt: skip
+    (workdir / "narrower" / "sgd.yaml").write_text(
+        yaml.safe_dump(space | {"params": space["params"] | {"lr": {"low": 1.0e-5, "high": 0.5, "scale": "log"}}})
+    )
+    base = {
+        "name": "r",
+        "task": "digits-mlp",
+        "optimizers": ["sgd.yaml"],
+        "trials": 1,
+        "epochs": 2,
+        "batch_size": 64,
+        "seed": 0,
+        "objective": "loss",
+        "final_seeds": 1,
+    }
     exp = workdir / "exp.yaml"
-    args = ["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]
+    args = [
+        "study",
+        str(exp),
+        "--storage",
+        f"sqlite:///{workdir}/t.db",
+        "--out",
+        str(workdir / "out"),
+        "--no-progress",
+        "--no-tracking",
+    ]
     exp.write_text(yaml.safe_dump(base))
     assert main(args) == 0
     capsys.readouterr()
@@ -124,7 +146,12 @@ def test_resume_with_another_setup_is_refused_for_every_change_the_readme_lists(
         exp.write_text(yaml.safe_dump(base | change))
         assert main([*args, "--trials", "2"]) == 2, change
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "study 'r/sgd'" in err and "was run with another setup" in err and expect in err, err
+        assert (
+            len(err.splitlines()) == 1
+            and "study 'r/sgd'" in err
+            and "was run with another setup" in err
+            and expect in err
+        ), err
         now = {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file() and path.suffix != ".yaml"}
         assert now == files, f"the refused run ({change}) changed a file or the database"
     assert len(load(workdir, "r/sgd").trials) == 1
@@ -133,7 +160,16 @@ def test_resume_with_another_setup_is_refused_for_every_change_the_readme_lists(
 def test_resume_with_another_search_space_is_refused(workdir, capsys):
     exp = workdir / "exp.yaml"
     base = "name: s\ntask: digits-mlp\noptimizers: [sgd]\ntrials: 1\nepochs: 1\nseed: 0\nfinal_seeds: 1\n"
-    args = ["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]
+    args = [
+        "study",
+        str(exp),
+        "--storage",
+        f"sqlite:///{workdir}/t.db",
+        "--out",
+        str(workdir / "out"),
+        "--no-progress",
+        "--no-tracking",
+    ]
     exp.write_text(base + "schedules: [constant, cosine]\n")
     assert main(args) == 0
     capsys.readouterr()
@@ -145,9 +181,25 @@ def test_resume_with_another_search_space_is_refused(workdir, capsys):
 
 def test_the_last_epoch_is_never_pruned(workdir, capsys):
     exp = workdir / "exp.yaml"
-    exp.write_text("name: p\ntask: quadratic-deep\noptimizers: [sgd]\ntrials: 12\nepochs: 2\nseed: 0\n"
-                   "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\nfinal_seeds: 1\n")
-    assert main(["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]) == 0
+    exp.write_text(
+        "name: p\ntask: quadratic-deep\noptimizers: [sgd]\ntrials: 12\nepochs: 2\nseed: 0\n"
+        "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\nfinal_seeds: 1\n"
+    )
+    assert (
+        main(
+            [
+                "study",
+                str(exp),
+                "--storage",
+                f"sqlite:///{workdir}/t.db",
+                "--out",
+                str(workdir / "out"),
+                "--no-progress",
+                "--no-tracking",
+            ]
+        )
+        == 0
+    )
     pruned = [t for t in load(workdir, "p/sgd").trials if outcome(t) == "pruned"]
     assert pruned and all(max(t.intermediate_values) == 1 for t in pruned)
 
@@ -173,11 +225,16 @@ def test_tuner_train_reproduces_the_trial_and_the_final_seeds_bit_for_bit(workdi
     assert final["trial"] == best.number and final["seeds"] == [1, 2]
     # What `tuner train` computes, seed by seed: the real trainer's results, recorded on their way to the printout.
     runs, real = {}, tuner.train.trainer.train
-    monkeypatch.setattr(tuner.train.trainer, "train", lambda *args, seed, **kwargs: runs.setdefault(seed, real(*args, seed=seed, **kwargs)))
+    monkeypatch.setattr(
+        tuner.train.trainer,
+        "train",
+        lambda *args, seed, **kwargs: runs.setdefault(seed, real(*args, seed=seed, **kwargs)),
+    )
     capsys.readouterr()
     assert main(["train", str(workdir / "out" / "best.yaml"), "--seeds", "3", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert sorted(runs) == [0, 1, 2] and len(out) == 4
+
     def values(curve: dict[str, list[float]]) -> dict[str, list[float]]:
         return {k: v for k, v in curve.items() if k != "seconds"}
 
@@ -189,7 +246,10 @@ def test_tuner_train_reproduces_the_trial_and_the_final_seeds_bit_for_bit(workdi
     for i, seed in enumerate(final["seeds"]):
         assert curves[seed] == values(final["history"][i])
         assert (runs[seed].history[-1].val_loss, runs[seed].test_loss, runs[seed].test_metric) == (
-            final["val_objective"][i], final["test_objective"][i], final["test_metric"][i])
+            final["val_objective"][i],
+            final["test_objective"][i],
+            final["test_metric"][i],
+        )
     assert out[3].startswith("val loss: ") and "over 3 seed(s)" in out[3]
 
 
@@ -239,11 +299,15 @@ def test_a_trial_whose_task_code_raises_fails_and_the_study_goes_on(workdir, cap
 def test_a_study_whose_every_trial_fails_the_same_way_stops_with_that_error(workdir, capsys, monkeypatch, at_once):
     import broken_tasks
 
-    (workdir / "exp.yaml").write_text("name: broken\ntask: broken_tasks:FailsInTraining\noptimizers: [adam, sgd]\ntrials: 20\nepochs: 2\nseed: 0\n")
+    (workdir / "exp.yaml").write_text(
+        "name: broken\ntask: broken_tasks:FailsInTraining\noptimizers: [adam, sgd]\ntrials: 20\nepochs: 2\nseed: 0\n"
+    )
     args = ["study", "exp.yaml", "--storage", f"sqlite:///{workdir}/t.db", "--no-progress", "--batch-trials", at_once]
     assert main([*args, "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 2
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    (parent,) = client.search_runs([client.get_experiment_by_name("broken").experiment_id], "tags.`tuner.role` = 'study'")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("broken").experiment_id], "tags.`tuner.role` = 'study'"
+    )
     assert parent.info.status == "FAILED"
     args.append("--no-tracking")
     err = capsys.readouterr().err
@@ -284,7 +348,16 @@ def test_every_sampler_and_pruner_runs_and_resumes(workdir, capsys, sampler, pru
         f"name: combo\ntask: digits-mlp\noptimizers: [adam]\nschedules: [constant, step]\ntrials: 4\nepochs: 6\n"
         f"seed: 0\nsampler: {sampler}\npruner: {pruner}\nobjective: {objective}\nfinal_seeds: 1\n"
     )
-    args = ["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]
+    args = [
+        "study",
+        str(exp),
+        "--storage",
+        f"sqlite:///{workdir}/t.db",
+        "--out",
+        str(workdir / "out"),
+        "--no-progress",
+        "--no-tracking",
+    ]
     assert main(args) == 0
     study = load(workdir, "combo/adam")
     direction = optuna.study.StudyDirection.MAXIMIZE if objective == "metric" else optuna.study.StudyDirection.MINIMIZE
@@ -304,9 +377,25 @@ def test_tpe_learns_to_avoid_the_region_that_diverges(workdir, capsys):
     # SGD on the quadratic diverges for lr above ~2/60: about 70% of this log range.
     (workdir / "hot.yaml").write_text("optimizer: SGD\nparams:\n  lr: {low: 1.0e-3, high: 100.0, scale: log}\n")
     exp = workdir / "exp.yaml"
-    exp.write_text("name: learn\ntask: quadratic-deep\noptimizers: [hot.yaml]\nschedules: [constant]\ntrials: 24\n"
-                   "epochs: 2\nseed: 0\nsampler: {name: tpe, n_startup_trials: 6}\npruner: none\nfinal_seeds: 1\n")
-    assert main(["study", str(exp), "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress", "--no-tracking"]) == 0
+    exp.write_text(
+        "name: learn\ntask: quadratic-deep\noptimizers: [hot.yaml]\nschedules: [constant]\ntrials: 24\n"
+        "epochs: 2\nseed: 0\nsampler: {name: tpe, n_startup_trials: 6}\npruner: none\nfinal_seeds: 1\n"
+    )
+    assert (
+        main(
+            [
+                "study",
+                str(exp),
+                "--storage",
+                f"sqlite:///{workdir}/t.db",
+                "--out",
+                str(workdir / "out"),
+                "--no-progress",
+                "--no-tracking",
+            ]
+        )
+        == 0
+    )
     outcomes = [outcome(t) for t in load(workdir, "learn/hot").trials]
     startup, learned = outcomes[:6], outcomes[6:]
     assert startup.count("diverged") >= 3

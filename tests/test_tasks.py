@@ -15,8 +15,8 @@ import yaml
 
 from tuner.cli.main import main
 from tuner.config.experiment import Config
-from tuner.errors import UserError
 from tuner.config.export import config_from_dict, config_to_dict
+from tuner.errors import UserError
 from tuner.tasks import BUILTIN, describe, load_data, load_task
 from tuner.tasks.contract import check_task
 from tuner.train.trainer import resolve_device, train
@@ -45,7 +45,9 @@ def test_every_builtin_task_keeps_the_contract_on_cuda(name):
 
 
 def test_the_contract_check_names_the_broken_rule():
-    with pytest.raises(UserError, match="'rosenbrock' breaks the contract: one epoch of Adam .* did not lower the validation loss"):
+    with pytest.raises(
+        UserError, match=r"'rosenbrock' breaks the contract: one epoch of Adam .* did not lower the validation loss"
+    ):
         check_task("rosenbrock", {"start": [1.0, 1.0]})  # started at the minimum: nothing to lower
 
     class Unseeded(load_task("broken_tasks:Tiny").__class__):
@@ -93,17 +95,49 @@ def plugin_path(tmp_path_factory):
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = root / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(source)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return target
 
 
 def test_an_installed_plugin_is_tuned_by_its_entry_point_name_in_a_real_process(plugin_path, tmp_path):
-    args = ["study", "--task", "sine-mlp", "--optimizers", "adam", "--trials", "2", "--epochs", "2", "--final-seeds", "1",
-            "--storage", f"sqlite:///{tmp_path}/t.db", "--out", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    args = [
+        "study",
+        "--task",
+        "sine-mlp",
+        "--optimizers",
+        "adam",
+        "--trials",
+        "2",
+        "--epochs",
+        "2",
+        "--final-seeds",
+        "1",
+        "--storage",
+        f"sqlite:///{tmp_path}/t.db",
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     env = os.environ | {"PYTHONPATH": str(plugin_path), "PYTHONDONTWRITEBYTECODE": "1"}
-    result = subprocess.run([sys.executable, "-m", "tuner", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "task sine-mlp" in result.stderr
     best = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
@@ -117,7 +151,10 @@ def test_tasks_lists_an_installed_plugin_after_the_builtins(plugin_path, monkeyp
     assert [line.split()[:2] for line in lines[: len(BUILTIN)]] == [[name, "built-in"] for name in BUILTIN]
     assert [info.name for info in describe()] == [*BUILTIN, "sine-mlp"]
     assert lines[len(BUILTIN)].startswith("sine-mlp ")
-    assert "plugin: tuner_example_task:SineMLP of tuner-example-task" in lines[len(BUILTIN)] and "sin(x)" in lines[len(BUILTIN)]
+    assert (
+        "plugin: tuner_example_task:SineMLP of tuner-example-task" in lines[len(BUILTIN)]
+        and "sin(x)" in lines[len(BUILTIN)]
+    )
 
 
 def test_a_plugin_that_fails_to_import_is_one_line_exit_2(plugin_path, tmp_path, monkeypatch, capsys):
@@ -144,7 +181,7 @@ def test_the_readme_shows_the_example_plugin_as_it_is():
 
 def test_a_dotted_attribute_path_names_a_factory():
     assert load_task("tuner.tasks.rosenbrock:Rosenbrock").name == "rosenbrock"
-    with pytest.raises(UserError, match="has no attribute 'Rosenbrock.nosuch'"):
+    with pytest.raises(UserError, match=r"has no attribute 'Rosenbrock\.nosuch'"):
         load_task("tuner.tasks.rosenbrock:Rosenbrock.nosuch")
 
 
@@ -170,7 +207,9 @@ def test_amp_is_recorded_in_the_config_yaml_and_defaults_to_none():
     assert config_from_dict(data).amp == "none"
 
 
-def test_an_out_of_memory_trial_fails_with_the_reason_frees_the_cache_and_the_study_goes_on(workdir, capsys, monkeypatch):
+def test_an_out_of_memory_trial_fails_with_the_reason_frees_the_cache_and_the_study_goes_on(
+    workdir, capsys, monkeypatch
+):
     from tuner.tasks.rosenbrock import Rosenbrock
 
     calls = {"model": 0, "empty_cache": 0}
@@ -179,26 +218,70 @@ def test_an_out_of_memory_trial_fails_with_the_reason_frees_the_cache_and_the_st
     def greedy(self):
         calls["model"] += 1
         if calls["model"] == 3:  # the 1st call is the check before the study, so this is the 2nd trial
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB.\nGPU 0 has a total capacity of 79 GiB")
+            raise torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 80.00 GiB.\nGPU 0 has a total capacity of 79 GiB"
+            )
         return original(self)
 
     monkeypatch.setattr(Rosenbrock, "model", greedy)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.__setitem__("empty_cache", calls["empty_cache"] + 1))
-    args = ["study", "quickstart", "--task", "rosenbrock", "--optimizers", "adam", "--trials", "3", "--epochs", "2",
-            "--final-seeds", "1", "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress"]  # fmt: skip
+    args = [
+        "study",
+        "quickstart",
+        "--task",
+        "rosenbrock",
+        "--optimizers",
+        "adam",
+        "--trials",
+        "3",
+        "--epochs",
+        "2",
+        "--final-seeds",
+        "1",
+        "--storage",
+        f"sqlite:///{workdir}/t.db",
+        "--out",
+        str(workdir / "out"),
+        "--no-progress",
+    ]
     assert main(args) == 0
     trials = optuna.load_study(study_name="quickstart/adam", storage=f"sqlite:///{workdir}/t.db").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    assert trials[1].user_attrs["reason"] == "out of memory: OutOfMemoryError: CUDA out of memory. Tried to allocate 80.00 GiB."
+    assert (
+        trials[1].user_attrs["reason"]
+        == "out of memory: OutOfMemoryError: CUDA out of memory. Tried to allocate 80.00 GiB."
+    )
     assert calls["empty_cache"] == 1
 
 
 @CUDA
 @pytest.mark.parametrize("at_once", ["1", "2"])
 def test_a_study_on_cuda_with_bf16_records_amp(workdir, capsys, at_once):
-    args = ["study", "quickstart", "--task", "digits-cnn", "--optimizers", "adam", "--trials", "2", "--epochs", "2", "--final-seeds", "1",
-            "--device", "cuda", "--amp", "bf16", "--batch-trials", at_once,
-            "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--no-progress"]  # fmt: skip
+    args = [
+        "study",
+        "quickstart",
+        "--task",
+        "digits-cnn",
+        "--optimizers",
+        "adam",
+        "--trials",
+        "2",
+        "--epochs",
+        "2",
+        "--final-seeds",
+        "1",
+        "--device",
+        "cuda",
+        "--amp",
+        "bf16",
+        "--batch-trials",
+        at_once,
+        "--storage",
+        f"sqlite:///{workdir}/t.db",
+        "--out",
+        str(workdir / "out"),
+        "--no-progress",
+    ]
     assert main(args) == 0
     best = yaml.safe_load((workdir / "out" / "best.yaml").read_text())
     assert best["training"]["amp"] == "bf16"

@@ -11,10 +11,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.study import storage as tables
 from tuner.study import budget as tickets
-from tuner.study.outcomes import outcome
+from tuner.study import storage as tables
 from tuner.study.budget import Tickets
+from tuner.study.outcomes import outcome
 
 
 @pytest.fixture(params=["tables", "public"])
@@ -45,8 +45,12 @@ def study(storage):
 def finished_trials() -> list[optuna.trial.FrozenTrial]:
     """Trials of every kind a study stores: complete, pruned (a NaN and an inf among the epochs), failed; the TPE sampler's own attributes."""
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, constant_liar=True, n_startup_trials=1))
-    ends = [(TrialState.COMPLETE, 0.5, [0.9, 0.7]), (TrialState.PRUNED, None, [1.0, math.inf, math.nan]), (TrialState.FAIL, None, []),
-            (TrialState.COMPLETE, -math.inf, [2.0])]
+    ends = [
+        (TrialState.COMPLETE, 0.5, [0.9, 0.7]),
+        (TrialState.PRUNED, None, [1.0, math.inf, math.nan]),
+        (TrialState.FAIL, None, []),
+        (TrialState.COMPLETE, -math.inf, [2.0]),
+    ]
     told = []
     for state, value, curve in ends:
         trial = study.ask()
@@ -81,7 +85,9 @@ def test_trials_written_whole_read_back_as_optunas_own(storage, study, writer):
     for ours, trial in zip(stored[2:], trials):
         assert all(getattr(ours, f) == getattr(trial, f) for f in fields) and ours.datetime_complete is not None
     if writer == "tables":  # the in-memory trial's own times (Optuna's public API sets them when it is called)
-        assert [(t.datetime_start, t.datetime_complete) for t in stored[2:]] == [(t.datetime_start, t.datetime_complete) for t in trials]
+        assert [(t.datetime_start, t.datetime_complete) for t in stored[2:]] == [
+            (t.datetime_start, t.datetime_complete) for t in trials
+        ]
     # Every client sees one study: the tickets are its own trials.
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
 
@@ -136,9 +142,17 @@ def test_a_storage_with_the_old_ledger_study_resumes_and_loses_it(tmp_path):
     for trial in finished_trials():
         study.add_trial(trial)
     ledger = optuna.create_study(storage=url, study_name=tickets.TICKETS_PREFIX + "quickstart/adam")
-    for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING):  # released, refused, lost, held
+    for state in (
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.FAIL,
+        TrialState.RUNNING,
+    ):  # released, refused, lost, held
         ledger.add_trial(optuna.trial.create_trial(state=state, value=0.0 if state == TrialState.COMPLETE else None))
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=1)
     look = Tickets(storage, optuna.load_study(study_name="quickstart/adam", storage=storage)).take(5, 5, set())
-    assert [t.number for t in look.tickets] == [4, 5] and look.counted == 3  # the trials' own; the ledger's tickets count for nothing
+    assert [t.number for t in look.tickets] == [
+        4,
+        5,
+    ] and look.counted == 3  # the trials' own; the ledger's tickets count for nothing
     assert optuna.get_all_study_names(storage) == ["quickstart/adam"]

@@ -33,7 +33,17 @@ EPOCH_METRICS = {
 
 
 def study_args(workdir: Path, *extra: str, uri: str | None = None) -> list[str]:
-    return ["study", *extra, "--storage", f"sqlite:///{workdir}/t.db", "--out", str(workdir / "out"), "--tracking-uri", uri or f"sqlite:///{workdir}/mlflow.db", *FAST]
+    return [
+        "study",
+        *extra,
+        "--storage",
+        f"sqlite:///{workdir}/t.db",
+        "--out",
+        str(workdir / "out"),
+        "--tracking-uri",
+        uri or f"sqlite:///{workdir}/mlflow.db",
+        *FAST,
+    ]
 
 
 def load(workdir: Path, name: str) -> optuna.Study:
@@ -125,13 +135,23 @@ def test_layout_params_metrics_final_runs_and_artifacts(workdir, capsys):
         assert parent.info.run_name == optimizer and parent.info.status == "FINISHED"
         assert parent.data.tags["tuner.storage"] == f"sqlite:///{workdir}/t.db" and parent.data.tags["tuner.version"]
         assert parent.data.params["task"] == "digits-mlp" and parent.data.params["epochs"] == "3"
-        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {f"best-{optimizer}.yaml", "best.yaml", "summary.md", "evidence.md", "plots"}
+        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+            f"best-{optimizer}.yaml",
+            "best.yaml",
+            "summary.md",
+            "evidence.md",
+            "plots",
+        }
         assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {
-            f"plots/{f}.png" for f in ("importance", "convergence", "learning_curves", "budget", "sensitivity", "step_sizes")}
+            f"plots/{f}.png"
+            for f in ("importance", "convergence", "learning_curves", "budget", "sensitivity", "step_sizes")
+        }
         exported = yaml.safe_load((workdir / "out" / f"best-{optimizer}.yaml").read_text())
         best = trial_runs(children[name])[exported["source"]["trial"]]
         assert exported["source"]["mlflow_run_id"] == best.info.run_id
-        finals = sorted((r for r in children[name] if r.data.tags["tuner.role"] == "final"), key=lambda r: r.data.tags["tuner.seed"])
+        finals = sorted(
+            (r for r in children[name] if r.data.tags["tuner.role"] == "final"), key=lambda r: r.data.tags["tuner.seed"]
+        )
         assert [r.data.tags["tuner.seed"] for r in finals] == ["1", "2"]
         for seed, run in zip((1, 2), finals):
             assert run.data.params["seed"] == str(seed) and run.data.params["lr"] == best.data.params["lr"]
@@ -181,20 +201,47 @@ def test_pruned_diverged_and_failed_trials_have_truthful_statuses(workdir, capsy
 
 
 def test_a_trials_run_has_the_readmes_param_and_metric_names(workdir):
-    (workdir / "exp.yaml").write_text("name: names\ntask: digits-mlp\ntask_args: {hidden: 32}\noptimizers: [adam]\n"
-                                      "schedules: [warmup_cosine]\nobjective: loss\ntrials: 1\nepochs: 2\nseed: 0\nfinal_seeds: 1\n")  # fmt: skip
+    (workdir / "exp.yaml").write_text(
+        "name: names\ntask: digits-mlp\ntask_args: {hidden: 32}\noptimizers: [adam]\n"
+        "schedules: [warmup_cosine]\nobjective: loss\ntrials: 1\nepochs: 2\nseed: 0\nfinal_seeds: 1\n"
+    )
     uri = f"sqlite:///{workdir}/mlflow.db"
     assert main([*study_args(workdir, str(workdir / "exp.yaml")), "--epochs", "2", "--final-seeds", "1"]) == 0
     run = trial_runs(layout(uri, "names")[1]["names/adam"])[0]
     params = run.data.params
     assert set(run.data.metrics) == {"train_loss", "val_loss", "val_accuracy", "lr", "objective"}
-    assert {"lr", "betas", "beta1", "beta2", "eps", "weight_decay", "schedule", "schedule.warmup", "schedule.start_factor",
-            "schedule.eta_min", "task", "task_args.hidden", "epochs", "batch_size", "seed", "objective", "device"} <= set(params)
-    assert (params["schedule"], params["schedule.start_factor"], params["task_args.hidden"]) == ("warmup_cosine", "0.01", "32")
+    assert {
+        "lr",
+        "betas",
+        "beta1",
+        "beta2",
+        "eps",
+        "weight_decay",
+        "schedule",
+        "schedule.warmup",
+        "schedule.start_factor",
+        "schedule.eta_min",
+        "task",
+        "task_args.hidden",
+        "epochs",
+        "batch_size",
+        "seed",
+        "objective",
+        "device",
+    } <= set(params)
+    assert (params["schedule"], params["schedule.start_factor"], params["task_args.hidden"]) == (
+        "warmup_cosine",
+        "0.01",
+        "32",
+    )
     assert (params["epochs"], params["seed"], params["objective"], params["device"]) == ("2", "0", "loss", "cpu")
     client = MlflowClient(uri)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
-    assert run.data.tags["tuner.role"] == "trial" and run.data.tags["tuner.trial"] == "0" and run.data.tags["tuner.outcome"] == "complete"
+    assert (
+        run.data.tags["tuner.role"] == "trial"
+        and run.data.tags["tuner.trial"] == "0"
+        and run.data.tags["tuner.outcome"] == "complete"
+    )
 
 
 def test_resume_logs_under_the_same_parent_and_refreshes_the_final_runs(workdir):
@@ -213,7 +260,9 @@ def test_resume_logs_under_the_same_parent_and_refreshes_the_final_runs(workdir)
 
 def test_sync_rebuilds_the_mirror_idempotently_and_repairs_runs_cut_short(workdir, capsys):
     uri = f"sqlite:///{workdir}/mlflow.db"
-    assert main([*study_args(workdir, "quickstart", "--optimizers", "adam", "sgd", "--trials", "3"), "--no-tracking"]) == 0
+    assert (
+        main([*study_args(workdir, "quickstart", "--optimizers", "adam", "sgd", "--trials", "3"), "--no-tracking"]) == 0
+    )
     assert not (workdir / "mlflow.db").exists()
     sync = ["sync", "quickstart", "--storage", f"sqlite:///{workdir}/t.db", "--tracking-uri", uri]
     assert main(sync) == 0
@@ -315,13 +364,21 @@ def test_ctrl_c_closes_the_runs_and_the_rerun_resumes_under_the_same_parent(work
 def test_a_real_ctrl_c_mid_trial_stores_it_interrupted_kills_its_run_and_the_parent_and_the_rerun_completes(workdir):
     uri = f"sqlite:///{workdir}/mlflow.db"
     # Trials of 30 unpruned epochs (half a second or more each): the signal lands in the trial that has just started.
-    (workdir / "long.yaml").write_text("name: quickstart\ntask: digits-mlp\noptimizers: [adam]\ntrials: 3\nepochs: 30\nseed: 0\npruner: none\n")
+    (workdir / "long.yaml").write_text(
+        "name: quickstart\ntask: digits-mlp\noptimizers: [adam]\ntrials: 3\nepochs: 30\nseed: 0\npruner: none\n"
+    )
     cmd = [sys.executable, "-m", "tuner", *study_args(workdir, str(workdir / "long.yaml"))]
     cmd[cmd.index("--epochs") + 1] = "30"
     cmd[cmd.index("--final-seeds") + 1] = "1"
     # SIGINT at its default, as in a terminal (a shell without job control starts `&` jobs with SIGINT ignored).
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 600
     done = 0
     while done < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -400,12 +457,17 @@ def test_a_server_lost_mid_study_costs_no_trial_and_sync_fills_the_gap(workdir, 
 
     monkeypatch.setattr(StudyRunner, "run_trial", lose_the_server)
     try:
-        assert main(study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "5", uri=mlflow_server.uri)) == 0
+        assert (
+            main(study_args(workdir, "quickstart", "--optimizers", "sgd", "--trials", "5", uri=mlflow_server.uri)) == 0
+        )
         err = capsys.readouterr().err
         assert "the MLflow mirror is incomplete" in err and "python -m tuner sync" in err
         assert len(load(workdir, "quickstart/sgd").trials) == 5  # nothing lost on the Optuna side
         mlflow_server.start()
-        assert main(["sync", "quickstart", "--storage", f"sqlite:///{workdir}/t.db", "--tracking-uri", mlflow_server.uri]) == 0
+        assert (
+            main(["sync", "quickstart", "--storage", f"sqlite:///{workdir}/t.db", "--tracking-uri", mlflow_server.uri])
+            == 0
+        )
         parents = assert_mirrors(workdir, mlflow_server.uri, "quickstart", ["quickstart/sgd"])
         assert parents["quickstart/sgd"].info.status == "FINISHED"
     finally:
@@ -417,11 +479,31 @@ def test_the_tracking_uri_comes_from_the_environment(workdir, capsys, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     assert main(["study", "--trials", "1", "--storage", f"sqlite:///{workdir}/t.db", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "MLFLOW_TRACKING_URI: cannot reach the MLflow server at 'http://127.0.0.1:9'" in err and len(err.splitlines()) == 1
+    assert (
+        "MLFLOW_TRACKING_URI: cannot reach the MLflow server at 'http://127.0.0.1:9'" in err
+        and len(err.splitlines()) == 1
+    )
     assert not (workdir / "t.db").exists()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/env.db")
-    assert main(["study", "--trials", "1", "--epochs", "1", "--final-seeds", "1", "--optimizers", "sgd",
-                 "--storage", f"sqlite:///{workdir}/t.db", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "--trials",
+                "1",
+                "--epochs",
+                "1",
+                "--final-seeds",
+                "1",
+                "--optimizers",
+                "sgd",
+                "--storage",
+                f"sqlite:///{workdir}/t.db",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert layout(f"sqlite:///{workdir}/env.db", "quickstart")[0]
 
 

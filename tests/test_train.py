@@ -15,10 +15,18 @@ from tuner.train.trainer import evaluate, steps_per_epoch, train
 
 
 def adam(**changes) -> Config:
-    values = dict(
-        optimizer="Adam", optimizer_kwargs={"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8}, schedule="cosine",
-        schedule_params={}, task="digits-mlp", task_args={}, epochs=3, batch_size=64, seed=0, objective="loss",
-    )
+    values = {
+        "optimizer": "Adam",
+        "optimizer_kwargs": {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8},
+        "schedule": "cosine",
+        "schedule_params": {},
+        "task": "digits-mlp",
+        "task_args": {},
+        "epochs": 3,
+        "batch_size": 64,
+        "seed": 0,
+        "objective": "loss",
+    }
     return Config(**(values | changes))
 
 
@@ -44,7 +52,14 @@ def test_the_seed_changes_initialisation_and_order_but_not_the_callers_random_st
 
 def test_a_non_finite_loss_stops_the_run_as_diverged(quadratic):
     task, data = quadratic
-    config = adam(optimizer="SGD", optimizer_kwargs={"lr": 30.0}, schedule="constant", task="quadratic-deep", epochs=5, batch_size=128)
+    config = adam(
+        optimizer="SGD",
+        optimizer_kwargs={"lr": 30.0},
+        schedule="constant",
+        task="quadratic-deep",
+        epochs=5,
+        batch_size=128,
+    )
     result = train(task, data, config)
     assert result.status == "diverged"
     assert result.reason.startswith(f"diverged at epoch {len(result.history)}")
@@ -120,12 +135,18 @@ print(baseline, faults())
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only (elsewhere keep_freed_memory does nothing)")
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="glibc's malloc only (elsewhere keep_freed_memory does nothing)"
+)
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
-    baseline, kept = map(int, subprocess.run([sys.executable, "-c", STEPS], capture_output=True, text=True, check=True).stdout.split())
+    baseline, kept = map(
+        int, subprocess.run([sys.executable, "-c", STEPS], capture_output=True, text=True, check=True).stdout.split()
+    )
     # glibc's defaults usually hand the blocks back and each step faults its 4,096 pages in again (about 81,000), but
     # its dynamic mmap threshold sometimes keeps them itself: then there is nothing for tuner's setting to keep.
     if baseline < 20 * 2048:
-        pytest.skip(f"glibc's defaults already kept the freed memory in this run ({baseline} page faults over 20 steps)")
+        pytest.skip(
+            f"glibc's defaults already kept the freed memory in this run ({baseline} page faults over 20 steps)"
+        )
     # Kept: near zero, less than one step's pages over all 20 steps.
     assert kept < 4096, (baseline, kept)

@@ -65,7 +65,9 @@ def case(id: str, argv: list[str], expect: list[str], files: dict[str, str | byt
     return pytest.param(argv, files or {}, expect, id=id)
 
 
-def study(id: str, expect: list[str], *, exp: str | None = None, flags: tuple[str, ...] = (), files: dict | None = None):
+def study(
+    id: str, expect: list[str], *, exp: str | None = None, flags: tuple[str, ...] = (), files: dict | None = None
+):
     """A ``tuner study exp.yaml`` case; ``exp`` is the experiment text (default: a valid one)."""
     files = {"exp.yaml": experiment() if exp is None else exp} | (files or {})
     return case(id, ["study", "exp.yaml", *flags], expect, files)
@@ -76,10 +78,11 @@ def space(id: str, text: str, expect: list[str]):
     return study(id, ["space.yaml", *expect], exp=experiment(optimizers=["space.yaml"]), files={"space.yaml": text})
 
 
-
 def broken(factory: str, expect: list[str]):
     """A ``tuner study`` case whose task is ``broken_tasks:<factory>`` (tests/broken_tasks.py)."""
-    return study(f"task-broken-{factory}", ["exp.yaml", "task", *expect], exp=experiment(task=f"broken_tasks:{factory}"))
+    return study(
+        f"task-broken-{factory}", ["exp.yaml", "task", *expect], exp=experiment(task=f"broken_tasks:{factory}")
+    )
 
 
 CASES = [
@@ -87,24 +90,52 @@ CASES = [
     study("exp-unknown-key", ["exp.yaml", "'trails'", "allowed", "trials"], exp=experiment(trails=3)),
     study("exp-missing-name", ["exp.yaml", "missing", "'name'", "required"], exp=experiment(name=DROP)),
     study("exp-missing-task", ["exp.yaml", "missing", "'task'", "required"], exp=experiment(task=DROP)),
-    study("exp-missing-optimizers", ["exp.yaml", "missing", "'optimizers'", "required"], exp=experiment(optimizers=DROP)),
+    study(
+        "exp-missing-optimizers", ["exp.yaml", "missing", "'optimizers'", "required"], exp=experiment(optimizers=DROP)
+    ),
     study("exp-missing-trials", ["exp.yaml", "missing", "'trials'", "required"], exp=experiment(trials=DROP)),
     study("exp-missing-epochs", ["exp.yaml", "missing", "'epochs'", "required"], exp=experiment(epochs=DROP)),
     study("exp-missing-seed", ["exp.yaml", "missing", "'seed'", "required"], exp=experiment(seed=DROP)),
     study("exp-name-with-slash", ["exp.yaml", "name", "'a/b'", "without '/'"], exp=experiment(name="a/b")),
     study("exp-name-empty", ["exp.yaml", "name", "''", "non-empty"], exp=experiment(name="")),
-    study("exp-name-too-long", ["exp.yaml", "name", "201 bytes", "at most 200 bytes", "MLflow experiment"], exp=experiment(name="n" * 201)),
-    study("exp-name-too-long-in-utf8", ["exp.yaml", "name", "202 bytes", "at most 200 bytes"], exp=experiment(name="é" * 101)),
+    study(
+        "exp-name-too-long",
+        ["exp.yaml", "name", "201 bytes", "at most 200 bytes", "MLflow experiment"],
+        exp=experiment(name="n" * 201),
+    ),
+    study(
+        "exp-name-too-long-in-utf8",
+        ["exp.yaml", "name", "202 bytes", "at most 200 bytes"],
+        exp=experiment(name="é" * 101),
+    ),
     study("exp-name-nul", ["exp.yaml", "name", "NUL"], exp=experiment(name="a\0b")),
     study("exp-name-dot-dot", ["exp.yaml", "name", "'..'", "not '.' or '..'"], exp=experiment(name="..")),
-    study("exp-space-name-too-long", ["exp.yaml", "optimizers", "201 bytes", "at most 200 bytes"],
-          exp=experiment(optimizers=["s" * 201 + ".yaml"]), files={"s" * 201 + ".yaml": "optimizer: Adam\nparams: {}\n"}),
-    study("exp-unknown-optimizer", ["exp.yaml", "optimizers", "'adadelta'", "adam"], exp=experiment(optimizers=["adam", "adadelta"])),
-    study("exp-optimizers-missing-yaml", ["exp.yaml", "optimizers", "missing.yaml", "adam"], exp=experiment(optimizers=["missing.yaml"])),
+    study(
+        "exp-space-name-too-long",
+        ["exp.yaml", "optimizers", "201 bytes", "at most 200 bytes"],
+        exp=experiment(optimizers=["s" * 201 + ".yaml"]),
+        files={"s" * 201 + ".yaml": "optimizer: Adam\nparams: {}\n"},
+    ),
+    study(
+        "exp-unknown-optimizer",
+        ["exp.yaml", "optimizers", "'adadelta'", "adam"],
+        exp=experiment(optimizers=["adam", "adadelta"]),
+    ),
+    study(
+        "exp-optimizers-missing-yaml",
+        ["exp.yaml", "optimizers", "missing.yaml", "adam"],
+        exp=experiment(optimizers=["missing.yaml"]),
+    ),
     study("exp-optimizers-empty", ["exp.yaml", "optimizers", "[]", "non-empty"], exp=experiment(optimizers=[])),
     study("exp-optimizers-not-strings", ["exp.yaml", "optimizers", "3", "list"], exp=experiment(optimizers=[3])),
-    study("exp-optimizers-schedules", ["exp.yaml", "optimizers", "'schedules'", "adam"], exp=experiment(optimizers=["schedules"])),
-    study("exp-optimizers-twice", ["exp.yaml", "optimizers", "adam", "twice"], exp=experiment(optimizers=["adam", "adam"])),
+    study(
+        "exp-optimizers-schedules",
+        ["exp.yaml", "optimizers", "'schedules'", "adam"],
+        exp=experiment(optimizers=["schedules"]),
+    ),
+    study(
+        "exp-optimizers-twice", ["exp.yaml", "optimizers", "adam", "twice"], exp=experiment(optimizers=["adam", "adam"])
+    ),
     study("exp-trials-zero", ["exp.yaml", "trials", "0", ">= 1"], exp=experiment(trials=0)),
     study("exp-trials-text", ["exp.yaml", "trials", "'ten'", "integer"], exp=experiment(trials="ten")),
     study("exp-trials-float", ["exp.yaml", "trials", "2.5", "integer"], exp=experiment(trials=2.5)),
@@ -114,27 +145,58 @@ CASES = [
     study("exp-seed-negative", ["exp.yaml", "seed", "-1", "from 0 to"], exp=experiment(seed=-1)),
     study("exp-seed-text", ["exp.yaml", "seed", "'zero'", "from 0 to"], exp=experiment(seed="zero")),
     study("exp-seed-too-large", ["exp.yaml", "seed", "4294967296", "2147483647"], exp=experiment(seed=2**32)),
-    study("exp-sampler-seed", ["exp.yaml", "sampler", "'seed'", "experiment's seed"], exp=experiment(sampler={"name": "random", "seed": 7})),
-    study("exp-sampler-bad-argument-value", ["exp.yaml", "sampler", "gamma", "tpe"],
-          exp=experiment(sampler={"name": "tpe", "gamma": 0.5, "n_startup_trials": 1})),
-    study("exp-pruner-bad-reduction-factor", ["exp.yaml", "pruner", "hyperband", "reduction_factor"],
-          exp=experiment(pruner={"name": "hyperband", "reduction_factor": 1})),
+    study(
+        "exp-sampler-seed",
+        ["exp.yaml", "sampler", "'seed'", "experiment's seed"],
+        exp=experiment(sampler={"name": "random", "seed": 7}),
+    ),
+    study(
+        "exp-sampler-bad-argument-value",
+        ["exp.yaml", "sampler", "gamma", "tpe"],
+        exp=experiment(sampler={"name": "tpe", "gamma": 0.5, "n_startup_trials": 1}),
+    ),
+    study(
+        "exp-pruner-bad-reduction-factor",
+        ["exp.yaml", "pruner", "hyperband", "reduction_factor"],
+        exp=experiment(pruner={"name": "hyperband", "reduction_factor": 1}),
+    ),
     study("exp-final-seeds-zero", ["exp.yaml", "final_seeds", "0", ">= 1"], exp=experiment(final_seeds=0)),
     study("exp-unknown-sampler", ["exp.yaml", "sampler", "'grid'", "tpe"], exp=experiment(sampler="grid")),
     study("exp-unknown-pruner", ["exp.yaml", "pruner", "'asha'", "median"], exp=experiment(pruner="asha")),
     study("exp-sampler-not-a-name", ["exp.yaml", "sampler", "3", "tpe"], exp=experiment(sampler=3)),
-    study("exp-sampler-unknown-argument", ["exp.yaml", "sampler", "n_startup", "n_startup_trials"],
-          exp=experiment(sampler={"name": "tpe", "n_startup": 3})),
-    study("exp-pruner-unknown-argument", ["exp.yaml", "pruner", "warmup", "n_warmup_steps"],
-          exp=experiment(pruner={"name": "median", "warmup": 3})),
-    study("exp-unknown-schedule", ["exp.yaml", "schedules", "'warmup'", "cosine"], exp=experiment(schedules=["cosine", "warmup"])),
+    study(
+        "exp-sampler-unknown-argument",
+        ["exp.yaml", "sampler", "n_startup", "n_startup_trials"],
+        exp=experiment(sampler={"name": "tpe", "n_startup": 3}),
+    ),
+    study(
+        "exp-pruner-unknown-argument",
+        ["exp.yaml", "pruner", "warmup", "n_warmup_steps"],
+        exp=experiment(pruner={"name": "median", "warmup": 3}),
+    ),
+    study(
+        "exp-unknown-schedule",
+        ["exp.yaml", "schedules", "'warmup'", "cosine"],
+        exp=experiment(schedules=["cosine", "warmup"]),
+    ),
     study("exp-schedules-empty", ["exp.yaml", "schedules", "[]", "cosine"], exp=experiment(schedules=[])),
     study("exp-schedules-text", ["exp.yaml", "schedules", "'cosine'", "list"], exp=experiment(schedules="cosine")),
-    study("exp-objective-unknown", ["exp.yaml", "objective", "'recall'", "accuracy"], exp=experiment(objective="recall")),
-    study("exp-objective-direction", ["exp.yaml", "direction", "'up'", "maximize"],
-          exp=experiment(objective={"metric": "loss", "direction": "up"})),
-    study("exp-objective-unknown-key", ["exp.yaml", "objective", "'goal'", "direction"], exp=experiment(objective={"goal": "loss"})),
-    study("exp-target-text", ["exp.yaml", "target", "'1e-1'", "finite number", "1.0e-3"], exp=experiment(target="1e-1")),
+    study(
+        "exp-objective-unknown", ["exp.yaml", "objective", "'recall'", "accuracy"], exp=experiment(objective="recall")
+    ),
+    study(
+        "exp-objective-direction",
+        ["exp.yaml", "direction", "'up'", "maximize"],
+        exp=experiment(objective={"metric": "loss", "direction": "up"}),
+    ),
+    study(
+        "exp-objective-unknown-key",
+        ["exp.yaml", "objective", "'goal'", "direction"],
+        exp=experiment(objective={"goal": "loss"}),
+    ),
+    study(
+        "exp-target-text", ["exp.yaml", "target", "'1e-1'", "finite number", "1.0e-3"], exp=experiment(target="1e-1")
+    ),
     study("exp-task-args-not-mapping", ["exp.yaml", "task_args", "[1]", "mapping"], exp=experiment(task_args=[1])),
     study("exp-malformed-yaml", ["exp.yaml", "malformed YAML", "line"], exp="name: [unclosed\ntrials: 3\n"),
     study("exp-yaml-is-list", ["exp.yaml", "mapping", "list"], exp="- name: t\n- trials: 3\n"),
@@ -142,31 +204,86 @@ CASES = [
     study("exp-not-utf8", ["exp.yaml", "UTF-8"], exp=b"name: t\xff\xfe\n"),
     case("exp-file-missing", ["study", "nonexistent.yaml"], ["nonexistent.yaml", "no such file", "quickstart"]),
     # YAML that means something other than what it says (tuner.config.strict_yaml), in every file kind
-    study("exp-duplicate-key", ["exp.yaml", "line 9", "'epochs'", "twice", "line 6", "unique"], exp=experiment() + "epochs: 2\n"),
-    study("exp-duplicate-nested-key", ["exp.yaml", "line 9", "'hidden'", "twice", "line 9"],
-          exp=experiment() + "task_args: {hidden: 32, hidden: 64}\n"),
-    study("exp-yaml11-bool-on", ["exp.yaml", "line 9", "'on'", "YAML 1.1 boolean", "true or false"], exp=experiment() + "target: on\n"),
-    study("exp-yaml11-bool-no", ["exp.yaml", "line 9", "'No'", "YAML 1.1 boolean"], exp=experiment() + "task_args: {hidden: No}\n"),
-    study("exp-yaml11-octal", ["exp.yaml", "line 8", "0123", "octal number 83"], exp=experiment(seed=DROP) + "seed: 0123\n"),
-    study("exp-yaml11-base-60", ["exp.yaml", "line 8", "1:30", "base-60"], exp=experiment(trials=DROP) + "trials: 1:30\n"),
-    study("exp-task-args-bool-for-int", ["exp.yaml", "task_args.hidden", "True", "an int", "128"], exp=experiment(task_args={"hidden": True})),
-    study("exp-task-args-text-for-int", ["exp.yaml", "task_args.hidden", "'1e2'", "YAML reads this as text"],
-          exp=experiment(task_args={"hidden": "1e2"})),
-    study("exp-sampler-bool-for-int", ["exp.yaml", "sampler", "n_startup_trials", "True", "an int"],
-          exp=experiment(sampler={"name": "tpe", "n_startup_trials": True})),
-    study("exp-pruner-text-for-int", ["exp.yaml", "pruner", "n_warmup_steps", "'3'", "an int"],
-          exp=experiment(pruner={"name": "median", "n_warmup_steps": "3"})),
-    study("exp-sampler-int-for-bool", ["exp.yaml", "sampler", "scramble", "1", "a bool"], exp=experiment(sampler={"name": "qmc", "scramble": 1})),
+    study(
+        "exp-duplicate-key",
+        ["exp.yaml", "line 9", "'epochs'", "twice", "line 6", "unique"],
+        exp=experiment() + "epochs: 2\n",
+    ),
+    study(
+        "exp-duplicate-nested-key",
+        ["exp.yaml", "line 9", "'hidden'", "twice", "line 9"],
+        exp=experiment() + "task_args: {hidden: 32, hidden: 64}\n",
+    ),
+    study(
+        "exp-yaml11-bool-on",
+        ["exp.yaml", "line 9", "'on'", "YAML 1.1 boolean", "true or false"],
+        exp=experiment() + "target: on\n",
+    ),
+    study(
+        "exp-yaml11-bool-no",
+        ["exp.yaml", "line 9", "'No'", "YAML 1.1 boolean"],
+        exp=experiment() + "task_args: {hidden: No}\n",
+    ),
+    study(
+        "exp-yaml11-octal",
+        ["exp.yaml", "line 8", "0123", "octal number 83"],
+        exp=experiment(seed=DROP) + "seed: 0123\n",
+    ),
+    study(
+        "exp-yaml11-base-60", ["exp.yaml", "line 8", "1:30", "base-60"], exp=experiment(trials=DROP) + "trials: 1:30\n"
+    ),
+    study(
+        "exp-task-args-bool-for-int",
+        ["exp.yaml", "task_args.hidden", "True", "an int", "128"],
+        exp=experiment(task_args={"hidden": True}),
+    ),
+    study(
+        "exp-task-args-text-for-int",
+        ["exp.yaml", "task_args.hidden", "'1e2'", "YAML reads this as text"],
+        exp=experiment(task_args={"hidden": "1e2"}),
+    ),
+    study(
+        "exp-sampler-bool-for-int",
+        ["exp.yaml", "sampler", "n_startup_trials", "True", "an int"],
+        exp=experiment(sampler={"name": "tpe", "n_startup_trials": True}),
+    ),
+    study(
+        "exp-pruner-text-for-int",
+        ["exp.yaml", "pruner", "n_warmup_steps", "'3'", "an int"],
+        exp=experiment(pruner={"name": "median", "n_warmup_steps": "3"}),
+    ),
+    study(
+        "exp-sampler-int-for-bool",
+        ["exp.yaml", "sampler", "scramble", "1", "a bool"],
+        exp=experiment(sampler={"name": "qmc", "scramble": 1}),
+    ),
     # --- the task ---------------------------------------------------------------------------------
     study("task-unknown-name", ["exp.yaml", "task", "'nosuch'", "digits-mlp"], exp=experiment(task="nosuch")),
-    study("task-path-does-not-import", ["exp.yaml", "task", "nosuchpkg.mod", "import"],
-          exp=experiment(task="nosuchpkg.mod:factory")),
-    study("task-path-no-attribute", ["exp.yaml", "task", "'NoSuch'", "callable"], exp=experiment(task="tuner.tasks:NoSuch")),
-    study("task-path-not-callable", ["exp.yaml", "task", "'BUILTIN'", "callable"], exp=experiment(task="tuner.tasks:BUILTIN")),
+    study(
+        "task-path-does-not-import",
+        ["exp.yaml", "task", "nosuchpkg.mod", "import"],
+        exp=experiment(task="nosuchpkg.mod:factory"),
+    ),
+    study(
+        "task-path-no-attribute",
+        ["exp.yaml", "task", "'NoSuch'", "callable"],
+        exp=experiment(task="tuner.tasks:NoSuch"),
+    ),
+    study(
+        "task-path-not-callable",
+        ["exp.yaml", "task", "'BUILTIN'", "callable"],
+        exp=experiment(task="tuner.tasks:BUILTIN"),
+    ),
     study("task-factory-returns-no-task", ["exp.yaml", "task", "dict", "Task"], exp=experiment(task="builtins:dict")),
     study("task-not-a-string", ["exp.yaml", "task", "3", "package.module:factory"], exp=experiment(task=3)),
-    study("task-args-unknown-key", ["exp.yaml", "task_args", "'widht'", "hidden"], exp=experiment(task_args={"widht": 3})),
-    study("task-args-wrong-type", ["exp.yaml", "task_args", "hidden", "'wide'", "int"], exp=experiment(task_args={"hidden": "wide"})),
+    study(
+        "task-args-unknown-key", ["exp.yaml", "task_args", "'widht'", "hidden"], exp=experiment(task_args={"widht": 3})
+    ),
+    study(
+        "task-args-wrong-type",
+        ["exp.yaml", "task_args", "hidden", "'wide'", "int"],
+        exp=experiment(task_args={"hidden": "wide"}),
+    ),
     # a task's own code misbehaves (tests/broken_tasks.py: each factory breaks one rule)
     broken("raises", ["'broken_tasks:raises'", "factory raised RuntimeError: no such dataset"]),
     broken("returns_none", ["'broken_tasks:returns_none'", "NoneType", "lacks name", "tuner.tasks.Task"]),
@@ -176,8 +293,13 @@ CASES = [
     broken("DataIsTuple", ["'tiny' does not work", "data() returned tuple", "tuner.tasks.Data"]),
     broken("SplitIsTuple", ["'tiny' does not work", "data().train", "Split of two tensors"]),
     broken("LengthsDiffer", ["'tiny' does not work", "train split has 16 inputs but 15 targets"]),
-    broken("ShapesDoNotFit", ["'tiny' does not work", "model(train inputs of shape (8, 4))", "RuntimeError", "shapes cannot be multiplied"]),
-    broken("ModelIsAFunction", ["'tiny' does not work", "model() returned builtin_function_or_method", "torch.nn.Module"]),
+    broken(
+        "ShapesDoNotFit",
+        ["'tiny' does not work", "model(train inputs of shape (8, 4))", "RuntimeError", "shapes cannot be multiplied"],
+    ),
+    broken(
+        "ModelIsAFunction", ["'tiny' does not work", "model() returned builtin_function_or_method", "torch.nn.Module"]
+    ),
     broken("NoParameters", ["'tiny' does not work", "no trainable parameters"]),
     broken("OutputNotBatchFirst", ["'tiny' does not work", "model() returned (1, 8) for 8 inputs", "batch first"]),
     broken("LossNotScalar", ["'tiny' does not work", "loss() returned (8, 1)", "scalar tensor"]),
@@ -191,149 +313,358 @@ CASES = [
     broken("DatasetIterable", ["'tiny' does not work", "data().train is a Stream without __len__", "map-style"]),
     broken("DatasetsMixedWithSplits", ["'tiny' does not work", "mixes Splits and Datasets"]),
     broken("SamplerYieldsNothing", ["'tiny' does not work", "the training DataLoader yields no batch"]),
-    broken("CollateFails", ["'tiny' does not work", "first training batch", "collate_fn) raised KeyError: 'input_ids'"]),
+    broken(
+        "CollateFails", ["'tiny' does not work", "first training batch", "collate_fn) raised KeyError: 'input_ids'"]
+    ),
     broken("BatchIsADict", ["'tiny' does not work", "a batch is a dict, not a pair (inputs, target)", "unpack(batch)"]),
-    broken("ModelCannotTakeBatch", ["'tiny' does not work", "model(a training batch's inputs {'features': (8, 4)})", "TypeError"]),
+    broken(
+        "ModelCannotTakeBatch",
+        ["'tiny' does not work", "model(a training batch's inputs {'features': (8, 4)})", "TypeError"],
+    ),
     # ... and a task with its own training loop (fit)
-    broken("LoopRaises", ["'tiny-loop' does not work", "fit(run)", "raised RuntimeError: CUDA error: device-side assert triggered"]),
-    broken("LoopNeverReports", ["'tiny-loop' does not work", "ReportError: fit(run) returned without calling run.report"]),
+    broken(
+        "LoopRaises",
+        ["'tiny-loop' does not work", "fit(run)", "raised RuntimeError: CUDA error: device-side assert triggered"],
+    ),
+    broken(
+        "LoopNeverReports", ["'tiny-loop' does not work", "ReportError: fit(run) returned without calling run.report"]
+    ),
     broken("LoopReportsOutOfOrder", ["'tiny-loop' does not work", "report(epoch=2) out of order", "expected 1"]),
     broken("LoopReportsNotANumber", ["'tiny-loop' does not work", "val_loss is str", "allowed: a number"]),
-    broken("LoopReturnsNoTestValues", ["'tiny-loop' does not work", "fit(run) returned NoneType when run.test is True", "test_loss and test_metric"]),
+    broken(
+        "LoopReturnsNoTestValues",
+        ["'tiny-loop' does not work", "fit(run) returned NoneType when run.test is True", "test_loss and test_metric"],
+    ),
     # --- a user's search space --------------------------------------------------------------------
     space("space-unknown-param", adam_space("momentum: 0.9"), ["params", "'momentum'", "Adam", "beta1"]),
     space("space-betas-not-split", adam_space("betas: [0.9, 0.999]"), ["params", "'betas'", "beta1"]),
-    space("space-inverted-range", adam_space("lr: {low: 1.0, high: 1.0e-5, scale: log}"), ["lr", "inverted", "low=1.0", "low < high"]),
+    space(
+        "space-inverted-range",
+        adam_space("lr: {low: 1.0, high: 1.0e-5, scale: log}"),
+        ["lr", "inverted", "low=1.0", "low < high"],
+    ),
     space("space-empty-range", adam_space("lr: {low: 0.01, high: 0.01}"), ["lr", "empty", "0.01", "low < high"]),
-    space("space-log-zero-low", adam_space("lr: {low: 0.0, high: 1.0, scale: log}"), ["lr", "low", "0.0", "log", "> 0"]),
-    space("space-log-negative-low", adam_space("eps: {low: -1.0e-8, high: 1.0, scale: log}"), ["eps", "low", "-1e-08", "> 0"]),
+    space(
+        "space-log-zero-low", adam_space("lr: {low: 0.0, high: 1.0, scale: log}"), ["lr", "low", "0.0", "log", "> 0"]
+    ),
+    space(
+        "space-log-negative-low",
+        adam_space("eps: {low: -1.0e-8, high: 1.0, scale: log}"),
+        ["eps", "low", "-1e-08", "> 0"],
+    ),
     space("space-beta1-high-one-linear", adam_space("beta1: {low: 0.5, high: 1.0}"), ["beta1", "1.0", "[0, 1)"]),
     space("space-beta2-low-negative", adam_space("beta2: {low: -0.1, high: 0.99}"), ["beta2", "-0.1", "[0, 1)"]),
     space("space-beta1-fixed-one", adam_space("beta1: 1.0"), ["beta1", "1.0", "[0, 1)"]),
-    space("space-log1m-high-one", adam_space("beta2: {low: 0.9, high: 1.0, scale: log1m}"), ["beta2", "high", "1.0", "log1m", "< 1"]),
+    space(
+        "space-log1m-high-one",
+        adam_space("beta2: {low: 0.9, high: 1.0, scale: log1m}"),
+        ["beta2", "high", "1.0", "log1m", "< 1"],
+    ),
     space("space-negative-lr", adam_space("lr: -0.001"), ["lr", "-0.001", ">= 0"]),
     space("space-lr-text", adam_space("lr: fast"), ["lr", "'fast'", "float"]),
     space("space-lr-1e-3-is-text", adam_space("lr: 1e-3"), ["lr", "'1e-3'", "text", "1.0e-3"]),
-    space("space-low-1e-5-is-text", adam_space("lr: {low: 1e-5, high: 1.0, scale: log}"), ["lr", "low", "'1e-5'", "text", "1.0e-3"]),
+    space(
+        "space-low-1e-5-is-text",
+        adam_space("lr: {low: 1e-5, high: 1.0, scale: log}"),
+        ["lr", "low", "'1e-5'", "text", "1.0e-3"],
+    ),
     space("space-bool-for-float", adam_space("eps: true"), ["eps", "True", "float"]),
-    space("space-unknown-scale", adam_space("lr: {low: 1.0e-5, high: 1.0, scale: exp}"), ["lr", "scale", "'exp'", "log1m"]),
+    space(
+        "space-unknown-scale", adam_space("lr: {low: 1.0e-5, high: 1.0, scale: exp}"), ["lr", "scale", "'exp'", "log1m"]
+    ),
     space("space-range-unknown-key", adam_space("lr: {low: 1.0e-5, hi: 1.0}"), ["lr", "'hi'", "high"]),
     space("space-range-missing-high", adam_space("lr: {low: 1.0e-5}"), ["lr", "low", "high"]),
-    space("space-int-not-bool", adam_space("lr: {low: 1, high: 2, int: yes please}"), ["lr", "int", "'yes please'", "true or false"]),
+    space(
+        "space-int-not-bool",
+        adam_space("lr: {low: 1, high: 2, int: yes please}"),
+        ["lr", "int", "'yes please'", "true or false"],
+    ),
     space("space-list-not-choices", adam_space("lr: [0.1, 0.01]"), ["lr", "list", "choices"]),
     space("space-choices-empty", adam_space("lr: {choices: []}"), ["lr", "choices", "[]", "non-empty"]),
     space("space-choices-wrong-type", adam_space("amsgrad: {choices: [false, maybe]}"), ["amsgrad", "'maybe'", "bool"]),
-    space("space-optimizer-adadelta", adam_space("lr: 0.01", optimizer="Adadelta"), ["optimizer", "'Adadelta'", "Adam"]),
+    space(
+        "space-optimizer-adadelta", adam_space("lr: 0.01", optimizer="Adadelta"), ["optimizer", "'Adadelta'", "Adam"]
+    ),
     space("space-optimizer-missing", "params:\n  lr: 0.01\n", ["optimizer", "None", "Adam"]),
     space("space-unknown-top-key", adam_space("lr: 0.01") + "schedule: cosine\n", ["'schedule'", "params"]),
     space("space-params-not-mapping", "optimizer: Adam\nparams: [lr]\n", ["params", "mapping"]),
     space("space-malformed-yaml", "optimizer: Adam\nparams: {lr: [0.1\n", ["malformed YAML", "line"]),
     space("space-yaml-is-list", "- optimizer: Adam\n", ["mapping", "list"]),
-    space("space-duplicate-key", adam_space("lr: {low: 1.0e-4, high: 1.0e-1, scale: log}", "eps: 1.0e-8", "lr: 1.0e-3"),
-          ["line 5", "'lr'", "twice", "line 3"]),
+    space(
+        "space-duplicate-key",
+        adam_space("lr: {low: 1.0e-4, high: 1.0e-1, scale: log}", "eps: 1.0e-8", "lr: 1.0e-3"),
+        ["line 5", "'lr'", "twice", "line 3"],
+    ),
     space("space-duplicate-top-key", adam_space("lr: 0.01") + "optimizer: SGD\n", ["line 4", "'optimizer'", "line 1"]),
     space("space-yaml11-bool", adam_space("amsgrad: yes"), ["line 3", "'yes'", "YAML 1.1 boolean", "true or false"]),
-    space("space-yaml11-bool-in-choices", adam_space("amsgrad: {choices: [off, on]}"), ["line 3", "'off'", "YAML 1.1 boolean"]),
+    space(
+        "space-yaml11-bool-in-choices",
+        adam_space("amsgrad: {choices: [off, on]}"),
+        ["line 3", "'off'", "YAML 1.1 boolean"],
+    ),
     # --- command-line flags (the experiment file is valid) ------------------------------------------
     study("flag-trials-zero", ["--trials", "'0'", ">= 1"], flags=("--trials", "0")),
     study("flag-epochs-text", ["--epochs", "'abc'", "integer"], flags=("--epochs", "abc")),
     study("flag-seed-negative", ["--seed", "'-3'", ">= 0"], flags=("--seed", "-3")),
     study("flag-final-seeds-zero", ["--final-seeds", "'0'", ">= 1"], flags=("--final-seeds", "0")),
     pytest.param(
-        ["study", "exp.yaml", "--device", "cuda:7"], {"exp.yaml": experiment()}, ["--device", "'cuda:7'", "cpu"], id="flag-device-cuda-7",
-        marks=pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() > 7, reason="this machine has a cuda:7"),
+        ["study", "exp.yaml", "--device", "cuda:7"],
+        {"exp.yaml": experiment()},
+        ["--device", "'cuda:7'", "cpu"],
+        id="flag-device-cuda-7",
+        marks=pytest.mark.skipif(
+            torch.cuda.is_available() and torch.cuda.device_count() > 7, reason="this machine has a cuda:7"
+        ),
     ),
     study("flag-device-tpu", ["--device", "'tpu'", "cpu"], flags=("--device", "tpu")),
     pytest.param(
-        ["study", "exp.yaml", "--device", "cuda"], {"exp.yaml": experiment()}, ["--device", "'cuda'", "not available", "available: auto, cpu"],
-        id="flag-device-cuda-unavailable", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ["study", "exp.yaml", "--device", "cuda"],
+        {"exp.yaml": experiment()},
+        ["--device", "'cuda'", "not available", "available: auto, cpu"],
+        id="flag-device-cuda-unavailable",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
     ),
     study("flag-amp-on-cpu", ["--amp", "'bf16'", "cpu", "CUDA"], flags=("--device", "cpu", "--amp", "bf16")),
     study("flag-amp-unknown", ["--amp", "'fp16'", "none, bf16"], flags=("--amp", "fp16")),
     study("flag-device-mps-unavailable", ["--device", "'mps'", "cpu"], flags=("--device", "mps")),
-    study("flag-storage-bad-url", ["--storage", "notaurl://x", "sqlite:///"], exp=experiment(task="quadratic-deep"), flags=("--storage", "notaurl://x")),
+    study(
+        "flag-storage-bad-url",
+        ["--storage", "notaurl://x", "sqlite:///"],
+        exp=experiment(task="quadratic-deep"),
+        flags=("--storage", "notaurl://x"),
+    ),
     study("flag-optimizers-adadelta", ["--optimizers", "'adadelta'", "adam"], flags=("--optimizers", "adadelta")),
     study("flag-task-unknown", ["--task", "'nosuch'", "digits-mlp"], flags=("--task", "nosuch")),
-    study("flag-out-is-a-file", ["--out", "outfile", "folder"], exp=experiment(task="quadratic-deep"), flags=("--out", "outfile"),
-          files={"outfile": ""}),
+    study(
+        "flag-out-is-a-file",
+        ["--out", "outfile", "folder"],
+        exp=experiment(task="quadratic-deep"),
+        flags=("--out", "outfile"),
+        files={"outfile": ""},
+    ),
     study("flag-seed-too-large", ["--seed", "4294967296", "2147483647"], flags=("--seed", str(2**32))),
-    study("flag-out-under-a-file", ["--out", "outfile/sub", "writable folder"], flags=("--out", "outfile/sub"),
-          files={"outfile": ""}),
+    study(
+        "flag-out-under-a-file",
+        ["--out", "outfile/sub", "writable folder"],
+        flags=("--out", "outfile/sub"),
+        files={"outfile": ""},
+    ),
     study("flag-out-folder-name-too-long", ["--out", "too long", "255 bytes"], flags=("--out", "o" * 256)),
     study("flag-out-path-too-long", ["--out", "too long", "whole path"], flags=("--out", "/".join(["o" * 200] * 21))),
     study("flag-unknown-option", ["--trails", "unrecognized"], flags=("--trails", "3")),
     study("flag-threads-text", ["--threads", "'two'", "integer"], flags=("--threads", "two")),
     study("flag-jobs-zero", ["--jobs", "'0'", ">= 1"], flags=("--jobs", "0")),
     study("flag-jobs-text", ["--jobs", "'two'", "integer"], flags=("--jobs", "two")),
-    study("flag-tracking-unreachable", ["--tracking-uri", "'http://127.0.0.1:9'", "cannot reach", "mlflow server", "--no-tracking"],
-          flags=("--tracking-uri", "http://127.0.0.1:9")),
-    study("flag-tracking-password-masked", ["--tracking-uri", "'http://bob:***@127.0.0.1:9'", "cannot reach"],
-          flags=("--tracking-uri", "http://bob:hunter2@127.0.0.1:9")),
-    study("flag-tracking-scheme", ["--tracking-uri", "'ftp://host'", "sqlite:///mlflow.db", "http(s)://"], flags=("--tracking-uri", "ftp://host")),
-    study("flag-tracking-file-store", ["--tracking-uri", "'./mlruns'", "allowed"], flags=("--tracking-uri", "./mlruns")),
-    study("flag-tracking-sqlite-no-folder", ["--tracking-uri", "'sqlite:///nodir/m.db'", "'nodir'", "writable folder"],
-          flags=("--tracking-uri", "sqlite:///nodir/m.db")),
+    study(
+        "flag-tracking-unreachable",
+        ["--tracking-uri", "'http://127.0.0.1:9'", "cannot reach", "mlflow server", "--no-tracking"],
+        flags=("--tracking-uri", "http://127.0.0.1:9"),
+    ),
+    study(
+        "flag-tracking-password-masked",
+        ["--tracking-uri", "'http://bob:***@127.0.0.1:9'", "cannot reach"],
+        flags=("--tracking-uri", "http://bob:hunter2@127.0.0.1:9"),
+    ),
+    study(
+        "flag-tracking-scheme",
+        ["--tracking-uri", "'ftp://host'", "sqlite:///mlflow.db", "http(s)://"],
+        flags=("--tracking-uri", "ftp://host"),
+    ),
+    study(
+        "flag-tracking-file-store", ["--tracking-uri", "'./mlruns'", "allowed"], flags=("--tracking-uri", "./mlruns")
+    ),
+    study(
+        "flag-tracking-sqlite-no-folder",
+        ["--tracking-uri", "'sqlite:///nodir/m.db'", "'nodir'", "writable folder"],
+        flags=("--tracking-uri", "sqlite:///nodir/m.db"),
+    ),
     # --- tuner sync --------------------------------------------------------------------------------
     case("sync-unknown-experiment", ["sync", "nosuch"], ["'nosuch'", "quickstart"]),
-    case("sync-storage-missing", ["sync", "quickstart", "--storage", "sqlite:///missing.db"], ["--storage", "'sqlite:///missing.db'", "does not exist"]),
-    case("sync-tracking-unreachable", ["sync", "quickstart", "--tracking-uri", "http://127.0.0.1:9"], ["--tracking-uri", "cannot reach"]),
+    case(
+        "sync-storage-missing",
+        ["sync", "quickstart", "--storage", "sqlite:///missing.db"],
+        ["--storage", "'sqlite:///missing.db'", "does not exist"],
+    ),
+    case(
+        "sync-tracking-unreachable",
+        ["sync", "quickstart", "--tracking-uri", "http://127.0.0.1:9"],
+        ["--tracking-uri", "cannot reach"],
+    ),
     study("flag-target-nan", ["--target", "'nan'", "finite"], flags=("--target", "nan")),
     # --- tuner plot --------------------------------------------------------------------------------
-    case("plot-storage-missing", ["plot", "--experiment", "t", "--storage", "sqlite:///t.db"], ["--storage", "t.db", "does not exist"]),
-    case("plot-exp-target-text", ["plot", "exp.yaml"], ["exp.yaml", "target", "'high'", "finite number"], {"exp.yaml": experiment(target="high")}),
+    case(
+        "plot-storage-missing",
+        ["plot", "--experiment", "t", "--storage", "sqlite:///t.db"],
+        ["--storage", "t.db", "does not exist"],
+    ),
+    case(
+        "plot-exp-target-text",
+        ["plot", "exp.yaml"],
+        ["exp.yaml", "target", "'high'", "finite number"],
+        {"exp.yaml": experiment(target="high")},
+    ),
     # --- tuner train -------------------------------------------------------------------------------
     case("train-file-missing", ["train", "missing.yaml"], ["missing.yaml", "No such file"]),
-    case("train-format-2", ["train", "cfg.yaml"], ["cfg.yaml", "format", "2", "format 1"], {"cfg.yaml": config(format=2)}),
+    case(
+        "train-format-2", ["train", "cfg.yaml"], ["cfg.yaml", "format", "2", "format 1"], {"cfg.yaml": config(format=2)}
+    ),
     case("train-seeds-zero", ["train", "cfg.yaml", "--seeds", "0"], ["--seeds", "'0'", ">= 1"], {"cfg.yaml": config()}),
-    case("train-unknown-optimizer-class", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.class", "Adadelta", "torch.optim.Adam"],
-         {"cfg.yaml": config(optimizer={"class": "torch.optim.Adadelta"})}),
-    case("train-unknown-schedule", ["train", "cfg.yaml"], ["cfg.yaml", "schedule.name", "'warmup'", "cosine"],
-         {"cfg.yaml": config(schedule={"name": "warmup"})}),
-    case("train-missing-section", ["train", "cfg.yaml"], ["cfg.yaml", "training", "missing"],
-         {"cfg.yaml": yaml.safe_dump({k: v for k, v in BASE_CONFIG.items() if k != "training"})}),
-    case("train-negative-lr", ["train", "cfg.yaml"], ["cfg.yaml", "lr", "-1.0", ">= 0"],
-         {"cfg.yaml": config(optimizer={"kwargs": {"lr": -1.0}})}),
-    case("train-unknown-kwarg", ["train", "cfg.yaml"], ["cfg.yaml", "'lrr'", "lr"],
-         {"cfg.yaml": config(optimizer={"kwargs": {"lrr": 0.1}})}),
-    case("train-schedule-missing-param", ["train", "cfg.yaml"], ["cfg.yaml", "step", "step_size"],
-         {"cfg.yaml": config(schedule={"name": "step", "params": {}})}),
-    case("train-kwargs-not-a-mapping", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.kwargs", "'lr'", "mapping"],
-         {"cfg.yaml": config(optimizer={"class": "torch.optim.Adam", "kwargs": "lr"})}),
-    case("train-one-cycle-div-zero", ["train", "cfg.yaml"], ["cfg.yaml", "schedule.params", "one_cycle", "div"],
-         {"cfg.yaml": config(schedule={"name": "one_cycle", "params": {"div_factor": 0.0}})}),
-    case("train-exponential-negative", ["train", "cfg.yaml"], ["cfg.yaml", "schedule.params", "exponential", "end_factor"],
-         {"cfg.yaml": config(schedule={"name": "exponential", "params": {"end_factor": -0.5}})}),
-    case("train-constant-with-params", ["train", "cfg.yaml"], ["cfg.yaml", "'gamma'", "constant", "none"],
-         {"cfg.yaml": config(schedule={"name": "constant", "params": {"gamma": 0.5}})}),
-    case("train-interval-epoch", ["train", "cfg.yaml"], ["cfg.yaml", "schedule.interval", "'epoch'", "step"],
-         {"cfg.yaml": config(schedule={"interval": "epoch"})}),
-    case("train-seed-text", ["train", "cfg.yaml"], ["cfg.yaml", "training.seed", "'abc'", "from 0 to"],
-         {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"seed": "abc"})}),
-    case("train-task-not-text", ["train", "cfg.yaml"], ["cfg.yaml", "training.task", "3", "task name"],
-         {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"task": 3})}),
-    case("train-amp-flag-on-cpu", ["train", "cfg.yaml", "--device", "cpu", "--amp", "bf16"], ["--amp", "'bf16'", "CUDA"], {"cfg.yaml": config()}),
-    case("train-amp-in-config-on-cpu", ["train", "cfg.yaml", "--device", "cpu"], ["cfg.yaml: training.amp", "'bf16'", "--amp none"],
-         {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"amp": "bf16"})}),
-    case("train-amp-unknown", ["train", "cfg.yaml"], ["cfg.yaml", "training.amp", "'fp16'", "none, bf16"],
-         {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"amp": "fp16"})}),
-    case("train-duplicate-key", ["train", "cfg.yaml"], ["cfg.yaml", "'lr'", "twice", "line"],
-         {"cfg.yaml": config().replace("    lr: 0.01\n", "    lr: 0.01\n    lr: 1.0\n")}),
-    case("train-lr-yes", ["train", "cfg.yaml"], ["cfg.yaml", "line", "'yes'", "YAML 1.1 boolean"],
-         {"cfg.yaml": config().replace("lr: 0.01", "lr: yes")}),
-    case("train-lr-true", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.kwargs.lr", "True", "a float"],
-         {"cfg.yaml": config(optimizer={"kwargs": {"lr": True}})}),
-    case("train-lr-text", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.kwargs.lr", "'1e-3'", "YAML reads this as text"],
-         {"cfg.yaml": config(optimizer={"kwargs": {"lr": "1e-3"}})}),
-    case("train-beta-bool", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.kwargs.betas[0]", "False", "a float"],
-         {"cfg.yaml": config(optimizer={"kwargs": {"lr": 0.01, "betas": [False, 0.999]}})}),
-    case("train-amsgrad-number", ["train", "cfg.yaml"], ["cfg.yaml", "optimizer.kwargs.amsgrad", "1", "a bool"],
-         {"cfg.yaml": config(optimizer={"kwargs": {"lr": 0.01, "amsgrad": 1}})}),
-    case("train-first-seed-negative", ["train", "cfg.yaml", "--first-seed", "-1"], ["--first-seed", "'-1'", ">= 0"], {"cfg.yaml": config()}),
-    case("train-first-seed-too-large", ["train", "cfg.yaml", "--first-seed", str(2**31 - 2), "--seeds", "3"],
-         ["--first-seed 2147483646", "--seeds 3", "2147483648", "at most 2147483647"], {"cfg.yaml": config()}),
-    case("train-threads-zero", ["train", "cfg.yaml", "--threads", "0"], ["--threads", "'0'", ">= 1"], {"cfg.yaml": config()}),
-    case("train-epochs-zero", ["train", "cfg.yaml"], ["cfg.yaml", "epochs", "0", ">= 1"],
-         {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"epochs": 0})}),
+    case(
+        "train-unknown-optimizer-class",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "optimizer.class", "Adadelta", "torch.optim.Adam"],
+        {"cfg.yaml": config(optimizer={"class": "torch.optim.Adadelta"})},
+    ),
+    case(
+        "train-unknown-schedule",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "schedule.name", "'warmup'", "cosine"],
+        {"cfg.yaml": config(schedule={"name": "warmup"})},
+    ),
+    case(
+        "train-missing-section",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "training", "missing"],
+        {"cfg.yaml": yaml.safe_dump({k: v for k, v in BASE_CONFIG.items() if k != "training"})},
+    ),
+    case(
+        "train-negative-lr",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "lr", "-1.0", ">= 0"],
+        {"cfg.yaml": config(optimizer={"kwargs": {"lr": -1.0}})},
+    ),
+    case(
+        "train-unknown-kwarg",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "'lrr'", "lr"],
+        {"cfg.yaml": config(optimizer={"kwargs": {"lrr": 0.1}})},
+    ),
+    case(
+        "train-schedule-missing-param",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "step", "step_size"],
+        {"cfg.yaml": config(schedule={"name": "step", "params": {}})},
+    ),
+    case(
+        "train-kwargs-not-a-mapping",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "optimizer.kwargs", "'lr'", "mapping"],
+        {"cfg.yaml": config(optimizer={"class": "torch.optim.Adam", "kwargs": "lr"})},
+    ),
+    case(
+        "train-one-cycle-div-zero",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "schedule.params", "one_cycle", "div"],
+        {"cfg.yaml": config(schedule={"name": "one_cycle", "params": {"div_factor": 0.0}})},
+    ),
+    case(
+        "train-exponential-negative",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "schedule.params", "exponential", "end_factor"],
+        {"cfg.yaml": config(schedule={"name": "exponential", "params": {"end_factor": -0.5}})},
+    ),
+    case(
+        "train-constant-with-params",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "'gamma'", "constant", "none"],
+        {"cfg.yaml": config(schedule={"name": "constant", "params": {"gamma": 0.5}})},
+    ),
+    case(
+        "train-interval-epoch",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "schedule.interval", "'epoch'", "step"],
+        {"cfg.yaml": config(schedule={"interval": "epoch"})},
+    ),
+    case(
+        "train-seed-text",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "training.seed", "'abc'", "from 0 to"],
+        {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"seed": "abc"})},
+    ),
+    case(
+        "train-task-not-text",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "training.task", "3", "task name"],
+        {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"task": 3})},
+    ),
+    case(
+        "train-amp-flag-on-cpu",
+        ["train", "cfg.yaml", "--device", "cpu", "--amp", "bf16"],
+        ["--amp", "'bf16'", "CUDA"],
+        {"cfg.yaml": config()},
+    ),
+    case(
+        "train-amp-in-config-on-cpu",
+        ["train", "cfg.yaml", "--device", "cpu"],
+        ["cfg.yaml: training.amp", "'bf16'", "--amp none"],
+        {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"amp": "bf16"})},
+    ),
+    case(
+        "train-amp-unknown",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "training.amp", "'fp16'", "none, bf16"],
+        {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"amp": "fp16"})},
+    ),
+    case(
+        "train-duplicate-key",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "'lr'", "twice", "line"],
+        {"cfg.yaml": config().replace("    lr: 0.01\n", "    lr: 0.01\n    lr: 1.0\n")},
+    ),
+    case(
+        "train-lr-yes",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "line", "'yes'", "YAML 1.1 boolean"],
+        {"cfg.yaml": config().replace("lr: 0.01", "lr: yes")},
+    ),
+    case(
+        "train-lr-true",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "optimizer.kwargs.lr", "True", "a float"],
+        {"cfg.yaml": config(optimizer={"kwargs": {"lr": True}})},
+    ),
+    case(
+        "train-lr-text",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "optimizer.kwargs.lr", "'1e-3'", "YAML reads this as text"],
+        {"cfg.yaml": config(optimizer={"kwargs": {"lr": "1e-3"}})},
+    ),
+    case(
+        "train-beta-bool",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "optimizer.kwargs.betas[0]", "False", "a float"],
+        {"cfg.yaml": config(optimizer={"kwargs": {"lr": 0.01, "betas": [False, 0.999]}})},
+    ),
+    case(
+        "train-amsgrad-number",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "optimizer.kwargs.amsgrad", "1", "a bool"],
+        {"cfg.yaml": config(optimizer={"kwargs": {"lr": 0.01, "amsgrad": 1}})},
+    ),
+    case(
+        "train-first-seed-negative",
+        ["train", "cfg.yaml", "--first-seed", "-1"],
+        ["--first-seed", "'-1'", ">= 0"],
+        {"cfg.yaml": config()},
+    ),
+    case(
+        "train-first-seed-too-large",
+        ["train", "cfg.yaml", "--first-seed", str(2**31 - 2), "--seeds", "3"],
+        ["--first-seed 2147483646", "--seeds 3", "2147483648", "at most 2147483647"],
+        {"cfg.yaml": config()},
+    ),
+    case(
+        "train-threads-zero",
+        ["train", "cfg.yaml", "--threads", "0"],
+        ["--threads", "'0'", ">= 1"],
+        {"cfg.yaml": config()},
+    ),
+    case(
+        "train-epochs-zero",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml", "epochs", "0", ">= 1"],
+        {"cfg.yaml": config(training=BASE_CONFIG["training"] | {"epochs": 0})},
+    ),
 ]
 
 STUDY_FLAGS = ("--storage", "--out", "--no-progress")
@@ -400,7 +731,12 @@ def test_bad_input_in_a_real_process(argv, files, expect, tmp_path):
     before = {p.name for p in tmp_path.iterdir()}
     env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "tuner", *full_argv(argv, tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tuner", *full_argv(argv, tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     check(result.returncode, result.stdout, result.stderr, expect, tmp_path, before)
 
@@ -408,8 +744,15 @@ def test_bad_input_in_a_real_process(argv, files, expect, tmp_path):
 def test_the_valid_files_the_cases_start_from_are_accepted(tmp_path, monkeypatch):
     """Each case changes one thing in these; they must pass on their own."""
     monkeypatch.chdir(tmp_path)
-    write_files(tmp_path, {"exp.yaml": experiment(), "space.yaml": adam_space("lr: {low: 1.0e-5, high: 1.0, scale: log}", "beta1: 0.9"),
-                           "exp2.yaml": experiment(optimizers=["space.yaml"]), "cfg.yaml": config()})
+    write_files(
+        tmp_path,
+        {
+            "exp.yaml": experiment(),
+            "space.yaml": adam_space("lr: {low: 1.0e-5, high: 1.0, scale: log}", "beta1: 0.9"),
+            "exp2.yaml": experiment(optimizers=["space.yaml"]),
+            "cfg.yaml": config(),
+        },
+    )
     assert [s.name for s in load_experiment(Path("exp.yaml")).optimizers] == ["adam"]
     assert load_experiment(Path("exp2.yaml")).optimizers[0].optimizer == "Adam"
     assert load_space(Path("space.yaml")).params[0].scale == "log"

@@ -18,19 +18,43 @@ from tuner.errors import mask_url
 from tuner.study.outcomes import outcome
 from tuner.study.runner import TICKETS_PREFIX, finished
 
-
 TESTS = Path(__file__).resolve().parent
 # Every test here runs several processes, or a server.
 pytestmark = pytest.mark.slow
 
-def command(workdir, *extra: str, storage: str | None = None, out: str = "out", experiment: str = "quickstart") -> list[str]:
-    return [sys.executable, "-m", "tuner", "study", experiment, "--optimizers", "adam", "sgd", "--epochs", "4", "--final-seeds", "1",
-            "--storage", storage or f"sqlite:///{workdir}/t.db", "--out", str(workdir / out), "--no-progress", *extra]
+
+def command(
+    workdir, *extra: str, storage: str | None = None, out: str = "out", experiment: str = "quickstart"
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tuner",
+        "study",
+        experiment,
+        "--optimizers",
+        "adam",
+        "sgd",
+        "--epochs",
+        "4",
+        "--final-seeds",
+        "1",
+        "--storage",
+        storage or f"sqlite:///{workdir}/t.db",
+        "--out",
+        str(workdir / out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def studies(workdir, storage: str | None = None) -> dict[str, optuna.Study]:
     url = storage or f"sqlite:///{workdir}/t.db"
-    return {n: optuna.load_study(study_name=n, storage=url) for n in optuna.get_all_study_names(url) if not n.startswith(TICKETS_PREFIX)}
+    return {
+        n: optuna.load_study(study_name=n, storage=url)
+        for n in optuna.get_all_study_names(url)
+        if not n.startswith(TICKETS_PREFIX)
+    }
 
 
 def assert_exact(workdir, budget: int, storage: str | None = None) -> None:
@@ -47,8 +71,12 @@ def assert_concurrent(workdir, processes: int) -> None:
     not run one after another)."""
     trials = [t for study in studies(workdir).values() for t in study.trials]
     assert len({t.user_attrs["worker"] for t in trials}) == processes
-    assert any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
-               for a in trials for b in trials if a.user_attrs["worker"] != b.user_attrs["worker"])  # fmt: skip
+    assert any(
+        a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+        for a in trials
+        for b in trials
+        if a.user_attrs["worker"] != b.user_attrs["worker"]
+    )
 
 
 def assert_one_run_per_trial(tracking: str, storage: str) -> list[object]:
@@ -58,10 +86,17 @@ def assert_one_run_per_trial(tracking: str, storage: str) -> list[object]:
     mine = f"tags.`tuner.storage` = '{mask_url(storage)}'"
     parents = client.search_runs([experiment], f"{mine} and tags.`tuner.role` = 'study'", max_results=100)
     assert sorted(p.data.tags["tuner.study"] for p in parents) == ["quickstart/adam", "quickstart/sgd"]
-    children = [r for p in parents for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'", max_results=1000)]
+    children = [
+        r
+        for p in parents
+        for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'", max_results=1000)
+    ]
     trials = [r for r in children if r.data.tags["tuner.role"] == "trial"]
     assert sorted((r.data.tags["tuner.study"], int(r.data.tags["tuner.trial"])) for r in trials) == sorted(
-        (name, t.number) for name, study in studies(None, storage).items() for t in study.trials if "outcome" in t.user_attrs  # not a ticket
+        (name, t.number)
+        for name, study in studies(None, storage).items()
+        for t in study.trials
+        if "outcome" in t.user_attrs  # not a ticket
     )
     assert all(r.info.status != "RUNNING" for r in [*parents, *children])
     return [*parents, *children]
@@ -69,8 +104,12 @@ def assert_one_run_per_trial(tracking: str, storage: str) -> list[object]:
 
 def stored(storage: str) -> dict[tuple[str, int], tuple[object, ...]]:
     """What the storage holds of each finished trial: its state, value and params (a ticket, RUNNING or lost, is none)."""
-    return {(name, t.number): (t.state, t.value, t.params) for name, study in studies(None, storage).items() for t in study.trials
-            if "outcome" in t.user_attrs}
+    return {
+        (name, t.number): (t.state, t.value, t.params)
+        for name, study in studies(None, storage).items()
+        for t in study.trials
+        if "outcome" in t.user_attrs
+    }
 
 
 # A budget ticket is a trial of the study that no worker stored: RUNNING while it trains, FAIL once lost with its worker.
@@ -133,7 +172,9 @@ def command_lines_with(text: str, roots: set[int]) -> set[tuple[str, ...]]:
             pid = parents.get(pid, 0)
         return False
 
-    return {tuple(line.decode().split("\0")[:-1]) for pid, line in lines.items() if text.encode() in line and descends(pid)}
+    return {
+        tuple(line.decode().split("\0")[:-1]) for pid, line in lines.items() if text.encode() in line and descends(pid)
+    }
 
 
 def workers_of(pid: int) -> list[int]:
@@ -141,9 +182,12 @@ def workers_of(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                if b"spawn_main" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
+            if (
+                entry.name.isdigit()
+                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
+                and b"spawn_main" in (entry / "cmdline").read_bytes()
+            ):
+                found.append(int(entry.name))
         except OSError:  # ended meanwhile
             continue
     return found
@@ -151,13 +195,17 @@ def workers_of(pid: int) -> list[int]:
 
 def test_jobs_2_trains_in_two_processes_to_the_exact_budget_and_mirrors_every_trial(workdir):
     uri = f"sqlite:///{workdir}/mlflow.db"
-    result = subprocess.run(command(workdir, "--trials", "7", "--jobs", "2", "--tracking-uri", uri), capture_output=True, text=True)
+    result = subprocess.run(
+        command(workdir, "--trials", "7", "--jobs", "2", "--tracking-uri", uri), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "2 workers" in result.stderr
     assert_exact(workdir, 7)
     assert_concurrent(workdir, 2)  # the command's own process trains nothing while its workers run
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id], "tags.`tuner.role` = 'trial'", max_results=1000)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("quickstart").experiment_id], "tags.`tuner.role` = 'trial'", max_results=1000
+    )
     assert sorted((r.data.tags["tuner.study"], int(r.data.tags["tuner.trial"])) for r in runs) == sorted(
         (name, t.number) for name, study in studies(workdir).items() for t in study.trials
     )
@@ -167,13 +215,20 @@ def test_jobs_2_trains_in_two_processes_to_the_exact_budget_and_mirrors_every_tr
 def test_three_commands_at_once_on_one_sqlite_file_share_the_budget_exactly(workdir):
     # The commands meet once torch and the task are loaded (tests/started_together.py): otherwise the last one to start
     # on a loaded machine may find the budget already trained, and rightly train nothing.
-    (workdir / "together.yaml").write_text("name: quickstart\ntask: started_together:digits\n"
-                                           f"task_args: {{parties: 3, folder: {workdir / 'met'}}}\nseed: 0\n")
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])), "PYTHONDONTWRITEBYTECODE": "1"}
+    (workdir / "together.yaml").write_text(
+        "name: quickstart\ntask: started_together:digits\n"
+        f"task_args: {{parties: 3, folder: {workdir / 'met'}}}\nseed: 0\n"
+    )
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     cmd = command(workdir, "--trials", "9", "--no-tracking", experiment=str(workdir / "together.yaml"))
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)
+    ]
     for proc in procs:
-        out, err = proc.communicate(timeout=600)
+        _out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         assert "database is locked" not in err
     assert_exact(workdir, 9)
@@ -182,7 +237,9 @@ def test_three_commands_at_once_on_one_sqlite_file_share_the_budget_exactly(work
 
 def long_trials(workdir) -> str:
     """An experiment of the quickstart's task whose trials last a second or two, never pruned: signals land mid-trial."""
-    (workdir / "long.yaml").write_text("name: quickstart\ntask: digits-mlp\noptimizers: [adam]\ntrials: 6\nepochs: 80\nseed: 0\npruner: none\n")
+    (workdir / "long.yaml").write_text(
+        "name: quickstart\ntask: digits-mlp\noptimizers: [adam]\ntrials: 6\nepochs: 80\nseed: 0\npruner: none\n"
+    )
     return str(workdir / "long.yaml")
 
 
@@ -191,8 +248,14 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_completes_the_budget(workdir):
     cmd[cmd.index("--epochs") + 1] = "80"
     # SIGINT as a terminal leaves it: a shell without job control starts background jobs (a CI script's `&`) with
     # SIGINT ignored, and Python then never raises KeyboardInterrupt.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.3)
@@ -203,7 +266,7 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_completes_the_budget(workdir):
             continue
     assert proc.poll() is None, "the study ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     interrupted = [t for s in studies(workdir).values() for t in s.trials if outcome(t) == "interrupted"]
     assert interrupted, "no worker stored its trial as interrupted"
@@ -211,12 +274,24 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_completes_the_budget(workdir):
     assert_exact(workdir, 6)
 
 
-def test_three_workers_on_postgresql_and_a_tracking_server_share_the_budget_and_never_leak_the_password(workdir, postgres, mlflow_server):
+def test_three_workers_on_postgresql_and_a_tracking_server_share_the_budget_and_never_leak_the_password(
+    workdir, postgres, mlflow_server
+):
     storage = postgres.database()
     # Two commands at once, one of them with two workers: three workers, one budget per optimizer.
-    procs = [subprocess.Popen(command(workdir, "--trials", "8", *jobs, storage=storage, out=f"out{i}") + ["--tracking-uri", mlflow_server.uri],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i, jobs in enumerate([("--jobs", "2"), ()])]
+    procs = [
+        subprocess.Popen(
+            [
+                *command(workdir, "--trials", "8", *jobs, storage=storage, out=f"out{i}"),
+                "--tracking-uri",
+                mlflow_server.uri,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, jobs in enumerate([("--jobs", "2"), ()])
+    ]
     # The commands were given the password on their command line; the processes they start (workers, MLflow followers)
     # never are: the only command lines with it are the commands' own (a child forked before it runs another program
     # shows its parent's for a moment).
@@ -239,7 +314,10 @@ def test_three_workers_on_postgresql_and_a_tracking_server_share_the_budget_and_
         assert secret not in text
     for run in runs:
         assert secret not in str(run.data.params) + str(run.data.tags)
-    for folder in (workdir, mlflow_server.folder / "artifacts"):  # the exported YAML, report and MLflow's copies of them
+    for folder in (
+        workdir,
+        mlflow_server.folder / "artifacts",
+    ):  # the exported YAML, report and MLflow's copies of them
         for path in folder.rglob("*"):
             assert not path.is_file() or secret.encode() not in path.read_bytes(), path
     assert secret not in mlflow_server.log()
@@ -247,9 +325,15 @@ def test_three_workers_on_postgresql_and_a_tracking_server_share_the_budget_and_
         assert secret not in str(study.user_attrs) + str([t.user_attrs for t in study.trials])
 
 
-def test_kill_9_again_and_again_loses_no_finished_trial_and_the_last_run_meets_the_budget(workdir, postgres, mlflow_server):
+def test_kill_9_again_and_again_loses_no_finished_trial_and_the_last_run_meets_the_budget(
+    workdir, postgres, mlflow_server
+):
     storage = postgres.database()
-    cmd = command(workdir, "--trials", "6", storage=storage, experiment=long_trials(workdir)) + ["--tracking-uri", mlflow_server.uri]
+    cmd = [
+        *command(workdir, "--trials", "6", storage=storage, experiment=long_trials(workdir)),
+        "--tracking-uri",
+        mlflow_server.uri,
+    ]
     cmd[cmd.index("--epochs") + 1] = "80"
     kept: dict[tuple[str, int], tuple[object, ...]] = {}
     for kill in range(1, 4):  # kill -9 of the command mid-trial, each time once more trials are stored
@@ -270,7 +354,7 @@ def test_kill_9_again_and_again_loses_no_finished_trial_and_the_last_run_meets_t
     assert len(workers) == 2, workers
     for worker in workers:
         os.kill(worker, signal.SIGKILL)
-    out, err = proc.communicate(timeout=600)
+    _out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "workers ended early: tuner-worker-0 (exit code -9), tuner-worker-1 (exit code -9)" in err
     now = stored(storage)
@@ -282,20 +366,27 @@ def test_kill_9_again_and_again_loses_no_finished_trial_and_the_last_run_meets_t
     assert len(tickets(storage, "RUNNING", "FAIL")) in (4, 5)
 
 
-def test_bad_postgresql_urls_are_one_line_without_the_password_and_bad_input_leaves_the_database_empty(workdir, postgres, capsys):
+def test_bad_postgresql_urls_are_one_line_without_the_password_and_bad_input_leaves_the_database_empty(
+    workdir, postgres, capsys
+):
     import psycopg
 
     from tuner.cli.main import main
 
     storage = postgres.database()
     wrong = storage.replace(postgres.PASSWORD, "not-the-pw-1234")
-    for url, extra, expect in [(wrong, [], "password authentication failed"), (storage.rsplit("/", 1)[0] + "/no_such_db", [], 'database "no_such_db" does not exist'),
-                               (storage, ["--optimizers", "lion"], "'lion'")]:
+    for url, extra, expect in [
+        (wrong, [], "password authentication failed"),
+        (storage.rsplit("/", 1)[0] + "/no_such_db", [], 'database "no_such_db" does not exist'),
+        (storage, ["--optimizers", "lion"], "'lion'"),
+    ]:
         assert main(["study", "--no-progress", "--no-tracking", "--storage", url, *extra]) == 2
         captured = capsys.readouterr()
         assert len(captured.err.splitlines()) == 1 and captured.out == "", captured.err
         assert expect in captured.err and "Traceback" not in captured.err
         assert postgres.PASSWORD not in captured.err and "not-the-pw-1234" not in captured.err
     with psycopg.connect(storage) as connection:
-        assert connection.execute("select count(*) from information_schema.tables where table_schema = 'public'").fetchone() == (0,)
+        assert connection.execute(
+            "select count(*) from information_schema.tables where table_schema = 'public'"
+        ).fetchone() == (0,)
     assert list(workdir.iterdir()) == []

@@ -39,7 +39,13 @@ class SineMLP:
 
     def model(self) -> nn.Module:
         # Initialised from torch's global generator, which tuner seeds for each trial.
-        return nn.Sequential(nn.Linear(1, self.hidden), nn.Tanh(), nn.Linear(self.hidden, self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1))
+        return nn.Sequential(
+            nn.Linear(1, self.hidden),
+            nn.Tanh(),
+            nn.Linear(self.hidden, self.hidden),
+            nn.Tanh(),
+            nn.Linear(self.hidden, 1),
+        )
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(output, target)

@@ -29,13 +29,13 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
 
 from tuner.config.experiment import Config
 from tuner.errors import reason
-from tuner.train.optim import optimizer_arguments, torch_kwargs
 from tuner.tasks import CHECK_BATCH, Data, Split, Task, is_loop
+from tuner.train.optim import optimizer_arguments, torch_kwargs
 from tuner.train.trainer import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, drops_last, steps_per_epoch
 
 # Share of the free device memory a population may plan to use.
@@ -43,7 +43,10 @@ MEMORY_SHARE = 0.8
 # vmap warns at every step where an operator has no batching rule and runs member by member
 # (attention on the CPU): slower, not wrong. Autograd warns once that a member's gradient is laid
 # out unlike its parameter (a view of a row of StackedModel.flat): it is copied, not wrong.
-_QUIET = ("There is a performance drop because we have not yet implemented the batching rule", "grad and param do not obey the gradient layout contract")
+_QUIET = (
+    "There is a performance drop because we have not yet implemented the batching rule",
+    "grad and param do not obey the gradient layout contract",
+)
 
 Key = Hashable
 """The caller's handle of a member (an Optuna trial): given by ``start``, passed back to ``callback`` and ``end``."""
@@ -58,7 +61,9 @@ class _Schedule:
     :func:`tuner.train.trainer.train` builds for its config, driven on a one-element dummy parameter."""
 
     def __init__(self, config: Config, steps_per_epoch: int) -> None:
-        self.optimizer, self.scheduler = config.build([torch.zeros(1, requires_grad=True)], steps_per_epoch=steps_per_epoch)
+        self.optimizer, self.scheduler = config.build(
+            [torch.zeros(1, requires_grad=True)], steps_per_epoch=steps_per_epoch
+        )
         self.optimizer.step()  # no gradient, no change: lets the scheduler step without torch's order warning
         self.steps = 0
 
@@ -141,7 +146,14 @@ class VectorizedOptimizer:
         """The member's numbers for its ``step``-th step (counted from 1) at learning rate ``lr``."""
         raise NotImplementedError
 
-    def update(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], h: dict[str, torch.Tensor], any_: dict[str, bool]) -> None:
+    def update(
+        self,
+        p: torch.Tensor,
+        g: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        h: dict[str, torch.Tensor],
+        any_: dict[str, bool],
+    ) -> None:
         """Step the parameters ``p`` in place from the gradients ``g``; ``h`` holds every member's numbers as ``[K, 1]``,
         ``any_`` whether any member takes each flag's branch."""
         raise NotImplementedError
@@ -166,7 +178,10 @@ class VectorizedOptimizer:
     def plan(self, steps: int) -> None:
         """Work out every member's next ``steps`` steps: learning rates from its schedule, then its per-step numbers."""
         lrs = [[member.schedule.next() for member in self.members] for _ in range(steps)]
-        table = [[self.factors(m, lr, m.schedule.steps - steps + j + 1) for m, lr in zip(self.members, row)] for j, row in enumerate(lrs)]
+        table = [
+            [self.factors(m, lr, m.schedule.steps - steps + j + 1) for m, lr in zip(self.members, row)]
+            for j, row in enumerate(lrs)
+        ]
         device = self.params.device
         # [steps, factor, member]; float64 first, so that each number is rounded to float32 once, as torch does.
         self._table = torch.tensor(table, dtype=torch.float64).transpose(1, 2).to(device=device, dtype=torch.float32)
@@ -206,7 +221,14 @@ def _adam_family(name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, b
     beta1, beta2 = k["betas"]
     decoupled = name == "AdamW" or bool(k.get("decoupled_weight_decay"))
     # beta1 is not a value_name: only factors() uses it, in float64.
-    values = {"beta1": beta1, "lerp": 1 - beta1, "beta2": beta2, "one_minus_beta2": 1 - beta2, "eps": k["eps"], "weight_decay": k["weight_decay"]}
+    values = {
+        "beta1": beta1,
+        "lerp": 1 - beta1,
+        "beta2": beta2,
+        "one_minus_beta2": 1 - beta2,
+        "eps": k["eps"],
+        "weight_decay": k["weight_decay"],
+    }
     wd = k["weight_decay"] != 0
     return values, {"l2": wd and not decoupled, "decoupled": wd and decoupled}
 
@@ -216,7 +238,9 @@ def _decoupled_decay(member: _Hyper, lr: float) -> float:
     return 1 - lr * member.values["weight_decay"] if member.flags["decoupled"] else 1.0
 
 
-def _moments(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], h: dict[str, torch.Tensor], any_: dict[str, bool]) -> torch.Tensor:
+def _moments(
+    p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], h: dict[str, torch.Tensor], any_: dict[str, bool]
+) -> torch.Tensor:
     """Adam's, NAdam's and RAdam's common start: weight decay (L2 into the gradient, or decoupled on the parameters),
     then the first and second moments ``exp_avg`` and ``exp_avg_sq`` updated in place; returns the gradient used."""
     g = _decayed(p, g, h, any_)
@@ -266,8 +290,16 @@ class VectorizedSGD(VectorizedOptimizer):
 
     def hyperparameters(self, name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, bool]]:
         k = _kwargs(name, kwargs)
-        values = {"momentum": k["momentum"], "one_minus_dampening": 1 - k["dampening"], "weight_decay": k["weight_decay"]}
-        return values, {"l2": k["weight_decay"] != 0, "momentum_on": k["momentum"] != 0, "nesterov": bool(k["nesterov"])}
+        values = {
+            "momentum": k["momentum"],
+            "one_minus_dampening": 1 - k["dampening"],
+            "weight_decay": k["weight_decay"],
+        }
+        return values, {
+            "l2": k["weight_decay"] != 0,
+            "momentum_on": k["momentum"] != 0,
+            "nesterov": bool(k["nesterov"]),
+        }
 
     def factors(self, member: _Hyper, lr: float, step: int) -> tuple[float, ...]:
         return -lr, float(step == 1)
@@ -278,7 +310,9 @@ class VectorizedSGD(VectorizedOptimizer):
             buf = state["momentum_buffer"]
             # The first step copies the gradient into the buffer, without dampening.
             buf.copy_(torch.where(h["first"] > 0, g, torch.addcmul(buf * h["momentum"], g, h["one_minus_dampening"])))
-            direction = torch.where(h["nesterov"], torch.addcmul(g, buf, h["momentum"]), buf) if any_["nesterov"] else buf
+            direction = (
+                torch.where(h["nesterov"], torch.addcmul(g, buf, h["momentum"]), buf) if any_["nesterov"] else buf
+            )
             g = torch.where(h["momentum_on"], direction, g)
         p.addcmul_(g, h["neg_lr"])
 
@@ -293,7 +327,13 @@ class VectorizedRMSprop(VectorizedOptimizer):
 
     def hyperparameters(self, name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, bool]]:
         k = _kwargs(name, kwargs)
-        values = {"alpha": k["alpha"], "one_minus_alpha": 1 - k["alpha"], "eps": k["eps"], "weight_decay": k["weight_decay"], "momentum": k["momentum"]}
+        values = {
+            "alpha": k["alpha"],
+            "one_minus_alpha": 1 - k["alpha"],
+            "eps": k["eps"],
+            "weight_decay": k["weight_decay"],
+            "momentum": k["momentum"],
+        }
         return values, {"l2": k["weight_decay"] != 0, "centered": bool(k["centered"]), "momentum_on": k["momentum"] > 0}
 
     def factors(self, member: _Hyper, lr: float, step: int) -> tuple[float, ...]:
@@ -305,13 +345,19 @@ class VectorizedRMSprop(VectorizedOptimizer):
         square_avg.mul_(h["alpha"]).addcmul_(g * h["one_minus_alpha"], g)
         if any_["centered"]:
             grad_avg = state["grad_avg"].lerp_(g, h["one_minus_alpha"])
-            avg = torch.where(h["centered"], square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_(), square_avg.sqrt())
+            avg = torch.where(
+                h["centered"], square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_(), square_avg.sqrt()
+            )
         else:
             avg = square_avg.sqrt()
         avg.add_(h["eps"])
         if any_["momentum_on"]:
             buf = state["momentum_buffer"].mul_(h["momentum"]).addcdiv_(g, avg)
-            p.copy_(torch.where(h["momentum_on"], torch.addcmul(p, buf, h["neg_lr"]), torch.addcdiv(p, g * h["neg_lr"], avg)))
+            p.copy_(
+                torch.where(
+                    h["momentum_on"], torch.addcmul(p, buf, h["neg_lr"]), torch.addcdiv(p, g * h["neg_lr"], avg)
+                )
+            )
         else:
             p.addcdiv_(g * h["neg_lr"], avg)
 
@@ -363,7 +409,9 @@ class VectorizedRAdam(VectorizedOptimizer):
         rho_inf = 2 / (1 - v["beta2"]) - 1
         rho_t = rho_inf - 2 * step * (v["beta2"] ** step) / bias_correction2
         rectified = rho_t > 5.0
-        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 0.0
+        rect = (
+            ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 0.0
+        )
         return 1 - v["beta1"] ** step, lr, bias_correction2**0.5, rect, float(rectified), _decoupled_decay(member, lr)
 
     def update(self, p, g, state, h, any_):
@@ -385,7 +433,12 @@ class VectorizedAdagrad(VectorizedOptimizer):
 
     def hyperparameters(self, name: str, kwargs: dict) -> tuple[dict[str, float], dict[str, bool]]:
         k = _kwargs(name, kwargs)
-        values = {"eps": k["eps"], "weight_decay": k["weight_decay"], "lr_decay": k["lr_decay"], "initial": k["initial_accumulator_value"]}
+        values = {
+            "eps": k["eps"],
+            "weight_decay": k["weight_decay"],
+            "lr_decay": k["lr_decay"],
+            "initial": k["initial_accumulator_value"],
+        }
         return values, {"l2": k["weight_decay"] != 0}
 
     def initial(self, member: _Hyper) -> dict[str, float]:
@@ -440,7 +493,18 @@ VECTORIZED: dict[str, type[VectorizedOptimizer]] = {
 
 
 # Modules that act elementwise: on stacked inputs [K, batch, ...] as on [batch, ...] (dropout draws a mask per element).
-_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Identity, nn.Dropout)
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+)
 # Modules that act on each channel of [batch, channels, H, W] alone: on the members' channels side by side as on one member's.
 _CHANNELWISE = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
@@ -462,7 +526,10 @@ def _feed_forward_layers(module: nn.Module) -> list[tuple[str, nn.Module]] | Non
     on a quarter of the elements (2x2 pooling). In a stacked step of digits-cnn those were a fifth of the time.
     """
     layers = [(str(i), layer) for i, layer in enumerate(module)] if type(module) is nn.Sequential else []
-    if not (any(isinstance(layer, (nn.Linear, nn.Conv2d)) for _, layer in layers) and all(_stackable(layer) for _, layer in layers)):
+    if not (
+        any(isinstance(layer, (nn.Linear, nn.Conv2d)) for _, layer in layers)
+        and all(_stackable(layer) for _, layer in layers)
+    ):
         return None
     for i in range(len(layers) - 1):
         if type(layers[i][1]) is nn.ReLU and isinstance(layers[i + 1][1], nn.MaxPool2d):
@@ -475,7 +542,9 @@ def _side_by_side(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
 
 
-def _feed_forward(layers: list[tuple[str, nn.Module]], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def _feed_forward(
+    layers: list[tuple[str, nn.Module]], params: dict[str, torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
     """Every member's feed-forward stack on its own inputs ``x`` (``[K, batch, ...]``): each ``nn.Linear`` as one batched
     matrix product, each ``nn.Conv2d`` as one convolution grouped by member over the members' channels side by side
     (``[batch, K*C, H, W]``, channels-last, which vmap's grouped convolution is not: 1.5x faster here)."""
@@ -487,11 +556,22 @@ def _feed_forward(layers: list[tuple[str, nn.Module]], params: dict[str, torch.T
         elif isinstance(layer, (nn.Linear, nn.Flatten)) and side_by_side:
             x, side_by_side = x.unflatten(1, (members, -1)).transpose(0, 1), False
         if isinstance(layer, nn.Conv2d):
-            x = F.conv2d(x, weight.flatten(0, 1), None if bias is None else bias.flatten(), layer.stride, layer.padding, layer.dilation,
-                         layer.groups * members)
+            x = F.conv2d(
+                x,
+                weight.flatten(0, 1),
+                None if bias is None else bias.flatten(),
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                layer.groups * members,
+            )
         elif isinstance(layer, nn.Linear):
             rows = x.reshape(members, -1, x.shape[-1])
-            out = torch.bmm(rows, weight.transpose(1, 2)) if bias is None else torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))
+            out = (
+                torch.bmm(rows, weight.transpose(1, 2))
+                if bias is None
+                else torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))
+            )
             x = out.view(*x.shape[:-1], out.shape[-1])
         elif isinstance(layer, nn.Flatten):
             x = x.flatten(2)
@@ -519,7 +599,9 @@ class StackedModel:
     (``[K, *shape]``), as it keeps its buffers.
     """
 
-    def __init__(self, models: list[torch.nn.Module], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def __init__(
+        self, models: list[torch.nn.Module], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> None:
         self.module = models[0]
         params, self.buffers = stack_module_state(models)
         trainable = {name for name, p in self.module.named_parameters() if p.requires_grad}
@@ -530,12 +612,17 @@ class StackedModel:
         self.params = self._views()
         self._layers = _feed_forward_layers(self.module)
         self._loss = vmap(loss, randomness="different")
-        self._losses = vmap(lambda params, buffers, x, y: loss(self._call(params, buffers, x), y), randomness="different")
+        self._losses = vmap(
+            lambda params, buffers, x, y: loss(self._call(params, buffers, x), y), randomness="different"
+        )
         self._shared = vmap(self._call, in_dims=(0, 0, None), randomness="different")
 
     def _views(self) -> dict[str, torch.Tensor]:
         parts = self.flat.split([math.prod(shape) for shape in self.shapes], dim=1)
-        return {name: part.view(len(self.flat), *shape).detach().requires_grad_() for name, part, shape in zip(self.names, parts, self.shapes)}
+        return {
+            name: part.view(len(self.flat), *shape).detach().requires_grad_()
+            for name, part, shape in zip(self.names, parts, self.shapes)
+        }
 
     def _call(self, params: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, (params, fixed), (x,))
@@ -560,7 +647,9 @@ class StackedModel:
         """Every member's gradients after a backward pass, shaped like :attr:`flat`; the parameters' ``.grad`` are cleared."""
         missing = [name for name, p in self.params.items() if p.grad is None]
         if missing:
-            raise RuntimeError(f"parameters {', '.join(missing)} got no gradient (torch.optim would skip them; a population cannot)")
+            raise RuntimeError(
+                f"parameters {', '.join(missing)} got no gradient (torch.optim would skip them; a population cannot)"
+            )
         grad = torch.cat([p.grad.flatten(1) for p in self.params.values()], dim=1)
         for p in self.params.values():
             p.grad = None
@@ -650,7 +739,9 @@ class _Population:
         x, y = self.data.train.x, self.data.train.y
         n, batch_size, amp = len(x), self.shared[2], self.shared[3]
         self.model.train()
-        permutations = torch.stack([torch.randperm(n, generator=m.order, device=self.device) for m in self.members]).flatten()
+        permutations = torch.stack(
+            [torch.randperm(n, generator=m.order, device=self.device) for m in self.members]
+        ).flatten()
         xs = x.index_select(0, permutations).view(len(self.members), n, *x.shape[1:])
         ys = y.index_select(0, permutations).view(len(self.members), n, *y.shape[1:])
         loss_sum = torch.zeros(len(self.members), device=self.device)
@@ -667,7 +758,9 @@ class _Population:
         validation = self.evaluate(self.data.val)
         now = time.perf_counter()
         return [
-            EpochMetrics(len(m.result.history) + 1, train_loss, val_loss, val_metric, self.optimizer.lr(row), now - m.started)
+            EpochMetrics(
+                len(m.result.history) + 1, train_loss, val_loss, val_metric, self.optimizer.lr(row), now - m.started
+            )
             for row, (m, train_loss, (val_loss, val_metric)) in enumerate(zip(self.members, train_losses, validation))
         ]
 
@@ -676,7 +769,9 @@ class _Population:
         """Every member's loss and metric over a whole split, as :func:`tuner.train.trainer.evaluate` computes them."""
         self.model.train(False)
         with autocast(self.device, self.shared[3]):
-            output = torch.cat([self.model.shared(split.x[i : i + EVAL_CHUNK]) for i in range(0, len(split), EVAL_CHUNK)], dim=1)
+            output = torch.cat(
+                [self.model.shared(split.x[i : i + EVAL_CHUNK]) for i in range(0, len(split), EVAL_CHUNK)], dim=1
+            )
             losses = [self.task.loss(out, split.y).item() for out in output]
         return [(loss, self.task.score(out, split.y)) for loss, out in zip(losses, output)]
 
@@ -744,7 +839,7 @@ def train_batched(
             entries = start(len(ended))
             for row, entry in zip(ended, entries):
                 population.replace(row, *entry)
-            left = ended[len(entries):]
+            left = ended[len(entries) :]
             if left:
                 population.keep([row for row in range(len(population.members)) if row not in left])
 
@@ -784,7 +879,9 @@ def why_not_batched(task: Task, data: Data) -> str | None:
             fresh.train(False)
             with torch.no_grad():
                 outputs = fresh.shared(x)
-                same = all(torch.allclose(out, model.eval()(x), rtol=1e-4, atol=1e-5) for out, model in zip(outputs, models))
+                same = all(
+                    torch.allclose(out, model.eval()(x), rtol=1e-4, atol=1e-5) for out, model in zip(outputs, models)
+                )
         except Exception as err:  # whatever vmap or the task's code raise, the task runs one trial at a time
             return f"a stacked training step (vmap over its model and loss) raised {reason(err)}"
     if not same:
@@ -809,10 +906,13 @@ def member_bytes(task: Task, data: Data, batch_size: int, amp: str, optimizers: 
         return t
 
     x, y = data.train.x[:batch_size], data.train.y[:batch_size]
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with autocast(device, amp):
-            output = model(x)
-            task.loss(output, y)
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        autocast(device, amp),
+    ):
+        output = model(x)
+        task.loss(output, y)
     split = data.train.x.numel() * data.train.x.element_size() + data.train.y.numel() * data.train.y.element_size()
     evaluation = output[:1].numel() * output.element_size() * len(data.val)
     return params * copies + sum(saved) + output.numel() * output.element_size() + split + evaluation
@@ -825,7 +925,9 @@ def free_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def population_size(task: Task, data: Data, size: int, batch_size: int, amp: str, optimizers: Iterable[str], share: float = 1.0) -> tuple[int, str | None]:
+def population_size(
+    task: Task, data: Data, size: int, batch_size: int, amp: str, optimizers: Iterable[str], share: float = 1.0
+) -> tuple[int, str | None]:
     """How many trials to train at once: ``size``, or fewer, with one line saying why (None when ``size`` stands).
 
     1 (one trial at a time) when the task cannot be batched (see
@@ -843,8 +945,10 @@ def population_size(task: Task, data: Data, size: int, batch_size: int, amp: str
     fits = int(free * MEMORY_SHARE // need)
     if fits >= size:
         return size, None
-    return max(1, fits), (f"batched trials: {size} at once would need about {_mib(need * size)} on {device}, "
-                          f"{MEMORY_SHARE:.0%} of its {_mib(free)} free allows {fits}: {'one at a time' if fits <= 1 else f'{fits} at once'}")
+    return max(1, fits), (
+        f"batched trials: {size} at once would need about {_mib(need * size)} on {device}, "
+        f"{MEMORY_SHARE:.0%} of its {_mib(free)} free allows {fits}: {'one at a time' if fits <= 1 else f'{fits} at once'}"
+    )
 
 
 def _mib(n: float) -> str:

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from tuner.train import optim
 from tuner.config import strict_yaml
 from tuner.errors import UserError
+from tuner.train import optim
 
 SCALES = ("linear", "log", "log1m")
 SAMPLERS = ("tpe", "random", "qmc")
@@ -78,7 +78,11 @@ def _text_number_hint(value: Any) -> str:
         float(value)
     except (TypeError, ValueError):
         return ""
-    return "; YAML reads this as text: write the number with a dot and a signed exponent, like 1.0e-3 or 1.0e+4" if isinstance(value, str) else ""
+    return (
+        "; YAML reads this as text: write the number with a dot and a signed exponent, like 1.0e-3 or 1.0e+4"
+        if isinstance(value, str)
+        else ""
+    )
 
 
 def is_int(value: Any, low: int = 1, high: int | None = None) -> bool:
@@ -101,7 +105,9 @@ def check_type(where: str, value: Any, default: Any) -> None:
         return
     kind = type(default).__name__
     article = "an" if kind[0] in "aeiou" else "a"
-    raise UserError(f"{where}: {value!r} is not allowed ({article} {kind}, like the default {default!r}{_text_number_hint(value)})")
+    raise UserError(
+        f"{where}: {value!r} is not allowed ({article} {kind}, like the default {default!r}{_text_number_hint(value)})"
+    )
 
 
 def _positive_int(where: str, value: Any) -> int:
@@ -186,11 +192,15 @@ def parse_param(where: str, name: str, raw: Any) -> Param:
         raise UserError(f"{where}: int: true needs integer bounds, got low={low!r}, high={high!r}")
     if low >= high:
         kind = "empty" if low == high else "inverted"
-        raise UserError(f"{where}: {kind} range low={low!r}, high={high!r} (allowed: low < high; use 'value' to fix it)")
+        raise UserError(
+            f"{where}: {kind} range low={low!r}, high={high!r} (allowed: low < high; use 'value' to fix it)"
+        )
     if scale == "log" and low <= 0:
         raise UserError(f"{where}.low: {low!r} is not allowed on a log scale (low > 0)")
     if scale == "log1m" and high >= 1:
-        raise UserError(f"{where}.high: {high!r} is not allowed with scale log1m, which samples 1 - x on a log scale (high < 1)")
+        raise UserError(
+            f"{where}.high: {high!r} is not allowed with scale log1m, which samples 1 - x on a log scale (high < 1)"
+        )
     if integer and scale != "linear":
         raise UserError(f"{where}: int: true is only allowed with scale linear")
     return Param(name, low=low, high=high, scale=scale, integer=integer)
@@ -221,7 +231,9 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
     params = []
     for key, raw in raw_params.items():
         if key not in allowed:
-            raise UserError(f"{where}: params: unknown argument {key!r} of torch.optim.{cls} (allowed: {', '.join(allowed)})")
+            raise UserError(
+                f"{where}: params: unknown argument {key!r} of torch.optim.{cls} (allowed: {', '.join(allowed)})"
+            )
         params.append(parse_param(f"{where}: params.{key}", key, raw))
     _probe_optimizer(f"{where}: params", cls, params)
     return SearchSpace(name or path.stem, cls, tuple(params), where)
@@ -245,7 +257,9 @@ def _probe_optimizer(where: str, cls: str, params: list[Param]) -> None:
                 optim.build_optimizer(cls, kwargs, [torch.zeros(1, requires_grad=True)])
             except (ValueError, TypeError, RuntimeError) as err:
                 allowed = optim.ALLOWED.get(param.name, f"what torch.optim.{cls} accepts")
-                raise UserError(f"{where}.{param.name}: {value!r} is not allowed by torch.optim.{cls}: {err} (allowed: {param.name} {allowed})") from None
+                raise UserError(
+                    f"{where}.{param.name}: {value!r} is not allowed by torch.optim.{cls}: {err} (allowed: {param.name} {allowed})"
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -284,7 +298,9 @@ def _probe_schedule(where: str, name: str, params: tuple[Param, ...]) -> None:
     for param in params:
         for value in param.candidates():
             if not is_number(value) or not math.isfinite(value):
-                raise UserError(f"{where}.{param.name}: {value!r} is not allowed (a finite number{_text_number_hint(value)})")
+                raise UserError(
+                    f"{where}.{param.name}: {value!r} is not allowed (a finite number{_text_number_hint(value)})"
+                )
     for param in params:
         for value in param.candidates():
             try:
@@ -301,7 +317,9 @@ def find_space(ref: str, base: Path, where: str) -> SearchSpace:
     path = path if path.is_absolute() else base / path
     if ref.endswith((".yaml", ".yml")):
         if not path.is_file():
-            raise UserError(f"{where}: {ref!r}: no such file ({path}; allowed: a search-space file, or a shipped space: {', '.join(_shipped_spaces())})")
+            raise UserError(
+                f"{where}: {ref!r}: no such file ({path}; allowed: a search-space file, or a shipped space: {', '.join(_shipped_spaces())})"
+            )
         return load_space(path)
     shipped = _shipped_spaces()
     raise UserError(f"{where}: {ref!r} is neither a shipped search space ({', '.join(shipped)}) nor a .yaml file")
@@ -319,13 +337,28 @@ def find_experiment(ref: str | None) -> Path:
         return path
     if ref in shipped_names("experiments"):
         return shipped_dir("experiments") / f"{ref}.yaml"
-    raise UserError(f"experiment {ref!r}: no such file, and not a shipped experiment ({', '.join(shipped_names('experiments'))})")
+    raise UserError(
+        f"experiment {ref!r}: no such file, and not a shipped experiment ({', '.join(shipped_names('experiments'))})"
+    )
 
 
 EXPERIMENT_KEYS = (
-    "name", "task", "task_args", "optimizers", "schedules", "trials", "epochs", "batch_size",
-    "seed", "sampler", "pruner", "objective", "final_seeds", "target", "batch_trials",
-)  # fmt: skip
+    "name",
+    "task",
+    "task_args",
+    "optimizers",
+    "schedules",
+    "trials",
+    "epochs",
+    "batch_size",
+    "seed",
+    "sampler",
+    "pruner",
+    "objective",
+    "final_seeds",
+    "target",
+    "batch_trials",
+)
 # An experiment's and a search space's names become a folder (runs/<name>), file names (best-<space>.yaml),
 # an MLflow experiment name (at most 500 characters) and an Optuna study name <name>/<space> (at most 512):
 # 200 bytes of UTF-8 each keeps every one of them within its limit (file names: 255 bytes).
@@ -336,9 +369,11 @@ def check_name(where: str, name: str) -> None:
     """``name`` can name a folder, a file, an MLflow experiment and an Optuna study; else :class:`UserError`."""
     size = len(name.encode("utf-8", "surrogatepass"))
     if size > MAX_NAME_BYTES or "\0" in name or name in (".", ".."):
-        raise UserError(f"{where}: {name[:40]!r}{'...' if len(name) > 40 else ''} ({size} bytes) is not allowed as a name "
-                        f"(at most {MAX_NAME_BYTES} bytes of UTF-8, no NUL character, not '.' or '..': it names a folder, files, "
-                        "an MLflow experiment and Optuna studies)")
+        raise UserError(
+            f"{where}: {name[:40]!r}{'...' if len(name) > 40 else ''} ({size} bytes) is not allowed as a name "
+            f"(at most {MAX_NAME_BYTES} bytes of UTF-8, no NUL character, not '.' or '..': it names a folder, files, "
+            "an MLflow experiment and Optuna studies)"
+        )
 
 
 # Samplers take seeds below 2**32; seed + trial count + final seeds stay below it.
@@ -392,7 +427,9 @@ def _component(where: str, raw: Any, allowed: tuple[str, ...], default: str) -> 
         raw = {"name": raw}
     if not isinstance(raw, dict) or raw.get("name") not in allowed:
         name = raw.get("name") if isinstance(raw, dict) else raw
-        raise UserError(f"{where}: {name!r} is not allowed (allowed: {', '.join(allowed)}, or {{name: ..., <arguments>}})")
+        raise UserError(
+            f"{where}: {name!r} is not allowed (allowed: {', '.join(allowed)}, or {{name: ..., <arguments>}})"
+        )
     return Component(raw["name"], {k: v for k, v in raw.items() if k != "name"})
 
 
@@ -432,9 +469,13 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
         raise UserError(f"{at('optimizers')}: {names} names a study twice (each search space needs its own file name)")
     schedule_names = data.get("schedules")
     if schedule_names is not None and (
-        not isinstance(schedule_names, list) or not schedule_names or not all(isinstance(s, str) for s in schedule_names)
+        not isinstance(schedule_names, list)
+        or not schedule_names
+        or not all(isinstance(s, str) for s in schedule_names)
     ):
-        raise UserError(f"{at('schedules')}: {schedule_names!r} is not allowed (a non-empty list of: {', '.join(optim.SCHEDULES)})")
+        raise UserError(
+            f"{at('schedules')}: {schedule_names!r} is not allowed (a non-empty list of: {', '.join(optim.SCHEDULES)})"
+        )
     schedules = load_schedules(shipped_dir("search_spaces") / "schedules.yaml", schedule_names, at("schedules"))
     batch_size = data.get("batch_size")
     if batch_size is not None:
@@ -452,7 +493,9 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
         raise UserError(f"{at('objective')}: {objective!r} is not allowed ('loss', 'metric' or the task's metric name)")
     target = data.get("target")
     if target is not None and not (is_number(target) and math.isfinite(target)):
-        raise UserError(f"{at('target')}: {target!r} is not allowed (a finite number in the objective's units{_text_number_hint(target)})")
+        raise UserError(
+            f"{at('target')}: {target!r} is not allowed (a finite number in the objective's units{_text_number_hint(target)})"
+        )
     return Experiment(
         name=name,
         task=data["task"],
@@ -507,7 +550,9 @@ class Config:
             raise ValueError(f"steps_per_epoch: {steps_per_epoch!r} is not allowed (an integer >= 1)")
         optimizer = optim.build_optimizer(self.optimizer, self.optimizer_kwargs, params)
         try:
-            scheduler = optim.build_scheduler(self.schedule, self.schedule_params, optimizer, self.epochs * steps_per_epoch)
+            scheduler = optim.build_scheduler(
+                self.schedule, self.schedule_params, optimizer, self.epochs * steps_per_epoch
+            )
         except ZeroDivisionError:  # torch's OneCycleLR when a phase has no step
             raise ValueError(
                 f"steps_per_epoch={steps_per_epoch}: {self.epochs * steps_per_epoch} steps are too few "

@@ -85,4 +85,4 @@ StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_y
 
 def load(text: str) -> Any:
     """The document in ``text``; raises :class:`AmbiguousYAML` or PyYAML's own ``yaml.YAMLError``."""
-    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=StrictLoader)

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from tuner.train import optim
-from tuner.measure import step_sizes
 from tuner.config.experiment import Config
+from tuner.measure import step_sizes
 from tuner.tasks import Data, Task, is_loop
+from tuner.train import optim
 from tuner.train.trainer import columns, train
 
 # The optimizers whose best config is ablated: torch's Adam family with its bias correction.
@@ -53,9 +53,19 @@ class AdamCorrections(torch.optim.Optimizer):
         correct_second: bool = True,
     ) -> None:
         if not lr >= 0 or not eps >= 0 or not weight_decay >= 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}: out of range (lr, eps, weight_decay >= 0; betas in [0, 1))")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad,
-                    "decoupled_weight_decay": decoupled_weight_decay, "correct_first": correct_first, "correct_second": correct_second}  # fmt: skip
+            raise ValueError(
+                f"lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}: out of range (lr, eps, weight_decay >= 0; betas in [0, 1))"
+            )
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "correct_first": correct_first,
+            "correct_second": correct_second,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -99,9 +109,16 @@ class _Uncorrected(Config):
     """A config of torch's Adam or AdamW trained with :class:`AdamCorrections` and both corrections off."""
 
     def build(self, params: Any, *, steps_per_epoch: int):
-        optimizer = AdamCorrections(params, **self.optimizer_kwargs, decoupled_weight_decay=self.optimizer == "AdamW",
-                                    correct_first=False, correct_second=False)  # fmt: skip
-        return optimizer, optim.build_scheduler(self.schedule, self.schedule_params, optimizer, self.epochs * steps_per_epoch)
+        optimizer = AdamCorrections(
+            params,
+            **self.optimizer_kwargs,
+            decoupled_weight_decay=self.optimizer == "AdamW",
+            correct_first=False,
+            correct_second=False,
+        )
+        return optimizer, optim.build_scheduler(
+            self.schedule, self.schedule_params, optimizer, self.epochs * steps_per_epoch
+        )
 
 
 def uncorrected(config: Config) -> Config:

@@ -54,7 +54,9 @@ FIRST_STEPS = 5
 FAMILIES = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop)
 
 
-def effective_lr(optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict[str, Any], lr: float) -> torch.Tensor | None:
+def effective_lr(
+    optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict[str, Any], lr: float
+) -> torch.Tensor | None:
     """``η`` of ``param`` (shape of ``param``) after ``optimizer`` stepped with learning rate ``lr``; None for a family
     without a definition here (see the module's table) or a parameter the step skipped (no state yet)."""
     state = optimizer.state.get(param)
@@ -109,7 +111,9 @@ def recorded_steps(steps_per_epoch: int, epochs: int, per_epoch: int) -> set[int
     ``per_epoch`` < 1."""
     if per_epoch < 1:
         raise ValueError(f"per_epoch: {per_epoch} is not allowed (>= 1)")
-    positions = {max(1, round(steps_per_epoch * k / per_epoch)) for k in range(1, per_epoch + 1)}  # within an epoch, 1-based
+    positions = {
+        max(1, round(steps_per_epoch * k / per_epoch)) for k in range(1, per_epoch + 1)
+    }  # within an epoch, 1-based
     total = steps_per_epoch * epochs
     return {s for s in range(1, total + 1) if s <= FIRST_STEPS or (s - 1) % steps_per_epoch + 1 in positions}
 
@@ -203,7 +207,6 @@ def _sampled(values: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     return flat if index is None else flat[index]
 
 
-
 @dataclass(frozen=True)
 class Series:
     """One parameter tensor's recorded percentiles of ``η`` against optimizer ``steps``: ``low``, ``median``, ``high`` are
@@ -232,4 +235,6 @@ def largest(record: dict[str, Any], count: int) -> list[Series]:
 def probe(task: Task, data: Data, config: Config) -> StepSizes | None:
     """A :class:`StepSizes` for one training run of ``config`` on ``task``'s ``data`` (its steps per epoch as the trainer
     counts them), or None for a task with its own loop: the trainer's step hook does not reach its ``fit``."""
-    return None if is_loop(task) else StepSizes(Batches(task, data, config.batch_size, config.seed).steps, config.epochs)
+    return (
+        None if is_loop(task) else StepSizes(Batches(task, data, config.batch_size, config.seed).steps, config.epochs)
+    )

@@ -23,17 +23,16 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.report import statistics as analysis
-from tuner.report import evidence
-from tuner.train import loop
-from tuner.report import plots
-from tuner.report.statistics import Band, ExpectedBest, Speed, Summary
 from tuner.config.experiment import Config
-from tuner.errors import UserError, mask_url
 from tuner.config.export import config_from_dict
+from tuner.errors import UserError, mask_url
+from tuner.report import evidence, plots
+from tuner.report import statistics as analysis
+from tuner.report.statistics import Band, ExpectedBest, Speed, Summary
 from tuner.study.outcomes import outcome
 from tuner.study.runner import best_trial, experiment_names
 from tuner.tasks import Data, Task, is_loop, load_data, load_task
+from tuner.train import loop
 from tuner.train.trainer import evaluate, first_step, objective_label
 
 # Outcomes of the trials that count toward the budget (interrupted ones are redone).
@@ -123,7 +122,9 @@ class Report:
     optimizers: list[OptimizerReport]
     winner: str | None
     notes: list[str]
-    samplers: tuple[str, ...] = ()  # the samplers that drew the counted trials ("unknown-sampler" for trials before tuner recorded it)
+    samplers: tuple[
+        str, ...
+    ] = ()  # the samplers that drew the counted trials ("unknown-sampler" for trials before tuner recorded it)
 
     @property
     def sampling(self) -> str:
@@ -143,7 +144,9 @@ class Report:
         return self.setup["direction"]
 
 
-def load_studies(storage: optuna.storages.BaseStorage, experiment: str, only: list[str] | None = None, where: str = "--experiment") -> list[optuna.Study]:
+def load_studies(
+    storage: optuna.storages.BaseStorage, experiment: str, only: list[str] | None = None, where: str = "--experiment"
+) -> list[optuna.Study]:
     """The studies of ``experiment`` (named ``<experiment>/<space>``): those of the spaces in ``only``, in that order, or all of them."""
     names = optuna.get_all_study_names(storage)
     prefix = f"{experiment}/"
@@ -171,7 +174,15 @@ def trial_points(trials: list[FrozenTrial]) -> list[TrialPoint]:
         state = outcome(trial)
         if state in COUNTED:
             kwargs = trial.user_attrs.get("config", {}).get("optimizer", {}).get("kwargs", {})
-            points.append(TrialPoint(state, _value(trial, state), kwargs.get("lr"), kwargs.get("eps"), trial.user_attrs.get("test_objective")))
+            points.append(
+                TrialPoint(
+                    state,
+                    _value(trial, state),
+                    kwargs.get("lr"),
+                    kwargs.get("eps"),
+                    trial.user_attrs.get("test_objective"),
+                )
+            )
     return points
 
 
@@ -211,12 +222,18 @@ def importance(study: optuna.Study, evaluator: str = "ped-anova") -> Importance:
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     n = len(trials)
     if n < MIN_WEAK_IMPORTANCE_TRIALS:
-        return Importance({}, n, f"too few complete trials for an estimate\n({n}; {MIN_WEAK_IMPORTANCE_TRIALS} at least, {MIN_IMPORTANCE_TRIALS} advised)")
+        return Importance(
+            {},
+            n,
+            f"too few complete trials for an estimate\n({n}; {MIN_WEAK_IMPORTANCE_TRIALS} at least, {MIN_IMPORTANCE_TRIALS} advised)",
+        )
     values = _importances(study.direction, trials, evaluator)
     draw = random.Random(0)
     resamples = [_importances(study.direction, draw.choices(trials, k=n), evaluator) for _ in range(BOOTSTRAP)]
     sd = {name: statistics.pstdev(r.get(name, 0.0) for r in resamples) for name in values}
-    weak = None if n >= MIN_IMPORTANCE_TRIALS else f"weak estimate: {n} complete trials, {MIN_IMPORTANCE_TRIALS} advised"
+    weak = (
+        None if n >= MIN_IMPORTANCE_TRIALS else f"weak estimate: {n} complete trials, {MIN_IMPORTANCE_TRIALS} advised"
+    )
     return Importance(values, n, weak, sd)
 
 
@@ -247,7 +264,12 @@ def state_bytes_per_parameter(task: Task, data: Data, config: Config) -> float:
     Torch's random state is left as it was.
     """
     model, optimizer = first_step(task, data, config)
-    state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+    state = sum(
+        v.numel() * v.element_size()
+        for s in optimizer.state.values()
+        for v in s.values()
+        if isinstance(v, torch.Tensor)
+    )
     return state / sum(p.numel() for p in model.parameters())
 
 
@@ -261,7 +283,9 @@ def untrained_objective(task: Task, data: Data, seed: int, objective: str, split
     return loss if objective == "loss" else metric
 
 
-def _measure(setup: dict[str, Any], configs: list[Config | None]) -> tuple[list[float | None], list[float | None], list[str]]:
+def _measure(
+    setup: dict[str, Any], configs: list[Config | None]
+) -> tuple[list[float | None], list[float | None], list[str]]:
     """Each best config's optimizer-state bytes per parameter and the untrained model's validation and test objectives,
     on the CPU; a note if the task cannot be built."""
     try:
@@ -270,7 +294,11 @@ def _measure(setup: dict[str, Any], configs: list[Config | None]) -> tuple[list[
     except UserError as err:
         return [None] * len(configs), [None, None], [f"state memory and untrained model not measured: {err}"]
     if is_loop(task):  # its model and data are inside its fit: state memory from the optimizer its first epoch built
-        return [None if c is None else loop.state_bytes_per_parameter(task, c, data.device) for c in configs], [None, None], []
+        return (
+            [None if c is None else loop.state_bytes_per_parameter(task, c, data.device) for c in configs],
+            [None, None],
+            [],
+        )
     memories = [None if c is None else state_bytes_per_parameter(task, data, c) for c in configs]
     untrained = [untrained_objective(task, data, setup["seed"], setup["objective"], split) for split in ("val", "test")]
     return memories, [u if math.isfinite(u) else None for u in untrained], []
@@ -296,7 +324,10 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
     differ = [key for key in COMPARED if any(s.get(key) != setup.get(key) for s in setups)]
     notes = [f"the studies differ in {', '.join(differ)}: they are not compared like for like"] if differ else []
     trials = [study.get_trials(deepcopy=False) for study in studies]
-    configs = [None if s.best_trial is None else config_from_dict(t[s.best_trial].user_attrs["config"]) for t, s in zip(trials, summaries)]
+    configs = [
+        None if s.best_trial is None else config_from_dict(t[s.best_trial].user_attrs["config"])
+        for t, s in zip(trials, summaries)
+    ]
     memories, (untrained, untrained_test), measure_notes = _measure(setup, configs)
     importances = [importance(study, evaluator) for study in studies]
     given = target is not None
@@ -308,34 +339,52 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
         worths = [analysis.worth(p.value, untrained, direction) for p in points]
         expected = analysis.expected_best([w for w in worths if w is not None], len(points), direction)
         # A test value is worth no worse than the untrained model's test value, as validation values are.
-        picked = [(p.value, analysis.worth(p.test, untrained_test, direction)) for p in points
-                  if p.outcome == "complete" and p.test is not None and math.isfinite(p.test)]  # fmt: skip
+        picked = [
+            (p.value, analysis.worth(p.test, untrained_test, direction))
+            for p in points
+            if p.outcome == "complete" and p.test is not None and math.isfinite(p.test)
+        ]
         runs = (summary.final or {}).get("history") or []
-        optimizers.append(OptimizerReport(
-            name=summary.optimizer,
-            summary=summary,
-            points=points,
-            best_so_far=best_so_far(points, direction),
-            expected=expected,
-            cpe=analysis.cpe(expected),
-            cpe_test=analysis.cpe(analysis.expected_picked(picked, len(picked), direction)),
-            loss=analysis.band([run["val_loss"] for run in runs]) if runs else None,
-            metric=analysis.band([run["val_metric"] for run in runs]) if runs else None,
-            speed=analysis.epochs_to_target([run[key] for run in runs], target, direction, setup["epochs"]) if runs and target is not None else None,
-            importance=imp,
-            memory=memory,
-            step_sizes=((summary.final or {}).get("step_sizes") or [None])[0],
-            torch_class=study_setup.get("optimizer"),
-        ))  # fmt: skip
+        optimizers.append(
+            OptimizerReport(
+                name=summary.optimizer,
+                summary=summary,
+                points=points,
+                best_so_far=best_so_far(points, direction),
+                expected=expected,
+                cpe=analysis.cpe(expected),
+                cpe_test=analysis.cpe(analysis.expected_picked(picked, len(picked), direction)),
+                loss=analysis.band([run["val_loss"] for run in runs]) if runs else None,
+                metric=analysis.band([run["val_metric"] for run in runs]) if runs else None,
+                speed=analysis.epochs_to_target([run[key] for run in runs], target, direction, setup["epochs"])
+                if runs and target is not None
+                else None,
+                importance=imp,
+                memory=memory,
+                step_sizes=((summary.final or {}).get("step_sizes") or [None])[0],
+                torch_class=study_setup.get("optimizer"),
+            )
+        )
     best = analysis.winner(summaries, direction)
     close = close_call(summaries, best, direction)
     notes += [close] if close else []
     experiment = studies[0].study_name.split("/", 1)[0]
-    samplers = tuple(sorted({t.user_attrs.get("sampler", "unknown-sampler") for ts in trials for t in ts if outcome(t) in COUNTED}))
+    samplers = tuple(
+        sorted({t.user_attrs.get("sampler", "unknown-sampler") for ts in trials for t in ts if outcome(t) in COUNTED})
+    )
     return Report(
-        experiment, setup, target, given, untrained, IMPORTANCE_EVALUATORS[evaluator], rank_parameters(importances), optimizers,
-        None if best is None else best.optimizer, notes + measure_notes, samplers,
-    )  # fmt: skip
+        experiment,
+        setup,
+        target,
+        given,
+        untrained,
+        IMPORTANCE_EVALUATORS[evaluator],
+        rank_parameters(importances),
+        optimizers,
+        None if best is None else best.optimizer,
+        notes + measure_notes,
+        samplers,
+    )
 
 
 def close_call(summaries: list[Summary], best: Summary | None, direction: str) -> str | None:
@@ -350,9 +399,11 @@ def close_call(summaries: list[Summary], best: Summary | None, direction: str) -
     se = math.sqrt(s1**2 / len(best.final["seeds"]) + s2**2 / len(second.final["seeds"]))
     if not (math.isfinite(m1) and abs(m1 - m2) < 2 * se):
         return None
-    return (f"close call: {best.optimizer} ({analysis.pm((m1, s1))}) and {second.optimizer} ({analysis.pm((m2, s2))}) differ by "
-            f"{abs(m1 - m2):.2g}, less than twice its standard error ({se:.2g}): the ranking of the two is not settled; "
-            "more final seeds (--final-seeds) would tell")
+    return (
+        f"close call: {best.optimizer} ({analysis.pm((m1, s1))}) and {second.optimizer} ({analysis.pm((m2, s2))}) differ by "
+        f"{abs(m1 - m2):.2g}, less than twice its standard error ({se:.2g}): the ranking of the two is not settled; "
+        "more final seeds (--final-seeds) would tell"
+    )
 
 
 def _cell(value: float | None, spec: str) -> str:
@@ -366,30 +417,40 @@ def summary(report: Report, out: Path) -> str:
     arrow = "≤" if report.direction == "minimize" else "≥"
     seeds = next((o.summary.final["seeds"] for o in report.optimizers if o.summary.final), [])
     header = [
-        "optimizer", f"best val {label}", "final val (mean ± sd)", "final test (mean ± sd)",
-        f"epochs to {arrow} {_cell(report.target, '.4g')}", "CPE (val)", "CPE (test)", "complete/pruned/diverged/failed", "state bytes/param",
-    ]  # fmt: skip
+        "optimizer",
+        f"best val {label}",
+        "final val (mean ± sd)",
+        "final test (mean ± sd)",
+        f"epochs to {arrow} {_cell(report.target, '.4g')}",
+        "CPE (val)",
+        "CPE (test)",
+        "complete/pruned/diverged/failed",
+        "state bytes/param",
+    ]
     rows = [header]
     for o in report.optimizers:
         s, c, speed = o.summary, o.summary.counts, o.speed
         reached = "" if speed is None or speed.reached == speed.runs else f" ({speed.reached}/{speed.runs} seeds)"
-        rows.append([
-            s.optimizer + (" *" if s.optimizer == report.winner else ""),
-            _cell(s.best_value, ".4g"),
-            analysis.pm(s.stat("val_objective")) if s.final else "-",
-            analysis.pm(s.stat("test_objective")) if s.final else "-",
-            _cell(None if speed is None else speed.epochs, ".3g") + reached,
-            _cell(o.cpe, ".4g"),
-            _cell(o.cpe_test, ".4g"),
-            f"{c['complete']}/{c['pruned']}/{c['diverged']}/{c['failed']}",
-            _cell(o.memory, ".2f"),
-        ])  # fmt: skip
+        rows.append(
+            [
+                s.optimizer + (" *" if s.optimizer == report.winner else ""),
+                _cell(s.best_value, ".4g"),
+                analysis.pm(s.stat("val_objective")) if s.final else "-",
+                analysis.pm(s.stat("test_objective")) if s.final else "-",
+                _cell(None if speed is None else speed.epochs, ".3g") + reached,
+                _cell(o.cpe, ".4g"),
+                _cell(o.cpe_test, ".4g"),
+                f"{c['complete']}/{c['pruned']}/{c['diverged']}/{c['failed']}",
+                _cell(o.memory, ".2f"),
+            ]
+        )
     origin = "given" if report.target_given else "default: the least good of the optimizers' final validation means"
     task = setup["task"] + (f" {setup['task_args']}" if setup["task_args"] else "")
     floor = (
-        "diverged and failed trials have none and are left out (the untrained model was not measured)" if report.untrained is None
+        "diverged and failed trials have none and are left out (the untrained model was not measured)"
+        if report.untrained is None
         else f"never worse than the untrained model's ({report.untrained:.4g}), which diverged and failed trials count as"
-    )  # fmt: skip
+    )
     lines = [
         f"# {report.experiment}: which optimizer trains {task} best",
         "",
@@ -422,7 +483,9 @@ def summary(report: Report, out: Path) -> str:
         "## Best configs",
         "",
     ]
-    configs = [p.name for p in [out / "best.yaml", *(out / f"best-{o.name}.yaml" for o in report.optimizers)] if p.is_file()]
+    configs = [
+        p.name for p in [out / "best.yaml", *(out / f"best-{o.name}.yaml" for o in report.optimizers)] if p.is_file()
+    ]
     lines += [f"- {_link(name, name)}" for name in configs] or ["- none in this folder: `tuner study` writes them"]
     return "\n".join(lines)
 

@@ -21,8 +21,8 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tuner.report import statistics as analysis
 from tuner.measure.bias_correction import first_step_ratio
+from tuner.report import statistics as analysis
 
 if TYPE_CHECKING:
     from tuner.report.data import OptimizerReport, Report
@@ -44,7 +44,11 @@ CLAIMS: dict[str, dict[str, str]] = {
     "suited to": {"Adam": "sparse gradients", "SGD": "simple models", "RMSprop": "non-stationary problems"},
 }
 # The built-in tasks that test a "suited to" claim, and the claim's kind.
-TASK_KINDS = {"bag-of-words": "sparse gradients", "drifting-regression": "non-stationary problems", "logistic-regression": "simple models"}
+TASK_KINDS = {
+    "bag-of-words": "sparse gradients",
+    "drifting-regression": "non-stationary problems",
+    "logistic-regression": "simple models",
+}
 LEVELS = {"low": 0, "fast": 0, "easy": 0, "moderate": 1, "slow": 2, "hard": 2}
 
 
@@ -103,7 +107,9 @@ def family(o: OptimizerReport) -> str | None:
     return "Adam" if o.torch_class == "AdamW" else o.torch_class
 
 
-def _ordered(values: dict[str, list[float]], claims: dict[str, str], lower_is: int = -1, exact: bool = False) -> dict[str, str]:
+def _ordered(
+    values: dict[str, list[float]], claims: dict[str, str], lower_is: int = -1, exact: bool = False
+) -> dict[str, str]:
     """Per optimizer, the verdict of its claimed level against every optimizer claimed at another level (see :func:`compare`)."""
     verdicts = {}
     for name, claim in claims.items():
@@ -129,7 +135,12 @@ def spreads(o: OptimizerReport) -> list[float]:
     out = []
     for record in (o.summary.final or {}).get("step_sizes") or []:
         low, high = record["percentiles"].index(5), record["percentiles"].index(95)
-        ratios = [row[high] / row[low] for rows in record["effective_lr"].values() for row in rows if row[low] > 0 and math.isfinite(row[high])]
+        ratios = [
+            row[high] / row[low]
+            for rows in record["effective_lr"].values()
+            for row in rows
+            if row[low] > 0 and math.isfinite(row[high])
+        ]
         out.append(statistics.median(ratios) if ratios else math.nan)
     return out
 
@@ -143,11 +154,19 @@ def adaptive_row(report: Report) -> Row:
             cells.append(_cell("not recorded", claim, NO_EVIDENCE))
             continue
         adaptive = [v >= SPREAD for v in values]
-        verdict = NO_EVIDENCE if len(set(adaptive)) > 1 else CONSISTENT if adaptive[0] == (claim == "adaptive") else NOT_CONSISTENT
+        verdict = (
+            NO_EVIDENCE
+            if len(set(adaptive)) > 1
+            else CONSISTENT
+            if adaptive[0] == (claim == "adaptive")
+            else NOT_CONSISTENT
+        )
         cells.append(_cell(f"η p95/p5 {analysis.pm(analysis.mean_sd(values), 3)}", claim, verdict))
-    test = (f"the effective learning rate η's 95th over its 5th percentile across a tensor's elements (median over tensors "
-            f"and recorded steps), per final seed: adaptive if it is at least {SPREAD:g} on every seed, fixed if below on every "
-            "seed, undecided if the seeds disagree (step_sizes.png)")  # fmt: skip
+    test = (
+        f"the effective learning rate η's 95th over its 5th percentile across a tensor's elements (median over tensors "
+        f"and recorded steps), per final seed: adaptive if it is at least {SPREAD:g} on every seed, fixed if below on every "
+        "seed, undecided if the seeds disagree (step_sizes.png)"
+    )
     return Row("adaptive learning rate", cells, test)
 
 
@@ -158,11 +177,17 @@ def memory_row(report: Report) -> Row:
     cells = []
     for o in report.optimizers:
         peak = (o.summary.final or {}).get("peak_step_bytes")
-        measured = ("-" if o.memory is None else f"{o.memory:.2f} state bytes/param") + ("" if peak is None else f"; first step's peak {peak / 2**20:.3g} MiB")
+        measured = ("-" if o.memory is None else f"{o.memory:.2f} state bytes/param") + (
+            "" if peak is None else f"; first step's peak {peak / 2**20:.3g} MiB"
+        )
         cells.append(_cell(measured, claims[o.name], verdicts[o.name]))
-    return Row("memory", cells, "bytes of optimizer state per parameter after one step (exact, no seeds): compared as they are "
-               "with every optimizer claimed at another level; on CUDA also the peak memory the first training step adds "
-               "(torch.cuda.max_memory_allocated; not measured on the CPU)")
+    return Row(
+        "memory",
+        cells,
+        "bytes of optimizer state per parameter after one step (exact, no seeds): compared as they are "
+        "with every optimizer claimed at another level; on CUDA also the peak memory the first training step adds "
+        "(torch.cuda.max_memory_allocated; not measured on the CPU)",
+    )
 
 
 def _to_target(report: Report, run: dict[str, list[float]]) -> tuple[float, float]:
@@ -179,7 +204,11 @@ def speed_row(report: Report) -> Row:
     claims = _claims(report, "convergence speed")
     epochs, seconds = {}, {}
     for o in report.optimizers:
-        runs = [_to_target(report, run) for run in (o.summary.final or {}).get("history") or []] if report.target is not None else []
+        runs = (
+            [_to_target(report, run) for run in (o.summary.final or {}).get("history") or []]
+            if report.target is not None
+            else []
+        )
         epochs[o.name], seconds[o.name] = [e for e, _ in runs], [s for _, s in runs]
     verdicts = _ordered(epochs, claims)
     cells = []
@@ -189,11 +218,15 @@ def speed_row(report: Report) -> Row:
             continue
         reached = [s for s in seconds[o.name] if math.isfinite(s)]
         time = f", {statistics.fmean(reached):.3g} s" if reached else ", never reached"
-        cells.append(_cell(f"{analysis.pm(analysis.mean_sd(epochs[o.name]), 3)} epochs{time}", claims[o.name], verdicts[o.name]))
+        cells.append(
+            _cell(f"{analysis.pm(analysis.mean_sd(epochs[o.name]), 3)} epochs{time}", claims[o.name], verdicts[o.name])
+        )
     n = max((len(v) for v in epochs.values()), default=0)
-    test = (f"epochs to the target {report.target if report.target is None else format(report.target, '.4g')} (DeepOBS's speed; "
-            f"never = epochs + 1) and seconds to it (AlgoPerf's time to target, mean over the seeds that reached it), "
-            f"{n} final seeds: Welch's t-test (two-sided, α = {ALPHA}) on the epochs against every optimizer claimed at another speed")  # fmt: skip
+    test = (
+        f"epochs to the target {report.target if report.target is None else format(report.target, '.4g')} (DeepOBS's speed; "
+        f"never = epochs + 1) and seconds to it (AlgoPerf's time to target, mean over the seeds that reached it), "
+        f"{n} final seeds: Welch's t-test (two-sided, α = {ALPHA}) on the epochs against every optimizer claimed at another speed"
+    )
     return Row("convergence speed", cells, test)
 
 
@@ -215,14 +248,19 @@ def bias_row(report: Report) -> Row:
         on_runs, off_runs = final["history"], off["history"]
         end = len(on_runs[0]["val_loss"])
         epochs = sorted({e for e in (1, 2, 3) if e <= end} | {end})
-        losses = "; ".join(f"epoch {e}: {analysis.pm(analysis.mean_sd(_at(on_runs, e)), 3)} / {analysis.pm(analysis.mean_sd(_at(off_runs, e)), 3)}" for e in epochs)
+        losses = "; ".join(
+            f"epoch {e}: {analysis.pm(analysis.mean_sd(_at(on_runs, e)), 3)} / {analysis.pm(analysis.mean_sd(_at(off_runs, e)), 3)}"
+            for e in epochs
+        )
         step_on = statistics.fmean(first_step_ratio(r) for r in final["step_sizes"])
         step_off = statistics.fmean(first_step_ratio(r) for r in off["step_sizes"])
         measured = f"val loss with / without: {losses}; step 1 median Δθ/g {step_on:.3g} / {step_off:.3g}"
         cells.append(_cell(measured, "yes (it helps the first epochs)", compare(_at(on_runs, 1), _at(off_runs, 1), -1)))
-    test = ("the best Adam config re-trained on the final seeds with both correction factors removed (tuner.measure.bias_correction): "
-            f"Welch's t-test (two-sided, α = {ALPHA}) on the validation loss after epoch 1, with against without; SGD and "
-            "RMSprop have no correction in torch's update")  # fmt: skip
+    test = (
+        "the best Adam config re-trained on the final seeds with both correction factors removed (tuner.measure.bias_correction): "
+        f"Welch's t-test (two-sided, α = {ALPHA}) on the validation loss after epoch 1, with against without; SGD and "
+        "RMSprop have no correction in torch's update"
+    )
     return Row("bias correction", cells, test)
 
 
@@ -248,9 +286,11 @@ def tuning_row(report: Report) -> Row:
         at = min(N_TRIALS, len(o.expected.mean))
         expected = f"; E[best of {at}] {o.expected.mean[at - 1]:.4g}" if at else ""
         cells.append(_cell(f"{k}/{n} trials within {NEAR:.0%} of the best{expected}", claims[o.name], verdicts[o.name]))
-    test = (f"the share of each study's counted trials within {NEAR:.0%} of its best value, compared with every optimizer claimed "
-            f"at another ease by Welch's t-test on the 0/1 outcomes (α = {ALPHA}; the trials are the samples, one study each); "
-            f"E[best of n] is the budget curve (budget.png) at n = {N_TRIALS}")  # fmt: skip
+    test = (
+        f"the share of each study's counted trials within {NEAR:.0%} of its best value, compared with every optimizer claimed "
+        f"at another ease by Welch's t-test on the 0/1 outcomes (α = {ALPHA}; the trials are the samples, one study each); "
+        f"E[best of n] is the budget curve (budget.png) at n = {N_TRIALS}"
+    )
     return Row("ease of tuning", cells, test)
 
 
@@ -268,21 +308,33 @@ def suited_row(report: Report) -> Row:
             continue
         verdict = combine([compare(values, theirs, better) for name, theirs in finals.items() if name != o.name])
         cells.append(_cell(measured, claim, verdict))
-    test = (f"this task is {kind}: the optimizer claimed suited to it against every other one, Welch's t-test (α = {ALPHA}) on "
-            "the final seeds' validation objective; the other claims need tasks of their kinds (experiments/evidence-*.yaml)"
-            if kind else f"needs tasks of each kind ({', '.join(f'{k}: {v}' for v, k in TASK_KINDS.items())}); this task is none of them")
+    test = (
+        f"this task is {kind}: the optimizer claimed suited to it against every other one, Welch's t-test (α = {ALPHA}) on "
+        "the final seeds' validation objective; the other claims need tasks of their kinds (experiments/evidence-*.yaml)"
+        if kind
+        else f"needs tasks of each kind ({', '.join(f'{k}: {v}' for v, k in TASK_KINDS.items())}); this task is none of them"
+    )
     return Row("suited to", cells, test)
 
 
 def build_evidence(report: Report) -> list[Row]:
     """Every row of the table, in :data:`CLAIMS`' order."""
-    return [adaptive_row(report), memory_row(report), speed_row(report), bias_row(report), tuning_row(report), suited_row(report)]
+    return [
+        adaptive_row(report),
+        memory_row(report),
+        speed_row(report),
+        bias_row(report),
+        tuning_row(report),
+        suited_row(report),
+    ]
 
 
 def evidence_markdown(report: Report, rows: list[Row]) -> str:
     """``evidence.md``: the table (a cell: measured; claim; **verdict**), then how each row was decided."""
     header = ["claim", *(f"{o.name} ({family(o) or '?'})" for o in report.optimizers)]
-    table = [header] + [[row.claim, *(f"{c.measured}; claim: {c.claim}; **{c.verdict}**" for c in row.cells)] for row in rows]
+    table = [header] + [
+        [row.claim, *(f"{c.measured}; claim: {c.claim}; **{c.verdict}**" for c in row.cells)] for row in rows
+    ]
     lines = [
         f"# {report.experiment}: the common claims about Adam, SGD and RMSprop, measured on {report.setup['task']}",
         "",

@@ -77,7 +77,9 @@ def _log_if_wide(ax: Axes, values: Iterable[float | None], axis: str = "y") -> N
 
 def _shown(report: Report, points: Iterable[TrialPoint]) -> list[float]:
     """The values drawn inside the axes: those no worse than the untrained model."""
-    return [p.value for p in points if p.value is not None and worth(p.value, report.untrained, report.direction) == p.value]
+    return [
+        p.value for p in points if p.value is not None and worth(p.value, report.untrained, report.direction) == p.value
+    ]
 
 
 # Axes fraction between the rows of markers that several optimizers put at the bad edge of one panel.
@@ -101,7 +103,15 @@ def _trials(ax: Axes, report: Report, xs: list[float], points: list[TrialPoint],
             groups.setdefault(("o", filled, False), []).append((x, p.value))
     for (marker, filled, at_edge), xy in groups.items():
         where = {"transform": ax.get_xaxis_transform(), "clip_on": False} if at_edge else {"alpha": 0.8}
-        ax.plot(*zip(*xy), linestyle="none", marker=marker, markersize=6, color=color, markerfacecolor=color if filled else "none", **where)
+        ax.plot(
+            *zip(*xy),
+            linestyle="none",
+            marker=marker,
+            markersize=6,
+            color=color,
+            markerfacecolor=color if filled else "none",
+            **where,
+        )
     if report.untrained is not None:
         ax.axhline(report.untrained, color="grey", linestyle=":", linewidth=1)
 
@@ -162,21 +172,33 @@ def draw_importance(report: Report) -> Figure:
         for y, name in enumerate(order):
             if name in imp.values:
                 width, sd = imp.values[name], imp.sd.get(name, 0.0)
-                ax.barh(y, width, xerr=sd, color=color[o.name], error_kw={"ecolor": "dimgrey", "capsize": 3, "linewidth": 1})
+                ax.barh(
+                    y, width, xerr=sd, color=color[o.name], error_kw={"ecolor": "dimgrey", "capsize": 3, "linewidth": 1}
+                )
                 ax.text(width + sd + 0.02, y, f"{width:.2f} ± {sd:.2f}", va="center", fontsize=8)
         if imp.note and not imp.values:
             _note(ax, imp.note)
         weak = f"\n{imp.note}" if imp.note and imp.values else ""
-        ax.set_title(_wrapped(f"{o.name} ({imp.trials} complete trials){weak}", 3.2, 10), color=color[o.name], fontsize=10)
+        ax.set_title(
+            _wrapped(f"{o.name} ({imp.trials} complete trials){weak}", 3.2, 10), color=color[o.name], fontsize=10
+        )
         # Room right of the longest bar and its error bar for the label.
         ax.set_xlim(0, max([1.3] + [imp.values[n] + imp.sd.get(n, 0.0) + 0.45 for n in imp.values]))
         ax.set_xlabel("importance (sums to 1)")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(order)), order)
     axes[0].set_ylim(max(len(order), 1) - 0.5, -0.5)  # the most important on top
-    fig.suptitle(_wrapped(f"Parameter importance ({report.importance})\nerror bars: ± 1 sd over bootstrap resamples of the complete trials",
-                          fig.get_figwidth() - 0.3, 11), fontsize=11)
-    fig.supxlabel("1-x: x searched as 1 - x on a log scale; <schedule>.<param>: only in the trials of that schedule", fontsize=8)
+    fig.suptitle(
+        _wrapped(
+            f"Parameter importance ({report.importance})\nerror bars: ± 1 sd over bootstrap resamples of the complete trials",
+            fig.get_figwidth() - 0.3,
+            11,
+        ),
+        fontsize=11,
+    )
+    fig.supxlabel(
+        "1-x: x searched as 1 - x on a log scale; <schedule>.<param>: only in the trials of that schedule", fontsize=8
+    )
     return fig
 
 
@@ -197,9 +219,14 @@ def draw_convergence(report: Report) -> Figure:
         inside = [v if math.isnan(v) else min(max(v, low), high) for v in o.best_so_far]
         ax.step(range(1, len(o.points) + 1), inside, where="post", color=color[o.name], linewidth=2, scaley=False)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(title=f"Tuning convergence: best validation {report.label} so far (lines) and every trial (markers)",
-           xlabel="trials run", ylabel=f"validation {report.label}")  # fmt: skip
-    lines = [Line2D([], [], color=color[o.name], linewidth=2, label=f"{o.name}: best so far") for o in report.optimizers]
+    ax.set(
+        title=f"Tuning convergence: best validation {report.label} so far (lines) and every trial (markers)",
+        xlabel="trials run",
+        ylabel=f"validation {report.label}",
+    )
+    lines = [
+        Line2D([], [], color=color[o.name], linewidth=2, label=f"{o.name}: best so far") for o in report.optimizers
+    ]
     fig.legend(handles=lines + _trial_handles(report), loc="outside right upper", fontsize=8)
     ax.grid(alpha=0.3)
     return fig
@@ -224,7 +251,9 @@ def draw_learning_curves(report: Report) -> Figure:
             ax.fill_between(band.epochs, low, high, color=color[o.name], alpha=0.2, linewidth=0)
             drawn += band.mean
         if name == report.label and report.target is not None and drawn:
-            ax.axhline(report.target, color="grey", linestyle="--", linewidth=1, label=f"speed target {report.target:.4g}")
+            ax.axhline(
+                report.target, color="grey", linestyle="--", linewidth=1, label=f"speed target {report.target:.4g}"
+            )
         if not drawn:
             _note(ax, "no complete trial: no best config")
         _log_if_wide(ax, drawn)
@@ -259,7 +288,13 @@ def draw_budget(report: Report) -> Figure:
         ax.fill_between(e.n, low, high, color=color[o.name], alpha=0.2, linewidth=0)
         means += e.mean
     if report.untrained is not None and means:
-        ax.axhline(report.untrained, color="grey", linestyle=":", linewidth=1, label=f"untrained model ({report.untrained:.4g})")
+        ax.axhline(
+            report.untrained,
+            color="grey",
+            linestyle=":",
+            linewidth=1,
+            label=f"untrained model ({report.untrained:.4g})",
+        )
     if not means:
         _note(ax, "no trial with a value")
     _log_if_wide(ax, [n for o in report.optimizers for n in o.expected.n], "x")
@@ -267,13 +302,22 @@ def draw_budget(report: Report) -> Figure:
     if ax.get_xscale() == "linear":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     best = "min" if report.direction == "minimize" else "max"
-    floor = "" if report.untrained is None else "; never worse than the untrained model's, which diverged and failed trials count as"
-    fig.suptitle(f"Expected best validation {report.label} after n trials: which optimizer is easier to tune", fontsize=11)
+    floor = (
+        ""
+        if report.untrained is None
+        else "; never worse than the untrained model's, which diverged and failed trials count as"
+    )
+    fig.suptitle(
+        f"Expected best validation {report.label} after n trials: which optimizer is easier to tune", fontsize=11
+    )
     ax.set_title(
         rf"$E[\{best}$ of $n] = \sum_{{i=1}}^{{N}} v_{{(i)}}\,[(i/N)^n - ((i-1)/N)^n]$ (Dodge et al. 2019); band: ± 1 sd"
         f"\n$v_{{(1)}}..v_{{(N)}}$: the N trials' values sorted worst to best; a trial's value: its validation {report.label}"
-        + _wrapped(f"\n(pruned: the last it reported){floor}\nthe estimator assumes random-search trials; these are {report.sampling}",
-                   fig.get_figwidth() - 0.5, 8),
+        + _wrapped(
+            f"\n(pruned: the last it reported){floor}\nthe estimator assumes random-search trials; these are {report.sampling}",
+            fig.get_figwidth() - 0.5,
+            8,
+        ),
         fontsize=8,
     )
     ax.set(xlabel="n: number of trials (the tuning budget)", ylabel=f"expected best validation {report.label}")
@@ -305,13 +349,16 @@ def draw_sensitivity(report: Report) -> Figure:
         ax.grid(alpha=0.3)
         if not points:
             _note(ax, "no trial")
-    _log_if_wide(axes[0][0], shown + [report.untrained])
+    _log_if_wide(axes[0][0], [*shown, report.untrained])
     axes[0][0].set_ylabel(f"validation {report.label}")
     fig.legend(handles=_trial_handles(report), loc="outside lower center", ncols=3, fontsize=8)
     if with_eps:
         _epsilon_planes(fig, axes[1], report)
-    fig.suptitle(f"Sensitivity: validation {report.label} of every trial against its learning rate"
-                 + (" (and epsilon, below)" if with_eps else ""), fontsize=11)  # fmt: skip
+    fig.suptitle(
+        f"Sensitivity: validation {report.label} of every trial against its learning rate"
+        + (" (and epsilon, below)" if with_eps else ""),
+        fontsize=11,
+    )
     return fig
 
 
@@ -331,14 +378,25 @@ def _epsilon_planes(fig: Figure, axes: list[Axes], report: Report) -> None:
         ax.scatter([p.lr for p in valued], [p.eps for p in valued], c=values, cmap=cmap, norm=norm, s=24)
         missing = [p for p in points if p.value is None]
         if missing:
-            ax.plot([p.lr for p in missing], [p.eps for p in missing], linestyle="none", marker="x", color="red", label="diverged or failed")
+            ax.plot(
+                [p.lr for p in missing],
+                [p.eps for p in missing],
+                linestyle="none",
+                marker="x",
+                color="red",
+                label="diverged or failed",
+            )
             ax.legend(fontsize=7)
         _log_if_wide(ax, [p.lr for p in points], "x")
         _log_if_wide(ax, [p.eps for p in points])
         ax.set(title=f"{o.name}: learning rate × epsilon", xlabel="learning rate", ylabel="epsilon")
         ax.grid(alpha=0.3)
     floor = "" if report.untrained is None else ", capped at the untrained model's"
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label=f"validation {report.label}{floor} (brighter is better)")
+    bar = fig.colorbar(
+        ScalarMappable(norm=norm, cmap=cmap),
+        ax=list(axes),
+        label=f"validation {report.label}{floor} (brighter is better)",
+    )
     if isinstance(norm, LogNorm):
         bar.ax.yaxis.set_major_formatter(_PlainLog())
         bar.ax.yaxis.set_minor_formatter(_PlainLog(labelOnlyBase=False))
@@ -346,11 +404,20 @@ def _epsilon_planes(fig: Figure, axes: list[Axes], report: Report) -> None:
 
 FIGURES: dict[str, tuple[Callable[[Report], Figure], str]] = {
     "importance": (draw_importance, "which hyperparameters mattered, per optimizer"),
-    "convergence": (draw_convergence, "tuning convergence: best-so-far objective against trials, every trial by outcome"),
-    "learning_curves": (draw_learning_curves, "training convergence: validation curves of each best config, mean ± sd over the final seeds"),
+    "convergence": (
+        draw_convergence,
+        "tuning convergence: best-so-far objective against trials, every trial by outcome",
+    ),
+    "learning_curves": (
+        draw_learning_curves,
+        "training convergence: validation curves of each best config, mean ± sd over the final seeds",
+    ),
     "budget": (draw_budget, "expected best objective against the number of trials: which optimizer is easier to tune"),
     "sensitivity": (draw_sensitivity, "objective against learning rate for every trial; learning rate × epsilon"),
-    "step_sizes": (step_size_plot.draw_step_sizes, "effective per-parameter learning rate over training, per optimizer"),
+    "step_sizes": (
+        step_size_plot.draw_step_sizes,
+        "effective per-parameter learning rate over training, per optimizer",
+    ),
 }
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import optuna
 
-from tuner.study import runner as studies
 from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict
+from tuner.study import runner as studies
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,9 @@ def metrics(summary: Summary, objective: str, direction: str) -> dict[str, Any]:
     return data
 
 
-def best_config(summary: Summary, study: optuna.Study, objective: str, direction: str, source: dict[str, Any]) -> Config:
+def best_config(
+    summary: Summary, study: optuna.Study, objective: str, direction: str, source: dict[str, Any]
+) -> Config:
     """The study's best config with the metrics it reached and where it came from, ready to export."""
     trial = study.trials[summary.best_trial]
     return dataclasses.replace(

@@ -35,11 +35,20 @@ def draw_step_sizes(report: Report) -> Figure:
             continue
         for i, series in enumerate(largest(record, TENSORS)):
             color = f"C{i}"
-            ax.plot(series.steps, series.median, color=color, linewidth=1.8, label=f"{series.tensor} ({series.numel:,})")
+            ax.plot(
+                series.steps, series.median, color=color, linewidth=1.8, label=f"{series.tensor} ({series.numel:,})"
+            )
             ax.fill_between(series.steps, series.low, series.high, color=color, alpha=0.18, linewidth=0)
         ax.plot(record["steps"], record["lr"], color="grey", linestyle=":", linewidth=1.5, label="its scheduled lr")
         if sgd is not None:
-            ax.plot(sgd["steps"], sgd["lr"], color="black", linestyle="--", linewidth=1.2, label="SGD's scheduled lr (= SGD's η)")
+            ax.plot(
+                sgd["steps"],
+                sgd["lr"],
+                color="black",
+                linestyle="--",
+                linewidth=1.2,
+                label="SGD's scheduled lr (= SGD's η)",
+            )
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(plots._PlainLog())
         ax.grid(alpha=0.3, which="both")

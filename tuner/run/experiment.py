@@ -19,8 +19,8 @@ from tuner.errors import UserError, mask_url
 if TYPE_CHECKING:
     import pandas
 
-    from tuner.report.statistics import Summary
     from tuner.config.experiment import Config, Experiment
+    from tuner.report.statistics import Summary
 
 
 @dataclass
@@ -87,9 +87,19 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     else:
         path = config.find_experiment(args.experiment and str(args.experiment))
         # Paths given on the command line are relative to the working directory.
-        refs = args.optimizers and [str(Path(r).resolve()) if r.endswith((".yaml", ".yml")) else r for r in args.optimizers]
-        overrides = {"trials": args.trials, "epochs": args.epochs, "optimizers": refs, "task": args.task, "seed": args.seed,
-                     "final_seeds": args.final_seeds, "target": args.target, "batch_trials": args.batch_trials}
+        refs = args.optimizers and [
+            str(Path(r).resolve()) if r.endswith((".yaml", ".yml")) else r for r in args.optimizers
+        ]
+        overrides = {
+            "trials": args.trials,
+            "epochs": args.epochs,
+            "optimizers": refs,
+            "task": args.task,
+            "seed": args.seed,
+            "final_seeds": args.final_seeds,
+            "target": args.target,
+            "batch_trials": args.batch_trials,
+        }
         experiment = config.load_experiment(path, overrides)
     device = resolve_device(device_spec)
     check_amp(args.amp, device, "--amp")
@@ -108,12 +118,11 @@ def run_study(args: Options) -> Result:
     (finished trials are kept).
     """
     import optuna
-
     import pandas
 
     from tuner.config import export
-    from tuner.run.workers import run_workers
     from tuner.run.outputs import write_outputs
+    from tuner.run.workers import run_workers
     from tuner.study.runner import StudyRunner, check_resumable, open_storage, population, study_name
     from tuner.tracking.mirror import Follower, check_reachable, tracking_uri
 
@@ -132,17 +141,29 @@ def run_study(args: Options) -> Result:
     size, why = population(experiment, setup, task, data, share=1 / args.jobs)
     if why:
         print(why, file=sys.stderr)
-    print(f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
-          f"{setup.epochs} epochs, device {device}{'' if args.amp == 'none' else ', amp ' + args.amp}, "
-          f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}{'' if size == 1 else f'a population of {size} trials at once, '}storage {mask_url(args.storage)}, "
-          f"tracking {mask_url(tracking[0]) if tracking else 'off'}", file=sys.stderr)
+    print(
+        f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
+        f"{setup.epochs} epochs, device {device}{'' if args.amp == 'none' else ', amp ' + args.amp}, "
+        f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}{'' if size == 1 else f'a population of {size} trials at once, '}storage {mask_url(args.storage)}, "
+        f"tracking {mask_url(tracking[0]) if tracking else 'off'}",
+        file=sys.stderr,
+    )
 
     # MLflow is written by a follower process, off the training process's clock (see tuner.tracking.mirror).
     follower = tracking and Follower(tracking[0], args.storage, experiment.name, list(names.values()), __version__)
     try:
         if args.jobs > 1:
-            bars = {names[s.name]: _progress(s.name, StudyRunner(experiment, s, setup, task, data, storage).study, experiment.trials,
-                                             setup.direction, args.no_progress, position=i) for i, s in enumerate(experiment.optimizers)}
+            bars = {
+                names[s.name]: _progress(
+                    s.name,
+                    StudyRunner(experiment, s, setup, task, data, storage).study,
+                    experiment.trials,
+                    setup.direction,
+                    args.no_progress,
+                    position=i,
+                )
+                for i, s in enumerate(experiment.optimizers)
+            }
 
             handlers = {name: _on_trial(name, bar, follower) for name, bar in bars.items()}
 
@@ -155,8 +176,10 @@ def run_study(args: Options) -> Result:
                 for bar in bars.values():
                     bar.close()
             if lost:
-                print(f"workers ended early: {', '.join(lost)}; their finished trials are stored, this process trains what is left",
-                      file=sys.stderr)
+                print(
+                    f"workers ended early: {', '.join(lost)}; their finished trials are stored, this process trains what is left",
+                    file=sys.stderr,
+                )
         studies = {}
         for space in experiment.optimizers:
             # With --jobs the workers met the budget; this tops up what a lost worker left.
@@ -171,7 +194,12 @@ def run_study(args: Options) -> Result:
             runner.final_evaluation(seeds)  # stored in the study, for the outputs below
             studies[space.name] = runner.study
 
-        source = {"experiment": experiment.name, "experiment_file": experiment.source, "storage": mask_url(args.storage), "tuner_version": __version__}
+        source = {
+            "experiment": experiment.name,
+            "experiment_file": experiment.source,
+            "storage": mask_url(args.storage),
+            "tuner_version": __version__,
+        }
         if tracking:
             source["tracking_uri"] = mask_url(tracking[0])
         run_ids = {study: follower.runs(study) for study in names.values()} if follower else {}
@@ -179,21 +207,38 @@ def run_study(args: Options) -> Result:
         print(done.summary)
         print("\n" + done.evidence)
         written = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()]
-        print(f"\noutputs in {out}/ (every study of experiment {experiment.name!r}): {', '.join(written) or 'none (no trial completed)'}; "
-              f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}")
+        print(
+            f"\noutputs in {out}/ (every study of experiment {experiment.name!r}): {', '.join(written) or 'none (no trial completed)'}; "
+            f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}"
+        )
         if done.best is not None:
             print(f"winner: {done.report.winner} (final-seed validation {setup.label} mean over seeds {seeds})")
         if follower:
             for name, study in names.items():
-                follower.attach(study, [*done.report_files, *([done.configs[name]] if name in done.configs else []), *([done.best] if done.best else [])], out)
+                follower.attach(
+                    study,
+                    [
+                        *done.report_files,
+                        *([done.configs[name]] if name in done.configs else []),
+                        *([done.best] if done.best else []),
+                    ],
+                    out,
+                )
                 follower.end(study, "FINISHED")
     finally:
         if follower:
             _report_tracking(follower, experiment.name, tracking[0], args)
-    trials = pandas.concat([study.trials_dataframe().assign(optimizer=name) for name, study in studies.items()], ignore_index=True)
-    return Result(best={name: export.load_config(path) for name, path in done.configs.items()}, winner=done.report.winner,
-                  summaries=[o.summary for o in done.report.optimizers], trials=trials, out=out,
-                  files=[*done.report_files, *done.configs.values(), *([done.best] if done.best else [])])
+    trials = pandas.concat(
+        [study.trials_dataframe().assign(optimizer=name) for name, study in studies.items()], ignore_index=True
+    )
+    return Result(
+        best={name: export.load_config(path) for name, path in done.configs.items()},
+        winner=done.report.winner,
+        summaries=[o.summary for o in done.report.optimizers],
+        trials=trials,
+        out=out,
+        files=[*done.report_files, *done.configs.values(), *([done.best] if done.best else [])],
+    )
 
 
 def _on_trial(study: str, progress: _progress, follower: Any) -> Any:
@@ -212,18 +257,28 @@ def sync_command(args: Options, uri: str) -> str:
     (paths with spaces paste as they are; a password stays masked). An experiment given as an object is named by ``--experiment``."""
     named = args.experiment is None or isinstance(args.experiment, (str, Path))
     which = [str(args.experiment or "quickstart")] if named else ["--experiment", args.experiment.name]
-    return shlex.join(["python", "-m", "tuner", "sync", *which, "--storage", mask_url(args.storage), "--tracking-uri", mask_url(uri)])
+    return shlex.join(
+        ["python", "-m", "tuner", "sync", *which, "--storage", mask_url(args.storage), "--tracking-uri", mask_url(uri)]
+    )
 
 
 def _report_tracking(follower: Any, experiment: str, uri: str, args: Options) -> None:
     """Wait for the follower's last sync and say where the runs are, or what is missing and how to fill it."""
     report = follower.close()
     if report.get("error"):
-        print(f"tracking: the MLflow mirror is incomplete ({report['error']}); every trial is in the Optuna storage: "
-              f"run `{sync_command(args, uri)}` to complete it", file=sys.stderr)
+        print(
+            f"tracking: the MLflow mirror is incomplete ({report['error']}); every trial is in the Optuna storage: "
+            f"run `{sync_command(args, uri)}` to complete it",
+            file=sys.stderr,
+        )
     else:
-        browse = f" (browse: {shlex.join(['mlflow', 'ui', '--backend-store-uri', uri])})" if uri.startswith("sqlite") else ""
-        print(f"tracking: {report['runs']} runs in MLflow experiment {experiment!r} at {mask_url(uri)}{browse}", file=sys.stderr)
+        browse = (
+            f" (browse: {shlex.join(['mlflow', 'ui', '--backend-store-uri', uri])})" if uri.startswith("sqlite") else ""
+        )
+        print(
+            f"tracking: {report['runs']} runs in MLflow experiment {experiment!r} at {mask_url(uri)}{browse}",
+            file=sys.stderr,
+        )
 
 
 def check_writable_folder(path: Path) -> None:
@@ -234,26 +289,39 @@ def check_writable_folder(path: Path) -> None:
     limit = os.pathconf("/", "PC_PATH_MAX") - 256 if hasattr(os, "pathconf") else math.inf
     if any(len(os.fsencode(part)) > 255 for part in path.parts) or len(os.fsencode(path.absolute())) > limit:
         shown = str(path) if len(str(path)) <= 60 else str(path)[:60] + "..."
-        raise UserError(f"--out: {shown!r} is too long (allowed: folder names of at most 255 bytes, the whole path at most {limit} bytes)")
+        raise UserError(
+            f"--out: {shown!r} is too long (allowed: folder names of at most 255 bytes, the whole path at most {limit} bytes)"
+        )
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise UserError(f"--out: {str(path)!r} cannot be a folder here: {str(existing)!r} is not a writable folder (allowed: a folder, created if missing)")
+        raise UserError(
+            f"--out: {str(path)!r} cannot be a folder here: {str(existing)!r} is not a writable folder (allowed: a folder, created if missing)"
+        )
 
 
 class _progress:
     """A tqdm bar for one study: trials counted of the budget, best so far, elapsed and ETA."""
 
-    def __init__(self, name: str, study: Any, budget: int, direction: str, disable: bool, position: int | None = None) -> None:
+    def __init__(
+        self, name: str, study: Any, budget: int, direction: str, disable: bool, position: int | None = None
+    ) -> None:
         from tqdm.auto import tqdm
 
         from tuner.study.runner import best_trial, finished
 
         self.name, self.sign = name, -1.0 if direction == "maximize" else 1.0
         self.best = best_trial(study)
-        self.bar = tqdm(total=budget, initial=min(finished(study), budget), desc=name, unit="trial", disable=disable,
-                        dynamic_ncols=True, position=position)
+        self.bar = tqdm(
+            total=budget,
+            initial=min(finished(study), budget),
+            desc=name,
+            unit="trial",
+            disable=disable,
+            dynamic_ncols=True,
+            position=position,
+        )
         self._show_best()
 
     def __enter__(self) -> _progress:
@@ -276,7 +344,9 @@ class _progress:
 
         if outcome(trial) == "failed":
             self.bar.write(f"{self.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
-        if trial.state == TrialState.COMPLETE and (self.best is None or self.sign * trial.value < self.sign * self.best.value):
+        if trial.state == TrialState.COMPLETE and (
+            self.best is None or self.sign * trial.value < self.sign * self.best.value
+        ):
             self.best = trial
             self._show_best()
         self.bar.update(1)

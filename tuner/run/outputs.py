@@ -19,11 +19,10 @@ from typing import Any
 import optuna
 import yaml
 
-from tuner.report import statistics as analysis
-from tuner.config import export
-from tuner.report import data as report
-from tuner.config import strict_yaml
+from tuner.config import export, strict_yaml
 from tuner.config.experiment import Config
+from tuner.report import data as report
+from tuner.report import statistics as analysis
 
 
 @dataclass(frozen=True)

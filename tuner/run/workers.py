@@ -73,7 +73,9 @@ def run_workers(
     return [f"{w.name} (exit code {w.exitcode})" for w in workers if w.exitcode not in (0, 2)]
 
 
-def _work(prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, device: str, threads: int, trials: Any) -> None:
+def _work(
+    prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, device: str, threads: int, trials: Any
+) -> None:
     """One worker: every study of the experiment, in turn, to its budget."""
     import logging
 
@@ -91,7 +93,9 @@ def _work(prepare: Callable[[Any, str], tuple[Any, Any, Any, Any]], args: Any, d
         storage = open_storage(args.storage)
         for space in experiment.optimizers:
             runner = StudyRunner(experiment, space, setup, task, data, storage)
-            runner.run_batched(experiment.trials, size, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id)))
+            runner.run_batched(
+                experiment.trials, size, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id))
+            )
     except KeyboardInterrupt:
         sys.exit(130)
     except UserError:  # said once, by the parent, which meets it when it tops the study up

@@ -6,6 +6,7 @@ module that touches Optuna's private tables).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -107,7 +108,5 @@ class Tickets:
 
 
 def _drop_legacy_ledger(storage: optuna.storages.RDBStorage, name: str) -> None:
-    try:
+    with contextlib.suppress(KeyError):  # none, or another worker deleted it a moment ago
         optuna.delete_study(study_name=TICKETS_PREFIX + name, storage=storage)
-    except KeyError:  # none, or another worker deleted it a moment ago
-        pass

@@ -25,17 +25,16 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tuner.measure import bias_correction
-from tuner.study import spaces
-from tuner.measure import step_sizes
 from tuner.batched.trainer import population_size, train_batched
 from tuner.config.experiment import Component, Config, Experiment, ScheduleSpace, SearchSpace, check_type
-from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
 from tuner.config.export import config_from_dict, config_to_dict
+from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
+from tuner.measure import bias_correction, step_sizes
+from tuner.measure.peak_memory import peak_step_bytes
+from tuner.study import spaces
+from tuner.study.budget import GRACE_SECONDS, HEARTBEAT_SECONDS, TICKETS_PREFIX, Ticket, Tickets
 from tuner.study.outcomes import FINISHED, outcome
 from tuner.tasks import Data, Task
-from tuner.study.budget import GRACE_SECONDS, HEARTBEAT_SECONDS, TICKETS_PREFIX, Ticket, Tickets
-from tuner.measure.peak_memory import peak_step_bytes
 from tuner.train.trainer import EpochMetrics, RunResult, columns, objective_label, train
 
 # How long a worker waits before looking again when every slot left is held.
@@ -50,15 +49,21 @@ FAIL_LIMIT = 3
 def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
     """The Optuna RDB storage at ``url`` (any SQLAlchemy URL), created if missing unless ``must_exist``."""
     if must_exist and url.startswith("sqlite:") and not _sqlite_file_exists(url):
-        raise UserError(f"--storage: {url!r} does not exist (allowed: the storage a `tuner study` wrote, e.g. sqlite:///tuner.db)")
+        raise UserError(
+            f"--storage: {url!r} does not exist (allowed: the storage a `tuner study` wrote, e.g. sqlite:///tuner.db)"
+        )
     # SQLite: a writer waits for another's lock (several workers on one file)
     # instead of failing with "database is locked" after pysqlite's 5 s.
     engine = {"connect_args": {"timeout": SQLITE_LOCK_SECONDS}} if url.startswith("sqlite") else None
     for attempt in range(CREATE_ATTEMPTS):
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough for us
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+                warnings.simplefilter(
+                    "ignore", optuna.exceptions.ExperimentalWarning
+                )  # heartbeats: stable enough for us
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
+                )
         except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or server
             # Workers that start together race to create the tables: the losers try again.
             if type(err).__name__ in ("OperationalError", "IntegrityError") and attempt < CREATE_ATTEMPTS - 1:
@@ -67,7 +72,11 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
             failure = err
             break
     # Optuna hides which driver is missing; PostgreSQL's is the one tuner documents.
-    driver = " (the database driver is missing: pip install 'tuner[postgresql]' for postgresql://)" if isinstance(failure, ImportError) else ""
+    driver = (
+        " (the database driver is missing: pip install 'tuner[postgresql]' for postgresql://)"
+        if isinstance(failure, ImportError)
+        else ""
+    )
     raise UserError(
         f"--storage: cannot open {mask_url(url)!r}: {url_failure(failure, url)}{driver} "
         "(allowed: an SQLAlchemy URL such as sqlite:///tuner.db or postgresql://user:password@host/db)"
@@ -84,12 +93,16 @@ def _build(where: str, cls: type, component: Component, **defaults: Any) -> Any:
     for key, value in component.kwargs.items():
         if key in signature:  # ``n_startup_trials: true`` would run with 1
             default = signature[key].default
-            check_type(f"{where}: {component.name}.{key}", value, None if default is inspect.Parameter.empty else default)
+            check_type(
+                f"{where}: {component.name}.{key}", value, None if default is inspect.Parameter.empty else default
+            )
     try:
         return cls(**(defaults | component.kwargs))
     except (TypeError, ValueError) as err:
         allowed = list(inspect.signature(cls).parameters)
-        raise UserError(f"{where}: {component.name} {component.kwargs}: {err} (allowed arguments: {', '.join(allowed)})") from None
+        raise UserError(
+            f"{where}: {component.name} {component.kwargs}: {err} (allowed arguments: {', '.join(allowed)})"
+        ) from None
 
 
 def make_sampler(component: Component, seed: int, where: str = "sampler") -> optuna.samplers.BaseSampler:
@@ -97,18 +110,32 @@ def make_sampler(component: Component, seed: int, where: str = "sampler") -> opt
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if component.name == "tpe":
-            return _build(where, optuna.samplers.TPESampler, component, seed=seed, multivariate=True, group=True, constant_liar=True)
+            return _build(
+                where,
+                optuna.samplers.TPESampler,
+                component,
+                seed=seed,
+                multivariate=True,
+                group=True,
+                constant_liar=True,
+            )
         if component.name == "random":
             return _build(where, optuna.samplers.RandomSampler, component, seed=seed)
-        return _build(where, optuna.samplers.QMCSampler, component, seed=seed, scramble=True, warn_independent_sampling=False)
+        return _build(
+            where, optuna.samplers.QMCSampler, component, seed=seed, scramble=True, warn_independent_sampling=False
+        )
 
 
 def make_pruner(component: Component, epochs: int, where: str = "pruner") -> optuna.pruners.BasePruner:
     """``median`` (after 5 complete trials and 1/4 of the epochs), ``hyperband`` or ``none``."""
     if component.name == "median":
-        return _build(where, optuna.pruners.MedianPruner, component, n_startup_trials=5, n_warmup_steps=max(1, epochs // 4))
+        return _build(
+            where, optuna.pruners.MedianPruner, component, n_startup_trials=5, n_warmup_steps=max(1, epochs // 4)
+        )
     if component.name == "hyperband":
-        return _build(where, optuna.pruners.HyperbandPruner, component, min_resource=1, max_resource=epochs, reduction_factor=3)
+        return _build(
+            where, optuna.pruners.HyperbandPruner, component, min_resource=1, max_resource=epochs, reduction_factor=3
+        )
     return _build(where, optuna.pruners.NopPruner, component)
 
 
@@ -140,7 +167,9 @@ class Setup:
         elif objective == "loss":
             natural = "minimize"
         else:
-            raise UserError(f"{experiment.at('objective')}: {objective!r} is not allowed (loss, metric or {task.metric!r})")
+            raise UserError(
+                f"{experiment.at('objective')}: {objective!r} is not allowed (loss, metric or {task.metric!r})"
+            )
         return cls(
             task=experiment.task,
             task_args=experiment.task_args,
@@ -166,10 +195,20 @@ class Setup:
 def check_components(experiment: Experiment, setup: Setup) -> None:
     """Try the sampler and pruner on a throwaway study, so that a bad argument fails before any study exists."""
     if "seed" in experiment.sampler.kwargs:
-        raise UserError(f"{experiment.at('sampler')}: 'seed' is not allowed here (the experiment's seed seeds the sampler)")
+        raise UserError(
+            f"{experiment.at('sampler')}: 'seed' is not allowed here (the experiment's seed seeds the sampler)"
+        )
     for name, sampler, pruner in (
-        ("sampler", make_sampler(experiment.sampler, experiment.seed, experiment.at("sampler")), optuna.pruners.NopPruner()),
-        ("pruner", optuna.samplers.RandomSampler(seed=0), make_pruner(experiment.pruner, setup.epochs, experiment.at("pruner"))),
+        (
+            "sampler",
+            make_sampler(experiment.sampler, experiment.seed, experiment.at("sampler")),
+            optuna.pruners.NopPruner(),
+        ),
+        (
+            "pruner",
+            optuna.samplers.RandomSampler(seed=0),
+            make_pruner(experiment.pruner, setup.epochs, experiment.at("pruner")),
+        ),
     ):
         component = experiment.sampler if name == "sampler" else experiment.pruner
         study = optuna.create_study(direction=setup.direction, sampler=sampler, pruner=pruner)
@@ -183,22 +222,32 @@ def check_components(experiment: Experiment, setup: Setup) -> None:
                     trial.should_prune()
                 study.tell(trial, float(number))
         except Exception as err:  # Optuna checks some arguments only when they are used
-            raise UserError(f"{experiment.at(name)}: {component.name} {component.kwargs}: {type(err).__name__}: {err}") from None
+            raise UserError(
+                f"{experiment.at(name)}: {component.name} {component.kwargs}: {type(err).__name__}: {err}"
+            ) from None
 
 
-def population(experiment: Experiment, setup: Setup, task: Task, data: Data, share: float = 1.0) -> tuple[int, str | None]:
+def population(
+    experiment: Experiment, setup: Setup, task: Task, data: Data, share: float = 1.0
+) -> tuple[int, str | None]:
     """The population of each study (how many trials it trains together): the experiment's ``batch_trials`` (at most
     ``trials``), or fewer with the one line that says why (see :func:`tuner.batched.trainer.population_size`; ``share``: this worker's part of the device's memory)."""
     spaces = [space.optimizer for space in experiment.optimizers]
-    return population_size(task, data, min(experiment.batch_trials, experiment.trials), setup.batch_size, setup.amp, spaces, share)
+    return population_size(
+        task, data, min(experiment.batch_trials, experiment.trials), setup.batch_size, setup.amp, spaces, share
+    )
 
 
-def check_resumable(storage: optuna.storages.BaseStorage, name: str, setup: Setup, space: SearchSpace, schedules: ScheduleSpace) -> None:
+def check_resumable(
+    storage: optuna.storages.BaseStorage, name: str, setup: Setup, space: SearchSpace, schedules: ScheduleSpace
+) -> None:
     """Refuse to resume study ``name`` if its trials were run with another setup or search space; changes nothing."""
     if name not in optuna.get_all_study_names(storage):
         return
     found = optuna.load_study(study_name=name, storage=storage).user_attrs.get("setup")
-    if not found:  # another worker created the study a moment ago and is writing its setup: the same as ours, or refused there
+    if (
+        not found
+    ):  # another worker created the study a moment ago and is writing its setup: the same as ours, or refused there
         return
     stored = {"amp": "none"} | found  # studies stored before amp existed ran without it
     changed = [
@@ -215,7 +264,13 @@ def check_resumable(storage: optuna.storages.BaseStorage, name: str, setup: Setu
 
 def experiment_names(storage: optuna.storages.BaseStorage) -> list[str]:
     """The experiments that have studies in ``storage`` (a ledger study of an earlier version, not yet deleted, is none)."""
-    return sorted({n.split("/", 1)[0] for n in optuna.get_all_study_names(storage) if "/" in n and not n.startswith(TICKETS_PREFIX)})
+    return sorted(
+        {
+            n.split("/", 1)[0]
+            for n in optuna.get_all_study_names(storage)
+            if "/" in n and not n.startswith(TICKETS_PREFIX)
+        }
+    )
 
 
 def study_name(experiment: Experiment, space: SearchSpace) -> str:
@@ -259,12 +314,16 @@ class StudyRunner:
         self.storage = storage
         self.name = study_name(experiment, space)
         check_resumable(storage, self.name, setup, space, experiment.schedules)
-        self.study = optuna.create_study(storage=storage, study_name=self.name, direction=setup.direction, load_if_exists=True)
+        self.study = optuna.create_study(
+            storage=storage, study_name=self.name, direction=setup.direction, load_if_exists=True
+        )
         if "setup" not in self.study.user_attrs:
             self.study.set_user_attr("setup", setup.stored(space, experiment.schedules))
         if "uid" not in self.study.user_attrs:  # tells this study from one deleted and created again under its name
             self.study.set_user_attr("uid", uuid.uuid4().hex)
-        if self.study.metric_names is None:  # optuna-dashboard and trials_dataframe name the objective by it ("Objective 0" without)
+        if (
+            self.study.metric_names is None
+        ):  # optuna-dashboard and trials_dataframe name the objective by it ("Objective 0" without)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names([f"val_{setup.label}"])
@@ -315,7 +374,9 @@ class StudyRunner:
         process that trains it (``worker``: host:pid)."""
         # Seeded by the trial's budget ticket: reproducible for one worker,
         # different for each of several, and no replay of earlier suggestions on resume.
-        self.live.sampler = make_sampler(self.experiment.sampler, self.experiment.seed + ticket.number, self.experiment.at("sampler"))
+        self.live.sampler = make_sampler(
+            self.experiment.sampler, self.experiment.seed + ticket.number, self.experiment.at("sampler")
+        )
         trial = self.live.ask()
         self.stored_numbers.append(ticket.number)
         config = self._sample(trial)
@@ -349,7 +410,9 @@ class StudyRunner:
         """Ask, train, tell: one trial to its end, then stored and its budget ``ticket`` released; returns it and its id in the storage."""
         trial, config = self._ask(ticket)
         try:
-            result = train(self.task, self.data, config, callback=lambda metrics: self._report(trial, metrics), test=True)
+            result = train(
+                self.task, self.data, config, callback=lambda metrics: self._report(trial, metrics), test=True
+            )
         except KeyboardInterrupt:
             self._store([(self._interrupted(trial), ticket)])
             raise
@@ -416,7 +479,9 @@ class StudyRunner:
             "fix the task and run the same command: the failed trials count toward the budget)"
         )
 
-    def run_batched(self, budget: int, population: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
+    def run_batched(
+        self, budget: int, population: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None
+    ) -> optuna.Study:
         """:meth:`run`, training a population of up to ``population`` trials together (see :mod:`tuner.batched.trainer`); 1 is :meth:`run`.
 
         Each member reports its epochs to its own trial and is pruned alone; it
@@ -442,7 +507,9 @@ class StudyRunner:
             asked += len(entries)
             return entries
 
-        def finish(numbers: list[int], tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]) -> list[tuple[optuna.trial.FrozenTrial, int]]:
+        def finish(
+            numbers: list[int], tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]
+        ) -> list[tuple[optuna.trial.FrozenTrial, int]]:
             return self._store([(tell(running[number][0]), running.pop(number)[1]) for number in numbers])
 
         def end(numbers: list[int], tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]) -> None:
@@ -458,14 +525,22 @@ class StudyRunner:
             while True:
                 before = asked
                 try:
-                    train_batched(self.task, self.data, population, _own(start), lambda number, metrics: self._report(running[number][0], metrics), _own(ended), test=True)
+                    train_batched(
+                        self.task,
+                        self.data,
+                        population,
+                        _own(start),
+                        lambda number, metrics: self._report(running[number][0], metrics),
+                        _own(ended),
+                        test=True,
+                    )
                 except KeyboardInterrupt:
                     finish(list(running), self._interrupted)
                     raise
                 except _OwnError as err:  # the storage or the sampler failed, not the task: no trial is to blame (their tickets go back)
                     raise err.__cause__ from None
                 except Exception as err:  # the task's code may raise anything; the study goes on
-                    out_of_memory = any([self._failed(trial, err) for trial, _ in running.values()])
+                    out_of_memory = any(self._failed(trial, err) for trial, _ in running.values())
                 else:
                     if asked == before and self.counted >= budget:
                         break

@@ -11,8 +11,8 @@ from typing import Any
 
 import optuna
 
-from tuner.train import optim
 from tuner.config.experiment import Param, ScheduleSpace, SearchSpace
+from tuner.train import optim
 
 
 def suggest(trial: optuna.Trial, name: str, param: Param) -> Any:

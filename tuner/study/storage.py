@@ -117,7 +117,7 @@ class Public:
         if slots:
             _, done, running = self._tally()
             kept = [s for s in slots if done + sum(number < s[1] for number in running) < budget]
-            self.release([trial_id for trial_id, _ in slots[len(kept):]])
+            self.release([trial_id for trial_id, _ in slots[len(kept) :]])
             slots = kept
         joined = [t for t in trials if t.state in FINISHED and t.number not in known]
         return Taken(slots, counted, joined)
@@ -169,7 +169,9 @@ class Tables:
         starts the transaction only there.
         """
         studies = models().StudyModel
-        session.execute(sqlalchemy.update(studies).where(studies.study_id == self.study_id).values(study_name=studies.study_name))
+        session.execute(
+            sqlalchemy.update(studies).where(studies.study_id == self.study_id).values(study_name=studies.study_name)
+        )
 
     def take(self, n: int, budget: int, known: set[int]) -> Taken:
         """Up to ``n`` new RUNNING trials with their first heartbeat, as many as the budget has room for, in one
@@ -180,27 +182,61 @@ class Tables:
             self._lock(session)
             # The database's clock, as the heartbeats' (naive, as Optuna compares them).
             rows = session.execute(
-                sqlalchemy.select(trial.trial_id, trial.number, trial.state, attr.value_json, beat.heartbeat, sqlalchemy.func.now().label("now"))
+                sqlalchemy.select(
+                    trial.trial_id,
+                    trial.number,
+                    trial.state,
+                    attr.value_json,
+                    beat.heartbeat,
+                    sqlalchemy.func.now().label("now"),
+                )
                 .outerjoin(attr, (attr.trial_id == trial.trial_id) & (attr.key == "outcome"))
                 .outerjoin(beat, beat.trial_id == trial.trial_id)
                 .where(trial.study_id == self.study_id)
             ).all()
-            stale = {r.trial_id for r in rows
-                     if r.state == TrialState.RUNNING and r.heartbeat and r.now.replace(tzinfo=None) - r.heartbeat > _grace(self.storage)}
+            stale = {
+                r.trial_id
+                for r in rows
+                if r.state == TrialState.RUNNING
+                and r.heartbeat
+                and r.now.replace(tzinfo=None) - r.heartbeat > _grace(self.storage)
+            }
             for row in session.scalars(sqlalchemy.select(trial).where(trial.trial_id.in_(stale))) if stale else []:
                 row.state, row.datetime_complete = TrialState.FAIL, datetime.datetime.now()
-            states = [(TrialState.FAIL if r.trial_id in stale else r.state, r.value_json and json.loads(r.value_json), r.number) for r in rows]
+            states = [
+                (
+                    TrialState.FAIL if r.trial_id in stale else r.state,
+                    r.value_json and json.loads(r.value_json),
+                    r.number,
+                )
+                for r in rows
+            ]
             counted = sum(outcome_of(state, stored) in COUNTED for state, stored, _ in states)
             running = sum(state == TrialState.RUNNING for state, _, _ in states)
-            new = [trial(study_id=self.study_id, number=len(rows) + i, state=TrialState.RUNNING, datetime_start=datetime.datetime.now())
-                   for i in range(max(0, min(n, budget - counted - running)))]
+            new = [
+                trial(
+                    study_id=self.study_id,
+                    number=len(rows) + i,
+                    state=TrialState.RUNNING,
+                    datetime_start=datetime.datetime.now(),
+                )
+                for i in range(max(0, min(n, budget - counted - running)))
+            ]
             session.add_all(new)
             session.flush()
             if new:
-                session.execute(sqlalchemy.insert(beat), [dict(trial_id=row.trial_id) for row in new])
+                session.execute(sqlalchemy.insert(beat), [{"trial_id": row.trial_id} for row in new])
             slots = [(row.trial_id, row.number) for row in new]
         fresh = {number for state, _, number in states if state in FINISHED and number not in known}
-        joined = [t for t in self.storage.get_all_trials(self.study_id, deepcopy=False, states=FINISHED) if t.number in fresh] if fresh else []
+        joined = (
+            [
+                t
+                for t in self.storage.get_all_trials(self.study_id, deepcopy=False, states=FINISHED)
+                if t.number in fresh
+            ]
+            if fresh
+            else []
+        )
         return Taken(slots, counted, joined)
 
     def settle(self, trials: list[tuple[FrozenTrial, int]]) -> list[tuple[int, int]]:
@@ -217,19 +253,36 @@ class Tables:
         with orm.Session(self.storage.engine) as session, session.begin():
             self._lock(session)
             # Loaded and set as objects: the model's properties convert the datetimes to what the columns hold (UTC).
-            held = {row.trial_id: row for row in session.scalars(sqlalchemy.select(trial).where(
-                trial.trial_id.in_([slot for _, slot in trials]), trial.state == TrialState.RUNNING))}
+            held = {
+                row.trial_id: row
+                for row in session.scalars(
+                    sqlalchemy.select(trial).where(
+                        trial.trial_id.in_([slot for _, slot in trials]), trial.state == TrialState.RUNNING
+                    )
+                )
+            }
             for t, slot in trials:
                 if slot in held:
-                    held[slot].state, held[slot].datetime_start, held[slot].datetime_complete = t.state, t.datetime_start, t.datetime_complete
+                    held[slot].state, held[slot].datetime_start, held[slot].datetime_complete = (
+                        t.state,
+                        t.datetime_start,
+                        t.datetime_complete,
+                    )
             placed = []  # (trial, storage id, number)
             for t, slot in trials:
                 if slot in held:
                     placed.append((t, slot, held[slot].number))
                 elif keep_unheld:  # numbered as Optuna numbers a trial: its study's trials with smaller ids
-                    number = session.scalar(sqlalchemy.select(sqlalchemy.func.count()).where(trial.study_id == self.study_id))
-                    row = trial(study_id=self.study_id, number=number, state=t.state, datetime_start=t.datetime_start,
-                                datetime_complete=t.datetime_complete)
+                    number = session.scalar(
+                        sqlalchemy.select(sqlalchemy.func.count()).where(trial.study_id == self.study_id)
+                    )
+                    row = trial(
+                        study_id=self.study_id,
+                        number=number,
+                        state=t.state,
+                        datetime_start=t.datetime_start,
+                        datetime_complete=t.datetime_complete,
+                    )
                     session.add(row)
                     session.flush()
                     placed.append((t, row.trial_id, row.number))
@@ -244,7 +297,7 @@ class Tables:
             return [(trial_id, number) for _, trial_id, number in placed]
 
 
-def models():  # noqa: ANN201 (the private module itself)
+def models():
     """Optuna's private table models, imported only where they are tested (:func:`private_tables`)."""
     from optuna.storages._rdb import models as tables
 
@@ -255,17 +308,32 @@ def _children(trial_id: int, trial: FrozenTrial) -> dict[type, list[dict]]:
     """The rows that ``create_new_trial(template_trial=trial)`` writes beside the trial's own, by table."""
     m = models()
     values = map(m.TrialValueModel.value_to_stored_repr, trial.values or [])
-    steps = ((step, m.TrialIntermediateValueModel.intermediate_value_to_stored_repr(v)) for step, v in trial.intermediate_values.items())
+    steps = (
+        (step, m.TrialIntermediateValueModel.intermediate_value_to_stored_repr(v))
+        for step, v in trial.intermediate_values.items()
+    )
     return {
-        m.TrialValueModel: [dict(trial_id=trial_id, objective=i, value=value, value_type=kind) for i, (value, kind) in enumerate(values)],
+        m.TrialValueModel: [
+            {"trial_id": trial_id, "objective": i, "value": value, "value_type": kind}
+            for i, (value, kind) in enumerate(values)
+        ],
         m.TrialParamModel: [
-            dict(trial_id=trial_id, param_name=name, param_value=trial.distributions[name].to_internal_repr(value),
-                 distribution_json=optuna.distributions.distribution_to_json(trial.distributions[name]))
+            {
+                "trial_id": trial_id,
+                "param_name": name,
+                "param_value": trial.distributions[name].to_internal_repr(value),
+                "distribution_json": optuna.distributions.distribution_to_json(trial.distributions[name]),
+            }
             for name, value in trial.params.items()
         ],
-        m.TrialUserAttributeModel: [dict(trial_id=trial_id, key=k, value_json=json.dumps(v)) for k, v in trial.user_attrs.items()],
-        m.TrialSystemAttributeModel: [dict(trial_id=trial_id, key=k, value_json=json.dumps(v)) for k, v in trial.system_attrs.items()],
-        m.TrialIntermediateValueModel: [dict(trial_id=trial_id, step=step, intermediate_value=value, intermediate_value_type=kind)
-                                        for step, (value, kind) in steps],
+        m.TrialUserAttributeModel: [
+            {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in trial.user_attrs.items()
+        ],
+        m.TrialSystemAttributeModel: [
+            {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in trial.system_attrs.items()
+        ],
+        m.TrialIntermediateValueModel: [
+            {"trial_id": trial_id, "step": step, "intermediate_value": value, "intermediate_value_type": kind}
+            for step, (value, kind) in steps
+        ],
     }
-

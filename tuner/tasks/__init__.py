@@ -57,7 +57,7 @@ class Data:
     train: Split | Dataset | None  # None: a task with its own training loop (tuner.train.loop) keeps its data
     val: Split | Dataset | None
     test: Split | Dataset | None
-    device: torch.device = torch.device("cpu")
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 (a torch.device is immutable)
 
     @property
     def in_memory(self) -> bool:
@@ -187,7 +187,9 @@ def _factory(spec: str, where: str) -> Any:
         path, label = spec, repr(spec)
     if ":" not in path:
         allowed = ", ".join([*BUILTIN, *installed])
-        raise UserError(f"{where}: {spec!r} is not a task (allowed: {allowed}, or a dotted path package.module:factory)")
+        raise UserError(
+            f"{where}: {spec!r} is not a task (allowed: {allowed}, or a dotted path package.module:factory)"
+        )
     module_name, _, attribute = path.partition(":")
     try:
         factory: Any = importlib.import_module(module_name)
@@ -195,10 +197,14 @@ def _factory(spec: str, where: str) -> Any:
         raise UserError(f"{where}: {label}: cannot import module {module_name!r}: {reason(err)}") from None
     for part in attribute.split("."):
         if not hasattr(factory, part):
-            raise UserError(f"{where}: {label}: module {module_name!r} has no attribute {attribute!r} (allowed: a callable task factory)")
+            raise UserError(
+                f"{where}: {label}: module {module_name!r} has no attribute {attribute!r} (allowed: a callable task factory)"
+            )
         factory = getattr(factory, part)
     if not callable(factory):
-        raise UserError(f"{where}: {label}: {attribute!r} is a {type(factory).__name__}, not callable (allowed: a callable task factory)")
+        raise UserError(
+            f"{where}: {label}: {attribute!r} is a {type(factory).__name__}, not callable (allowed: a callable task factory)"
+        )
     return factory
 
 
@@ -215,11 +221,15 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
     except (TypeError, ValueError):
         signature = None
     if signature is not None:
-        accepted = [p.name for p in signature.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        accepted = [
+            p.name for p in signature.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
         if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
             for key in args:
                 if key not in accepted:
-                    raise UserError(f"{where}: {spec!r}: task_args: unknown argument {key!r} (allowed: {', '.join(accepted) or 'none'})")
+                    raise UserError(
+                        f"{where}: {spec!r}: task_args: unknown argument {key!r} (allowed: {', '.join(accepted) or 'none'})"
+                    )
         for key, value in args.items():  # ``hidden: true`` or ``"1e-3"`` where the default is a number
             default = signature.parameters[key].default if key in signature.parameters else None
             if is_number(default) or isinstance(default, bool):
@@ -230,7 +240,9 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
         raise UserError(f"{where}: {spec!r}: the factory raised {reason(err)}") from None
     if not (isinstance(task, Task) or (is_loop(task) and all(hasattr(task, name) for name in LOOP_FIELDS))):
         missing = [name for name in (LOOP_FIELDS if is_loop(task) else FIELDS) if not hasattr(task, name)]
-        raise UserError(f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task, or with fit(run) instead of data, model, loss and score: see tuner.train.loop)")
+        raise UserError(
+            f"{where}: {spec!r}: the factory returned {type(task).__name__}, which lacks {', '.join(missing)} (allowed: an object with the attributes of tuner.tasks.Task, or with fit(run) instead of data, model, loss and score: see tuner.train.loop)"
+        )
     checks = {
         "name": (isinstance(task.name, str) and task.name != "", "a non-empty string"),
         "metric": (isinstance(task.metric, str) and task.metric != "", "a non-empty string"),
@@ -265,9 +277,13 @@ def _check_data(data: Any) -> None:
             _check_dataset(name, split)
             continue
         if not (isinstance(split, Split) and isinstance(split.x, torch.Tensor) and isinstance(split.y, torch.Tensor)):
-            raise _Broken(f"data().{name} is not a tuner.tasks.Split of two tensors (allowed: three Splits, or three Datasets)")
+            raise _Broken(
+                f"data().{name} is not a tuner.tasks.Split of two tensors (allowed: three Splits, or three Datasets)"
+            )
         if len(split.x) != len(split.y):
-            raise _Broken(f"the {name} split has {len(split.x)} inputs but {len(split.y)} targets (allowed: as many of each)")
+            raise _Broken(
+                f"the {name} split has {len(split.x)} inputs but {len(split.y)} targets (allowed: as many of each)"
+            )
         if len(split.x) == 0:
             raise _Broken(f"the {name} split is empty")
     if len({isinstance(split, Split) for split in (data.train, data.val, data.test)}) > 1:
@@ -276,7 +292,9 @@ def _check_data(data: Any) -> None:
 
 def _check_dataset(name: str, split: Any) -> None:
     if isinstance(split, IterableDataset) or not hasattr(split, "__len__"):
-        raise _Broken(f"data().{name} is a {type(split).__name__} without __len__ (allowed: a map-style torch Dataset with __len__)")
+        raise _Broken(
+            f"data().{name} is a {type(split).__name__} without __len__ (allowed: a map-style torch Dataset with __len__)"
+        )
     if _call(f"len(data().{name})", len, split) == 0:
         raise _Broken(f"the {name} split is an empty Dataset")
 
@@ -301,10 +319,20 @@ def _first_batch(task: Task, data: Data) -> tuple[Any, torch.Tensor, str]:
         x = data.train.x[:CHECK_BATCH]
         return x, data.train.y[:CHECK_BATCH], f"train inputs of shape {tuple(x.shape)}"
     train = batches.loader(task, data.train, CHECK_BATCH, data.device, seed=0, train=True, workers=0)
-    batch = _call("reading the first training batch (the task's Dataset, sampler and collate_fn)", lambda: next(iter(train), None))
+    batch = _call(
+        "reading the first training batch (the task's Dataset, sampler and collate_fn)", lambda: next(iter(train), None)
+    )
     if batch is None:
-        raise _Broken("the training DataLoader yields no batch (allowed: a sampler and Dataset that give at least one sample)")
-    inputs, target = _call("unpack(batch)" if hasattr(task, "unpack") else "taking (inputs, target) from a batch", batches.on_device, task, batch, data.device)
+        raise _Broken(
+            "the training DataLoader yields no batch (allowed: a sampler and Dataset that give at least one sample)"
+        )
+    inputs, target = _call(
+        "unpack(batch)" if hasattr(task, "unpack") else "taking (inputs, target) from a batch",
+        batches.on_device,
+        task,
+        batch,
+        data.device,
+    )
     if not isinstance(target, torch.Tensor) or target.dim() == 0:
         raise _Broken(f"a batch's target is {_shapes(target)} (allowed: a tensor with the batch first)")
     return inputs, target, f"a training batch's inputs {_shapes(inputs)}"
@@ -325,9 +353,13 @@ def _check_step(task: Task, data: Data) -> None:
         raise _Broken(f"model() returned {shape} for {len(y)} inputs (allowed: a tensor with the batch first)")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch warns, rather than fails, when shapes broadcast by accident
-        loss = _call(f"loss(outputs of shape {tuple(output.shape)}, targets of shape {tuple(y.shape)})", task.loss, output, y)
+        loss = _call(
+            f"loss(outputs of shape {tuple(output.shape)}, targets of shape {tuple(y.shape)})", task.loss, output, y
+        )
     if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
-        raise _Broken(f"loss() returned {tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__} (allowed: a scalar tensor)")
+        raise _Broken(
+            f"loss() returned {tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__} (allowed: a scalar tensor)"
+        )
     if not loss.requires_grad:
         raise _Broken("loss() does not depend on the model's parameters (no gradient to follow)")
     if not torch.isfinite(loss):

@@ -46,7 +46,9 @@ class BagOfWordsTask(Classifier):
 
     def __post_init__(self) -> None:
         if not 0 < self.informative <= self.vocabulary or self.length < 1:
-            raise ValueError(f"informative={self.informative}, length={self.length}: not allowed (0 < informative <= vocabulary, length >= 1)")
+            raise ValueError(
+                f"informative={self.informative}, length={self.length}: not allowed (0 < informative <= vocabulary, length >= 1)"
+            )
 
     def data(self) -> Data:
         generator = torch.Generator().manual_seed(47)

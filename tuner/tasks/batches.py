@@ -66,8 +66,17 @@ def python_and_numpy_seeded(seed: int) -> Iterator[None]:
         np.random.set_state(states[1])
 
 
-def loader(task: Task, dataset: Dataset, batch_size: int, device: torch.device, seed: int, *, train: bool, workers: int | None = None,
-           drop_last: bool = False) -> DataLoader:
+def loader(
+    task: Task,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    *,
+    train: bool,
+    workers: int | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
     """A DataLoader over ``dataset`` for training on ``device``.
 
     With ``train`` the samples come in an order drawn from a generator seeded
@@ -106,7 +115,9 @@ def to_device(value: Any, device: torch.device) -> Any:
         return {key: to_device(item, device) for key, item in value.items()}
     if isinstance(value, (tuple, list)):
         items = [to_device(item, device) for item in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # a namedtuple takes its fields apart
+        return (
+            type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+        )  # a namedtuple takes its fields apart
     return value
 
 
@@ -117,7 +128,9 @@ def unpack(task: Task, batch: Any) -> tuple[Any, Any]:
         return task.unpack(batch)
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         kind = f"a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-        raise ValueError(f"a batch is {kind}, not a pair (inputs, target): give the task unpack(batch) -> (inputs, target)")
+        raise ValueError(
+            f"a batch is {kind}, not a pair (inputs, target): give the task unpack(batch) -> (inputs, target)"
+        )
     inputs, target = batch
     return inputs, target
 

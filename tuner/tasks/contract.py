@@ -1,9 +1,9 @@
 """The task contract as one check, for the built-in tasks and for a plugin author's own tests::
 
-    from tuner.tasks.contract import check_task
+from tuner.tasks.contract import check_task
 
-    def test_my_task_keeps_the_contract():
-        check_task("my-task")              # or check_task(make_task(), device="cuda")
+def test_my_task_keeps_the_contract():
+    check_task("my-task")              # or check_task(make_task(), device="cuda")
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ def _same(a: Data, b: Data) -> bool:
     if a.in_memory != b.in_memory:
         return False
     if a.in_memory:
-        return all(torch.equal(getattr(getattr(a, s), t).cpu(), getattr(getattr(b, s), t).cpu()) for s in SPLITS for t in ("x", "y"))
+        return all(
+            torch.equal(getattr(getattr(a, s), t).cpu(), getattr(getattr(b, s), t).cpu())
+            for s in SPLITS
+            for t in ("x", "y")
+        )
     firsts = []
     for data in (a, b):
         torch.manual_seed(0)
@@ -56,8 +60,14 @@ def _untrained_val_loss(task: Task, data: Data, device: torch.device, broken: Ca
         first = task.data()
         torch.manual_seed(2)
         if not _same(first, task.data()):
-            raise broken("data() differs between calls (allowed: the same data every time, from a seed of the task's own)")
-        placed = {str(t.device) for s in (data.train, data.val, data.test) for t in (s.x, s.y)} if data.in_memory else {str(data.device)}
+            raise broken(
+                "data() differs between calls (allowed: the same data every time, from a seed of the task's own)"
+            )
+        placed = (
+            {str(t.device) for s in (data.train, data.val, data.test) for t in (s.x, s.y)}
+            if data.in_memory
+            else {str(data.device)}
+        )
         if placed != {str(data.device)} or data.device.type != device.type:
             raise broken(f"after loading for {device}, the data is on {', '.join(sorted(placed))}")
         models = []
@@ -110,8 +120,12 @@ def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device
         raise broken(f"one epoch of Adam (lr={CHECK_LR}): {run.reason}")
     after = run.history[-1].val_loss
     if initial_loss is not None and not after < initial_loss:
-        raise broken(f"one epoch of Adam (lr={CHECK_LR}) did not lower the validation loss ({initial_loss:.6g} -> {after:.6g})")
+        raise broken(
+            f"one epoch of Adam (lr={CHECK_LR}) did not lower the validation loss ({initial_loss:.6g} -> {after:.6g})"
+        )
     if not (math.isfinite(run.test_loss) and math.isfinite(run.test_metric)):
         raise broken(f"test loss {run.test_loss} or test metric {run.test_metric} is not finite")
     if runs[-1].history != run.history:
-        raise broken("two runs with the same seed differ on the CPU (allowed: randomness only from torch's seeded generators)")
+        raise broken(
+            "two runs with the same seed differ on the CPU (allowed: randomness only from torch's seeded generators)"
+        )

@@ -54,7 +54,9 @@ class DriftingRegression:
 
     def __post_init__(self) -> None:
         if self.features < 1 or self.period < 1 or not self.noise >= 0:
-            raise ValueError(f"features={self.features}, period={self.period}, noise={self.noise}: not allowed (>= 1, >= 1, >= 0)")
+            raise ValueError(
+                f"features={self.features}, period={self.period}, noise={self.noise}: not allowed (>= 1, >= 1, >= 0)"
+            )
 
     def circle(self) -> torch.Tensor:
         """The two vectors ``a``, ``b`` (shape (2, features)) of the true weights' circle; fixed, not the trial's seed."""

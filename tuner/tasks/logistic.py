@@ -28,11 +28,15 @@ class LogisticRegression(Classifier):
 
     def __post_init__(self) -> None:
         if self.features < 1 or not self.condition >= 1:
-            raise ValueError(f"features={self.features}, condition={self.condition}: not allowed (features >= 1, condition >= 1)")
+            raise ValueError(
+                f"features={self.features}, condition={self.condition}: not allowed (features >= 1, condition >= 1)"
+            )
 
     def data(self) -> Data:
         scales = torch.logspace(0, -torch.log10(torch.tensor(self.condition)).item(), self.features)
-        weights = torch.randn(self.features, generator=torch.Generator().manual_seed(49)) / scales  # every feature matters
+        weights = (
+            torch.randn(self.features, generator=torch.Generator().manual_seed(49)) / scales
+        )  # every feature matters
 
         def sample(n: int, generator: torch.Generator) -> Split:
             x = torch.randn(n, self.features, generator=generator) * scales

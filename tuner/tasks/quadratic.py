@@ -107,7 +107,9 @@ class QuadraticDeep:
         if self.eval_size is None:
             self.eval_size = self.train_size // DEEPOBS_BATCH * DEEPOBS_BATCH or self.train_size
         if not 1 <= self.eval_size <= self.train_size:
-            raise ValueError(f"train_size={self.train_size}, eval_size={self.eval_size} are not allowed (1 <= eval_size <= train_size)")
+            raise ValueError(
+                f"train_size={self.train_size}, eval_size={self.eval_size} are not allowed (1 <= eval_size <= train_size)"
+            )
         self.eigenvalues, hessian = deepobs_hessian()
         self.hessian = torch.from_numpy(hessian).float()  # DeepOBS casts it to float32 too
 
@@ -116,7 +118,9 @@ class QuadraticDeep:
             x = deepobs_samples(seed, self.train_size, self.noise)[:n]
             return Split(x, x)
 
-        return Data(split(TRAIN_SEED, self.train_size), split(VAL_SEED, self.eval_size), split(TEST_SEED, self.eval_size))
+        return Data(
+            split(TRAIN_SEED, self.train_size), split(VAL_SEED, self.eval_size), split(TEST_SEED, self.eval_size)
+        )
 
     def model(self) -> nn.Module:
         return Theta(DIM)

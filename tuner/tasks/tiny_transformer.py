@@ -38,7 +38,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         self.positions = SinusoidalPositions(length, width)
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(width), enable_nested_tensor=False)
         self.out = nn.Linear(width, vocab)
 

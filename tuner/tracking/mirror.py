@@ -64,6 +64,7 @@ is imported where it is used, in the follower or ``tuner sync``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -89,7 +90,13 @@ from tuner.study.outcomes import FINISHED, outcome
 DEFAULT_URI = "sqlite:///mlflow.db"
 # A pruned trial ended as tuning meant it to (Optuna's MLflowCallback logs it FINISHED too): the MLflow UI draws
 # FAILED and KILLED alike as a red failure. ``tuner.outcome`` tells pruned from complete.
-STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "interrupted": "KILLED"}
+STATUS = {
+    "complete": "FINISHED",
+    "pruned": "FINISHED",
+    "diverged": "FAILED",
+    "failed": "FAILED",
+    "interrupted": "KILLED",
+}
 # The MLflow 3 UI opens an experiment without this tag in its GenAI (traces) view; tuner's runs are model training.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Per-epoch columns of a stored history, and their MLflow metric names.
@@ -154,11 +161,15 @@ def check_reachable(uri: str, where: str) -> None:
             with urllib.request.urlopen(request, timeout=5) as response:
                 response.read()
         except Exception as err:  # URLError, timeouts, HTTP errors, bad hosts
-            raise UserError(f"{where}: cannot reach the MLflow server at {mask_url(uri)!r}: {url_failure(err, uri)} (start it with `mlflow server`, or pass --no-tracking)") from None
+            raise UserError(
+                f"{where}: cannot reach the MLflow server at {mask_url(uri)!r}: {url_failure(err, uri)} (start it with `mlflow server`, or pass --no-tracking)"
+            ) from None
     elif scheme == "sqlite":
         folder = Path(sqlite_file(uri)).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise UserError(f"{where}: {mask_url(uri)!r}: {str(folder)!r} is not a writable folder (allowed: an SQLite file in a writable folder)")
+            raise UserError(
+                f"{where}: {mask_url(uri)!r}: {str(folder)!r} is not a writable folder (allowed: an SQLite file in a writable folder)"
+            )
     else:
         import sqlalchemy
 
@@ -265,11 +276,17 @@ def step_size_metrics(record: dict[str, Any]) -> list[tuple[str, float, int]]:
     for kind, prefix in (("effective_lr", "lr"), ("ratio", "ratio")):
         for tensor, rows in record[kind].items():
             for step, row in zip(record["steps"], rows):
-                points += [(f"step_size/{tensor}/{prefix}_p{q}", v, step) for q, v in zip(record["percentiles"], row) if math.isfinite(v)]
+                points += [
+                    (f"step_size/{tensor}/{prefix}_p{q}", v, step)
+                    for q, v in zip(record["percentiles"], row)
+                    if math.isfinite(v)
+                ]
     return points
 
 
-def final_records(study: str, optimizer: str, setup: dict[str, Any], final: dict[str, Any], trial: FrozenTrial) -> list[RunRecord]:
+def final_records(
+    study: str, optimizer: str, setup: dict[str, Any], final: dict[str, Any], trial: FrozenTrial
+) -> list[RunRecord]:
     """The child runs of the final evaluation: the best config re-trained on each final seed."""
     config = trial.user_attrs.get("config") or {}
     label = "loss" if setup.get("objective") == "loss" else setup.get("metric", "metric")
@@ -286,17 +303,24 @@ def final_records(study: str, optimizer: str, setup: dict[str, Any], final: dict
         if final.get("step_sizes"):
             metrics += [(name, value, step, end) for name, value, step in step_size_metrics(final["step_sizes"][i])]
         seeded = config | {"training": config.get("training", {}) | {"seed": seed}}
-        records.append(RunRecord(
-            key=f"final/{final['trial']}/{seed}",
-            name=f"{optimizer}-final-seed-{seed}",
-            status="FINISHED" if final["status"][i] == "complete" else "FAILED",
-            start_ms=start,
-            end_ms=end,
-            params=config_params(seeded, trial.user_attrs.get("device", "unknown")),
-            tags={"tuner.role": "final", "tuner.study": study, "tuner.trial": str(final["trial"]), "tuner.seed": str(seed),
-                  "tuner.outcome": final["status"][i]},
-            metrics=metrics,
-        ))
+        records.append(
+            RunRecord(
+                key=f"final/{final['trial']}/{seed}",
+                name=f"{optimizer}-final-seed-{seed}",
+                status="FINISHED" if final["status"][i] == "complete" else "FAILED",
+                start_ms=start,
+                end_ms=end,
+                params=config_params(seeded, trial.user_attrs.get("device", "unknown")),
+                tags={
+                    "tuner.role": "final",
+                    "tuner.study": study,
+                    "tuner.trial": str(final["trial"]),
+                    "tuner.seed": str(seed),
+                    "tuner.outcome": final["status"][i],
+                },
+                metrics=metrics,
+            )
+        )
     return records
 
 
@@ -320,7 +344,11 @@ class SyncCount:
     deleted: int = 0
 
     def __iadd__(self, other: SyncCount) -> SyncCount:
-        self.written, self.kept, self.deleted = self.written + other.written, self.kept + other.kept, self.deleted + other.deleted
+        self.written, self.kept, self.deleted = (
+            self.written + other.written,
+            self.kept + other.kept,
+            self.deleted + other.deleted,
+        )
         return self
 
 
@@ -344,7 +372,9 @@ class Mirror:
     leaves one run per trial and one parent per study.
     """
 
-    def __init__(self, uri: str, experiment: str, storage: optuna.storages.BaseStorage, storage_url: str, version: str) -> None:
+    def __init__(
+        self, uri: str, experiment: str, storage: optuna.storages.BaseStorage, storage_url: str, version: str
+    ) -> None:
         for name, value in QUIET_ENV.items():
             os.environ.setdefault(name, value)
         from mlflow import MlflowClient
@@ -353,10 +383,17 @@ class Mirror:
         self.storage, self.storage_url, self.version = storage, mask_url(storage_url), version
         found = self.client.get_experiment_by_name(experiment)
         if found is not None and found.lifecycle_stage == "deleted":
-            raise UserError(f"MLflow experiment {experiment!r} in {mask_url(uri)!r} is deleted: restore it (`mlflow experiments restore`) or remove it for good (`mlflow gc`)")
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location(uri, experiment), tags=EXPERIMENT_KIND)
-        if found is not None and not any(key in found.tags for key in EXPERIMENT_KIND):  # made by an earlier tuner; a kind the user chose stays
+            raise UserError(
+                f"MLflow experiment {experiment!r} in {mask_url(uri)!r} is deleted: restore it (`mlflow experiments restore`) or remove it for good (`mlflow gc`)"
+            )
+        self.experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, artifact_location(uri, experiment), tags=EXPERIMENT_KIND)
+        )
+        if found is not None and not any(
+            key in found.tags for key in EXPERIMENT_KIND
+        ):  # made by an earlier tuner; a kind the user chose stays
             for key, value in EXPERIMENT_KIND.items():
                 self.client.set_experiment_tag(self.experiment_id, key, value)
         self.parents: dict[str, str] = {}  # study name -> parent run id
@@ -365,7 +402,9 @@ class Mirror:
     def _search(self, filter_string: str) -> Iterator[Any]:
         token = None
         while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+            )
             yield from page
             token = page.token
             if not token:
@@ -376,7 +415,11 @@ class Mirror:
         study_id = self.storage.get_study_id_from_name(study)
         attrs = self.storage.get_study_user_attrs(study_id)
         uid = attrs.get("uid") or str(study_id)
-        return sorted(self._search(f"tags.`tuner.study_uid` = '{uid}' and tags.`tuner.role` = 'study'"), key=_first), uid, attrs
+        return (
+            sorted(self._search(f"tags.`tuner.study_uid` = '{uid}' and tags.`tuner.role` = 'study'"), key=_first),
+            uid,
+            attrs,
+        )
 
     def parent(self, study: str, status: str | None = None) -> str:
         """The parent run of ``study`` (created if missing); ``status`` (e.g. RUNNING) is set on it."""
@@ -393,9 +436,17 @@ class Mirror:
             run_id = found[0].info.run_id
         else:
             optimizer = study.rsplit("/", 1)[-1]
-            tags = {"tuner.role": "study", "tuner.study": study, "tuner.study_uid": uid, "tuner.storage": self.storage_url, "tuner.version": self.version}
+            tags = {
+                "tuner.role": "study",
+                "tuner.study": study,
+                "tuner.study_uid": uid,
+                "tuner.storage": self.storage_url,
+                "tuner.version": self.version,
+            }
             setup = {k: v for k, v in attrs.get("setup", {}).items() if k not in ("space", "schedules")}
-            run_id = self._create(RunRecord("", optimizer, "RUNNING", _ms(None), 0, {k: str(v) for k, v in setup.items()}, tags))
+            run_id = self._create(
+                RunRecord("", optimizer, "RUNNING", _ms(None), 0, {k: str(v) for k, v in setup.items()}, tags)
+            )
             if status is None:
                 self.client.set_terminated(run_id, "FINISHED")
         self.parents[study] = run_id
@@ -428,9 +479,21 @@ class Mirror:
             children.setdefault(record_key(run.data.tags), []).append(run)
         return children
 
-    def _log(self, run_id: str, params: dict[str, str] = {}, tags: dict[str, str] = {}, metrics: list[tuple[str, float, int, int]] = []) -> None:  # noqa: B006 (never mutated)
+    def _log(
+        self,
+        run_id: str,
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+        metrics: list[tuple[str, float, int, int]] | None = None,
+    ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
+        if metrics is None:
+            metrics = []
+        if tags is None:
+            tags = {}
+        if params is None:
+            params = {}
         params_, tags_ = list(params.items()), list(tags.items())
         while params_ or tags_ or metrics:
             self.client.log_batch(
@@ -443,7 +506,9 @@ class Mirror:
 
     def _create(self, record: RunRecord, tags: dict[str, str] | None = None) -> str:
         """A new run of ``record`` (with ``tags`` added), left RUNNING; one the store refuses to complete is deleted, not left RUNNING."""
-        run = self.client.create_run(self.experiment_id, start_time=record.start_ms, tags=record.tags | (tags or {}), run_name=record.name)
+        run = self.client.create_run(
+            self.experiment_id, start_time=record.start_ms, tags=record.tags | (tags or {}), run_name=record.name
+        )
         try:
             self._log(run.info.run_id, params=record.params, metrics=record.metrics)
         except BaseException:
@@ -483,11 +548,17 @@ class Mirror:
         every = trials is None
         if every:
             # A trial without an outcome is a budget slot lost with its worker (tuner.study.storage): nothing trained to an end.
-            trials = [t for t in self.storage.get_all_trials(study_id, deepcopy=False, states=FINISHED) if "outcome" in t.user_attrs]
+            trials = [
+                t
+                for t in self.storage.get_all_trials(study_id, deepcopy=False, states=FINISHED)
+                if "outcome" in t.user_attrs
+            ]
         records = [trial_record(study, optimizer, metric, t) for t in trials]
         final = attrs.get("final")
         if every and final:
-            best = self.storage.get_trial(self.storage.get_trial_id_from_study_id_trial_number(study_id, final["trial"]))
+            best = self.storage.get_trial(
+                self.storage.get_trial_id_from_study_id_trial_number(study_id, final["trial"])
+            )
             records += final_records(study, optimizer, setup, final, best)
         return records
 
@@ -554,7 +625,9 @@ class Follower:
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         # The storage URL may hold a password: it travels on the pipe, never in argv.
-        self._send(op="start", tracking_uri=uri, storage=storage_url, experiment=experiment, studies=studies, version=version)
+        self._send(
+            op="start", tracking_uri=uri, storage=storage_url, experiment=experiment, studies=studies, version=version
+        )
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -597,16 +670,18 @@ class Follower:
 
     def close(self, timeout: float = 300.0) -> dict[str, Any]:
         """Close the pipe, let the follower sync once more, and return its report (``error`` set if something is missing)."""
-        try:
+        with contextlib.suppress(OSError):
             self.proc.stdin.close()
-        except OSError:
-            pass
         report = self._reply("report", timeout)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        return report or {"error": f"the tracking process ended without a report (exit code {self.proc.poll()})", "written": 0, "runs": 0}
+        return report or {
+            "error": f"the tracking process ended without a report (exit code {self.proc.poll()})",
+            "written": 0,
+            "runs": 0,
+        }
 
 
 def _retry(action: Callable[[], Any], attempts: int = 3, pause: float = 1.0) -> Any:
@@ -642,7 +717,13 @@ class _Session:
     def connect(self) -> Mirror:
         if self.mirror is None:
             storage = optuna.storages.RDBStorage(self.start["storage"])
-            self.mirror = Mirror(self.start["tracking_uri"], self.start["experiment"], storage, self.start["storage"], self.start["version"])
+            self.mirror = Mirror(
+                self.start["tracking_uri"],
+                self.start["experiment"],
+                storage,
+                self.start["storage"],
+                self.start["version"],
+            )
         return self.mirror
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:

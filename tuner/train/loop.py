@@ -46,8 +46,14 @@ class Run:
     test values (the final evaluation, ``tuner train``) or not (a tuning trial).
     """
 
-    def __init__(self, config: Config, device: torch.device, seed: int, test: bool,
-                 callback: Callable[[EpochMetrics], bool | None] | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Config,
+        device: torch.device,
+        seed: int,
+        test: bool,
+        callback: Callable[[EpochMetrics], bool | None] | None,
+    ) -> None:
         self.config, self.device, self.seed, self.test = config, device, seed, test
         self.epochs, self.batch_size = config.epochs, config.batch_size
         self.optimizer: torch.optim.Optimizer | None = None
@@ -65,11 +71,18 @@ class Run:
         """Record epoch ``epoch`` (1, 2, ... in order); True when the run is to stop: pruned, or diverged (a value
         that is not finite). Raises :class:`ReportError` for an epoch out of order or a value that is not a number."""
         if self.result.status != "complete":
-            raise ReportError(f"report(epoch={epoch}) after an earlier report said stop (allowed: return when report() is True)")
+            raise ReportError(
+                f"report(epoch={epoch}) after an earlier report said stop (allowed: return when report() is True)"
+            )
         expected = len(self.result.history) + 1
         if isinstance(epoch, bool) or epoch != expected or epoch > self.epochs:
-            raise ReportError(f"report(epoch={epoch!r}) out of order (allowed: epochs 1, 2, ... {self.epochs}; expected {expected})")
-        values = [_number(name, value) for name, value in (("train_loss", train_loss), ("val_loss", val_loss), ("val_metric", val_metric))]
+            raise ReportError(
+                f"report(epoch={epoch!r}) out of order (allowed: epochs 1, 2, ... {self.epochs}; expected {expected})"
+            )
+        values = [
+            _number(name, value)
+            for name, value in (("train_loss", train_loss), ("val_loss", val_loss), ("val_metric", val_metric))
+        ]
         lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else math.nan
         metrics = EpochMetrics(epoch, *values, lr, time.perf_counter() - self._started)
         self.result.history.append(metrics)
@@ -90,8 +103,14 @@ def _number(name: str, value: Any) -> float:
     raise ReportError(f"report(): {name} is {type(value).__name__} {value!r} (allowed: a number, e.g. loss.item())")
 
 
-def run_loop(task: Any, config: Config, device: torch.device, seed: int,
-             callback: Callable[[EpochMetrics], bool | None] | None = None, test: bool = False) -> tuple[RunResult, Run]:  # fmt: skip
+def run_loop(
+    task: Any,
+    config: Config,
+    device: torch.device,
+    seed: int,
+    callback: Callable[[EpochMetrics], bool | None] | None = None,
+    test: bool = False,
+) -> tuple[RunResult, Run]:
     """Run ``task.fit`` with ``config`` on ``device``, torch's, Python's and NumPy's generators seeded with ``seed`` (and
     restored after); returns its result and the :class:`Run` (its ``optimizer`` as ``build`` returned it).
 
@@ -106,10 +125,14 @@ def run_loop(task: Any, config: Config, device: torch.device, seed: int,
     if not result.history:
         raise ReportError("fit(run) returned without calling run.report(epoch, train_loss, val_loss, val_metric)")
     if result.status == "complete" and len(result.history) < config.epochs:
-        raise ReportError(f"fit(run) returned after {len(result.history)} of {config.epochs} epochs without being stopped")
+        raise ReportError(
+            f"fit(run) returned after {len(result.history)} of {config.epochs} epochs without being stopped"
+        )
     if test and result.status == "complete":
         if not (isinstance(returned, dict) and {"test_loss", "test_metric"} <= returned.keys()):
-            raise ReportError(f"fit(run) returned {type(returned).__name__} when run.test is True (allowed: a dict with test_loss and test_metric)")
+            raise ReportError(
+                f"fit(run) returned {type(returned).__name__} when run.test is True (allowed: a dict with test_loss and test_metric)"
+            )
         result.test_loss, result.test_metric = (_number(name, returned[name]) for name in ("test_loss", "test_metric"))
     return result, run
 
@@ -120,7 +143,12 @@ def state_bytes_per_parameter(task: Any, config: Config, device: torch.device) -
     _, run = run_loop(task, config, device, config.seed, callback=lambda metrics: True)
     if run.optimizer is None:
         raise ReportError("fit(run) did not call run.build(params, steps_per_epoch)")
-    state = sum(v.numel() * v.element_size() for s in run.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+    state = sum(
+        v.numel() * v.element_size()
+        for s in run.optimizer.state.values()
+        for v in s.values()
+        if isinstance(v, torch.Tensor)
+    )
     return state / sum(p.numel() for group in run.optimizer.param_groups for p in group["params"])
 
 

@@ -50,10 +50,19 @@ _NOT_HYPERPARAMETERS = {"params", "foreach", "capturable", "differentiable", "fu
 
 # What torch accepts, for messages (torch's own errors name the value, not the range).
 ALLOWED = {
-    "lr": ">= 0", "beta1": "in [0, 1)", "beta2": "in [0, 1)", "eps": ">= 0", "weight_decay": ">= 0",
-    "momentum": ">= 0", "dampening": "any float; 0 for nesterov", "alpha": ">= 0", "betas": "each in [0, 1)",
-    "momentum_decay": ">= 0", "lr_decay": ">= 0", "initial_accumulator_value": ">= 0",
-}  # fmt: skip
+    "lr": ">= 0",
+    "beta1": "in [0, 1)",
+    "beta2": "in [0, 1)",
+    "eps": ">= 0",
+    "weight_decay": ">= 0",
+    "momentum": ">= 0",
+    "dampening": "any float; 0 for nesterov",
+    "alpha": ">= 0",
+    "betas": "each in [0, 1)",
+    "momentum_decay": ">= 0",
+    "lr_decay": ">= 0",
+    "initial_accumulator_value": ">= 0",
+}
 
 
 def optimizer_arguments(name: str) -> dict[str, Any]:
@@ -84,9 +93,7 @@ def torch_kwargs(name: str, values: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(values.items(), key=lambda item: order.index(item[0])))
 
 
-def build_optimizer(
-    name: str, kwargs: dict[str, Any], params: Iterable[torch.Tensor]
-) -> torch.optim.Optimizer:
+def build_optimizer(name: str, kwargs: dict[str, Any], params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
     """``torch.optim.<name>(params, **kwargs)``."""
     return OPTIMIZERS[name](params, **kwargs)
 

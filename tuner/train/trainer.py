@@ -73,8 +73,10 @@ def divergence(metrics: EpochMetrics) -> str | None:
     """Why an epoch ends its run as diverged (a non-finite train loss, val loss or val metric), or None."""
     if all(map(math.isfinite, (metrics.train_loss, metrics.val_loss, metrics.val_metric))):
         return None
-    return (f"diverged at epoch {metrics.epoch}: non-finite train loss {metrics.train_loss}, "
-            f"val loss {metrics.val_loss} or val metric {metrics.val_metric}")
+    return (
+        f"diverged at epoch {metrics.epoch}: non-finite train loss {metrics.train_loss}, "
+        f"val loss {metrics.val_loss} or val metric {metrics.val_metric}"
+    )
 
 
 def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool = False) -> int:
@@ -83,7 +85,9 @@ def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool = False) -> i
     Raises :class:`UserError` when ``drop_last`` leaves no full batch (``batch_size`` > ``n_train``).
     """
     if drop_last and batch_size > n_train:
-        raise UserError(f"batch_size: {batch_size} is not allowed: the task drops the last partial batch and has {n_train} training samples (allowed: 1 to {n_train})")
+        raise UserError(
+            f"batch_size: {batch_size} is not allowed: the task drops the last partial batch and has {n_train} training samples (allowed: 1 to {n_train})"
+        )
     return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
 
 
@@ -115,9 +119,14 @@ class Batches:
             self.steps = steps_per_epoch(len(data.train), batch_size, drops_last(task))
             self.val, self.test = data.val, data.test
         else:
-            self.source = batches.loader(task, data.train, batch_size, self.device, seed, train=True, drop_last=drops_last(task))
+            self.source = batches.loader(
+                task, data.train, batch_size, self.device, seed, train=True, drop_last=drops_last(task)
+            )
             self.steps = len(self.source)
-            self.val, self.test = (batches.loader(task, split, batch_size, self.device, seed, train=False) for split in (data.val, data.test))
+            self.val, self.test = (
+                batches.loader(task, split, batch_size, self.device, seed, train=False)
+                for split in (data.val, data.test)
+            )
 
     def epoch(self) -> Iterator[tuple[Any, Any]]:
         """One epoch of training batches."""
@@ -132,8 +141,12 @@ class Batches:
             yield xs[start : start + self.batch_size], ys[start : start + self.batch_size]
 
 
-def first_step(task: Task, data: Data, config: Config,
-               around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def first_step(
+    task: Task,
+    data: Data,
+    config: Config,
+    around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """One training step of ``config`` (forward, backward, optimizer step) on the first training batch of ``data``, on its
     device, inside ``around()`` (default: nothing); returns the model and the optimizer. Torch's random state is left as it was.
 
@@ -153,7 +166,9 @@ def first_step(task: Task, data: Data, config: Config,
 
 
 @torch.inference_mode()
-def evaluate(task: Task, model: torch.nn.Module, split: Split | Dataset | DataLoader, amp: str = "none") -> tuple[float, float]:
+def evaluate(
+    task: Task, model: torch.nn.Module, split: Split | Dataset | DataLoader, amp: str = "none"
+) -> tuple[float, float]:
     """Loss and metric of ``model`` over a whole split, under the mixed precision ``amp`` (default none).
 
     ``split`` is an in-memory split (evaluated in chunks of :data:`EVAL_CHUNK`), a DataLoader, or a Dataset
@@ -163,9 +178,15 @@ def evaluate(task: Task, model: torch.nn.Module, split: Split | Dataset | DataLo
     model.eval()
     device = next(model.parameters()).device
     if isinstance(split, Split):
-        pairs: Iterable[tuple[Any, Any]] = ((split.x[i : i + EVAL_CHUNK], split.y[i : i + EVAL_CHUNK]) for i in range(0, len(split), EVAL_CHUNK))
+        pairs: Iterable[tuple[Any, Any]] = (
+            (split.x[i : i + EVAL_CHUNK], split.y[i : i + EVAL_CHUNK]) for i in range(0, len(split), EVAL_CHUNK)
+        )
     else:
-        reader = split if isinstance(split, DataLoader) else batches.loader(task, split, task.batch_size, device, 0, train=False)
+        reader = (
+            split
+            if isinstance(split, DataLoader)
+            else batches.loader(task, split, task.batch_size, device, 0, train=False)
+        )
         pairs = (batches.on_device(task, batch, device) for batch in reader)
     with autocast(device, amp):
         outputs, targets = zip(*((batches.forward(model, inputs), target) for inputs, target in pairs))
@@ -207,7 +228,10 @@ def train(
     result = RunResult()
     # The model's initialisation, dropout and augmentation use the global generators:
     # fork them so that the caller's random state is left as it was.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), batches.python_and_numpy_seeded(seed):
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        batches.python_and_numpy_seeded(seed),
+    ):
         torch.manual_seed(seed)
         model = task.model().to(device)
         feed = Batches(task, data, config.batch_size, seed)
@@ -301,6 +325,10 @@ def check_amp(amp: str, device: torch.device, where: str) -> None:
     if amp not in AMP:
         raise UserError(f"{where}: {amp!r} is not allowed ({', '.join(AMP)})")
     if amp == "bf16" and device.type != "cuda":
-        raise UserError(f"{where}: 'bf16' is not allowed on {device} (bf16 runs on CUDA devices only; use --amp none, or --device cuda)")
+        raise UserError(
+            f"{where}: 'bf16' is not allowed on {device} (bf16 runs on CUDA devices only; use --amp none, or --device cuda)"
+        )
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"{where}: 'bf16' is not allowed: {torch.cuda.get_device_name(device)} does not support bfloat16 (use --amp none)")
+        raise UserError(
+            f"{where}: 'bf16' is not allowed: {torch.cuda.get_device_name(device)} does not support bfloat16 (use --amp none)"
+        )
