@@ -615,7 +615,7 @@ class Follower:
         # Its own session: Ctrl-C in the terminal reaches the training process
         # only, which closes the pipe; the follower finishes the mirror and exits.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.tracking"],
+            [sys.executable, "-m", "tuner.tracking.mirror"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
