@@ -15,7 +15,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: study evidence test postgresql bench bench-batched clean
+.PHONY: study evidence test lint postgresql bench bench-batched clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -32,6 +32,12 @@ evidence: $(VENV)/.installed
 
 test: $(VENV)/.installed postgresql
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Formatting, lint and types (configured in pyproject.toml); CI fails on any finding.
+lint: $(VENV)/.installed
+	$(PY) -m ruff format --check --quiet .
+	$(PY) -m ruff check --quiet .
+	$(PY) -m mypy
 
 # The PostgreSQL tests start a server of their own on a free loopback port
 # (tests/services.py); Debian's package provides the programs. Without them
