@@ -486,6 +486,62 @@ def test_study_with_a_population_keeps_the_budget_exact_refills_and_resumes(work
     assert [(t.number, t.params, t.user_attrs["history"]) for t in study.trials[:10]] == first
 
 
+def test_a_storage_whose_stored_setup_says_batch_trials_resumes_with_population(workdir):
+    # Earlier code called the population batch_trials; a study it stored keeps resuming under the new name.
+    exp = workdir / "exp.yaml"
+    exp.write_text(
+        "name: old\ntask: quadratic-deep\noptimizers: [sgd]\ntrials: 4\nepochs: 1\nseed: 0\nfinal_seeds: 1\n"
+        "population: 2\n"
+    )
+    assert main(study_args(workdir, str(exp))) == 0
+    study = load(workdir, "old/sgd")
+    study.set_user_attr("setup", study.user_attrs["setup"] | {"batch_trials": 2})
+    first = [(t.number, t.params) for t in study.trials]
+    assert main(study_args(workdir, str(exp), "--trials", "6")) == 0
+    study = load(workdir, "old/sgd")
+    assert finished(study) == len(study.trials) == 6
+    assert [(t.number, t.params) for t in study.trials[:4]] == first
+
+
+@pytest.mark.parametrize("population", ["1", "3"])
+def test_messages_name_the_stored_trial_number_not_the_in_memory_one(workdir, capsys, population):
+    import threading
+
+    exp = workdir / "exp.yaml"
+    exp.write_text(
+        "name: broken\ntask: broken_tasks:FailsInTraining\noptimizers: [adam]\ntrials: 20\nepochs: 2\nseed: 0\n"
+        f"final_seeds: 1\npopulation: {population}\n"
+    )
+    # Another worker's trial in flight (RUNNING, its heartbeat kept fresh) is not in this command's in-memory copy
+    # of the study: the copy numbers its trials one lower than the storage does.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir}/t.db")
+    study = optuna.create_study(storage=storage, study_name="broken/adam")
+    foreign = storage.create_new_trial(study._study_id)
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.is_set():
+            storage.record_heartbeat(foreign)
+            done.wait(1.0)
+
+    beating = threading.Thread(target=beat)
+    beating.start()
+    try:
+        args = [arg for arg in study_args(workdir, str(exp)) if arg != "--no-progress"]
+        assert main(args) == 2
+    finally:
+        done.set()
+        beating.join()
+    out, err = capsys.readouterr()
+    trials = load(workdir, "broken/adam").trials
+    assert trials[0].state == optuna.trial.TrialState.RUNNING  # the foreign trial: never in the copy
+    failed = sorted(t.number for t in trials if outcome(t) == "failed")
+    assert len(failed) >= 3 and failed[0] == 1
+    said = sorted(int(line.split()[2]) for line in (out + err).splitlines() if line.startswith("adam trial "))
+    assert said == failed  # the progress bar's failure lines
+    assert f"traceback: trial {failed[-1]}'s user attribute" in err.splitlines()[-1]
+
+
 def test_a_task_that_cannot_be_batched_runs_one_at_a_time_with_one_line(workdir, capsys):
     exp = workdir / "exp.yaml"
     exp.write_text(
