@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
-from tuner.batched.model import own_random_state, seeded_model
+from tuner.batched.model import own_random_state, seeded_model, splits
 from tuner.batched.optimizers import VECTORIZED
 from tuner.batched.stackable import why_not_batched
 from tuner.tasks import Data, Task
@@ -20,11 +20,13 @@ MEMORY_SHARE = 0.8
 def member_bytes(task: Task, data: Data, batch_size: int, amp: str, optimizers: Iterable[str]) -> int:
     """Memory one member needs, in bytes: parameters, gradients, optimizer state and update temporaries (two),
     the activations one training batch keeps for the backward pass (measured with one forward pass), its
-    permuted copy of the training split, and its outputs over the validation split.
+    permuted copy of the training split, and its outputs over the validation split (in-memory splits only: else
+    ValueError, see :func:`tuner.batched.model.splits`).
 
     ``optimizers``: the ``torch.optim`` class names of the studies (the largest optimizer state counts); each must
     be in :data:`tuner.batched.optimizers.VECTORIZED` (else KeyError). ``amp``: ``none`` or ``bf16``."""
-    device = data.train.x.device
+    train, val, _ = splits(data)
+    device = train.x.device
     model = seeded_model(task, 0, device)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     copies = 2 + max(len(VECTORIZED[name].states) for name in optimizers) + 2
@@ -36,12 +38,12 @@ def member_bytes(task: Task, data: Data, batch_size: int, amp: str, optimizers: 
             saved.append(t.numel() * t.element_size())
         return t
 
-    x, y = data.train.x[:batch_size], data.train.y[:batch_size]
+    x, y = train.x[:batch_size], train.y[:batch_size]
     with own_random_state(device), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(device, amp):
         output = model(x)
         task.loss(output, y)
-    split = data.train.x.numel() * data.train.x.element_size() + data.train.y.numel() * data.train.y.element_size()
-    evaluation = output[:1].numel() * output.element_size() * len(data.val)
+    split = train.x.numel() * train.x.element_size() + train.y.numel() * train.y.element_size()
+    evaluation = output[:1].numel() * output.element_size() * len(val)
     return params * copies + sum(saved) + output.numel() * output.element_size() + split + evaluation
 
 
@@ -75,7 +77,7 @@ def population_that_fits(
     why = why_not_batched(task, data)
     if why is not None:
         return 1, f"batched trials: task {task.name!r} cannot be batched, so its trials run one at a time: {why}"
-    device = data.train.x.device
+    device = splits(data)[0].x.device
     need, free = member_bytes(task, data, batch_size, amp, optimizers), free_bytes(device) * share
     fits = int(free * MEMORY_SHARE // need)
     if fits >= population:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
-from tuner.tasks import Task
+from tuner.tasks import Data, Split, Task
 
 # vmap warns at every step where an operator has no batching rule and runs member by member
 # (attention on the CPU): slower, not wrong. Autograd warns once that a member's gradient is laid
@@ -41,6 +41,16 @@ def stacking(device: torch.device) -> Iterator[None]:
 def own_random_state(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """``torch.random.fork_rng`` for ``device``: the caller's random state is restored on exit."""
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+def splits(data: Data) -> tuple[Split, Split, Split]:
+    """``data``'s train, validation and test splits, in-memory tensors: a population slices them on the device.
+
+    Raises ValueError for Datasets read through DataLoaders or a task with its own loop (which keeps its data):
+    :func:`tuner.batched.stackable.why_not_batched` keeps such tasks from ever reaching a population."""
+    if isinstance(data.train, Split) and isinstance(data.val, Split) and isinstance(data.test, Split):
+        return data.train, data.val, data.test
+    raise ValueError("a population trains on in-memory splits (Split), not Datasets or a task's own loop")
 
 
 def seeded_model(task: Task, seed: int, device: torch.device) -> nn.Module:
@@ -111,7 +121,8 @@ def _feed_forward(
     not: 1.5x faster here). ``params``: every member's parameters by name, ``[K, *shape]`` each."""
     members, side_by_side = len(x), False
     for name, layer in layers:
-        weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
+        # nn.Linear and nn.Conv2d always have a weight (trained or frozen); a bias only when built with one.
+        bias = params.get(f"{name}.bias")
         if isinstance(layer, (nn.Conv2d, *_CHANNELWISE)) and not side_by_side:
             x, side_by_side = _side_by_side(x), True
         elif isinstance(layer, (nn.Linear, nn.Flatten)) and side_by_side:
@@ -119,7 +130,7 @@ def _feed_forward(
         if isinstance(layer, nn.Conv2d):
             x = F.conv2d(
                 x,
-                weight.flatten(0, 1),
+                params[f"{name}.weight"].flatten(0, 1),
                 None if bias is None else bias.flatten(),
                 layer.stride,
                 layer.padding,
@@ -127,7 +138,7 @@ def _feed_forward(
                 layer.groups * members,
             )
         elif isinstance(layer, nn.Linear):
-            rows = x.reshape(members, -1, x.shape[-1])
+            rows, weight = x.reshape(members, -1, x.shape[-1]), params[f"{name}.weight"]
             out = (
                 torch.bmm(rows, weight.transpose(1, 2))
                 if bias is None
@@ -208,17 +219,19 @@ class StackedModel:
     def grad(self) -> torch.Tensor:
         """Every member's gradients after a backward pass, ``[K, P]`` like :attr:`flat`; the parameters' ``.grad``
         are cleared. Raises RuntimeError when a trained parameter got no gradient."""
-        missing = [name for name, p in self.params.items() if p.grad is None]
+        grads = {name: p.grad for name, p in self.params.items()}
+        missing = [name for name, g in grads.items() if g is None]
         if missing:
             raise RuntimeError(
                 f"parameters {', '.join(missing)} got no gradient (torch.optim would skip them; a population cannot)"
             )
-        grad = torch.cat([p.grad.flatten(1) for p in self.params.values()], dim=1)
+        grad = torch.cat([g.flatten(1) for g in grads.values() if g is not None], dim=1)
         for p in self.params.values():
             p.grad = None
         return grad
 
     def train(self, mode: bool = True) -> None:
+        """Training mode (default) or, with ``mode=False``, evaluation mode for every member (dropout, BatchNorm)."""
         self.module.train(mode)
 
     @torch.no_grad()

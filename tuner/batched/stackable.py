@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tuner.batched.model import StackedModel, seeded_model, stacking
+from tuner.batched.model import StackedModel, seeded_model, splits, stacking
 from tuner.errors import reason
 from tuner.tasks import CHECK_BATCH, Data, Task, is_loop
 
@@ -24,7 +24,8 @@ def why_not_batched(task: Task, data: Data) -> str | None:
     if not data.in_memory:
         return "its data are Datasets read through DataLoaders (batched trials slice in-memory tensors)"
     device = data.device
-    x, y = data.train.x[:CHECK_BATCH], data.train.y[:CHECK_BATCH]
+    train = splits(data)[0]
+    x, y = train.x[:CHECK_BATCH], train.y[:CHECK_BATCH]
     models = [seeded_model(task, seed, device) for seed in (0, 1)]
     with stacking(device):
         try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tuner.batched.model import StackedModel, seeded_model, stacking
+from tuner.batched.model import StackedModel, seeded_model, splits, stacking
 from tuner.batched.optimizers import VECTORIZED
 from tuner.config.experiment import Config
 from tuner.tasks import Data, Split, Task
@@ -61,14 +61,15 @@ class _Member:
 class _Population:
     """The state of :func:`train_batched`: members, stacked model and vectorized optimizer, row by row.
 
-    Raises ValueError for configs that do not share their :class:`_Shared` settings."""
+    Raises ValueError for configs that do not share their :class:`_Shared` settings, or data not in memory."""
 
     def __init__(self, task: Task, data: Data, entries: list[tuple[Key, Config]]) -> None:
-        self.task, self.data = task, data
-        self.device = data.train.x.device
+        self.task = task
+        self.train_split, self.val_split, self.test_split = splits(data)
+        self.device = self.train_split.x.device
         first = entries[0][1]
         self.shared = _Shared.of(first)
-        self.steps = steps_per_epoch(len(data.train), first.batch_size, drops_last(task))
+        self.steps = steps_per_epoch(len(self.train_split), first.batch_size, drops_last(task))
         for _, config in entries:
             self._check(config)
         self.model = StackedModel([seeded_model(task, config.seed, self.device) for _, config in entries], task.loss)
@@ -99,7 +100,7 @@ class _Population:
     def epoch(self) -> list[EpochMetrics]:
         """One epoch of every member, each on its own batch order; then each member's metrics (its epochs counted
         apart)."""
-        x, y = self.data.train.x, self.data.train.y
+        x, y = self.train_split.x, self.train_split.y
         n, batch_size = len(x), self.shared.batch_size
         self.model.train()
         permutations = torch.stack(
@@ -118,7 +119,7 @@ class _Population:
             loss_sum += losses.detach()
         # One host sync per epoch, as in the trainer.
         train_losses = [total / self.steps for total in loss_sum.tolist()]
-        validation = self.evaluate(self.data.val)
+        validation = self.evaluate(self.val_split)
         now = time.perf_counter()
         return [
             EpochMetrics(
@@ -171,7 +172,7 @@ def train_batched(
     entries = start(population)
     if not entries:
         return
-    with stacking(data.train.x.device):
+    with stacking(splits(data)[0].x.device):
         current = _Population(task, data, entries)
         while current.members:
             ended = []
@@ -188,7 +189,7 @@ def train_batched(
                 ended.append(row)
             complete = [row for row in ended if current.members[row].result.status == "complete"]
             if test and complete:
-                tested = current.evaluate(data.test)
+                tested = current.evaluate(current.test_split)
                 for row in complete:
                     current.members[row].result.test_loss, current.members[row].result.test_metric = tested[row]
             if not ended:
