@@ -5,7 +5,7 @@ For each task (default: the quickstart's ``digits-mlp`` and the larger
 this script tunes the same study twice on fresh SQLite storages in a temporary
 folder, with the same budget, sampler (TPE) and seed: once one trial at a time
 (``StudyRunner.run``, as ``tuner study`` runs), once ``--k`` trials at once
-(``StudyRunner.run_batched``, as ``tuner study --batch-trials K``). Only the
+(``StudyRunner.run_batched``, as ``tuner study --population K``). Only the
 tuning is timed: sampling, budget tickets, training, pruning and storing every
 trial; the data loading, the final evaluation and the exported YAML are the
 same either way and left out. An untimed short study of each kind first does

@@ -12,7 +12,7 @@ folder, tracking off, one final seed; timed end to end as a user would see it):
 
 - ``tests``: ``pytest -k cuda`` over ``tests/``: the CUDA tests, bf16 among
   them (skipped where the device has no CUDA).
-- ``population K``: ``--batch-trials K`` for K = 1, 16, 64, 256 (``--small``:
+- ``population K``: ``--population K`` for K = 1, 16, 64, 256 (``--small``:
   1 and 4); tuning trials per minute, and the speedup over K = 1.
 - ``bf16``: the same with ``--amp bf16`` at K = 1 and the largest K (CUDA only:
   the CLI refuses bf16 elsewhere, and the row says so).
@@ -129,7 +129,7 @@ def main() -> int:
                     args.device,
                     max(k, trials // 16 if k == 1 else trials),
                     epochs,
-                    ["--batch-trials", str(k)],
+                    ["--population", str(k)],
                 )
             )
         for k in (populations[0], populations[-1]):
@@ -140,7 +140,7 @@ def main() -> int:
                     args.device,
                     max(k, trials // 16 if k == 1 else trials),
                     epochs,
-                    ["--batch-trials", str(k), "--amp", "bf16"],
+                    ["--population", str(k), "--amp", "bf16"],
                 )
             )
         for jobs in (2,) if args.small else (gpus, 2 * gpus):

@@ -13,7 +13,7 @@ final mean is within the larger of the two sds of SGD's, or better.
 Run from the repository root (a few minutes on 2 busy cores at the defaults)::
 
     nice .venv/bin/python bench/inclusion.py
-    nice .venv/bin/python bench/inclusion.py quadratic-deep --trials 24 --final-seeds 5 --batch-trials 8
+    nice .venv/bin/python bench/inclusion.py quadratic-deep --trials 24 --final-seeds 5 --population 8
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def run(experiment: str, spaces: list[str], args: argparse.Namespace, folder: Pa
         str(args.trials),
         "--final-seeds",
         str(args.final_seeds),
-        "--batch-trials",
-        str(args.batch_trials),
+        "--population",
+        str(args.population),
         "--storage",
         f"sqlite:///{folder}/bench.db",
         "--out",
@@ -66,9 +66,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16, help="trials per space (default 16)")
     parser.add_argument("--epochs", type=int, help="epochs (default: the experiment's)")
     parser.add_argument("--final-seeds", type=int, default=3, help="final seeds (default 3)")
-    parser.add_argument("--batch-trials", type=int, default=8, help="trials trained at once (default 8)")
+    parser.add_argument("--population", type=int, default=8, help="trials trained at once (default 8)")
     args = parser.parse_args()
-    print(f"budget: {args.trials} trials per space, final seeds {args.final_seeds}, batch trials {args.batch_trials}")
+    print(f"budget: {args.trials} trials per space, final seeds {args.final_seeds}, population {args.population}")
     print(
         "| experiment | space | epochs | best trial | final val (mean ± sd) | final test (mean ± sd) | s (whole experiment) |"
     )

@@ -34,7 +34,7 @@ def test_the_picked_config_is_scored_by_its_test_value_not_by_the_best_test_valu
 
 
 @pytest.mark.parametrize(
-    ("sampler", "batch", "said"),
+    ("sampler", "population", "said"),
     [
         ("random", 1, "these are random-search trials, as the estimator assumes"),
         (
@@ -44,11 +44,13 @@ def test_the_picked_config_is_scored_by_its_test_value_not_by_the_best_test_valu
         ),  # batched trials record their test value too
     ],
 )
-def test_the_report_says_which_sampler_drew_the_trials_and_scores_cpe_on_test(workdir, capsys, sampler, batch, said):
+def test_the_report_says_which_sampler_drew_the_trials_and_scores_cpe_on_test(
+    workdir, capsys, sampler, population, said
+):
     exp = workdir / "exp.yaml"
     exp.write_text(
         f"name: s\ntask: digits-mlp\ntask_args: {{hidden: 16}}\noptimizers: [sgd]\nschedules: [constant]\ntrials: 3\n"
-        f"epochs: 1\nseed: 0\nsampler: {sampler}\npruner: none\nobjective: loss\nfinal_seeds: 1\nbatch_trials: {batch}\n"
+        f"epochs: 1\nseed: 0\nsampler: {sampler}\npruner: none\nobjective: loss\nfinal_seeds: 1\npopulation: {population}\n"
     )
     args = [
         "study",

@@ -1,5 +1,5 @@
 """Batched trials: vectorized optimizers equal torch.optim bit for bit, members are independent, and
-`tuner study --batch-trials K` keeps every contract of one-at-a-time trials (budget, resume, outcomes)."""
+`tuner study --population K` keeps every contract of one-at-a-time trials (budget, resume, outcomes)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ import optuna
 import pytest
 import torch
 
-from tuner.batched import trainer as batched
-from tuner.batched.trainer import VECTORIZED, population_size, seeded_model, train_batched
+from tuner.batched import memory, stackable
+from tuner.batched.memory import population_that_fits
+from tuner.batched.model import StackedModel, seeded_model
+from tuner.batched.optimizers import VECTORIZED
+from tuner.batched.trainer import _Population, train_batched
 from tuner.cli.main import main
 from tuner.config.experiment import Config
 from tuner.study.outcomes import outcome
@@ -252,7 +255,7 @@ def test_a_member_starts_from_the_parameters_of_its_trial_alone(digits):
         torch.manual_seed(seed)
         return flat(task.model().parameters())
 
-    population = batched._Population(
+    population = _Population(
         task, data, [("a", config("Adam", {"lr": 1e-3}, seed=0)), ("b", config("Adam", {"lr": 1e-2}, seed=3))]
     )
     assert torch.equal(population.model.flat[0], alone(0)) and torch.equal(population.model.flat[1], alone(3))
@@ -319,12 +322,13 @@ SMALL = {
 def test_every_built_in_task_batches_or_falls_back_with_its_reason(name):
     task = load_task(name, SMALL.get(name))
     data = load_data(task, torch.device("cpu"))
-    size, why = population_size(task, data, 4, task.batch_size, "none", ["Adam"])
+    population, why = population_that_fits(task, data, 4, task.batch_size, "none", ["Adam"])
     if name == "lstm-adding":  # torch's vmap has no batching rule for aten::lstm
-        assert size == 1 and why.startswith("batched trials: task 'lstm-adding' cannot be batched") and "lstm" in why
+        assert population == 1 and why.startswith("batched trials: task 'lstm-adding' cannot be batched")
+        assert "lstm" in why
         assert len(why.splitlines()) == 1
         return
-    assert (size, why) == (4, None)
+    assert (population, why) == (4, None)
     waiting = [
         (seed, config("Adam", {"lr": 1e-3}, task=name, epochs=1, batch_size=task.batch_size, seed=seed))
         for seed in (0, 1)
@@ -341,7 +345,7 @@ def test_a_feed_forward_stack_runs_by_hand_like_vmap_would(name):
     # with the members' channels side by side.
     task = load_task(name)
     data = load_data(task, torch.device("cpu"))
-    stacked = batched.StackedModel([seeded_model(task, seed, torch.device("cpu")) for seed in (0, 1, 2)], task.loss)
+    stacked = StackedModel([seeded_model(task, seed, torch.device("cpu")) for seed in (0, 1, 2)], task.loss)
     assert stacked._layers is not None
     x, y = data.train.x[:48].view(3, 16, *data.train.x.shape[1:]), data.train.y[:48].view(3, 16)
     fast = stacked.losses(x, y)
@@ -358,7 +362,7 @@ def test_relu_after_max_pooling_changes_no_bit_of_the_outputs_or_gradients():
     # digits-cnn's ReLU, MaxPool2d pairs run as MaxPool2d, ReLU; here with ties (zeros, repeated values) in the windows.
     task = load_task("digits-cnn")
     data = load_data(task, torch.device("cpu"))
-    stacked = batched.StackedModel([seeded_model(task, seed, torch.device("cpu")) for seed in (0, 1, 2)], task.loss)
+    stacked = StackedModel([seeded_model(task, seed, torch.device("cpu")) for seed in (0, 1, 2)], task.loss)
     swapped = stacked._layers
     assert [type(layer).__name__ for _, layer in swapped[:3]] == ["Conv2d", "MaxPool2d", "ReLU"]
     x, y = data.train.x[:48].view(3, 16, *data.train.x.shape[1:]).clone(), data.train.y[:48].view(3, 16)
@@ -388,7 +392,7 @@ def test_a_model_whose_stacked_outputs_differ_falls_back(digits):
         def model(self):
             return Cached()
 
-    why = batched.why_not_batched(Task(), data)
+    why = stackable.why_not_batched(Task(), data)
     assert why is not None and "differ" in why
 
 
@@ -408,7 +412,7 @@ def test_a_model_with_a_parameter_that_gets_no_gradient_falls_back(digits):
         def model(self):
             return Unused()
 
-    assert population_size(Task(), data, 4, 64, "none", ["Adam"]) == (
+    assert population_that_fits(Task(), data, 4, 64, "none", ["Adam"]) == (
         1,
         (
             f"batched trials: task {task.name!r} cannot be batched, so its trials run one at a time: a stacked training step "
@@ -420,12 +424,12 @@ def test_a_model_with_a_parameter_that_gets_no_gradient_falls_back(digits):
 
 def test_memory_decides_how_many_members(digits, monkeypatch):
     task, data = digits
-    need = batched.member_bytes(task, data, 64, "none", ["Adam"])
-    monkeypatch.setattr(batched, "free_bytes", lambda device: int(3.5 * need / batched.MEMORY_SHARE))
-    size, why = population_size(task, data, 16, 64, "none", ["Adam"])
-    assert size == 3 and "16 at once would need about" in why and "3 at once" in why
-    monkeypatch.setattr(batched, "free_bytes", lambda device: need)
-    assert population_size(task, data, 16, 64, "none", ["Adam"])[0] == 1
+    need = memory.member_bytes(task, data, 64, "none", ["Adam"])
+    monkeypatch.setattr(memory, "free_bytes", lambda device: int(3.5 * need / memory.MEMORY_SHARE))
+    population, why = population_that_fits(task, data, 16, 64, "none", ["Adam"])
+    assert population == 3 and "a population of 16 would need about" in why and why.endswith("a population of 3")
+    monkeypatch.setattr(memory, "free_bytes", lambda device: need)
+    assert population_that_fits(task, data, 16, 64, "none", ["Adam"])[0] == 1
     assert need > 4 * 4 * sum(p.numel() for p in seeded_model(task, 0, torch.device("cpu")).parameters())
 
 
@@ -446,7 +450,7 @@ def load(workdir, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir}/t.db")
 
 
-def test_study_with_batch_trials_keeps_the_budget_exact_refills_and_resumes(workdir, capsys):
+def test_study_with_a_population_keeps_the_budget_exact_refills_and_resumes(workdir, capsys):
     # SGD on the quadratic diverges above lr ~2/60; the pruner prunes from the first complete trial on.
     (workdir / "hot.yaml").write_text(
         "optimizer: SGD\nparams:\n  lr: {low: 1.0e-3, high: 10.0, scale: log}\n  momentum: {low: 0.0, high: 0.9}\n"
@@ -454,7 +458,7 @@ def test_study_with_batch_trials_keeps_the_budget_exact_refills_and_resumes(work
     exp = workdir / "exp.yaml"
     exp.write_text(
         "name: b\ntask: quadratic-deep\noptimizers: [hot.yaml]\nschedules: [constant, cosine]\ntrials: 10\nepochs: 3\nseed: 0\n"
-        "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\nfinal_seeds: 1\nbatch_trials: 4\n"
+        "pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}\nfinal_seeds: 1\npopulation: 4\n"
     )
     assert main(study_args(workdir, str(exp))) == 0
     assert "4 trials at once" in capsys.readouterr().err
@@ -476,10 +480,66 @@ def test_study_with_batch_trials_keeps_the_budget_exact_refills_and_resumes(work
     first = [(t.number, t.params, t.user_attrs["history"]) for t in study.trials]
     assert main(study_args(workdir, str(exp))) == 0  # resumed: nothing to do
     assert [(t.number, t.params, t.user_attrs["history"]) for t in load(workdir, "b/hot").trials] == first
-    assert main(study_args(workdir, str(exp), "--trials", "13", "--batch-trials", "8")) == 0  # topped up exactly
+    assert main(study_args(workdir, str(exp), "--trials", "13", "--population", "8")) == 0  # topped up exactly
     study = load(workdir, "b/hot")
     assert finished(study) == len(study.trials) == 13
     assert [(t.number, t.params, t.user_attrs["history"]) for t in study.trials[:10]] == first
+
+
+def test_a_storage_whose_stored_setup_says_batch_trials_resumes_with_population(workdir):
+    # Earlier code called the population batch_trials; a study it stored keeps resuming under the new name.
+    exp = workdir / "exp.yaml"
+    exp.write_text(
+        "name: old\ntask: quadratic-deep\noptimizers: [sgd]\ntrials: 4\nepochs: 1\nseed: 0\nfinal_seeds: 1\n"
+        "population: 2\n"
+    )
+    assert main(study_args(workdir, str(exp))) == 0
+    study = load(workdir, "old/sgd")
+    study.set_user_attr("setup", study.user_attrs["setup"] | {"batch_trials": 2})
+    first = [(t.number, t.params) for t in study.trials]
+    assert main(study_args(workdir, str(exp), "--trials", "6")) == 0
+    study = load(workdir, "old/sgd")
+    assert finished(study) == len(study.trials) == 6
+    assert [(t.number, t.params) for t in study.trials[:4]] == first
+
+
+@pytest.mark.parametrize("population", ["1", "3"])
+def test_messages_name_the_stored_trial_number_not_the_in_memory_one(workdir, capsys, population):
+    import threading
+
+    exp = workdir / "exp.yaml"
+    exp.write_text(
+        "name: broken\ntask: broken_tasks:FailsInTraining\noptimizers: [adam]\ntrials: 20\nepochs: 2\nseed: 0\n"
+        f"final_seeds: 1\npopulation: {population}\n"
+    )
+    # Another worker's trial in flight (RUNNING, its heartbeat kept fresh) is not in this command's in-memory copy
+    # of the study: the copy numbers its trials one lower than the storage does.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir}/t.db")
+    study = optuna.create_study(storage=storage, study_name="broken/adam")
+    foreign = storage.create_new_trial(study._study_id)
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.is_set():
+            storage.record_heartbeat(foreign)
+            done.wait(1.0)
+
+    beating = threading.Thread(target=beat)
+    beating.start()
+    try:
+        args = [arg for arg in study_args(workdir, str(exp)) if arg != "--no-progress"]
+        assert main(args) == 2
+    finally:
+        done.set()
+        beating.join()
+    out, err = capsys.readouterr()
+    trials = load(workdir, "broken/adam").trials
+    assert trials[0].state == optuna.trial.TrialState.RUNNING  # the foreign trial: never in the copy
+    failed = sorted(t.number for t in trials if outcome(t) == "failed")
+    assert len(failed) >= 3 and failed[0] == 1
+    said = sorted(int(line.split()[2]) for line in (out + err).splitlines() if line.startswith("adam trial "))
+    assert said == failed  # the progress bar's failure lines
+    assert f"traceback: trial {failed[-1]}'s user attribute" in err.splitlines()[-1]
 
 
 def test_a_task_that_cannot_be_batched_runs_one_at_a_time_with_one_line(workdir, capsys):
@@ -488,20 +548,20 @@ def test_a_task_that_cannot_be_batched_runs_one_at_a_time_with_one_line(workdir,
         "name: l\ntask: lstm-adding\ntask_args: {train_size: 32, length: 4}\noptimizers: [adam]\ntrials: 2\nepochs: 1\n"
         "seed: 0\nfinal_seeds: 1\n"
     )
-    assert main(study_args(workdir, str(exp), "--batch-trials", "4")) == 0
+    assert main(study_args(workdir, str(exp), "--population", "4")) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "batched" in line]
     assert len(lines) == 1 and "task 'lstm-adding' cannot be batched, so its trials run one at a time" in lines[0]
     assert finished(load(workdir, "l/adam")) == 2
 
 
 @pytest.mark.parametrize(("where", "value"), [("yaml", "0"), ("yaml", "two"), ("flag", "0")])
-def test_a_bad_batch_trials_is_one_line_and_exit_2(workdir, capsys, where, value):
+def test_a_bad_population_is_one_line_and_exit_2(workdir, capsys, where, value):
     exp = workdir / "exp.yaml"
     exp.write_text(
         "name: v\ntask: digits-mlp\noptimizers: [adam]\ntrials: 2\nepochs: 1\nseed: 0\n"
-        + (f"batch_trials: {value}\n" if where == "yaml" else "")
+        + (f"population: {value}\n" if where == "yaml" else "")
     )
-    argv = study_args(workdir, str(exp)) + (["--batch-trials", value] if where == "flag" else [])
+    argv = study_args(workdir, str(exp)) + (["--population", value] if where == "flag" else [])
     try:
         rc = main(argv)
     except SystemExit as exit:  # argparse's errors
@@ -510,7 +570,7 @@ def test_a_bad_batch_trials_is_one_line_and_exit_2(workdir, capsys, where, value
     assert (
         rc == 2
         and len(err.splitlines()) == 1
-        and ("batch_trials" in err or "--batch-trials" in err)
+        and ("population" in err or "--population" in err)
         and not (workdir / "t.db").exists()
     )
 
@@ -529,7 +589,7 @@ def test_ctrl_c_stores_the_running_members_as_interrupted_and_the_rerun_redoes_t
         "2",
         "--final-seeds",
         "1",
-        "--batch-trials",
+        "--population",
         "3",
     )
     calls = {"n": 0}
@@ -577,7 +637,7 @@ def test_an_exception_in_the_task_fails_the_running_members_and_the_study_goes_o
         "2",
         "--final-seeds",
         "1",
-        "--batch-trials",
+        "--population",
         "3",
     )
     assert main(args) == 0
@@ -587,7 +647,7 @@ def test_an_exception_in_the_task_fails_the_running_members_and_the_study_goes_o
     assert finished(study) == len(study.trials) == 6
 
 
-def test_jobs_2_with_batch_trials_keeps_the_budget_exact(workdir):
+def test_jobs_2_with_a_population_keeps_the_budget_exact(workdir):
     cmd = [
         sys.executable,
         "-m",
@@ -605,7 +665,7 @@ def test_jobs_2_with_batch_trials_keeps_the_budget_exact(workdir):
             "7",
             "--jobs",
             "2",
-            "--batch-trials",
+            "--population",
             "3",
         ),
     ]
@@ -641,12 +701,12 @@ def test_frozen_parameters_and_buffers_train_batched_as_alone(digits, norm):
             return frozen_first_layer(norm)
 
     task = Frozen()
-    assert batched.why_not_batched(task, data) is None
+    assert stackable.why_not_batched(task, data) is None
     members = [
         config("Adam", {"lr": 1e-2}, epochs=2, seed=0),
         config("Adam", {"lr": 3e-3, "weight_decay": 0.1}, epochs=2, seed=1),
     ]
-    population = batched._Population(task, data, list(enumerate(members)))
+    population = _Population(task, data, list(enumerate(members)))
     before = {name: t.clone() for name, t in population.model.frozen.items()}
     assert sorted(before) == ["0.bias", "0.weight"]
     population.epoch()

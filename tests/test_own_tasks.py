@@ -136,7 +136,7 @@ def test_an_example_is_tuned_end_to_end_and_its_best_config_trains_again(
         "2",
         "--final-seeds",
         "1",
-        "--batch-trials",
+        "--population",
         "2",
         "--storage",
         f"sqlite:///{workdir}/t.db",

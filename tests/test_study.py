@@ -295,14 +295,14 @@ def test_a_trial_whose_task_code_raises_fails_and_the_study_goes_on(workdir, cap
     assert finished(study) == 3
 
 
-@pytest.mark.parametrize("at_once", ["1", "4"])
-def test_a_study_whose_every_trial_fails_the_same_way_stops_with_that_error(workdir, capsys, monkeypatch, at_once):
+@pytest.mark.parametrize("population", ["1", "4"])
+def test_a_study_whose_every_trial_fails_the_same_way_stops_with_that_error(workdir, capsys, monkeypatch, population):
     import broken_tasks
 
     (workdir / "exp.yaml").write_text(
         "name: broken\ntask: broken_tasks:FailsInTraining\noptimizers: [adam, sgd]\ntrials: 20\nepochs: 2\nseed: 0\n"
     )
-    args = ["study", "exp.yaml", "--storage", f"sqlite:///{workdir}/t.db", "--no-progress", "--batch-trials", at_once]
+    args = ["study", "exp.yaml", "--storage", f"sqlite:///{workdir}/t.db", "--no-progress", "--population", population]
     assert main([*args, "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 2
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     (parent,) = client.search_runs(
@@ -315,12 +315,12 @@ def test_a_study_whose_every_trial_fails_the_same_way_stops_with_that_error(work
     assert "Traceback" not in err and last.startswith("tuner: error: study 'broken/adam': all ")
     assert "failed the same way" in last and "ValueError: score() takes at most 8 samples, got 16" in last
     trials = load(workdir, "broken/adam").trials
-    assert 3 <= len(trials) <= 3 + int(at_once), "the budget of 20 was spent"
+    assert 3 <= len(trials) <= 3 + int(population), "the budget of 20 was spent"
     assert all(outcome(t) == "failed" and "Traceback" in t.user_attrs["traceback"] for t in trials)
     assert "broken/sgd" not in optuna.get_all_study_names(f"sqlite:///{workdir}/t.db")
     # Still broken: one more trial, then the same stop. Fixed: the study goes on, the failed trials counted.
     assert main(args) == 2
-    assert len(load(workdir, "broken/adam").trials) == len(trials) + int(at_once)
+    assert len(load(workdir, "broken/adam").trials) == len(trials) + int(population)
     monkeypatch.setattr(broken_tasks.FailsInTraining, "score", broken_tasks.Tiny.score)
     assert main(args) == 0
     assert finished(load(workdir, "broken/adam")) == finished(load(workdir, "broken/sgd")) == 20

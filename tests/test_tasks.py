@@ -255,8 +255,8 @@ def test_an_out_of_memory_trial_fails_with_the_reason_frees_the_cache_and_the_st
 
 
 @CUDA
-@pytest.mark.parametrize("at_once", ["1", "2"])
-def test_a_study_on_cuda_with_bf16_records_amp(workdir, capsys, at_once):
+@pytest.mark.parametrize("population", ["1", "2"])
+def test_a_study_on_cuda_with_bf16_records_amp(workdir, capsys, population):
     args = [
         "study",
         "quickstart",
@@ -274,8 +274,8 @@ def test_a_study_on_cuda_with_bf16_records_amp(workdir, capsys, at_once):
         "cuda",
         "--amp",
         "bf16",
-        "--batch-trials",
-        at_once,
+        "--population",
+        population,
         "--storage",
         f"sqlite:///{workdir}/t.db",
         "--out",

@@ -88,6 +88,11 @@ def broken(factory: str, expect: list[str]):
 CASES = [
     # --- the experiment file itself --------------------------------------------------------------
     study("exp-unknown-key", ["exp.yaml", "'trails'", "allowed", "trials"], exp=experiment(trails=3)),
+    study(
+        "exp-batch-trials-renamed",
+        ["exp.yaml", "batch_trials", "4", "renamed: use population"],
+        exp=experiment(batch_trials=4),
+    ),
     study("exp-missing-name", ["exp.yaml", "missing", "'name'", "required"], exp=experiment(name=DROP)),
     study("exp-missing-task", ["exp.yaml", "missing", "'task'", "required"], exp=experiment(task=DROP)),
     study(

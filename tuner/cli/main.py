@@ -110,10 +110,10 @@ def build_parser() -> Parser:
         help="worker processes training trials at once (default 1; CUDA devices round-robin, CPU cores split)",
     )
     study.add_argument(
-        "--batch-trials",
+        "--population",
         type=positive_int,
         metavar="K",
-        help="train K trials of a study at once as one vectorized model (default: the experiment's batch_trials, else 1)",
+        help="train K trials of a study at once as one vectorized model (default: the experiment's population, else 1)",
     )
     add_threads_argument(study)
     study.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -357,7 +357,7 @@ EXPERIMENT_KEYS = (
     "objective",
     "final_seeds",
     "target",
-    "batch_trials",
+    "population",
 )
 # An experiment's and a search space's names become a folder (runs/<name>), file names (best-<space>.yaml),
 # an MLflow experiment name (at most 500 characters) and an Optuna study name <name>/<space> (at most 512):
@@ -413,7 +413,7 @@ class Experiment:
     source: str
     origins: dict[str, str] = field(default_factory=dict, compare=False)
     # Trials trained at once as one vectorized population (tuner.batched.trainer); 1: one at a time.
-    batch_trials: int = 1
+    population: int = 1
 
     def at(self, key: str) -> str:
         """Where ``key`` came from, for messages: ``--trials`` or ``exp.yaml: trials``."""
@@ -442,6 +442,11 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
     def at(key: str) -> str:
         return "--" + key.replace("_", "-") if key in flags else f"{where}: {key}"
 
+    if "batch_trials" in data:
+        raise UserError(
+            f"{where}: batch_trials: {data['batch_trials']!r} is not allowed "
+            "(renamed: use population, the number of trials trained at once)"
+        )
     _check_keys(where, data, EXPERIMENT_KEYS)
     for key in REQUIRED_KEYS:
         if key not in data:
@@ -514,7 +519,7 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
         target=target,
         source=where,
         origins={key: at(key) for key in EXPERIMENT_KEYS},
-        batch_trials=_positive_int(at("batch_trials"), data.get("batch_trials", 1)),
+        population=_positive_int(at("population"), data.get("population", 1)),
     )
 
 

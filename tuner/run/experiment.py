@@ -28,7 +28,7 @@ class Options:
     """What ``tuner study`` takes, with its defaults (its flags, by the same names; see ``python -m tuner study --help``).
 
     ``experiment``: a file, a shipped name (None: quickstart), or an :class:`~tuner.config.experiment.Experiment` (from
-    :func:`tuner.config.experiment.load_experiment`), used as it is: the overrides below (``trials`` ... ``batch_trials``)
+    :func:`tuner.config.experiment.load_experiment`), used as it is: the overrides below (``trials`` ... ``population``)
     apply to files and names only.
     """
 
@@ -40,7 +40,7 @@ class Options:
     seed: int | None = None
     final_seeds: int | None = None
     target: float | None = None
-    batch_trials: int | None = None
+    population: int | None = None
     storage: str = "sqlite:///tuner.db"
     tracking_uri: str | None = None
     no_tracking: bool = False
@@ -98,7 +98,7 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
             "seed": args.seed,
             "final_seeds": args.final_seeds,
             "target": args.target,
-            "batch_trials": args.batch_trials,
+            "population": args.population,
         }
         experiment = config.load_experiment(path, overrides)
     device = resolve_device(device_spec)
@@ -123,7 +123,7 @@ def run_study(args: Options) -> Result:
     from tuner.config import export
     from tuner.run.outputs import write_outputs
     from tuner.run.workers import run_workers
-    from tuner.study.runner import StudyRunner, check_resumable, open_storage, population, study_name
+    from tuner.study.runner import StudyRunner, check_resumable, open_storage, population_of, study_name
     from tuner.tracking.mirror import Follower, check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -138,13 +138,13 @@ def run_study(args: Options) -> Result:
         check_resumable(storage, names[space.name], setup, space, experiment.schedules)
     seeds = [experiment.seed + i for i in range(1, experiment.final_seeds + 1)]
     device = data.device
-    size, why = population(experiment, setup, task, data, share=1 / args.jobs)
+    population, why = population_of(experiment, setup, task, data, share=1 / args.jobs)
     if why:
         print(why, file=sys.stderr)
     print(
         f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
         f"{setup.epochs} epochs, device {device}{'' if args.amp == 'none' else ', amp ' + args.amp}, "
-        f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}{'' if size == 1 else f'a population of {size} trials at once, '}storage {mask_url(args.storage)}, "
+        f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}{'' if population == 1 else f'a population of {population} trials at once, '}storage {mask_url(args.storage)}, "
         f"tracking {mask_url(tracking[0]) if tracking else 'off'}",
         file=sys.stderr,
     )
@@ -186,7 +186,7 @@ def run_study(args: Options) -> Result:
             runner = StudyRunner(experiment, space, setup, task, data, storage)
             with _progress(space.name, runner.study, experiment.trials, setup.direction, args.no_progress) as progress:
                 try:
-                    runner.run_batched(experiment.trials, size, _on_trial(runner.name, progress, follower))
+                    runner.run_batched(experiment.trials, population, _on_trial(runner.name, progress, follower))
                 except UserError:  # every trial failed the same way: the parent run says so
                     if follower:
                         follower.end(runner.name, "FAILED")

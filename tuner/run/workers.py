@@ -82,19 +82,20 @@ def _work(
     import optuna
 
     from tuner.errors import UserError
-    from tuner.study.runner import StudyRunner, open_storage, population
+    from tuner.study.runner import StudyRunner, open_storage, population_of
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("tuner").setLevel(logging.ERROR)  # warnings (tuner.study.storage's) are said once, by the parent
     torch.set_num_threads(threads)
     try:
         experiment, task, setup, data = prepare(args, device)
-        size, _ = population(experiment, setup, task, data, share=1 / args.jobs)  # the parent said why, if fewer
+        # The parent said why, if fewer.
+        population, _ = population_of(experiment, setup, task, data, share=1 / args.jobs)
         storage = open_storage(args.storage)
         for space in experiment.optimizers:
             runner = StudyRunner(experiment, space, setup, task, data, storage)
             runner.run_batched(
-                experiment.trials, size, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id))
+                experiment.trials, population, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id))
             )
     except KeyboardInterrupt:
         sys.exit(130)

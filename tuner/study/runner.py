@@ -25,7 +25,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tuner.batched.trainer import population_size, train_batched
+from tuner.batched.memory import population_that_fits
+from tuner.batched.trainer import train_batched
 from tuner.config.experiment import Component, Config, Experiment, ScheduleSpace, SearchSpace, check_type
 from tuner.config.export import config_from_dict, config_to_dict
 from tuner.errors import UserError, mask_url, reason, sqlite_file, url_failure
@@ -227,14 +228,14 @@ def check_components(experiment: Experiment, setup: Setup) -> None:
             ) from None
 
 
-def population(
+def population_of(
     experiment: Experiment, setup: Setup, task: Task, data: Data, share: float = 1.0
 ) -> tuple[int, str | None]:
-    """The population of each study (how many trials it trains together): the experiment's ``batch_trials`` (at most
-    ``trials``), or fewer with the one line that says why (see :func:`tuner.batched.trainer.population_size`; ``share``: this worker's part of the device's memory)."""
+    """The population of each study (how many trials it trains together): the experiment's ``population`` (at most
+    ``trials``), or fewer with the one line that says why (see :func:`tuner.batched.memory.population_that_fits`; ``share``: this worker's part of the device's memory)."""
     spaces = [space.optimizer for space in experiment.optimizers]
-    return population_size(
-        task, data, min(experiment.batch_trials, experiment.trials), setup.batch_size, setup.amp, spaces, share
+    return population_that_fits(
+        task, data, min(experiment.population, experiment.trials), setup.batch_size, setup.amp, spaces, share
     )
 
 
