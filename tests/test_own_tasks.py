@@ -16,9 +16,11 @@ import yaml
 from tuner.cli.main import main
 from tuner.config.experiment import Config
 from tuner.errors import UserError
-from tuner.tasks import Data, load_data, load_task
 from tuner.tasks.batches import python_and_numpy_seeded
+from tuner.tasks.check import load_data
 from tuner.tasks.contract import check_task
+from tuner.tasks.loading import load_task
+from tuner.tasks.task import Data
 from tuner.train.loop import ReportError, Run
 from tuner.train.trainer import Batches, evaluate, train
 

@@ -286,11 +286,11 @@ CASES = [
     ),
     # a task's own code misbehaves (tests/broken_tasks.py: each factory breaks one rule)
     broken("raises", ["'broken_tasks:raises'", "factory raised RuntimeError: no such dataset"]),
-    broken("returns_none", ["'broken_tasks:returns_none'", "NoneType", "lacks name", "tuner.tasks.Task"]),
+    broken("returns_none", ["'broken_tasks:returns_none'", "NoneType", "lacks name", "tuner.tasks.task.Task"]),
     broken("bad_metric", ["'broken_tasks:bad_metric'", "metric 3", "non-empty string"]),
     broken("bad_epochs", ["'broken_tasks:bad_epochs'", "epochs 0", "integer >= 1"]),
     broken("DataRaises", ["'tiny' does not work", "data() raised OSError: cannot read digits.csv"]),
-    broken("DataIsTuple", ["'tiny' does not work", "data() returned tuple", "tuner.tasks.Data"]),
+    broken("DataIsTuple", ["'tiny' does not work", "data() returned tuple", "tuner.tasks.task.Data"]),
     broken("SplitIsTuple", ["'tiny' does not work", "data().train", "Split of two tensors"]),
     broken("LengthsDiffer", ["'tiny' does not work", "train split has 16 inputs but 15 targets"]),
     broken(

@@ -34,7 +34,8 @@ from torch.nn import functional as F
 
 from tuner.config.experiment import Config
 from tuner.errors import reason
-from tuner.tasks import CHECK_BATCH, Data, Split, Task, is_loop
+from tuner.tasks.check import CHECK_BATCH
+from tuner.tasks.task import Data, Split, Task, is_loop
 from tuner.train.optim import optimizer_arguments, torch_kwargs
 from tuner.train.trainer import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, drops_last, steps_per_epoch
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from tuner.config.experiment import Config
-from tuner.tasks import Data, Task, is_loop
+from tuner.tasks.task import Data, Task, is_loop
 from tuner.train.trainer import Batches
 
 PERCENTILES = (5, 25, 50, 75, 95)

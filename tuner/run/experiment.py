@@ -74,7 +74,8 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     """
     from tuner.config import experiment as config
     from tuner.study.runner import Setup, check_components
-    from tuner.tasks import load_data, load_task
+    from tuner.tasks.check import load_data
+    from tuner.tasks.loading import load_task
     from tuner.train.trainer import check_amp, keep_freed_memory, resolve_device
 
     keep_freed_memory()

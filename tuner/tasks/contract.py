@@ -16,7 +16,9 @@ import torch
 
 from tuner.config.experiment import Config
 from tuner.errors import UserError
-from tuner.tasks import Data, Task, is_loop, load_data, load_task
+from tuner.tasks.check import load_data
+from tuner.tasks.loading import load_task
+from tuner.tasks.task import Data, Task, is_loop
 from tuner.train.trainer import evaluate, train
 
 # The learning rate of the one epoch of Adam that must lower the validation loss.
@@ -54,7 +56,8 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _untrained_val_loss(task: Task, data: Data, device: torch.device, broken: Callable[[str], UserError]) -> float:
-    """Check the data and model rules of ``task`` (a task with data, model, loss and score); its untrained model's validation loss."""
+    """Check the data and model rules of ``task`` (a task with data, model, loss and score); returns its untrained
+    model's validation loss."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(1)
         first = task.data()
@@ -82,7 +85,8 @@ def _untrained_val_loss(task: Task, data: Data, device: torch.device, broken: Ca
 
 
 def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
-    """Check that ``task`` (a task, or a name for :func:`~tuner.tasks.load_task` with ``task_args``) keeps the contract.
+    """Check that ``task`` (a task, or a name for :func:`~tuner.tasks.loading.load_task` with ``task_args``) keeps
+    the contract.
 
     What ``tuner study`` checks before a study (valid attributes; data, model,
     loss and metric fit together in one training step), and beyond it:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuner.tasks import Classifier, Data, Split
+from tuner.tasks.task import Classifier, Data, Split
 
 
 def digits_data(seed: int = 0) -> Data:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from tuner.tasks import Classifier, Data, Split
 from tuner.tasks.digits import digits_data
+from tuner.tasks.task import Classifier, Data, Split
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuner.tasks import Data, Split, generated
+from tuner.tasks.task import Data, Split, generated
 
 
 class Drifting(nn.Module):
@@ -59,7 +59,8 @@ class DriftingRegression:
             )
 
     def circle(self) -> torch.Tensor:
-        """The two vectors ``a``, ``b`` (shape (2, features)) of the true weights' circle; fixed, not the trial's seed."""
+        """The two vectors ``a``, ``b`` (shape (2, features)) of the true weights' circle; fixed, not the trial's
+        seed."""
         return torch.randn(2, self.features, generator=torch.Generator().manual_seed(51))
 
     def data(self) -> Data:

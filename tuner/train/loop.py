@@ -29,9 +29,11 @@ from typing import Any
 import torch
 
 from tuner.config.experiment import Config
-from tuner.tasks import LOOP_CHECK_LR
 from tuner.tasks.batches import python_and_numpy_seeded
 from tuner.train.trainer import EpochMetrics, RunResult, divergence
+
+# The learning rate of Adam in the one epoch of a loop task's fit that checks it before any study.
+LOOP_CHECK_LR = 1e-3
 
 
 class ReportError(ValueError):
@@ -111,8 +113,8 @@ def run_loop(
     callback: Callable[[EpochMetrics], bool | None] | None = None,
     test: bool = False,
 ) -> tuple[RunResult, Run]:
-    """Run ``task.fit`` with ``config`` on ``device``, torch's, Python's and NumPy's generators seeded with ``seed`` (and
-    restored after); returns its result and the :class:`Run` (its ``optimizer`` as ``build`` returned it).
+    """Run ``task.fit`` with ``config`` on ``device``, torch's, Python's and NumPy's generators seeded with
+    ``seed`` (and restored after); returns its result and the :class:`Run` (its ``optimizer`` as ``build`` returned it).
 
     Raises :class:`ReportError` when ``fit`` never reported, returned before its last epoch unstopped, or, with
     ``test`` and a complete run, returned no numbers ``test_loss`` and ``test_metric``.
@@ -131,7 +133,8 @@ def run_loop(
     if test and result.status == "complete":
         if not (isinstance(returned, dict) and {"test_loss", "test_metric"} <= returned.keys()):
             raise ReportError(
-                f"fit(run) returned {type(returned).__name__} when run.test is True (allowed: a dict with test_loss and test_metric)"
+                f"fit(run) returned {type(returned).__name__} when run.test is True (allowed: a dict with test_loss "
+                "and test_metric)"
             )
         result.test_loss, result.test_metric = (_number(name, returned[name]) for name in ("test_loss", "test_metric"))
     return result, run
@@ -153,7 +156,7 @@ def state_bytes_per_parameter(task: Any, config: Config, device: torch.device) -
 
 
 def check_loop(task: Any, device: torch.device) -> None:
-    """One epoch of ``task.fit`` with Adam (lr :data:`~tuner.tasks.LOOP_CHECK_LR`) and the test values asked for:
+    """One epoch of ``task.fit`` with Adam (lr :data:`LOOP_CHECK_LR`) and the test values asked for:
     whatever ``fit`` raises, and each :class:`ReportError`, propagates."""
     config = Config("Adam", {"lr": LOOP_CHECK_LR}, "constant", {}, task.name, {}, 1, task.batch_size, 0, "loss")
     run_loop(task, config, device, 0, test=True)

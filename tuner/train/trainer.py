@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from tuner.config.experiment import AMP, Config
 from tuner.errors import UserError
-from tuner.tasks import Data, Split, Task, batches, is_loop
+from tuner.tasks import batches
+from tuner.tasks.task import Data, Split, Task, is_loop
 
 # Evaluation runs in chunks of this many samples to bound activation memory.
 EVAL_CHUNK = 8192
@@ -86,7 +87,8 @@ def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool = False) -> i
     """
     if drop_last and batch_size > n_train:
         raise UserError(
-            f"batch_size: {batch_size} is not allowed: the task drops the last partial batch and has {n_train} training samples (allowed: 1 to {n_train})"
+            f"batch_size: {batch_size} is not allowed: the task drops the last partial batch and has {n_train} "
+            f"training samples (allowed: 1 to {n_train})"
         )
     return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
 
@@ -147,8 +149,9 @@ def first_step(
     config: Config,
     around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """One training step of ``config`` (forward, backward, optimizer step) on the first training batch of ``data``, on its
-    device, inside ``around()`` (default: nothing); returns the model and the optimizer. Torch's random state is left as it was.
+    """One training step of ``config`` (forward, backward, optimizer step) on the first training batch of ``data``,
+    on its device, inside ``around()`` (default: nothing); returns the model and the optimizer. Torch's random state
+    is left as it was.
 
     The optimizer's state then holds everything it allocates (the report's state memory and peak memory read it).
     """
@@ -299,7 +302,8 @@ def _mps_available() -> bool:
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; one that is not here is a :class:`UserError`."""
+    """The device named ``spec``: ``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``. Raises :class:`UserError` for another name or a device that is not here."""
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -321,14 +325,17 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def check_amp(amp: str, device: torch.device, where: str) -> None:
-    """Refuse a mixed precision ``amp`` other than ``none`` and ``bf16``, and bf16 where it cannot run: it needs a CUDA device that supports it."""
+    """Raise :class:`UserError` naming ``where`` for a mixed precision ``amp`` other than ``none`` and ``bf16``, and
+    for bf16 where it cannot run: it needs a CUDA device that supports it."""
     if amp not in AMP:
         raise UserError(f"{where}: {amp!r} is not allowed ({', '.join(AMP)})")
     if amp == "bf16" and device.type != "cuda":
         raise UserError(
-            f"{where}: 'bf16' is not allowed on {device} (bf16 runs on CUDA devices only; use --amp none, or --device cuda)"
+            f"{where}: 'bf16' is not allowed on {device} (bf16 runs on CUDA devices only; use --amp none, or --device "
+            "cuda)"
         )
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError(
-            f"{where}: 'bf16' is not allowed: {torch.cuda.get_device_name(device)} does not support bfloat16 (use --amp none)"
+            f"{where}: 'bf16' is not allowed: {torch.cuda.get_device_name(device)} does not support bfloat16 (use "
+            "--amp none)"
         )
