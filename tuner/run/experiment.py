@@ -109,7 +109,7 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     check_components(experiment, setup)
     check_writable_folder(args.out or Path("runs") / experiment.name)
     with_args = f" with task_args {experiment.task_args}" if experiment.task_args else ""
-    return experiment, task, setup, load_data(task, device, experiment.at("task") + with_args)
+    return experiment, task, setup, load_data(task, device, experiment.at("task") + with_args, experiment.num_workers)
 
 
 def run_study(args: Options) -> Result:

@@ -8,7 +8,7 @@ through DataLoaders built by :func:`loader`, with the task's optional hooks:
 - ``sampler(dataset, generator)``: the training split's ``Sampler``, drawing
   its randomness from ``generator`` (default: a shuffle from it);
 - ``num_workers``: worker processes per DataLoader (default:
-  :func:`default_workers`);
+  :func:`default_workers`); an experiment's ``num_workers`` overrides it;
 - ``unpack(batch)``: the pair ``(inputs, target)`` of a batch (default: the
   batch is that pair, e.g. ``(x, y)``).
 
@@ -86,8 +86,9 @@ def loader(
     with ``seed`` (the task's ``sampler`` with that generator, or a shuffle),
     a new order every epoch; else in order; with ``drop_last`` (default False)
     without the last partial batch. The same generator seeds the workers: a run
-    is repeatable with or without them. ``workers`` defaults to the task's
-    ``num_workers``, else :func:`default_workers`; they persist across epochs.
+    is repeatable with or without them. ``workers`` (the experiment's
+    ``num_workers``) defaults to the task's ``num_workers``, else
+    :func:`default_workers`; they persist across epochs.
     On CUDA, batches are pinned (see :func:`to_device`).
     """
     generator = torch.Generator().manual_seed(seed)

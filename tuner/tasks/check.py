@@ -7,6 +7,7 @@ one line naming it and the problem, rather than in every trial;
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -85,10 +86,12 @@ def _first_batch(task: Task, data: Data) -> tuple[Any, torch.Tensor, str]:
 
     Datasets are read as training reads them (the task's sampler, collate_fn and unpack), in this process.
     """
-    if data.in_memory:
-        x = data.train.x[:CHECK_BATCH]
-        return x, data.train.y[:CHECK_BATCH], f"train inputs of shape {tuple(x.shape)}"
-    train = batches.loader(task, data.train, CHECK_BATCH, data.device, seed=0, train=True, workers=0)
+    tensors, datasets = data.tensors(), data.datasets()
+    if tensors is not None:
+        x = tensors[0].x[:CHECK_BATCH]
+        return x, tensors[0].y[:CHECK_BATCH], f"train inputs of shape {tuple(x.shape)}"
+    assert datasets is not None, "_check_data let through three Splits or three Datasets"
+    train = batches.loader(task, datasets[0], CHECK_BATCH, data.device, seed=0, train=True, workers=0)
     batch = _call(
         "reading the first training batch (the task's Dataset, sampler and collate_fn)", lambda: next(iter(train), None)
     )
@@ -143,13 +146,16 @@ def _check_step(task: Task, data: Data) -> None:
         raise _Broken(f"score() is {score} at initialisation (allowed: a finite number)")
 
 
-def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
+def load_data(task: Task, device: torch.device, where: str = "task", workers: int | None = None) -> Data:
     """The task's data on ``device``, checked with one cheap training step of a fresh model.
 
     A task whose data, model, loss or metric do not fit together fails here
-    with one line naming it and the problem, before any study exists, rather
-    than in every trial. In-memory data is moved to ``device`` once, here;
-    Datasets stay where they are, and their batches move as they are read.
+    with one line naming it and the problem (a :class:`UserError` naming
+    ``where``), before any study exists, rather than in every trial. In-memory
+    data is moved to ``device`` once, here; Datasets stay where they are, and
+    their batches move as they are read, with ``workers`` DataLoader worker
+    processes (the experiment's ``num_workers``; default None: the task's
+    ``num_workers``, else :func:`tuner.tasks.batches.default_workers`).
     """
     if is_loop(task):
         return _check_loop(task, device, where)
@@ -161,7 +167,7 @@ def load_data(task: Task, device: torch.device, where: str = "task") -> Data:
             _check_step(task, data)
     except _Broken as err:
         raise UserError(f"{where}: {task.name!r} does not work: {err}") from None
-    return data
+    return dataclasses.replace(data, workers=workers)
 
 
 def _check_loop(task: Any, device: torch.device, where: str) -> Data:

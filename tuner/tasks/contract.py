@@ -66,11 +66,8 @@ def _untrained_val_loss(task: Task, data: Data, device: torch.device, broken: Ca
             raise broken(
                 "data() differs between calls (allowed: the same data every time, from a seed of the task's own)"
             )
-        placed = (
-            {str(t.device) for s in (data.train, data.val, data.test) for t in (s.x, s.y)}
-            if data.in_memory
-            else {str(data.device)}
-        )
+        tensors = data.tensors()
+        placed = {str(t.device) for s in tensors for t in (s.x, s.y)} if tensors is not None else {str(data.device)}
         if placed != {str(data.device)} or data.device.type != device.type:
             raise broken(f"after loading for {device}, the data is on {', '.join(sorted(placed))}")
         models = []
@@ -80,7 +77,9 @@ def _untrained_val_loss(task: Task, data: Data, device: torch.device, broken: Ca
         if any(not torch.equal(t, models[1][k]) for k, t in models[0].items()):
             raise broken("model() built under the same torch seed gives different initial parameters")
         torch.manual_seed(0)
-        initial_loss, _ = evaluate(task, task.model().to(device), data.val)
+        val = data.val
+        assert val is not None, "a task with data() (not its own loop) has a validation split"
+        initial_loss, _ = evaluate(task, task.model().to(device), val)
     return initial_loss
 
 
@@ -127,7 +126,12 @@ def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device
         raise broken(
             f"one epoch of Adam (lr={CHECK_LR}) did not lower the validation loss ({initial_loss:.6g} -> {after:.6g})"
         )
-    if not (math.isfinite(run.test_loss) and math.isfinite(run.test_metric)):
+    if not (
+        run.test_loss is not None
+        and run.test_metric is not None
+        and math.isfinite(run.test_loss)
+        and math.isfinite(run.test_metric)
+    ):
         raise broken(f"test loss {run.test_loss} or test metric {run.test_metric} is not finite")
     if runs[-1].history != run.history:
         raise broken(

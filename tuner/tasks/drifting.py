@@ -19,6 +19,10 @@ class Drifting(nn.Module):
     targets themselves are ``x·w*(0)``: the task's loss (squared error) then measures the fit to the current weights.
     """
 
+    a: torch.Tensor  # buffers: the circle's two vectors, shape (features,), and the training step count, a scalar
+    b: torch.Tensor
+    t: torch.Tensor
+
     def __init__(self, a: torch.Tensor, b: torch.Tensor, omega: float) -> None:
         super().__init__()
         self.linear = nn.Linear(len(a), 1, bias=False)

@@ -116,13 +116,14 @@ class QuadraticDeep:
         self.hessian = torch.from_numpy(hessian).float()  # DeepOBS casts it to float32 too
 
     def data(self) -> Data:
+        eval_size = self.eval_size
+        assert eval_size is not None, "__post_init__ sets it"
+
         def split(seed: int, n: int) -> Split:
             x = deepobs_samples(seed, self.train_size, self.noise)[:n]
             return Split(x, x)
 
-        return Data(
-            split(TRAIN_SEED, self.train_size), split(VAL_SEED, self.eval_size), split(TEST_SEED, self.eval_size)
-        )
+        return Data(split(TRAIN_SEED, self.train_size), split(VAL_SEED, eval_size), split(TEST_SEED, eval_size))
 
     def model(self) -> nn.Module:
         return Theta(DIM)

@@ -41,24 +41,44 @@ class Data:
     """Train, validation and test splits: three in-memory :class:`Split` objects, or three map-style
     ``torch.utils.data.Dataset`` objects read through DataLoaders (see :mod:`tuner.tasks.batches`).
 
-    ``device`` is where training runs: :meth:`to` sets it, and moves in-memory splits there.
+    ``device`` is where training runs: :meth:`to` sets it, and moves in-memory splits there. ``workers`` is the
+    number of DataLoader worker processes for Dataset splits (default None: see :func:`tuner.tasks.batches.loader`).
     """
 
     train: Split | Dataset | None  # None: a task with its own training loop (tuner.train.loop) keeps its data
     val: Split | Dataset | None
     test: Split | Dataset | None
     device: torch.device = torch.device("cpu")  # noqa: RUF009 (a torch.device is immutable)
+    # DataLoader worker processes of Dataset splits: the experiment's num_workers; None: the task's, else a default.
+    workers: int | None = None
 
     @property
     def in_memory(self) -> bool:
         """Whether the splits are tensors (sliced on the device) rather than Datasets (read through DataLoaders)."""
         return isinstance(self.train, Split)
 
+    def tensors(self) -> tuple[Split, Split, Split] | None:
+        """``(train, val, test)`` when the splits are in-memory :class:`Split` objects, else None."""
+        train, val, test = self.train, self.val, self.test
+        if isinstance(train, Split) and isinstance(val, Split) and isinstance(test, Split):
+            return train, val, test
+        return None
+
+    def datasets(self) -> tuple[Dataset, Dataset, Dataset] | None:
+        """``(train, val, test)`` when the splits are Datasets, else None (in-memory, or a loop task's none)."""
+        train, val, test = self.train, self.val, self.test
+        if isinstance(train, Dataset) and isinstance(val, Dataset) and isinstance(test, Dataset):
+            return train, val, test
+        return None
+
     def to(self, device: torch.device | str) -> Data:
-        if not self.in_memory:
+        """This data with ``device`` set to ``device`` (with its index, ``cuda`` -> ``cuda:0``), in-memory splits
+        moved there; Datasets stay where they are (their batches move as they are read)."""
+        tensors = self.tensors()
+        if tensors is None:
             return dataclasses.replace(self, device=_indexed(torch.device(device)))
-        train = self.train.to(device)
-        return Data(train, self.val.to(device), self.test.to(device), train.x.device)
+        train, val, test = (split.to(device) for split in tensors)
+        return Data(train, val, test, train.x.device, self.workers)
 
 
 def _indexed(device: torch.device) -> torch.device:
@@ -121,7 +141,8 @@ def generated(sample: Callable[[int, torch.Generator], Split], sizes: tuple[int,
     trial's seed: every trial and every call sees the same data.
     """
     generator = torch.Generator().manual_seed(seed)
-    return Data(*(sample(n, generator) for n in sizes))
+    train, val, test = (sample(n, generator) for n in sizes)
+    return Data(train, val, test)
 
 
 def is_loop(task: Any) -> bool:

@@ -14,6 +14,8 @@ from tuner.tasks.task import Classifier, Data, Split, generated
 class SinusoidalPositions(nn.Module):
     """Adds the sinusoidal positional encoding of Vaswani et al. (2017); a buffer, so it moves with the model."""
 
+    encoding: torch.Tensor  # (length, width), a buffer
+
     def __init__(self, length: int, width: int) -> None:
         super().__init__()
         position = torch.arange(length).unsqueeze(1)

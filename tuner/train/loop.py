@@ -81,12 +81,13 @@ class Run:
             raise ReportError(
                 f"report(epoch={epoch!r}) out of order (allowed: epochs 1, 2, ... {self.epochs}; expected {expected})"
             )
-        values = [
+        train_value, val_value, metric_value = (
             _number(name, value)
             for name, value in (("train_loss", train_loss), ("val_loss", val_loss), ("val_metric", val_metric))
-        ]
+        )
         lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else math.nan
-        metrics = EpochMetrics(epoch, *values, lr, time.perf_counter() - self._started)
+        seconds = time.perf_counter() - self._started
+        metrics = EpochMetrics(epoch, train_value, val_value, metric_value, lr, seconds)
         self.result.history.append(metrics)
         self.result.reason = divergence(metrics)
         if self.result.reason is not None:

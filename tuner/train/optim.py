@@ -176,7 +176,9 @@ def check_schedule(name: str, params: dict[str, Any], total_steps: int = 1000) -
     """
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     scheduler = build_scheduler(name, params, optimizer, total_steps)
-    for _ in range(3 if scheduler is not None else 0):
+    if scheduler is None:  # constant: nothing to step
+        return
+    for _ in range(3):
         optimizer.step()
         scheduler.step()
         lr = optimizer.param_groups[0]["lr"]

@@ -115,19 +115,26 @@ class Batches:
 
     def __init__(self, task: Task, data: Data, batch_size: int, seed: int) -> None:
         self.task, self.device, self.batch_size = task, data.device, batch_size
-        if data.in_memory:
-            self.source: Split | DataLoader = data.train
+        self.source: Split | DataLoader
+        self.val: Split | DataLoader
+        self.test: Split | DataLoader
+        tensors = data.tensors()
+        if tensors is not None:
+            self.source, self.val, self.test = tensors
             self.order = torch.Generator(device=self.device).manual_seed(seed)
-            self.steps = steps_per_epoch(len(data.train), batch_size, drops_last(task))
-            self.val, self.test = data.val, data.test
+            self.steps = steps_per_epoch(len(self.source), batch_size, drops_last(task))
         else:
+            datasets = data.datasets()
+            assert datasets is not None, "a task with its own loop (no splits) is never batched by tuner"
+            train, val, test = datasets
+            workers = data.workers
             self.source = batches.loader(
-                task, data.train, batch_size, self.device, seed, train=True, drop_last=drops_last(task)
+                task, train, batch_size, self.device, seed, train=True, workers=workers, drop_last=drops_last(task)
             )
             self.steps = len(self.source)
             self.val, self.test = (
-                batches.loader(task, split, batch_size, self.device, seed, train=False)
-                for split in (data.val, data.test)
+                batches.loader(task, split, batch_size, self.device, seed, train=False, workers=workers)
+                for split in (val, test)
             )
 
     def epoch(self) -> Iterator[tuple[Any, Any]]:
