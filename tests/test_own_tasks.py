@@ -206,3 +206,77 @@ def test_a_loop_task_is_tuned_by_two_workers_with_pruning(workdir):
     trials = optuna.load_study(study_name="loop/sgd", storage=f"sqlite:///{workdir}/t.db").trials
     assert len(trials) == 4 and all(t.user_attrs["outcome"] in ("complete", "pruned", "diverged") for t in trials)
     assert (workdir / "out" / "best-sgd.yaml").exists()
+
+
+@pytest.mark.parametrize(("spec", "method"), [("broken_tasks:TinyDatasets", "model"), ("broken_tasks:TinyLoop", "fit")])
+def test_a_dataset_or_loop_study_resumes_after_ctrl_c_to_its_budget_and_mlflow_has_the_tensor_tasks_layout(
+    spec, method, workdir, capsys, monkeypatch
+):
+    import test_tracking
+    from test_tracking import assert_mirrors, layout, trial_runs
+
+    # The README's per-epoch metric names for a task whose metric is mse.
+    names = {"train_loss": "train_loss", "val_loss": "val_loss", "val_metric": "val_mse", "lr": "lr"}
+    monkeypatch.setitem(test_tracking.EPOCH_METRICS, "mse", names)
+    exp = workdir / "exp.yaml"
+    exp.write_text(f"name: own\ntask: {spec}\noptimizers: [sgd]\ntrials: 4\nepochs: 2\nseed: 0\nfinal_seeds: 2\n")
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    storage = f"sqlite:///{workdir}/t.db"
+    argv = ["study", str(exp), "--storage", storage, "--out", str(workdir / "out"), "--tracking-uri", uri]
+    cls = type(load_task(spec))
+    original, calls = getattr(cls, method), {"n": 0}
+
+    def interrupt_the_third_trial(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the first call is the task check before the study
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, method, interrupt_the_third_trial)
+    assert main([*argv, "--no-progress"]) == 130
+    study = optuna.load_study(study_name="own/sgd", storage=storage)
+    assert [t.user_attrs["outcome"] for t in study.trials] == ["complete", "complete", "interrupted"]
+    parents, _ = layout(uri, "own")
+    assert parents["own/sgd"].info.status == "KILLED" and not (workdir / "out").exists()
+
+    monkeypatch.setattr(cls, method, original)
+    assert main([*argv, "--no-progress"]) == 0
+    study = optuna.load_study(study_name="own/sgd", storage=storage)
+    outcomes = [t.user_attrs["outcome"] for t in study.trials]
+    assert outcomes == ["complete", "complete", "interrupted", "complete", "complete"]  # the budget, exactly
+    after = assert_mirrors(workdir, uri, "own", ["own/sgd"])
+    assert after["own/sgd"].info.run_id == parents["own/sgd"].info.run_id and after["own/sgd"].info.status == "FINISHED"
+    _, children = layout(uri, "own")
+    exported = yaml.safe_load((workdir / "out" / "best-sgd.yaml").read_text())
+    best = trial_runs(children["own/sgd"])[exported["source"]["trial"]]
+    assert exported["source"]["mlflow_run_id"] == best.info.run_id
+    finals = sorted(
+        (r for r in children["own/sgd"] if r.data.tags["tuner.role"] == "final"),
+        key=lambda r: r.data.tags["tuner.seed"],
+    )
+    assert [r.data.tags["tuner.seed"] for r in finals] == ["1", "2"]
+    for seed, run in zip((1, 2), finals):
+        assert run.info.status == "FINISHED" and run.data.params["lr"] == best.data.params["lr"]
+        assert run.data.tags["tuner.trial"] == str(exported["source"]["trial"]) and run.data.params["seed"] == str(seed)
+        assert run.data.metrics["test_mse"] == exported["metrics"]["final"]["test_objective"]["values"][seed - 1]
+        assert any(key.startswith("step_size/") and key.endswith("/lr_p50") for key in run.data.metrics)
+
+
+def test_the_step_size_hook_reaches_the_optimizer_a_loop_task_built_named_as_build_got_the_parameters(examples):
+    from tuner.measure.step_sizes import probe, recorded_steps
+
+    task = load_task("broken_tasks:TinyLoop")  # 16 training samples in batches of 4: 4 steps an epoch
+    data = load_data(task, torch.device("cpu"))
+    hook = probe(task, data, loop_config(epochs=2))
+    train(task, data, loop_config(epochs=2), step_hook=hook)
+    record = hook.result()
+    assert record["tensors"] == ["param0", "param1"] and record["optimizer"] == "SGD" and record["defined"]
+    assert record["steps"] == sorted(recorded_steps(4, 2, 1))
+    assert record["effective_lr"]["param0"][0][2] == pytest.approx(0.05)  # SGD: η is the learning rate
+
+    task = load_task("examples.own_loop:ClippedAccumulated", {"hidden": 8})  # builds from model.named_parameters()
+    data = load_data(task, torch.device("cpu"))
+    config = Config("Adam", {"lr": 1e-3}, "constant", {}, task.name, {}, 1, 32, 0, "loss")
+    hook = probe(task, data, config)
+    train(task, data, config, step_hook=hook)
+    assert hook.result()["tensors"] == ["0.weight", "0.bias", "2.weight", "2.bias"]

@@ -31,6 +31,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_BLOCKS_UP_TO = 32 * 2**20
 KEEP_AT_MOST = 128 * 2**20
 
+# Called with the model and optimizer before each optimizer step; a function it returns is called after that step.
+StepHook = Callable[[torch.nn.Module, torch.optim.Optimizer], Callable[[], None] | None]
+
 
 @dataclass(frozen=True)
 class EpochMetrics:
@@ -217,7 +220,7 @@ def train(
     seed: int | None = None,
     callback: Callable[[EpochMetrics], bool | None] | None = None,
     test: bool = False,
-    step_hook: Callable[[torch.nn.Module, torch.optim.Optimizer], Callable[[], None] | None] | None = None,
+    step_hook: StepHook | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``config`` on ``data`` (already on its device).
 
@@ -227,14 +230,15 @@ def train(
     loss, validation loss or metric ends the run as ``diverged``. With ``test``, the test split
     is evaluated at the end. ``step_hook(model, optimizer)`` runs before each optimizer step; a function it
     returns runs after that step (as :class:`tuner.measure.step_sizes.StepSizes` does). A task with its own loop
-    runs its ``fit`` instead (:func:`tuner.train.loop.run_loop`; the hook does not reach it).
+    runs its ``fit`` instead (:func:`tuner.train.loop.run_loop`), the hook around the steps of the optimizer that
+    ``run.build`` returned.
     """
     seed = config.seed if seed is None else seed
     device = data.device
     if is_loop(task):
         from tuner.train.loop import run_loop  # tuner.train.loop builds on this module's types
 
-        return run_loop(task, config, device, seed, callback, test)[0]
+        return run_loop(task, config, device, seed, callback, test, step_hook)[0]
     result = RunResult()
     # The model's initialisation, dropout and augmentation use the global generators:
     # fork them so that the caller's random state is left as it was.
