@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from tuner.cli.main import main
-from tuner.config.experiment import Config
+from tuner.config.experiment import Config, load_experiment
 from tuner.errors import UserError
 from tuner.tasks.batches import python_and_numpy_seeded
 from tuner.tasks.check import load_data
@@ -64,6 +64,22 @@ def test_each_epoch_draws_new_order_and_augmentation_and_the_seed_repeats_them(w
     assert (
         len(set(one[0][:, 1:].flatten().tolist())) == one[0][:, 1:].numel()
     )  # workers do not repeat each other's draws
+
+
+def test_the_experiments_num_workers_overrides_the_tasks_which_overrides_the_default(workdir):
+    task = load_task("broken_tasks:TinyDatasets")
+    cpu = torch.device("cpu")
+    assert Batches(task, load_data(task, cpu), 4, 0).source.num_workers == 0  # default_workers on the CPU
+    task.num_workers = 1
+    assert Batches(task, load_data(task, cpu), 4, 0).source.num_workers == 1
+    feed = Batches(task, load_data(task, cpu, workers=2), 4, 0)
+    assert [loader.num_workers for loader in (feed.source, feed.val, feed.test)] == [2, 2, 2]
+
+    exp = workdir / "exp.yaml"
+    exp.write_text("name: w\ntask: broken_tasks:TinyDatasets\noptimizers: [sgd]\ntrials: 1\nepochs: 1\nseed: 0\n")
+    assert load_experiment(exp).num_workers is None
+    exp.write_text(exp.read_text() + "num_workers: 2\n")
+    assert load_experiment(exp).num_workers == 2
 
 
 def test_the_tasks_sampler_orders_training_and_draws_from_the_runs_generator():
@@ -116,19 +132,20 @@ def test_the_contract_covers_dataset_and_loop_tasks(examples):
 
 
 @pytest.mark.parametrize(
-    ("experiment", "task_args"),
+    ("experiment", "task_args", "keys"),
     [
-        ("image-cnn.yaml", {"channels": 4, "num_workers": 2}),
-        ("text-classifier.yaml", {"train_size": 96, "width": 16}),
-        ("own-loop.yaml", {"hidden": 16, "accumulate": 3}),
+        ("image-cnn.yaml", {"channels": 4}, {"num_workers": 2}),
+        ("text-classifier.yaml", {"train_size": 96, "width": 16}, {}),
+        ("own-loop.yaml", {"hidden": 16, "accumulate": 3}, {}),
     ],
 )
 def test_an_example_is_tuned_end_to_end_and_its_best_config_trains_again(
-    experiment, task_args, examples, workdir, capsys
+    experiment, task_args, keys, examples, workdir, capsys
 ):
     spec = yaml.safe_load((ROOT / "examples" / experiment).read_text())
     exp = workdir / experiment
-    exp.write_text(yaml.safe_dump(spec | {"task_args": spec.get("task_args", {}) | task_args, "optimizers": ["adam"]}))
+    task_args = spec.get("task_args", {}) | task_args
+    exp.write_text(yaml.safe_dump(spec | keys | {"task_args": task_args, "optimizers": ["adam"]}))
     argv = [
         "study",
         str(exp),

@@ -142,6 +142,8 @@ CASES = [
     study("exp-trials-bool", ["exp.yaml", "trials", "True", "integer"], exp=experiment(trials=True)),
     study("exp-epochs-negative", ["exp.yaml", "epochs", "-1", ">= 1"], exp=experiment(epochs=-1)),
     study("exp-batch-size-zero", ["exp.yaml", "batch_size", "0", ">= 1"], exp=experiment(batch_size=0)),
+    study("exp-num-workers-negative", ["exp.yaml", "num_workers", "-1", ">= 0"], exp=experiment(num_workers=-1)),
+    study("exp-num-workers-text", ["exp.yaml", "num_workers", "'auto'", "integer"], exp=experiment(num_workers="auto")),
     study("exp-seed-negative", ["exp.yaml", "seed", "-1", "from 0 to"], exp=experiment(seed=-1)),
     study("exp-seed-text", ["exp.yaml", "seed", "'zero'", "from 0 to"], exp=experiment(seed="zero")),
     study("exp-seed-too-large", ["exp.yaml", "seed", "4294967296", "2147483647"], exp=experiment(seed=2**32)),
