@@ -24,7 +24,7 @@ LOOP_FIELDS = ("name", "metric", "direction", "epochs", "batch_size", "fit")
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs and targets of one split, indexed along the first dimension."""
+    """Inputs ``x`` (N, ...) and targets ``y`` (N, ...) of one split of N samples, indexed along the first dimension."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -33,6 +33,7 @@ class Split:
         return len(self.x)
 
     def to(self, device: torch.device | str) -> Split:
+        """Both tensors on ``device`` (the same objects if already there)."""
         return Split(self.x.to(device), self.y.to(device))
 
 
@@ -114,10 +115,11 @@ class Task(Protocol):
         """A freshly initialised model (the caller seeds torch first)."""
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The scalar training loss of a batch."""
+        """The loss of a batch (training) or a whole split (evaluation): a scalar tensor, differentiable in the model's
+        parameters. ``output`` and ``target`` have the batch first."""
 
     def score(self, output: torch.Tensor, target: torch.Tensor) -> float:
-        """The metric over a whole split."""
+        """The metric over a whole split (outputs and targets of all its batches joined along the first dimension)."""
 
 
 class Classifier:
@@ -128,9 +130,11 @@ class Classifier:
     """
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over samples (or tokens) of logits ``output`` against class indices ``target``."""
         return F.cross_entropy(output.flatten(0, -2), target.flatten())
 
     def score(self, output: torch.Tensor, target: torch.Tensor) -> float:
+        """Accuracy in [0, 1]: the share of samples (or tokens) whose largest logit is the target class."""
         return (output.argmax(-1) == target).float().mean().item()
 
 

@@ -93,8 +93,9 @@ def torch_kwargs(name: str, values: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(values.items(), key=lambda item: order.index(item[0])))
 
 
-def build_optimizer(name: str, kwargs: dict[str, Any], params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
-    """``torch.optim.<name>(params, **kwargs)``."""
+def build_optimizer(name: str, kwargs: dict[str, Any], params: Iterable[Any]) -> torch.optim.Optimizer:
+    """``torch.optim.<name>(params, **kwargs)``: ``params`` as torch takes them (tensors, ``(name, tensor)`` pairs from
+    ``named_parameters()``, or parameter-group dicts); raises what torch raises for a bad value."""
     return OPTIMIZERS[name](params, **kwargs)
 
 
