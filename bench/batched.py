@@ -74,7 +74,8 @@ from tuner.config import experiment as config
 from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict
 from tuner.study.runner import Setup, StudyRunner, open_storage
-from tuner.tasks import load_data, load_task
+from tuner.tasks.check import load_data
+from tuner.tasks.loading import load_task
 from tuner.train.trainer import EpochMetrics, keep_freed_memory, resolve_device, train
 
 # The budget of each task when not given: (trials, epochs). The quickstart's own; digits-cnn's 1.4 s trials halved.

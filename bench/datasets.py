@@ -28,8 +28,10 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from tuner.config.experiment import Config
-from tuner.tasks import Data, Split, load_data, load_task
+from tuner.tasks.check import load_data
 from tuner.tasks.digits import DigitsMLP
+from tuner.tasks.loading import load_task
+from tuner.tasks.task import Data, Split
 from tuner.train.trainer import train
 
 

@@ -83,7 +83,8 @@ import tuner.cli.main
 from tuner.config import experiment as tuner_config
 from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict
-from tuner.tasks import Data, Task, load_task
+from tuner.tasks.loading import load_task
+from tuner.tasks.task import Data, Task
 from tuner.train.optim import build_scheduler
 
 

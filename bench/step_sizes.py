@@ -19,7 +19,8 @@ import torch
 
 from tuner.config.experiment import Config
 from tuner.measure.step_sizes import StepSizes
-from tuner.tasks import load_data, load_task
+from tuner.tasks.check import load_data
+from tuner.tasks.loading import load_task
 from tuner.train.trainer import steps_per_epoch, train
 
 CONFIGS = {"Adam": {"lr": 1e-3}, "SGD": {"lr": 0.05, "momentum": 0.9}, "RMSprop": {"lr": 1e-3}}

@@ -1,6 +1,6 @@
 """How long does one default trial of each built-in task take, and does Adam at lr=1e-3 learn it?
 
-For every task in ``tuner.tasks.BUILTIN`` (or those named), with the task's
+For every task in ``tuner.tasks.loading.BUILTIN`` (or those named), with the task's
 default ``task_args``, epochs and batch size: trains Adam (lr=1e-3, betas
 (0.9, 0.999), eps=1e-8, constant schedule) with the trainer that trials use,
 on the seeds 0, 1, ... and prints the wall-clock seconds of one trial (the
@@ -23,7 +23,8 @@ import time
 import torch
 
 from tuner.config.experiment import Config
-from tuner.tasks import BUILTIN, load_data, load_task
+from tuner.tasks.check import load_data
+from tuner.tasks.loading import BUILTIN, load_task
 from tuner.train.trainer import evaluate, train
 
 

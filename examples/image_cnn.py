@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from tuner.tasks import Classifier, Data
+from tuner.tasks.task import Classifier, Data
 
 
 class RandomCropFlip:

@@ -65,7 +65,7 @@ class ClippedAccumulated:
         val_loader = DataLoader(digits("val"), batch_size=256)
         model = nn.Sequential(nn.Linear(64, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 10)).to(device)
         steps_per_epoch = -(-len(train_loader) // self.accumulate)  # optimizer steps, one per `accumulate` batches
-        optimizer, scheduler = run.build(model.parameters(), steps_per_epoch=steps_per_epoch)
+        optimizer, scheduler = run.build(model.named_parameters(), steps_per_epoch=steps_per_epoch)
 
         for epoch in range(1, run.epochs + 1):
             model.train()

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from tuner.tasks import Classifier, Data
+from tuner.tasks.task import Classifier, Data
 
 PAD = 0  # token id of padding; real tokens are 1 .. vocab - 1
 

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tuner.tasks import CHECK_BATCH, Data, Split, generated
+from tuner.tasks.check import CHECK_BATCH
+from tuner.tasks.task import Data, Split, generated
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from services import MlflowServer, Postgres, postgres_bin
 
-from tuner.tasks import load_task
+from tuner.tasks.loading import load_task
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 # Variables that tuner, MLflow, Optuna, tqdm or libpq read: a developer's own (a tracking server in

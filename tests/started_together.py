@@ -12,7 +12,8 @@ import os
 import time
 from pathlib import Path
 
-from tuner.tasks import Task, load_task
+from tuner.tasks.loading import load_task
+from tuner.tasks.task import Task
 
 
 def digits(parties: int = 1, folder: str = "", timeout: float = 300.0) -> Task:

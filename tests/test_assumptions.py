@@ -11,7 +11,7 @@ import pytest
 from tuner.cli.main import main
 from tuner.report.data import untrained_objective
 from tuner.report.statistics import cpe, expected_best, expected_picked, worth
-from tuner.tasks import load_task
+from tuner.tasks.loading import load_task
 
 
 def brute_force_picked(pairs: list[tuple[float, float]], n: int) -> float:

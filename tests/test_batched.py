@@ -22,7 +22,8 @@ from tuner.cli.main import main
 from tuner.config.experiment import Config
 from tuner.study.outcomes import outcome
 from tuner.study.runner import TICKETS_PREFIX, counts, finished
-from tuner.tasks import BUILTIN, load_data, load_task
+from tuner.tasks.check import load_data
+from tuner.tasks.loading import BUILTIN, load_task
 from tuner.train.trainer import train
 
 # Training amplifies rounding: a batched learning curve follows the same config trained alone within this

@@ -10,7 +10,8 @@ import torch
 from tuner.config.experiment import Config
 from tuner.measure.bias_correction import AdamCorrections, ablate, first_step_ratio, uncorrected
 from tuner.measure.step_sizes import StepSizes
-from tuner.tasks import load_data, load_task
+from tuner.tasks.check import load_data
+from tuner.tasks.loading import load_task
 from tuner.train.trainer import steps_per_epoch, train
 
 

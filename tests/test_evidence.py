@@ -22,7 +22,8 @@ from tuner.report.evidence import (
     evidence_markdown,
 )
 from tuner.report.statistics import ExpectedBest, Summary
-from tuner.tasks import load_data, load_task
+from tuner.tasks.check import load_data
+from tuner.tasks.loading import load_task
 
 
 @pytest.mark.parametrize(

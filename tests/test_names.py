@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tuner.tasks import Data, Split, generated
+from tuner.tasks.task import Data, Split, generated
 
 
 @dataclass

@@ -14,11 +14,13 @@ import torch
 import yaml
 
 from tuner.cli.main import main
-from tuner.config.experiment import Config
+from tuner.config.experiment import Config, load_experiment
 from tuner.errors import UserError
-from tuner.tasks import Data, load_data, load_task
 from tuner.tasks.batches import python_and_numpy_seeded
+from tuner.tasks.check import load_data
 from tuner.tasks.contract import check_task
+from tuner.tasks.loading import load_task
+from tuner.tasks.task import Data
 from tuner.train.loop import ReportError, Run
 from tuner.train.trainer import Batches, evaluate, train
 
@@ -62,6 +64,22 @@ def test_each_epoch_draws_new_order_and_augmentation_and_the_seed_repeats_them(w
     assert (
         len(set(one[0][:, 1:].flatten().tolist())) == one[0][:, 1:].numel()
     )  # workers do not repeat each other's draws
+
+
+def test_the_experiments_num_workers_overrides_the_tasks_which_overrides_the_default(workdir):
+    task = load_task("broken_tasks:TinyDatasets")
+    cpu = torch.device("cpu")
+    assert Batches(task, load_data(task, cpu), 4, 0).source.num_workers == 0  # default_workers on the CPU
+    task.num_workers = 1
+    assert Batches(task, load_data(task, cpu), 4, 0).source.num_workers == 1
+    feed = Batches(task, load_data(task, cpu, workers=2), 4, 0)
+    assert [loader.num_workers for loader in (feed.source, feed.val, feed.test)] == [2, 2, 2]
+
+    exp = workdir / "exp.yaml"
+    exp.write_text("name: w\ntask: broken_tasks:TinyDatasets\noptimizers: [sgd]\ntrials: 1\nepochs: 1\nseed: 0\n")
+    assert load_experiment(exp).num_workers is None
+    exp.write_text(exp.read_text() + "num_workers: 2\n")
+    assert load_experiment(exp).num_workers == 2
 
 
 def test_the_tasks_sampler_orders_training_and_draws_from_the_runs_generator():
@@ -114,19 +132,20 @@ def test_the_contract_covers_dataset_and_loop_tasks(examples):
 
 
 @pytest.mark.parametrize(
-    ("experiment", "task_args"),
+    ("experiment", "task_args", "keys"),
     [
-        ("image-cnn.yaml", {"channels": 4, "num_workers": 2}),
-        ("text-classifier.yaml", {"train_size": 96, "width": 16}),
-        ("own-loop.yaml", {"hidden": 16, "accumulate": 3}),
+        ("image-cnn.yaml", {"channels": 4}, {"num_workers": 2}),
+        ("text-classifier.yaml", {"train_size": 96, "width": 16}, {}),
+        ("own-loop.yaml", {"hidden": 16, "accumulate": 3}, {}),
     ],
 )
 def test_an_example_is_tuned_end_to_end_and_its_best_config_trains_again(
-    experiment, task_args, examples, workdir, capsys
+    experiment, task_args, keys, examples, workdir, capsys
 ):
     spec = yaml.safe_load((ROOT / "examples" / experiment).read_text())
     exp = workdir / experiment
-    exp.write_text(yaml.safe_dump(spec | {"task_args": spec.get("task_args", {}) | task_args, "optimizers": ["adam"]}))
+    task_args = spec.get("task_args", {}) | task_args
+    exp.write_text(yaml.safe_dump(spec | keys | {"task_args": task_args, "optimizers": ["adam"]}))
     argv = [
         "study",
         str(exp),
@@ -204,3 +223,77 @@ def test_a_loop_task_is_tuned_by_two_workers_with_pruning(workdir):
     trials = optuna.load_study(study_name="loop/sgd", storage=f"sqlite:///{workdir}/t.db").trials
     assert len(trials) == 4 and all(t.user_attrs["outcome"] in ("complete", "pruned", "diverged") for t in trials)
     assert (workdir / "out" / "best-sgd.yaml").exists()
+
+
+@pytest.mark.parametrize(("spec", "method"), [("broken_tasks:TinyDatasets", "model"), ("broken_tasks:TinyLoop", "fit")])
+def test_a_dataset_or_loop_study_resumes_after_ctrl_c_to_its_budget_and_mlflow_has_the_tensor_tasks_layout(
+    spec, method, workdir, capsys, monkeypatch
+):
+    import test_tracking
+    from test_tracking import assert_mirrors, layout, trial_runs
+
+    # The README's per-epoch metric names for a task whose metric is mse.
+    names = {"train_loss": "train_loss", "val_loss": "val_loss", "val_metric": "val_mse", "lr": "lr"}
+    monkeypatch.setitem(test_tracking.EPOCH_METRICS, "mse", names)
+    exp = workdir / "exp.yaml"
+    exp.write_text(f"name: own\ntask: {spec}\noptimizers: [sgd]\ntrials: 4\nepochs: 2\nseed: 0\nfinal_seeds: 2\n")
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    storage = f"sqlite:///{workdir}/t.db"
+    argv = ["study", str(exp), "--storage", storage, "--out", str(workdir / "out"), "--tracking-uri", uri]
+    cls = type(load_task(spec))
+    original, calls = getattr(cls, method), {"n": 0}
+
+    def interrupt_the_third_trial(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the first call is the task check before the study
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, method, interrupt_the_third_trial)
+    assert main([*argv, "--no-progress"]) == 130
+    study = optuna.load_study(study_name="own/sgd", storage=storage)
+    assert [t.user_attrs["outcome"] for t in study.trials] == ["complete", "complete", "interrupted"]
+    parents, _ = layout(uri, "own")
+    assert parents["own/sgd"].info.status == "KILLED" and not (workdir / "out").exists()
+
+    monkeypatch.setattr(cls, method, original)
+    assert main([*argv, "--no-progress"]) == 0
+    study = optuna.load_study(study_name="own/sgd", storage=storage)
+    outcomes = [t.user_attrs["outcome"] for t in study.trials]
+    assert outcomes == ["complete", "complete", "interrupted", "complete", "complete"]  # the budget, exactly
+    after = assert_mirrors(workdir, uri, "own", ["own/sgd"])
+    assert after["own/sgd"].info.run_id == parents["own/sgd"].info.run_id and after["own/sgd"].info.status == "FINISHED"
+    _, children = layout(uri, "own")
+    exported = yaml.safe_load((workdir / "out" / "best-sgd.yaml").read_text())
+    best = trial_runs(children["own/sgd"])[exported["source"]["trial"]]
+    assert exported["source"]["mlflow_run_id"] == best.info.run_id
+    finals = sorted(
+        (r for r in children["own/sgd"] if r.data.tags["tuner.role"] == "final"),
+        key=lambda r: r.data.tags["tuner.seed"],
+    )
+    assert [r.data.tags["tuner.seed"] for r in finals] == ["1", "2"]
+    for seed, run in zip((1, 2), finals):
+        assert run.info.status == "FINISHED" and run.data.params["lr"] == best.data.params["lr"]
+        assert run.data.tags["tuner.trial"] == str(exported["source"]["trial"]) and run.data.params["seed"] == str(seed)
+        assert run.data.metrics["test_mse"] == exported["metrics"]["final"]["test_objective"]["values"][seed - 1]
+        assert any(key.startswith("step_size/") and key.endswith("/lr_p50") for key in run.data.metrics)
+
+
+def test_the_step_size_hook_reaches_the_optimizer_a_loop_task_built_named_as_build_got_the_parameters(examples):
+    from tuner.measure.step_sizes import probe, recorded_steps
+
+    task = load_task("broken_tasks:TinyLoop")  # 16 training samples in batches of 4: 4 steps an epoch
+    data = load_data(task, torch.device("cpu"))
+    hook = probe(task, data, loop_config(epochs=2))
+    train(task, data, loop_config(epochs=2), step_hook=hook)
+    record = hook.result()
+    assert record["tensors"] == ["param0", "param1"] and record["optimizer"] == "SGD" and record["defined"]
+    assert record["steps"] == sorted(recorded_steps(4, 2, 1))
+    assert record["effective_lr"]["param0"][0][2] == pytest.approx(0.05)  # SGD: η is the learning rate
+
+    task = load_task("examples.own_loop:ClippedAccumulated", {"hidden": 8})  # builds from model.named_parameters()
+    data = load_data(task, torch.device("cpu"))
+    config = Config("Adam", {"lr": 1e-3}, "constant", {}, task.name, {}, 1, 32, 0, "loss")
+    hook = probe(task, data, config)
+    train(task, data, config, step_hook=hook)
+    assert hook.result()["tensors"] == ["0.weight", "0.bias", "2.weight", "2.bias"]

@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tuner.cli.main import main
-from tuner.tasks import describe, load_task
+from tuner.tasks.loading import describe, load_task
 
 TESTS = Path(__file__).resolve().parent
 

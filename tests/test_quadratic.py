@@ -8,7 +8,7 @@ import torch
 
 from tuner.config.experiment import Config
 from tuner.errors import UserError
-from tuner.tasks import load_task
+from tuner.tasks.loading import load_task
 from tuner.tasks.quadratic import QuadraticDeep
 from tuner.train.trainer import evaluate, steps_per_epoch, train
 

@@ -130,7 +130,7 @@ def test_build_rejects_a_bad_steps_per_epoch():
 
 def test_the_exported_yaml_rebuilds_the_lr_history_a_real_trial_stored(tmp_path):
     from tuner.cli.main import main
-    from tuner.tasks import load_task
+    from tuner.tasks.loading import load_task
     from tuner.train.trainer import steps_per_epoch
 
     (tmp_path / "exp.yaml").write_text(

@@ -17,8 +17,9 @@ from tuner.cli.main import main
 from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict, config_to_dict
 from tuner.errors import UserError
-from tuner.tasks import BUILTIN, describe, load_data, load_task
+from tuner.tasks.check import load_data
 from tuner.tasks.contract import check_task
+from tuner.tasks.loading import BUILTIN, describe, load_task
 from tuner.train.trainer import resolve_device, train
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "tuner-example-task"

@@ -147,6 +147,8 @@ CASES = [
     study("exp-trials-bool", ["exp.yaml", "trials", "True", "integer"], exp=experiment(trials=True)),
     study("exp-epochs-negative", ["exp.yaml", "epochs", "-1", ">= 1"], exp=experiment(epochs=-1)),
     study("exp-batch-size-zero", ["exp.yaml", "batch_size", "0", ">= 1"], exp=experiment(batch_size=0)),
+    study("exp-num-workers-negative", ["exp.yaml", "num_workers", "-1", ">= 0"], exp=experiment(num_workers=-1)),
+    study("exp-num-workers-text", ["exp.yaml", "num_workers", "'auto'", "integer"], exp=experiment(num_workers="auto")),
     study("exp-seed-negative", ["exp.yaml", "seed", "-1", "from 0 to"], exp=experiment(seed=-1)),
     study("exp-seed-text", ["exp.yaml", "seed", "'zero'", "from 0 to"], exp=experiment(seed="zero")),
     study("exp-seed-too-large", ["exp.yaml", "seed", "4294967296", "2147483647"], exp=experiment(seed=2**32)),
@@ -291,11 +293,11 @@ CASES = [
     ),
     # a task's own code misbehaves (tests/broken_tasks.py: each factory breaks one rule)
     broken("raises", ["'broken_tasks:raises'", "factory raised RuntimeError: no such dataset"]),
-    broken("returns_none", ["'broken_tasks:returns_none'", "NoneType", "lacks name", "tuner.tasks.Task"]),
+    broken("returns_none", ["'broken_tasks:returns_none'", "NoneType", "lacks name", "tuner.tasks.task.Task"]),
     broken("bad_metric", ["'broken_tasks:bad_metric'", "metric 3", "non-empty string"]),
     broken("bad_epochs", ["'broken_tasks:bad_epochs'", "epochs 0", "integer >= 1"]),
     broken("DataRaises", ["'tiny' does not work", "data() raised OSError: cannot read digits.csv"]),
-    broken("DataIsTuple", ["'tiny' does not work", "data() returned tuple", "tuner.tasks.Data"]),
+    broken("DataIsTuple", ["'tiny' does not work", "data() returned tuple", "tuner.tasks.task.Data"]),
     broken("SplitIsTuple", ["'tiny' does not work", "data().train", "Split of two tensors"]),
     broken("LengthsDiffer", ["'tiny' does not work", "train split has 16 inputs but 15 targets"]),
     broken(

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tuner.tasks import Data, Split, generated
+from tuner.tasks.task import Data, Split, generated
 
 
 @dataclass

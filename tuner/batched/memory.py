@@ -10,7 +10,7 @@ import torch
 from tuner.batched.model import own_random_state, seeded_model, splits
 from tuner.batched.optimizers import VECTORIZED
 from tuner.batched.stackable import why_not_batched
-from tuner.tasks import Data, Task
+from tuner.tasks.task import Data, Task
 from tuner.train.trainer import autocast
 
 # Share of the free device memory a population may plan to use.

@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
-from tuner.tasks import Data, Split, Task
+from tuner.tasks.task import Data, Split, Task
 
 # vmap warns at every step where an operator has no batching rule and runs member by member
 # (attention on the CPU): slower, not wrong. Autograd warns once that a member's gradient is laid

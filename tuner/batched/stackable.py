@@ -6,7 +6,8 @@ import torch
 
 from tuner.batched.model import StackedModel, seeded_model, splits, stacking
 from tuner.errors import reason
-from tuner.tasks import CHECK_BATCH, Data, Task, is_loop
+from tuner.tasks.check import CHECK_BATCH
+from tuner.tasks.task import Data, Task, is_loop
 
 
 def why_not_batched(task: Task, data: Data) -> str | None:

@@ -26,7 +26,7 @@ import torch
 from tuner.batched.model import StackedModel, seeded_model, splits, stacking
 from tuner.batched.optimizers import VECTORIZED
 from tuner.config.experiment import Config
-from tuner.tasks import Data, Split, Task
+from tuner.tasks.task import Data, Split, Task
 from tuner.train.trainer import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, drops_last, steps_per_epoch
 
 Key = Hashable

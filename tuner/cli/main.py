@@ -287,7 +287,8 @@ def run_train(args: argparse.Namespace) -> int:
     from tuner.config.experiment import MAX_SEED
     from tuner.config.export import load_config
     from tuner.report.statistics import mean_sd, pm
-    from tuner.tasks import load_data, load_task
+    from tuner.tasks.check import load_data
+    from tuner.tasks.loading import load_task
     from tuner.train.trainer import check_amp, keep_freed_memory, objective_label, resolve_device, train
 
     keep_freed_memory()
@@ -332,7 +333,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_tasks(args: argparse.Namespace) -> int:
-    from tuner.tasks import describe
+    from tuner.tasks.loading import describe
 
     infos = describe()
     name_width, origin_width = (max(len(getattr(i, key)) for i in infos) for key in ("name", "origin"))

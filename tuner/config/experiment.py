@@ -358,6 +358,7 @@ EXPERIMENT_KEYS = (
     "final_seeds",
     "target",
     "population",
+    "num_workers",
 )
 # An experiment's and a search space's names become a folder (runs/<name>), file names (best-<space>.yaml),
 # an MLflow experiment name (at most 500 characters) and an Optuna study name <name>/<space> (at most 512):
@@ -414,6 +415,8 @@ class Experiment:
     origins: dict[str, str] = field(default_factory=dict, compare=False)
     # Trials trained at once as one vectorized population (tuner.batched.trainer); 1: one at a time.
     population: int = 1
+    # DataLoader worker processes of a Dataset task (tuner.tasks.batches); None: the task's num_workers, else a default.
+    num_workers: int | None = None
 
     def at(self, key: str) -> str:
         """Where ``key`` came from, for messages: ``--trials`` or ``exp.yaml: trials``."""
@@ -501,6 +504,11 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
         raise UserError(
             f"{at('target')}: {target!r} is not allowed (a finite number in the objective's units{_text_number_hint(target)})"
         )
+    num_workers = data.get("num_workers")
+    if num_workers is not None and not is_int(num_workers, 0):
+        raise UserError(
+            f"{at('num_workers')}: {num_workers!r} is not allowed (an integer >= 0: DataLoader worker processes)"
+        )
     return Experiment(
         name=name,
         task=data["task"],
@@ -520,6 +528,7 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Expe
         source=where,
         origins={key: at(key) for key in EXPERIMENT_KEYS},
         population=_positive_int(at("population"), data.get("population", 1)),
+        num_workers=num_workers,
     )
 
 

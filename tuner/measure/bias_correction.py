@@ -23,7 +23,7 @@ import torch
 
 from tuner.config.experiment import Config
 from tuner.measure import step_sizes
-from tuner.tasks import Data, Task, is_loop
+from tuner.tasks.task import Data, Task, is_loop
 from tuner.train import optim
 from tuner.train.trainer import columns, train
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from tuner.config.experiment import Config
-from tuner.tasks import Data, Task, is_loop
+from tuner.tasks.task import Data, Task, is_loop
 from tuner.train.trainer import first_step
 
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from tuner.config.experiment import Config
-from tuner.tasks import Data, Task, is_loop
+from tuner.tasks.task import Data, Task, is_loop
 from tuner.train.trainer import Batches
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -134,6 +134,7 @@ class StepSizes:
     """
 
     def __init__(self, steps_per_epoch: int, epochs: int, per_epoch: int = 1) -> None:
+        self.epochs, self.per_epoch = epochs, per_epoch
         self.steps = recorded_steps(steps_per_epoch, epochs, per_epoch)
         self.step = 0
         self.names: list[str] = []
@@ -159,6 +160,11 @@ class StepSizes:
             [None if p.grad is None else _sampled(p.grad, i).clone() for p, i in zip(params, self.index)],
         )
         return lambda: self._after(params, optimizer, pending)
+
+    def plan(self, steps_per_epoch: int) -> None:
+        """Record at the :func:`recorded_steps` of ``steps_per_epoch``: what a task with its own loop tells
+        ``run.build`` (:mod:`tuner.train.loop`), known only once its ``fit`` runs."""
+        self.steps = recorded_steps(steps_per_epoch, self.epochs, self.per_epoch)
 
     def _start(self, model: torch.nn.Module) -> None:
         named = list(model.named_parameters())
@@ -232,9 +238,8 @@ def largest(record: dict[str, Any], count: int) -> list[Series]:
     return out
 
 
-def probe(task: Task, data: Data, config: Config) -> StepSizes | None:
+def probe(task: Task, data: Data, config: Config) -> StepSizes:
     """A :class:`StepSizes` for one training run of ``config`` on ``task``'s ``data`` (its steps per epoch as the trainer
-    counts them), or None for a task with its own loop: the trainer's step hook does not reach its ``fit``."""
-    return (
-        None if is_loop(task) else StepSizes(Batches(task, data, config.batch_size, config.seed).steps, config.epochs)
-    )
+    counts them; for a task with its own loop, as its ``fit`` tells ``run.build``, see :meth:`StepSizes.plan`)."""
+    steps = 1 if is_loop(task) else Batches(task, data, config.batch_size, config.seed).steps
+    return StepSizes(steps, config.epochs)

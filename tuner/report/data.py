@@ -31,7 +31,9 @@ from tuner.report import statistics as analysis
 from tuner.report.statistics import Band, ExpectedBest, Speed, Summary
 from tuner.study.outcomes import outcome
 from tuner.study.runner import best_trial, experiment_names
-from tuner.tasks import Data, Task, is_loop, load_data, load_task
+from tuner.tasks.check import load_data
+from tuner.tasks.loading import load_task
+from tuner.tasks.task import Data, Task, is_loop
 from tuner.train import loop
 from tuner.train.trainer import evaluate, first_step, objective_label
 

@@ -74,7 +74,8 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     """
     from tuner.config import experiment as config
     from tuner.study.runner import Setup, check_components
-    from tuner.tasks import load_data, load_task
+    from tuner.tasks.check import load_data
+    from tuner.tasks.loading import load_task
     from tuner.train.trainer import check_amp, keep_freed_memory, resolve_device
 
     keep_freed_memory()
@@ -108,7 +109,7 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     check_components(experiment, setup)
     check_writable_folder(args.out or Path("runs") / experiment.name)
     with_args = f" with task_args {experiment.task_args}" if experiment.task_args else ""
-    return experiment, task, setup, load_data(task, device, experiment.at("task") + with_args)
+    return experiment, task, setup, load_data(task, device, experiment.at("task") + with_args, experiment.num_workers)
 
 
 def run_study(args: Options) -> Result:

@@ -35,7 +35,7 @@ from tuner.measure.peak_memory import peak_step_bytes
 from tuner.study import spaces
 from tuner.study.budget import GRACE_SECONDS, HEARTBEAT_SECONDS, TICKETS_PREFIX, Ticket, Tickets
 from tuner.study.outcomes import FINISHED, outcome
-from tuner.tasks import Data, Task
+from tuner.tasks.task import Data, Task
 from tuner.train.trainer import EpochMetrics, RunResult, columns, objective_label, train
 
 # How long a worker waits before looking again when every slot left is held.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuner.tasks import Classifier, Data, Split, generated
+from tuner.tasks.task import Classifier, Data, Split, generated
 
 
 class BagOfWords(nn.Module):
@@ -47,7 +47,8 @@ class BagOfWordsTask(Classifier):
     def __post_init__(self) -> None:
         if not 0 < self.informative <= self.vocabulary or self.length < 1:
             raise ValueError(
-                f"informative={self.informative}, length={self.length}: not allowed (0 < informative <= vocabulary, length >= 1)"
+                f"informative={self.informative}, length={self.length}: not allowed (0 < informative <= vocabulary, "
+                "length >= 1)"
             )
 
     def data(self) -> Data:

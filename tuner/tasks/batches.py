@@ -8,7 +8,7 @@ through DataLoaders built by :func:`loader`, with the task's optional hooks:
 - ``sampler(dataset, generator)``: the training split's ``Sampler``, drawing
   its randomness from ``generator`` (default: a shuffle from it);
 - ``num_workers``: worker processes per DataLoader (default:
-  :func:`default_workers`);
+  :func:`default_workers`); an experiment's ``num_workers`` overrides it;
 - ``unpack(batch)``: the pair ``(inputs, target)`` of a batch (default: the
   batch is that pair, e.g. ``(x, y)``).
 
@@ -29,15 +29,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 if TYPE_CHECKING:
-    from tuner.tasks import Task
+    from tuner.tasks.task import Task
 
 # At most this many DataLoader workers by default: more rarely pay on a single GPU's input pipeline.
 MAX_DEFAULT_WORKERS = 4
 
 
 def default_workers(device: torch.device) -> int:
-    """DataLoader workers when the task names none: 0 when training on the CPU (the training threads already
-    use every core, and workers would take them away), else one per core but one, at most :data:`MAX_DEFAULT_WORKERS`."""
+    """DataLoader workers when neither the task nor the experiment names a number: 0 when training on the CPU (the
+    training threads already use every core, and workers would take them away), else one per core but one, at most
+    :data:`MAX_DEFAULT_WORKERS`."""
     if device.type == "cpu":
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -45,8 +46,9 @@ def default_workers(device: torch.device) -> int:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed Python's and NumPy's generators in a DataLoader worker from the seed torch gave it (torch's own generator
-    is seeded by the DataLoader from its ``generator``), as torch's "Randomness in multi-process data loading" advises."""
+    """Seed Python's and NumPy's generators in a DataLoader worker from the seed torch gave it (torch's own
+    generator is seeded by the DataLoader from its ``generator``), as torch's "Randomness in multi-process data
+    loading" advises."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
@@ -55,7 +57,8 @@ def seed_worker(worker_id: int) -> None:
 @contextlib.contextmanager
 def python_and_numpy_seeded(seed: int) -> Iterator[None]:
     """Python's and NumPy's global generators seeded with ``seed`` inside, restored after, so that a Dataset that
-    draws from them in this process (no workers) repeats with the seed (``torch.random.fork_rng`` does this for torch's)."""
+    draws from them in this process (no workers) repeats with the seed (``torch.random.fork_rng`` does this for
+    torch's)."""
     states = random.getstate(), np.random.get_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -81,10 +84,12 @@ def loader(
 
     With ``train`` the samples come in an order drawn from a generator seeded
     with ``seed`` (the task's ``sampler`` with that generator, or a shuffle),
-    a new order every epoch; else in order; with ``drop_last`` (default False) without the last partial batch. The same generator seeds the
-    workers: a run is repeatable with or without them. ``workers`` defaults
-    to the task's ``num_workers``, else :func:`default_workers`; they persist
-    across epochs. On CUDA, batches are pinned (see :func:`to_device`).
+    a new order every epoch; else in order; with ``drop_last`` (default False)
+    without the last partial batch. The same generator seeds the workers: a run
+    is repeatable with or without them. ``workers`` (the experiment's
+    ``num_workers``) defaults to the task's ``num_workers``, else
+    :func:`default_workers`; they persist across epochs.
+    On CUDA, batches are pinned (see :func:`to_device`).
     """
     generator = torch.Generator().manual_seed(seed)
     sampler = task.sampler(dataset, generator) if train and hasattr(task, "sampler") else None

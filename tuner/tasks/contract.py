@@ -16,7 +16,9 @@ import torch
 
 from tuner.config.experiment import Config
 from tuner.errors import UserError
-from tuner.tasks import Data, Task, is_loop, load_data, load_task
+from tuner.tasks.check import load_data
+from tuner.tasks.loading import load_task
+from tuner.tasks.task import Data, Task, is_loop
 from tuner.train.trainer import evaluate, train
 
 # The learning rate of the one epoch of Adam that must lower the validation loss.
@@ -54,7 +56,8 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _untrained_val_loss(task: Task, data: Data, device: torch.device, broken: Callable[[str], UserError]) -> float:
-    """Check the data and model rules of ``task`` (a task with data, model, loss and score); its untrained model's validation loss."""
+    """Check the data and model rules of ``task`` (a task with data, model, loss and score); returns its untrained
+    model's validation loss."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(1)
         first = task.data()
@@ -63,11 +66,8 @@ def _untrained_val_loss(task: Task, data: Data, device: torch.device, broken: Ca
             raise broken(
                 "data() differs between calls (allowed: the same data every time, from a seed of the task's own)"
             )
-        placed = (
-            {str(t.device) for s in (data.train, data.val, data.test) for t in (s.x, s.y)}
-            if data.in_memory
-            else {str(data.device)}
-        )
+        tensors = data.tensors()
+        placed = {str(t.device) for s in tensors for t in (s.x, s.y)} if tensors is not None else {str(data.device)}
         if placed != {str(data.device)} or data.device.type != device.type:
             raise broken(f"after loading for {device}, the data is on {', '.join(sorted(placed))}")
         models = []
@@ -77,12 +77,15 @@ def _untrained_val_loss(task: Task, data: Data, device: torch.device, broken: Ca
         if any(not torch.equal(t, models[1][k]) for k, t in models[0].items()):
             raise broken("model() built under the same torch seed gives different initial parameters")
         torch.manual_seed(0)
-        initial_loss, _ = evaluate(task, task.model().to(device), data.val)
+        val = data.val
+        assert val is not None, "a task with data() (not its own loop) has a validation split"
+        initial_loss, _ = evaluate(task, task.model().to(device), val)
     return initial_loss
 
 
 def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
-    """Check that ``task`` (a task, or a name for :func:`~tuner.tasks.load_task` with ``task_args``) keeps the contract.
+    """Check that ``task`` (a task, or a name for :func:`~tuner.tasks.loading.load_task` with ``task_args``) keeps
+    the contract.
 
     What ``tuner study`` checks before a study (valid attributes; data, model,
     loss and metric fit together in one training step), and beyond it:
@@ -123,7 +126,12 @@ def check_task(task: Task | str, task_args: dict[str, Any] | None = None, device
         raise broken(
             f"one epoch of Adam (lr={CHECK_LR}) did not lower the validation loss ({initial_loss:.6g} -> {after:.6g})"
         )
-    if not (math.isfinite(run.test_loss) and math.isfinite(run.test_metric)):
+    if not (
+        run.test_loss is not None
+        and run.test_metric is not None
+        and math.isfinite(run.test_loss)
+        and math.isfinite(run.test_metric)
+    ):
         raise broken(f"test loss {run.test_loss} or test metric {run.test_metric} is not finite")
     if runs[-1].history != run.history:
         raise broken(

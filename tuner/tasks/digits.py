@@ -8,11 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuner.tasks import Classifier, Data, Split
+from tuner.tasks.task import Classifier, Data, Split
 
 
-def digits_data(seed: int = 0) -> Data:
-    """Digits (1797 images) split 60/20/20, stratified, standardised with the train statistics."""
+def digits_splits(seed: int = 0) -> tuple[Split, Split, Split]:
+    """Digits (1797 images of 64 pixels, 10 classes) split 60/20/20 into train, val and test, stratified by class
+    with ``seed`` (default 0), standardised with the train statistics: inputs (N, 64) float32, targets (N,) long."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -25,7 +26,7 @@ def digits_data(seed: int = 0) -> Data:
     def split(xs: np.ndarray, ys: np.ndarray) -> Split:
         return Split(torch.tensor((xs - mean) / std, dtype=torch.float32), torch.tensor(ys, dtype=torch.long))
 
-    return Data(split(x_train, y_train), split(x_val, y_val), split(x_test, y_test))
+    return split(x_train, y_train), split(x_val, y_val), split(x_test, y_test)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class DigitsMLP(Classifier):
     batch_size: int = 64
 
     def data(self) -> Data:
-        return digits_data()
+        return Data(*digits_splits())
 
     def model(self) -> nn.Module:
         return nn.Sequential(nn.Linear(64, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 10))

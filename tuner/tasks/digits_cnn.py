@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from tuner.tasks import Classifier, Data, Split
-from tuner.tasks.digits import digits_data
+from tuner.tasks.digits import digits_splits
+from tuner.tasks.task import Classifier, Data, Split
 
 
 @dataclass
@@ -27,12 +27,11 @@ class DigitsCNN(Classifier):
     batch_size: int = 64
 
     def data(self) -> Data:
-        data = digits_data()
-
         def image(split: Split) -> Split:
             return Split(split.x.view(-1, 1, 8, 8), split.y)
 
-        return Data(image(data.train), image(data.val), image(data.test))
+        train, val, test = (image(split) for split in digits_splits())
+        return Data(train, val, test)
 
     def model(self) -> nn.Module:
         c = self.channels

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuner.tasks import Data, Split, generated
+from tuner.tasks.task import Data, Split, generated
 
 
 class Drifting(nn.Module):
@@ -18,6 +18,10 @@ class Drifting(nn.Module):
     training-mode forward passes (a buffer, saved with the model); evaluation uses the current ``w*(t)``. The
     targets themselves are ``x·w*(0)``: the task's loss (squared error) then measures the fit to the current weights.
     """
+
+    a: torch.Tensor  # buffers: the circle's two vectors, shape (features,), and the training step count, a scalar
+    b: torch.Tensor
+    t: torch.Tensor
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor, omega: float) -> None:
         super().__init__()
@@ -59,7 +63,8 @@ class DriftingRegression:
             )
 
     def circle(self) -> torch.Tensor:
-        """The two vectors ``a``, ``b`` (shape (2, features)) of the true weights' circle; fixed, not the trial's seed."""
+        """The two vectors ``a``, ``b`` (shape (2, features)) of the true weights' circle; fixed, not the trial's
+        seed."""
         return torch.randn(2, self.features, generator=torch.Generator().manual_seed(51))
 
     def data(self) -> Data:

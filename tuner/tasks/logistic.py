@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuner.tasks import Classifier, Data, Split, generated
+from tuner.tasks.task import Classifier, Data, Split, generated
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tuner.tasks import Data, Split, generated
+from tuner.tasks.task import Data, Split, generated
 
 # |prediction - target| below this counts as solved (Hochreiter & Schmidhuber's criterion).
 TOLERANCE = 0.04

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuner.tasks import Data, Split
+from tuner.tasks.task import Data, Split
 
 DIM = 100
 # DeepOBS's seeds: one generator draws the eigenvalues and then the rotation; one per data split.
@@ -79,7 +79,8 @@ class Theta(nn.Module):
 
 @dataclass
 class QuadraticDeep:
-    """DeepOBS's quadratic_deep: 1/2 (theta-x)^T Q (theta-x) in 100 dimensions, Q with 90 small and 10 large eigenvalues.
+    """DeepOBS's quadratic_deep: 1/2 (theta-x)^T Q (theta-x) in 100 dimensions, Q with 90 small and 10 large
+    eigenvalues.
 
     The Hessian, the training data (``RandomState(42)``), the validation data
     (44) and the test data (43), x ~ N(0, ``noise``² I), are DeepOBS's. Training
@@ -108,19 +109,21 @@ class QuadraticDeep:
             self.eval_size = self.train_size // DEEPOBS_BATCH * DEEPOBS_BATCH or self.train_size
         if not 1 <= self.eval_size <= self.train_size:
             raise ValueError(
-                f"train_size={self.train_size}, eval_size={self.eval_size} are not allowed (1 <= eval_size <= train_size)"
+                f"train_size={self.train_size}, eval_size={self.eval_size} are not allowed (1 <= eval_size <= "
+                "train_size)"
             )
         self.eigenvalues, hessian = deepobs_hessian()
         self.hessian = torch.from_numpy(hessian).float()  # DeepOBS casts it to float32 too
 
     def data(self) -> Data:
+        eval_size = self.eval_size
+        assert eval_size is not None, "__post_init__ sets it"
+
         def split(seed: int, n: int) -> Split:
             x = deepobs_samples(seed, self.train_size, self.noise)[:n]
             return Split(x, x)
 
-        return Data(
-            split(TRAIN_SEED, self.train_size), split(VAL_SEED, self.eval_size), split(TEST_SEED, self.eval_size)
-        )
+        return Data(split(TRAIN_SEED, self.train_size), split(VAL_SEED, eval_size), split(TEST_SEED, eval_size))
 
     def model(self) -> nn.Module:
         return Theta(DIM)

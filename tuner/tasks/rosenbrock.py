@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuner.tasks import Data, Split, generated
+from tuner.tasks.task import Data, Split, generated
 
 
 class Point(nn.Module):

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuner.tasks import Classifier, Data, Split, generated
+from tuner.tasks.task import Classifier, Data, Split, generated
 
 
 class SinusoidalPositions(nn.Module):
     """Adds the sinusoidal positional encoding of Vaswani et al. (2017); a buffer, so it moves with the model."""
+
+    encoding: torch.Tensor  # (length, width), a buffer
 
     def __init__(self, length: int, width: int) -> None:
         super().__init__()
@@ -28,7 +30,8 @@ class SinusoidalPositions(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Token embedding, positional encoding, pre-norm encoder layers (attention, feed-forward), final layer norm, per-token classes.
+    """Token embedding, positional encoding, pre-norm encoder layers (attention, feed-forward), final layer norm,
+    per-token classes.
 
     The embedding is not scaled by sqrt(width): scaled, its N(0, 1) entries
     drown the positions (amplitude 1) that reversal depends on.
@@ -50,7 +53,7 @@ class Encoder(nn.Module):
 
 @dataclass
 class TinyTransformer(Classifier):
-    """Sequence reversal, transformer encoder (embedding, sinusoidal positions, attention, layer norm), cross-entropy, per-token accuracy.
+    """Sequence reversal, transformer encoder (embedding, sine positions, attention, layer norm), per-token accuracy.
 
     Inputs are ``length`` tokens drawn uniformly from ``vocab``; the target is
     the same sequence reversed, so chance accuracy is 1/vocab. ``train_size``

@@ -93,8 +93,9 @@ def torch_kwargs(name: str, values: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(values.items(), key=lambda item: order.index(item[0])))
 
 
-def build_optimizer(name: str, kwargs: dict[str, Any], params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
-    """``torch.optim.<name>(params, **kwargs)``."""
+def build_optimizer(name: str, kwargs: dict[str, Any], params: Iterable[Any]) -> torch.optim.Optimizer:
+    """``torch.optim.<name>(params, **kwargs)``: ``params`` as torch takes them (tensors, ``(name, tensor)`` pairs from
+    ``named_parameters()``, or parameter-group dicts); raises what torch raises for a bad value."""
     return OPTIMIZERS[name](params, **kwargs)
 
 
@@ -176,7 +177,9 @@ def check_schedule(name: str, params: dict[str, Any], total_steps: int = 1000) -
     """
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     scheduler = build_scheduler(name, params, optimizer, total_steps)
-    for _ in range(3 if scheduler is not None else 0):
+    if scheduler is None:  # constant: nothing to step
+        return
+    for _ in range(3):
         optimizer.step()
         scheduler.step()
         lr = optimizer.param_groups[0]["lr"]

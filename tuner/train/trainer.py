@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from tuner.config.experiment import AMP, Config
 from tuner.errors import UserError
-from tuner.tasks import Data, Split, Task, batches, is_loop
+from tuner.tasks import batches
+from tuner.tasks.task import Data, Split, Task, is_loop
 
 # Evaluation runs in chunks of this many samples to bound activation memory.
 EVAL_CHUNK = 8192
@@ -29,6 +30,9 @@ EVAL_CHUNK = 8192
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_BLOCKS_UP_TO = 32 * 2**20
 KEEP_AT_MOST = 128 * 2**20
+
+# Called with the model and optimizer before each optimizer step; a function it returns is called after that step.
+StepHook = Callable[[torch.nn.Module, torch.optim.Optimizer], Callable[[], None] | None]
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool = False) -> i
     """
     if drop_last and batch_size > n_train:
         raise UserError(
-            f"batch_size: {batch_size} is not allowed: the task drops the last partial batch and has {n_train} training samples (allowed: 1 to {n_train})"
+            f"batch_size: {batch_size} is not allowed: the task drops the last partial batch and has {n_train} "
+            f"training samples (allowed: 1 to {n_train})"
         )
     return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
 
@@ -113,19 +118,26 @@ class Batches:
 
     def __init__(self, task: Task, data: Data, batch_size: int, seed: int) -> None:
         self.task, self.device, self.batch_size = task, data.device, batch_size
-        if data.in_memory:
-            self.source: Split | DataLoader = data.train
+        self.source: Split | DataLoader
+        self.val: Split | DataLoader
+        self.test: Split | DataLoader
+        tensors = data.tensors()
+        if tensors is not None:
+            self.source, self.val, self.test = tensors
             self.order = torch.Generator(device=self.device).manual_seed(seed)
-            self.steps = steps_per_epoch(len(data.train), batch_size, drops_last(task))
-            self.val, self.test = data.val, data.test
+            self.steps = steps_per_epoch(len(self.source), batch_size, drops_last(task))
         else:
+            datasets = data.datasets()
+            assert datasets is not None, "a task with its own loop (no splits) is never batched by tuner"
+            train, val, test = datasets
+            workers = data.workers
             self.source = batches.loader(
-                task, data.train, batch_size, self.device, seed, train=True, drop_last=drops_last(task)
+                task, train, batch_size, self.device, seed, train=True, workers=workers, drop_last=drops_last(task)
             )
             self.steps = len(self.source)
             self.val, self.test = (
-                batches.loader(task, split, batch_size, self.device, seed, train=False)
-                for split in (data.val, data.test)
+                batches.loader(task, split, batch_size, self.device, seed, train=False, workers=workers)
+                for split in (val, test)
             )
 
     def epoch(self) -> Iterator[tuple[Any, Any]]:
@@ -147,8 +159,9 @@ def first_step(
     config: Config,
     around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """One training step of ``config`` (forward, backward, optimizer step) on the first training batch of ``data``, on its
-    device, inside ``around()`` (default: nothing); returns the model and the optimizer. Torch's random state is left as it was.
+    """One training step of ``config`` (forward, backward, optimizer step) on the first training batch of ``data``,
+    on its device, inside ``around()`` (default: nothing); returns the model and the optimizer. Torch's random state
+    is left as it was.
 
     The optimizer's state then holds everything it allocates (the report's state memory and peak memory read it).
     """
@@ -207,7 +220,7 @@ def train(
     seed: int | None = None,
     callback: Callable[[EpochMetrics], bool | None] | None = None,
     test: bool = False,
-    step_hook: Callable[[torch.nn.Module, torch.optim.Optimizer], Callable[[], None] | None] | None = None,
+    step_hook: StepHook | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``config`` on ``data`` (already on its device).
 
@@ -217,14 +230,15 @@ def train(
     loss, validation loss or metric ends the run as ``diverged``. With ``test``, the test split
     is evaluated at the end. ``step_hook(model, optimizer)`` runs before each optimizer step; a function it
     returns runs after that step (as :class:`tuner.measure.step_sizes.StepSizes` does). A task with its own loop
-    runs its ``fit`` instead (:func:`tuner.train.loop.run_loop`; the hook does not reach it).
+    runs its ``fit`` instead (:func:`tuner.train.loop.run_loop`), the hook around the steps of the optimizer that
+    ``run.build`` returned.
     """
     seed = config.seed if seed is None else seed
     device = data.device
     if is_loop(task):
         from tuner.train.loop import run_loop  # tuner.train.loop builds on this module's types
 
-        return run_loop(task, config, device, seed, callback, test)[0]
+        return run_loop(task, config, device, seed, callback, test, step_hook)[0]
     result = RunResult()
     # The model's initialisation, dropout and augmentation use the global generators:
     # fork them so that the caller's random state is left as it was.
@@ -299,7 +313,8 @@ def _mps_available() -> bool:
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; one that is not here is a :class:`UserError`."""
+    """The device named ``spec``: ``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``. Raises :class:`UserError` for another name or a device that is not here."""
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -321,14 +336,17 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def check_amp(amp: str, device: torch.device, where: str) -> None:
-    """Refuse a mixed precision ``amp`` other than ``none`` and ``bf16``, and bf16 where it cannot run: it needs a CUDA device that supports it."""
+    """Raise :class:`UserError` naming ``where`` for a mixed precision ``amp`` other than ``none`` and ``bf16``, and
+    for bf16 where it cannot run: it needs a CUDA device that supports it."""
     if amp not in AMP:
         raise UserError(f"{where}: {amp!r} is not allowed ({', '.join(AMP)})")
     if amp == "bf16" and device.type != "cuda":
         raise UserError(
-            f"{where}: 'bf16' is not allowed on {device} (bf16 runs on CUDA devices only; use --amp none, or --device cuda)"
+            f"{where}: 'bf16' is not allowed on {device} (bf16 runs on CUDA devices only; use --amp none, or --device "
+            "cuda)"
         )
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError(
-            f"{where}: 'bf16' is not allowed: {torch.cuda.get_device_name(device)} does not support bfloat16 (use --amp none)"
+            f"{where}: 'bf16' is not allowed: {torch.cuda.get_device_name(device)} does not support bfloat16 (use "
+            "--amp none)"
         )
