@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from matplotlib.figure import Figure
 
 from tuner.measure.step_sizes import largest
+from tuner.report.drawing import PlainLog, note
 
 if TYPE_CHECKING:
     from tuner.report.data import Report
@@ -22,8 +23,6 @@ TENSORS = 4
 
 def draw_step_sizes(report: Report) -> Figure:
     """The figure; a panel says why when its optimizer has no record (no final evaluation, or one stored before)."""
-    from tuner.report import plots  # which lists this figure: imported here, not at the top, to import in any order
-
     records = {o.name: o.step_sizes for o in report.optimizers}
     sgd = next((r for r in records.values() if r and r["optimizer"] == "SGD"), None)
     fig = Figure(figsize=(4.6 * len(records) + 1, 5.2), layout="constrained")
@@ -31,7 +30,7 @@ def draw_step_sizes(report: Report) -> Figure:
     for ax, (name, record) in zip(axes, records.items()):
         ax.set(title=name if not record else f"{name} ({record['optimizer']})", xlabel="optimizer step")
         if not record or not record["defined"]:
-            plots._note(ax, "no step sizes recorded" if not record else f"η is not defined\nfor {record['optimizer']}")
+            note(ax, "no step sizes recorded" if not record else f"η is not defined\nfor {record['optimizer']}")
             continue
         for i, series in enumerate(largest(record, TENSORS)):
             color = f"C{i}"
@@ -50,7 +49,7 @@ def draw_step_sizes(report: Report) -> Figure:
                 label="SGD's scheduled lr (= SGD's η)",
             )
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(plots._PlainLog())
+        ax.yaxis.set_major_formatter(PlainLog())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="best")
     axes[0].set_ylabel("effective learning rate η (log)")

@@ -1,0 +1,91 @@
+"""``sensitivity.png``: every trial's objective against its learning rate, and learning rate × epsilon."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+
+from tuner.report.data import Report
+from tuner.report.drawing import PlainLog, colors, draw_trials, finite, log_if_wide, note, shown, trial_handles, wide
+from tuner.report.statistics import worth
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+
+def draw_sensitivity(report: Report) -> Figure:
+    """Objective against learning rate for every trial; below, learning rate × epsilon coloured by objective, for optimizers with an epsilon."""
+    optimizers, color = report.optimizers, colors(report)
+    with_eps = any(p.eps is not None for o in optimizers for p in o.points)
+    rows = 2 if with_eps else 1
+    fig = Figure(figsize=(3.8 * len(optimizers) + 1.5, 3.6 * rows + 1.0), layout="constrained")
+    # The learning-rate row shares its y axis; each epsilon panel keeps its own, with its tick labels
+    # (a shared axis would drop them on a panel next to a blank one).
+    axes = fig.subplots(rows, len(optimizers), squeeze=False)
+    for ax in axes[0][1:]:
+        ax.sharey(axes[0][0])
+        ax.tick_params(which="both", labelleft=False)
+    values = [v for o in optimizers for v in shown(report, o.points)]
+    for ax, o in zip(axes[0], optimizers):
+        points = [p for p in o.points if p.lr is not None]
+        draw_trials(ax, report, [p.lr for p in points], points, color[o.name])
+        log_if_wide(ax, [p.lr for p in points], "x")
+        ax.set(title=o.name, xlabel="learning rate")
+        ax.title.set_color(color[o.name])
+        ax.grid(alpha=0.3)
+        if not points:
+            note(ax, "no trial")
+    log_if_wide(axes[0][0], [*values, report.untrained])
+    axes[0][0].set_ylabel(f"validation {report.label}")
+    fig.legend(handles=trial_handles(report), loc="outside lower center", ncols=3, fontsize=8)
+    if with_eps:
+        _epsilon_planes(fig, axes[1], report)
+    fig.suptitle(
+        f"Sensitivity: validation {report.label} of every trial against its learning rate"
+        + (" (and epsilon, below)" if with_eps else ""),
+        fontsize=11,
+    )
+    return fig
+
+
+def _epsilon_planes(fig: Figure, axes: list[Axes], report: Report) -> None:
+    """Learning rate × epsilon per optimizer, coloured by what each trial is worth (one colour scale)."""
+    worths = finite(worth(p.value, report.untrained, report.direction) for o in report.optimizers for p in o.points)
+    norm = (LogNorm if wide(worths) else Normalize)(min(worths, default=0), max(worths, default=1))
+    cmap = "viridis_r" if report.direction == "minimize" else "viridis"
+    for ax, o in zip(axes, report.optimizers):
+        points = [p for p in o.points if p.lr is not None and p.eps is not None]
+        if not points:
+            ax.axis("off")
+            note(ax, f"{o.name}: no epsilon")
+            continue
+        valued = [p for p in points if p.value is not None]
+        values = [worth(p.value, report.untrained, report.direction) for p in valued]
+        ax.scatter([p.lr for p in valued], [p.eps for p in valued], c=values, cmap=cmap, norm=norm, s=24)
+        missing = [p for p in points if p.value is None]
+        if missing:
+            ax.plot(
+                [p.lr for p in missing],
+                [p.eps for p in missing],
+                linestyle="none",
+                marker="x",
+                color="red",
+                label="diverged or failed",
+            )
+            ax.legend(fontsize=7)
+        log_if_wide(ax, [p.lr for p in points], "x")
+        log_if_wide(ax, [p.eps for p in points])
+        ax.set(title=f"{o.name}: learning rate × epsilon", xlabel="learning rate", ylabel="epsilon")
+        ax.grid(alpha=0.3)
+    floor = "" if report.untrained is None else ", capped at the untrained model's"
+    bar = fig.colorbar(
+        ScalarMappable(norm=norm, cmap=cmap),
+        ax=list(axes),
+        label=f"validation {report.label}{floor} (brighter is better)",
+    )
+    if isinstance(norm, LogNorm):
+        bar.ax.yaxis.set_major_formatter(PlainLog())
+        bar.ax.yaxis.set_minor_formatter(PlainLog(labelOnlyBase=False))
