@@ -6,13 +6,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tuner.report.data import Report
-from tuner.report.drawing import colors, finite, log_if_wide, note, wrapped
+from tuner.report.drawing import colors, finite, log_if_wide, note, place, text_height, wrapped
 from tuner.report.statistics import worth
 
 
 def draw_budget(report: Report) -> Figure:
     """Expected best objective against the number of trials (Dodge et al. 2019), ± 1 sd, per optimizer."""
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    fig = Figure(figsize=(9, 5.5))
     ax = fig.subplots()
     color = colors(report)
     means: list[float] = []
@@ -50,18 +50,21 @@ def draw_budget(report: Report) -> Figure:
     fig.suptitle(
         f"Expected best validation {report.label} after n trials: which optimizer is easier to tune", fontsize=11
     )
-    ax.set_title(
-        rf"$E[\{best}$ of $n] = \sum_{{i=1}}^{{N}} v_{{(i)}}\,[(i/N)^n - ((i-1)/N)^n]$ (Dodge et al. 2019); band: ± 1 sd"
-        f"\n$v_{{(1)}}..v_{{(N)}}$: the N trials' values sorted worst to best; a trial's value: its validation {report.label}"
-        + wrapped(
-            f"\n(pruned: the last it reported){floor}\nthe estimator assumes random-search trials; these are {report.sampling}",
-            fig.get_figwidth() - 0.5,
-            8,
-        ),
-        fontsize=8,
+    formula = rf"$E[\{best}$ of $n] = \sum_{{i=1}}^{{N}} v_{{(i)}}\,[(i/N)^n - ((i-1)/N)^n]$"
+    values = (
+        f"$v_{{(1)}}..v_{{(N)}}$: the N trials' values sorted worst to best; "
+        f"a trial's value: its validation {report.label}"
     )
+    caveats = (
+        f"\n(pruned: the last it reported){floor}\n"
+        f"the estimator assumes random-search trials; these are {report.sampling}"
+    )
+    title = f"{formula} (Dodge et al. 2019); band: ± 1 sd\n{values}" + wrapped(caveats, fig.get_figwidth() - 0.5, 8)
+    ax.set_title(title, fontsize=8)
     ax.set(xlabel="n: number of trials (the tuning budget)", ylabel=f"expected best validation {report.label}")
     ax.grid(alpha=0.3)
     if means:
         ax.legend(fontsize=8)
+    # Top: the figure's title, then the axes' title at 8 points (its two mathtext lines are taller than plain ones).
+    place(fig, top=0.45 + text_height("", 11) + text_height(title, 8) + 0.1)
     return fig

@@ -9,12 +9,24 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from tuner.report.data import Report
-from tuner.report.drawing import EDGE_LANE, at_edge, colors, draw_trials, log_if_wide, make_room, shown, trial_handles
+from tuner.report.drawing import (
+    EDGE_LANE,
+    at_edge,
+    colors,
+    draw_trials,
+    legend_width,
+    log_if_wide,
+    make_room,
+    place,
+    shown,
+    text_height,
+    trial_handles,
+)
 
 
 def draw_convergence(report: Report) -> Figure:
     """Best-so-far objective against trials, one line per optimizer, every trial marked by outcome."""
-    fig = Figure(figsize=(10, 5.5), layout="constrained")
+    fig = Figure(figsize=(10, 5.5))
     ax = fig.subplots()
     color = colors(report)
     for lane, o in enumerate(report.optimizers):
@@ -37,6 +49,8 @@ def draw_convergence(report: Report) -> Figure:
     lines = [
         Line2D([], [], color=color[o.name], linewidth=2, label=f"{o.name}: best so far") for o in report.optimizers
     ]
-    fig.legend(handles=lines + trial_handles(report), loc="outside right upper", fontsize=8)
+    handles = lines + trial_handles(report)
+    fig.legend(handles=handles, loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
+    place(fig, top=0.25 + text_height(ax.get_title(), 12), right=0.15 + legend_width(handles, 8))
     return fig

@@ -16,8 +16,9 @@ import textwrap
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import LogFormatterSciNotation
+from matplotlib.ticker import LogFormatterSciNotation, NullLocator
 
 from tuner.report.statistics import worth
 
@@ -55,7 +56,7 @@ def log_if_wide(ax: Axes, values: Iterable[float | None], axis: str = "y") -> No
 
     Labelled between the decades too where they fit (every minor tick up to about a decade and a
     quarter, some of them up to two decades) and gridded at every minor tick up to three decades, so
-    that 0.08 and 0.09 can be told apart on an axis labelled 0.1 and 1.
+    that 0.08 and 0.09 can be told apart on an axis labelled 0.1 and 1; over more decades, no minor ticks.
     """
     spread = finite(values)
     if wide(spread):
@@ -65,6 +66,8 @@ def log_if_wide(ax: Axes, values: Iterable[float | None], axis: str = "y") -> No
         target.set_minor_formatter(PlainLog(labelOnlyBase=False, minor_thresholds=(2, 1.25)))
         if max(spread) <= 1000 * min(spread):  # over more decades, a line per minor tick would be a grey wash
             ax.grid(which="minor", axis=axis, alpha=0.12)
+        else:  # ... and unlabelled, ungridded minor ticks tell nothing but cost most of the figure's drawing time
+            target.set_minor_locator(NullLocator())
 
 
 def shown(report: Report, points: Iterable[TrialPoint]) -> list[float]:
@@ -151,3 +154,51 @@ def wrapped(text: str, inches: float, points: float) -> str:
 
 def note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="dimgrey")
+
+
+def text_height(text: str, points: float) -> float:
+    """Inches of height that ``text`` takes at a font size of ``points``, one line spacing (1.2 em, matplotlib's) a line."""
+    return (text.count("\n") + 1) * 1.2 * points / 72
+
+
+def place(
+    fig: Figure,
+    *,
+    left: float = 0.8,
+    right: float = 0.2,
+    top: float = 0.5,
+    bottom: float = 0.55,
+    wspace: float = 0.6,
+    hspace: float = 0.8,
+) -> None:
+    """Lay ``fig``'s grid of axes out with these margins and gaps, in inches.
+
+    Instead of constrained layout, which measures every axis's ticks and labels twice before the figure is drawn (most
+    of a report's drawing time); each figure states what its margins hold. ``wspace`` and ``hspace``: between columns
+    and rows of axes. Raises ``ValueError`` when the figure has no grid of axes or the margins leave no room for one.
+    """
+    grid = fig.axes[0].get_gridspec()
+    if grid is None:
+        raise ValueError("place: the figure's first axes are not on a grid")
+    rows, columns = grid.get_geometry()
+    width, height = fig.get_size_inches()
+    inner_w = width - left - right - wspace * (columns - 1)
+    inner_h = height - top - bottom - hspace * (rows - 1)
+    if inner_w <= 0 or inner_h <= 0:
+        raise ValueError(
+            f"place: margins of {width - inner_w:.2f} × {height - inner_h:.2f} in leave no room for the axes"
+        )
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wspace * columns / inner_w,
+        hspace=hspace * rows / inner_h,
+    )
+
+
+def legend_width(handles: list[Line2D], points: float) -> float:
+    """Inches of width a one-column legend of ``handles`` takes at a font size of ``points``: its longest label (about
+    0.5 em a character) after the handle, the gaps and the frame (about 0.55 inch)."""
+    return 0.55 + max((len(str(h.get_label())) for h in handles), default=0) * 0.5 * points / 72

@@ -6,14 +6,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tuner.report.data import Report
-from tuner.report.drawing import colors, log_if_wide, note
+from tuner.report.drawing import colors, log_if_wide, note, place, text_height
 
 
 def draw_learning_curves(report: Report) -> Figure:
     """Validation loss (and metric) against epoch of each best config: mean and ± 1 sd over the final seeds."""
     metric = report.setup["metric"]
     panels = ["loss"] + ([metric] if metric != "loss" else [])
-    fig = Figure(figsize=(5.5 * len(panels), 4.8), layout="constrained")
+    fig = Figure(figsize=(5.5 * len(panels), 4.8))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     color = colors(report)
     for ax, name in zip(axes, panels):
@@ -43,5 +43,8 @@ def draw_learning_curves(report: Report) -> Figure:
     seeds = next((o.summary.final["seeds"] for o in report.optimizers if o.summary.final), [])
     missing = [o.name for o in report.optimizers if o.loss is None]
     title = f"Training convergence of each optimizer's best config: mean ± sd over seeds {', '.join(map(str, seeds)) or '-'}"
-    fig.suptitle(title + (f"\nno complete trial, no curve: {', '.join(missing)}" if missing else ""), fontsize=11)
+    title += f"\nno complete trial, no curve: {', '.join(missing)}" if missing else ""
+    fig.suptitle(title, fontsize=11)
+    # Top: the figure's title, then each panel's one-line title (12 points); between the panels: the second's y labels.
+    place(fig, top=0.35 + text_height(title, 11) + text_height("", 12), wspace=0.9)
     return fig

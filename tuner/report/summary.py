@@ -83,7 +83,7 @@ def summary(report: Report, out: Path) -> str:
         "",
         "## Figures",
         "",
-        *[f"- {_link(name + '.png', 'plots/' + name + '.png')}: {about}" for name, (_, about) in FIGURES.items()],
+        *[f"- {_link(name + '.png', 'plots/' + name + '.png')}: {about}" for name, about in FIGURES.items()],
         "",
         "## Best configs",
         "",
