@@ -224,6 +224,27 @@ def test_a_task_that_cannot_be_imported_leaves_the_measured_numbers_out(tmp_path
     )
 
 
+def test_the_measured_numbers_stored_with_the_final_evaluation_are_read_not_measured(tmp_path):
+    # The task cannot be built here: the numbers can only come from the study.
+    stored = final(0, [[0.5, 0.45, 0.4]]) | {"state_bytes_per_param": 12.0, "untrained": {"val": 2.5, "test": 2.6}}
+    study = add_study(
+        None,
+        "z/adam",
+        [trial("complete", 0.4), trial("diverged", math.nan)],
+        stored,
+        setup=SETUP | {"task": "nosuchpkg.tasks:make"},
+    )
+    report = build_report([study])
+    assert report.untrained == 2.5 and report.optimizers[0].memory == 12.0 and report.notes == []
+    assert report.optimizers[0].expected.mean[0] == pytest.approx((0.4 + 2.5) / 2)  # the diverged trial at the floor
+
+
+def test_one_final_seed_is_said_as_one_value_not_as_a_spread_of_zero(tmp_path):
+    study = add_study(None, "s/adam", [trial("complete", 0.4)], final(0, [[0.5, 0.45, 0.4]]))
+    text = summary(build_report([study]), tmp_path)
+    assert "| 0.4 (1 seed)" in text and "± 0" not in text and "seed 1 only: one value, no spread" in text
+
+
 def test_importance_keeps_the_conditional_parameters_and_says_when_trials_are_too_few():
     """PED-ANOVA (the default) assesses the schedule's conditional parameters; fANOVA and MDI drop them."""
     # The objective depends on lr only; the schedule's own parameter exists in half of the trials.

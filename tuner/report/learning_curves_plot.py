@@ -42,7 +42,12 @@ def draw_learning_curves(report: Report) -> Figure:
             ax.legend(fontsize=8)
     seeds = next((o.summary.final["seeds"] for o in report.optimizers if o.summary.final), [])
     missing = [o.name for o in report.optimizers if o.loss is None]
-    title = f"Training convergence of each optimizer's best config: mean ± sd over seeds {', '.join(map(str, seeds)) or '-'}"
+    over = (
+        f"seed {seeds[0]} (one seed: no band)"
+        if len(seeds) == 1
+        else f"mean ± sd over seeds {', '.join(map(str, seeds)) or '-'}"
+    )
+    title = f"Training convergence of each optimizer's best config: {over}"
     title += f"\nno complete trial, no curve: {', '.join(missing)}" if missing else ""
     fig.suptitle(title, fontsize=11)
     # Top: the figure's title, then each panel's one-line title (12 points); between the panels: the second's y labels.

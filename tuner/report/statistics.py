@@ -115,6 +115,14 @@ def pm(stat: tuple[float, float], digits: int = 4) -> str:
     return f"{round(mean, decimals):.{max(decimals, 0)}f} ± {round(sd, decimals):.{max(decimals, 0)}f}"
 
 
+def over_seeds(values: list[float], digits: int = 4) -> str:
+    """Final-seed values for people: ``mean ± sd`` (:func:`pm`) over several seeds; the value and ``(1 seed)`` for one
+    (one value has no spread to show, and ``± 0`` would claim one); ``-`` for none."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}g} (1 seed)"
+    return pm(mean_sd(values), digits) if values else "-"
+
+
 def table(rows: list[list[str]]) -> str:
     """A Markdown table whose columns also line up in a terminal; the first row is the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

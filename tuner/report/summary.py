@@ -40,8 +40,8 @@ def summary(report: Report, out: Path) -> str:
             [
                 s.optimizer + (" *" if s.optimizer == report.winner else ""),
                 _cell(s.best_value, ".4g"),
-                analysis.pm(s.stat("val_objective")) if s.final else "-",
-                analysis.pm(s.stat("test_objective")) if s.final else "-",
+                analysis.over_seeds(s.final["val_objective"]) if s.final else "-",
+                analysis.over_seeds(s.final["test_objective"]) if s.final else "-",
                 _cell(None if speed is None else speed.epochs, ".3g") + reached,
                 _cell(o.cpe, ".4g"),
                 _cell(o.cpe_test, ".4g"),
@@ -65,7 +65,7 @@ def summary(report: Report, out: Path) -> str:
         analysis.table(rows),
         "",
         f"- **best val {label}**: the best trial of the study.",
-        f"- **final val / final test**: {label} of the best trial's config re-trained on seeds {', '.join(map(str, seeds)) or '-'}, mean ± sd.",
+        f"- **final val / final test**: {label} of the best trial's config re-trained on {_seeds(seeds)}.",
         f"- **epochs to {arrow} target** (DeepOBS's speed): the first epoch whose validation {label} reaches the target "
         f"({_cell(report.target, '.6g')}; {origin}), mean over the final seeds; a seed that never reaches it counts as "
         f"{setup['epochs'] + 1} (epochs + 1).",
@@ -93,6 +93,13 @@ def summary(report: Report, out: Path) -> str:
     ]
     lines += [f"- {_link(name, name)}" for name in configs] or ["- none in this folder: `tuner study` writes them"]
     return "\n".join(lines)
+
+
+def _seeds(seeds: list[int]) -> str:
+    """The final seeds and what the final columns show of them, for people."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]} only: one value, no spread (--final-seeds 3 or more would show one)"
+    return f"seeds {', '.join(map(str, seeds)) or '-'}, mean ± sd"
 
 
 def _link(text: str, target: str) -> str:
