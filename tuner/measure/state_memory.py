@@ -17,8 +17,8 @@ from tuner.train.trainer import first_step
 def state_bytes_per_parameter(task: Task, data: Data, config: Config) -> float:
     """Bytes of optimizer state per model parameter, measured after one training step with ``config``.
 
-    One forward, backward and optimizer step on a training batch of ``data`` (on its device), then
-    the bytes of every tensor in ``optimizer.state`` over the model's parameter count; torch's random state is left as it was. A task with
+    One forward, backward and optimizer step on a training batch of ``data`` (on its device), then the bytes of every
+    tensor in ``optimizer.state`` over the model's parameter count; torch's random state is left as it was. A task with
     its own loop (:func:`tuner.tasks.is_loop`) is run to its first report instead and the optimizer its ``fit``
     built is read (:func:`tuner.train.loop.state_bytes_per_parameter`). Raises what the task raises.
     """

@@ -33,7 +33,9 @@ COMPARED = ("task", "task_args", "epochs", "batch_size", "objective", "direction
 def load_studies(
     storage: optuna.storages.BaseStorage, experiment: str, only: list[str] | None = None, where: str = "--experiment"
 ) -> list[optuna.Study]:
-    """The studies of ``experiment`` (named ``<experiment>/<space>``): those of the spaces in ``only``, in that order, or all of them."""
+    """The studies of ``experiment`` (named ``<experiment>/<space>``): those of the spaces in ``only``, in that order,
+    or all of them. Raises :class:`~tuner.errors.UserError` naming ``where`` when there is none, or when one was not
+    made by ``tuner study`` (no ``setup`` attribute)."""
     names = optuna.get_all_study_names(storage)
     prefix = f"{experiment}/"
     spaces = [name.removeprefix(prefix) for name in names if name.startswith(prefix)]
@@ -42,8 +44,11 @@ def load_studies(
     if not spaces:
         experiments = experiment_names(storage)
         of = f" of {', '.join(only)}" if only is not None else ""
+        place = (
+            mask_url(str(storage.url)) if isinstance(storage, optuna.storages.RDBStorage) else type(storage).__name__
+        )
         raise UserError(
-            f"{where}: {experiment!r} has no studies{of} in {mask_url(str(storage.url))} "
+            f"{where}: {experiment!r} has no studies{of} in {place} "
             f"(experiments there: {', '.join(experiments) or 'none'})"
         )
     studies = [optuna.load_study(study_name=prefix + space, storage=storage) for space in spaces]
@@ -85,8 +90,9 @@ def best_so_far(points: list[TrialPoint], direction: str) -> list[float]:
     """After each trial, the best objective of the complete trials so far (NaN before the first)."""
     best, curve = math.nan, []
     for point in points:
-        if point.outcome == "complete" and (math.isnan(best) or analysis.reaches(point.value, best, direction)):
-            best = point.value
+        value = point.value if point.outcome == "complete" else None
+        if value is not None and (math.isnan(best) or analysis.reaches(value, best, direction)):
+            best = value
         curve.append(best)
     return curve
 
@@ -129,7 +135,7 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
         picked = [
             (p.value, analysis.worth(p.test, untrained_test, direction))
             for p in points
-            if p.outcome == "complete" and p.test is not None and math.isfinite(p.test)
+            if p.outcome == "complete" and p.value is not None and p.test is not None and math.isfinite(p.test)
         ]
         runs = (summary.final or {}).get("history") or []
         optimizers.append(
@@ -176,18 +182,20 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
 
 def close_call(summaries: list[Summary], best: Summary | None, direction: str) -> str | None:
     """A note when the winner's final validation mean and the runner-up's differ by less than twice the standard
-    error of their difference, sqrt(sd_a²/n_a + sd_b²/n_b) over the final seeds: the ranking of the two is not settled."""
+    error of their difference, sqrt(sd_a²/n_a + sd_b²/n_b) over the final seeds: the ranking of the two is not
+    settled."""
     others = [s for s in summaries if s is not best and s.final and math.isfinite(s.stat("val_objective")[0])]
     if best is None or not others:
         return None
     sign = -1.0 if direction == "maximize" else 1.0
     second = min(others, key=lambda s: sign * s.stat("val_objective")[0])
     (m1, s1), (m2, s2) = best.stat("val_objective"), second.stat("val_objective")
-    se = math.sqrt(s1**2 / len(best.final["seeds"]) + s2**2 / len(second.final["seeds"]))
+    se = math.sqrt(s1**2 / len(best.seeds) + s2**2 / len(second.seeds))
     if not (math.isfinite(m1) and abs(m1 - m2) < 2 * se):
         return None
     return (
-        f"close call: {best.optimizer} ({analysis.pm((m1, s1))}) and {second.optimizer} ({analysis.pm((m2, s2))}) differ by "
+        f"close call: {best.optimizer} ({analysis.pm((m1, s1))}) and {second.optimizer} ({analysis.pm((m2, s2))}) "
+        "differ by "
         f"{abs(m1 - m2):.2g}, less than twice its standard error ({se:.2g}): the ranking of the two is not settled; "
         "more final seeds (--final-seeds) would tell"
     )

@@ -37,7 +37,8 @@ def draw_convergence(report: Report) -> Figure:
         make_room(ax, report.direction, 0.04 + EDGE_LANE * max(edge_lanes))
     low, high = ax.get_ylim()
     for o in report.optimizers:
-        # A best so far worse than every value shown (worse than the untrained model) runs along the bad edge, inside the axes.
+        # A best so far worse than every value shown (worse than the untrained model) runs along the bad edge, inside
+        # the axes.
         inside = [v if math.isnan(v) else min(max(v, low), high) for v in o.best_so_far]
         ax.step(range(1, len(o.points) + 1), inside, where="post", color=color[o.name], linewidth=2, scaley=False)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

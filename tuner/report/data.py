@@ -33,7 +33,8 @@ class TrialPoint:
 
 @dataclass(frozen=True)
 class Importance:
-    """One optimizer's parameter importances (summing to 1) from ``trials`` complete trials; empty, with a ``note``, when there is no estimate.
+    """One optimizer's parameter importances (summing to 1) from ``trials`` complete trials; empty, with a ``note``,
+    when there is no estimate.
 
     ``sd``: each importance's standard deviation over :data:`BOOTSTRAP` resamples of the complete trials (the
     uncertainty of the estimate); ``note`` also says when the estimate is weak (fewer than
@@ -68,7 +69,8 @@ class OptimizerReport:
 
 @dataclass(frozen=True)
 class Report:
-    """An experiment's report; ``setup`` is the first study's stored setup (task, epochs, objective, direction, metric, ...)."""
+    """An experiment's report; ``setup`` is the first study's stored setup (task, epochs, objective, direction, metric,
+    ...)."""
 
     experiment: str
     setup: dict[str, Any]
@@ -91,6 +93,11 @@ class Report:
             return "random-search trials, as the estimator assumes"
         drawn = ", ".join(self.samplers) or "no"
         return f"{drawn} trials, not independent draws: optimistic (sampler: random meets the estimator's assumption)"
+
+    @property
+    def final_seeds(self) -> list[int]:
+        """The seeds of the final evaluations (every study's are the same; none when no study has one)."""
+        return next((o.summary.seeds for o in self.optimizers if o.summary.final), [])
 
     @property
     def label(self) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -51,7 +51,7 @@ def wide(values: list[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) >= 10 * min(values)
 
 
-def log_if_wide(ax: Axes, values: Iterable[float | None], axis: str = "y") -> None:
+def log_if_wide(ax: Axes, values: Iterable[float | None], axis: Literal["x", "y"] = "y") -> None:
     """A log scale on ``axis`` when the values are positive and span a decade or more.
 
     Labelled between the decades too where they fit (every minor tick up to about a decade and a
@@ -129,25 +129,28 @@ def make_room(ax: Axes, direction: str, share: float) -> None:
 def trial_handles(report: Report) -> list[Line2D]:
     """Legend entries for :func:`draw_trials`, in grey."""
     edge = "top" if report.direction == "minimize" else "bottom"
-    style = {"linestyle": "none", "color": "grey"}
+
+    def marker(symbol: str, label: str, face: str = "grey") -> Line2D:
+        return Line2D([], [], linestyle="none", color="grey", marker=symbol, markerfacecolor=face, label=label)
+
     handles = [
-        Line2D([], [], marker="o", label="complete", **style),
-        Line2D([], [], marker="o", markerfacecolor="none", label="pruned (its last value)", **style),
-        Line2D([], [], marker="x", label=f"diverged (no value: at the {edge})", **style),
-        Line2D([], [], marker="+", label=f"failed (at the {edge})", **style),
+        marker("o", "complete"),
+        marker("o", "pruned (its last value)", face="none"),
+        marker("x", f"diverged (no value: at the {edge})"),
+        marker("+", f"failed (at the {edge})"),
     ]
     if report.untrained is not None:
         beyond = "^" if report.direction == "minimize" else "v"
         handles += [
-            Line2D([], [], marker=beyond, label=f"worse than untrained (at the {edge})", **style),
+            marker(beyond, f"worse than untrained (at the {edge})"),
             Line2D([], [], linestyle=":", color="grey", label=f"untrained model ({report.untrained:.4g})"),
         ]
     return handles
 
 
 def wrapped(text: str, inches: float, points: float) -> str:
-    """``text`` with each line broken to fit ``inches`` of width at a font size of ``points`` (mathtext lines, with ``$``,
-    are left whole: a break inside one would not render)."""
+    """``text`` with each line broken to fit ``inches`` of width at a font size of ``points`` (mathtext lines, with
+    ``$``, are left whole: a break inside one would not render)."""
     width = max(20, int(inches * 120 / points))  # about 0.6 em a character: 72 / (0.6 * points) characters an inch
     return "\n".join(line if "$" in line else textwrap.fill(line, width) for line in text.split("\n"))
 
@@ -157,7 +160,8 @@ def note(ax: Axes, text: str) -> None:
 
 
 def text_height(text: str, points: float) -> float:
-    """Inches of height that ``text`` takes at a font size of ``points``, one line spacing (1.2 em, matplotlib's) a line."""
+    """Inches of height that ``text`` takes at a font size of ``points``: one line spacing (1.2 em, matplotlib's) a
+    line."""
     return (text.count("\n") + 1) * 1.2 * points / 72
 
 

@@ -22,7 +22,9 @@ MIN_WEAK_IMPORTANCE_TRIALS = 8
 # Resamples of the complete trials (with replacement) for the spread of each importance.
 BOOTSTRAP = 20
 IMPORTANCE_EVALUATORS = {
-    "ped-anova": "PED-ANOVA: how far the top 25% of complete trials stray from all of them; conditional parameters included",
+    "ped-anova": (
+        "PED-ANOVA: how far the top 25% of complete trials stray from all of them; conditional parameters included"
+    ),
     "fanova": "fANOVA: variance explained; only parameters present in every complete trial (no schedule parameters)",
     "mdi": "mean decrease impurity of a random forest; only parameters present in every complete trial",
 }
@@ -48,7 +50,8 @@ def importance(study: optuna.Study, evaluator: str = "ped-anova") -> Importance:
         return Importance(
             {},
             n,
-            f"too few complete trials for an estimate\n({n}; {MIN_WEAK_IMPORTANCE_TRIALS} at least, {MIN_IMPORTANCE_TRIALS} advised)",
+            f"too few complete trials for an estimate\n"
+            f"({n}; {MIN_WEAK_IMPORTANCE_TRIALS} at least, {MIN_IMPORTANCE_TRIALS} advised)",
         )
     values = _importances(study.direction, trials, evaluator)
     draw = random.Random(0)
@@ -70,7 +73,8 @@ def _importances(direction: optuna.study.StudyDirection, trials: list[FrozenTria
 
 
 def rank_parameters(importances: list[Importance]) -> list[str]:
-    """Every parameter with an importance, by its total importance over the optimizers, most important first (ties by name)."""
+    """Every parameter with an importance, by its total importance over the optimizers, most important first (ties by
+    name)."""
     total: dict[str, float] = {}
     for imp in importances:
         for name, value in imp.values.items():

@@ -36,7 +36,8 @@ def draw_importance(report: Report) -> Figure:
     axes[0].set_yticks(range(len(order)), order)
     axes[0].set_ylim(max(len(order), 1) - 0.5, -0.5)  # the most important on top
     title = wrapped(
-        f"Parameter importance ({report.importance})\nerror bars: ± 1 sd over bootstrap resamples of the complete trials",
+        f"Parameter importance ({report.importance})\n"
+        "error bars: ± 1 sd over bootstrap resamples of the complete trials",
         fig.get_figwidth() - 0.3,
         11,
     )

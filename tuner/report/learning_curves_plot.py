@@ -40,7 +40,7 @@ def draw_learning_curves(report: Report) -> Figure:
         ax.grid(alpha=0.3)
         if drawn:
             ax.legend(fontsize=8)
-    seeds = next((o.summary.final["seeds"] for o in report.optimizers if o.summary.final), [])
+    seeds = report.final_seeds
     missing = [o.name for o in report.optimizers if o.loss is None]
     over = (
         f"seed {seeds[0]} (one seed: no band)"

@@ -34,7 +34,8 @@ COLORBAR_RIGHT = 1.35
 
 
 def draw_sensitivity(report: Report) -> Figure:
-    """Objective against learning rate for every trial; below, learning rate × epsilon coloured by objective, for optimizers with an epsilon."""
+    """Objective against learning rate for every trial; below, learning rate × epsilon coloured by objective, for
+    optimizers with an epsilon."""
     optimizers, color = report.optimizers, colors(report)
     with_eps = any(p.eps is not None for o in optimizers for p in o.points)
     rows = 2 if with_eps else 1
@@ -63,8 +64,9 @@ def draw_sensitivity(report: Report) -> Figure:
     values = [v for o in optimizers for v in shown(report, o.points)]
     for ax, o in zip(axes[0], optimizers):
         points = [p for p in o.points if p.lr is not None]
-        draw_trials(ax, report, [p.lr for p in points], points, color[o.name])
-        log_if_wide(ax, [p.lr for p in points], "x")
+        rates = [p.lr for p in o.points if p.lr is not None]
+        draw_trials(ax, report, rates, points, color[o.name])
+        log_if_wide(ax, rates, "x")
         ax.set(title=o.name, xlabel="learning rate")
         ax.title.set_color(color[o.name])
         ax.grid(alpha=0.3)
@@ -85,27 +87,28 @@ def _epsilon_planes(fig: Figure, axes: list[Axes], report: Report) -> None:
     norm = (LogNorm if wide(worths) else Normalize)(min(worths, default=0), max(worths, default=1))
     cmap = "viridis_r" if report.direction == "minimize" else "viridis"
     for ax, o in zip(axes, report.optimizers):
-        points = [p for p in o.points if p.lr is not None and p.eps is not None]
+        # (learning rate, epsilon, value) of each trial with both
+        points = [(p.lr, p.eps, p.value) for p in o.points if p.lr is not None and p.eps is not None]
         if not points:
             ax.axis("off")
             note(ax, f"{o.name}: no epsilon")
             continue
-        valued = [p for p in points if p.value is not None]
-        values = [worth(p.value, report.untrained, report.direction) for p in valued]
-        ax.scatter([p.lr for p in valued], [p.eps for p in valued], c=values, cmap=cmap, norm=norm, s=24)
-        missing = [p for p in points if p.value is None]
+        valued = [(lr, eps, worth(v, report.untrained, report.direction)) for lr, eps, v in points if v is not None]
+        if valued:
+            lrs, epsilons, values = zip(*valued)
+            ax.scatter(lrs, epsilons, c=values, cmap=cmap, norm=norm, s=24)
+        missing = [(lr, eps) for lr, eps, value in points if value is None]
         if missing:
             ax.plot(
-                [p.lr for p in missing],
-                [p.eps for p in missing],
+                *zip(*missing),
                 linestyle="none",
                 marker="x",
                 color="red",
                 label="diverged or failed",
             )
             ax.legend(fontsize=7)
-        log_if_wide(ax, [p.lr for p in points], "x")
-        log_if_wide(ax, [p.eps for p in points])
+        log_if_wide(ax, [lr for lr, _, _ in points], "x")
+        log_if_wide(ax, [eps for _, eps, _ in points])
         ax.set(title=f"{o.name}: learning rate × epsilon", xlabel="learning rate", ylabel="epsilon")
         ax.grid(alpha=0.3)
     floor = "" if report.untrained is None else ", capped at the untrained model's"

@@ -1,4 +1,5 @@
-"""``step_sizes.png``: each optimizer's effective per-parameter learning rate over training (see :mod:`tuner.measure.step_sizes`).
+"""``step_sizes.png``: each optimizer's effective per-parameter learning rate over training
+(see :mod:`tuner.measure.step_sizes`).
 
 One panel per optimizer, one shared log y axis: for its largest parameter tensors, the median (line) and 5-95%
 band of ``η`` against the optimizer step, from the first final seed's record; the optimizer's own scheduled
@@ -57,7 +58,7 @@ def draw_step_sizes(report: Report) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[0].set_ylabel("effective learning rate η (log)")
-    seed = next((o.summary.final["seeds"][0] for o in report.optimizers if o.summary.final), "-")
+    seed = report.final_seeds[0] if report.final_seeds else "-"
     title = wrapped(
         f"Effective per-parameter learning rate η of each best config (seed {seed}): "
         "median and 5-95% band over each tensor's elements,\n"

@@ -16,11 +16,12 @@ def _cell(value: float | None, spec: str) -> str:
 
 
 def summary(report: Report, out: Path) -> str:
-    """``summary.md``: one row per optimizer, what each column means, links to the figures and to the best-config files in ``out``."""
+    """``summary.md``: one row per optimizer, what each column means, links to the figures and to the best-config
+    files in ``out``."""
     label, setup = report.label, report.setup
     better = "lower" if report.direction == "minimize" else "higher"
     arrow = "≤" if report.direction == "minimize" else "≥"
-    seeds = next((o.summary.final["seeds"] for o in report.optimizers if o.summary.final), [])
+    seeds = report.final_seeds
     header = [
         "optimizer",
         f"best val {label}",
@@ -54,7 +55,8 @@ def summary(report: Report, out: Path) -> str:
     floor = (
         "diverged and failed trials have none and are left out (the untrained model was not measured)"
         if report.untrained is None
-        else f"never worse than the untrained model's ({report.untrained:.4g}), which diverged and failed trials count as"
+        else f"never worse than the untrained model's ({report.untrained:.4g}), "
+        "which diverged and failed trials count as"
     )
     lines = [
         f"# {report.experiment}: which optimizer trains {task} best",
@@ -66,19 +68,20 @@ def summary(report: Report, out: Path) -> str:
         "",
         f"- **best val {label}**: the best trial of the study.",
         f"- **final val / final test**: {label} of the best trial's config re-trained on {_seeds(seeds)}.",
-        f"- **epochs to {arrow} target** (DeepOBS's speed): the first epoch whose validation {label} reaches the target "
-        f"({_cell(report.target, '.6g')}; {origin}), mean over the final seeds; a seed that never reaches it counts as "
-        f"{setup['epochs'] + 1} (epochs + 1).",
-        f"- **CPE (val)** (Sivaprasad et al. 2020, on validation): the expected best validation {label} after n trials (plots/budget.png), "
-        "averaged over n = 1..N with weights N - n + 1: small budgets count most, so it rewards an optimizer that is good "
-        f"after few trials ({better} is better). "
+        f"- **epochs to {arrow} target** (DeepOBS's speed): the first epoch whose validation {label} reaches the "
+        f"target ({_cell(report.target, '.6g')}; {origin}), mean over the final seeds; a seed that never reaches it "
+        f"counts as {setup['epochs'] + 1} (epochs + 1).",
+        f"- **CPE (val)** (Sivaprasad et al. 2020, on validation): the expected best validation {label} after n "
+        "trials (plots/budget.png), averaged over n = 1..N with weights N - n + 1: small budgets count most, so it "
+        f"rewards an optimizer that is good after few trials ({better} is better). "
         f"A trial counts with its validation {label} (a pruned one with the last it reported), {floor}. "
         f"Dodge et al.'s estimator assumes independent random-search trials; these are {report.sampling}.",
-        f"- **CPE (test)**: Sivaprasad et al.'s own score: the same weighting of the expected *test* {label} of the config "
-        f"picked as best on validation among n trials, over the complete trials (a pruned or diverged trial has no test "
-        f"value), each never worse than the untrained model's test {label}; the test split never picks. "
+        f"- **CPE (test)**: Sivaprasad et al.'s own score: the same weighting of the expected *test* {label} of the "
+        "config picked as best on validation among n trials, over the complete trials (a pruned or diverged trial has "
+        f"no test value), each never worse than the untrained model's test {label}; the test split never picks. "
         "**CPE (val)** is the validation figure before it.",
-        "- **state bytes/param**: bytes of `torch.optim` state per model parameter, measured after one step of the best config.",
+        "- **state bytes/param**: bytes of `torch.optim` state per model parameter after the best config's first "
+        "step (a task with its own loop: after its first epoch).",
         *[f"- note: {note}" for note in report.notes],
         "",
         "## Figures",
