@@ -10,11 +10,12 @@ import math
 
 import optuna
 import pytest
+from matplotlib.figure import Figure
 
 from tuner.report.build import close_call
 from tuner.report.convergence_plot import draw_convergence
 from tuner.report.data import Importance, OptimizerReport, Report, TrialPoint
-from tuner.report.drawing import wrapped
+from tuner.report.drawing import place, wrapped
 from tuner.report.importance import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, importance
 from tuner.report.importance_plot import draw_importance
 from tuner.report.sensitivity_plot import draw_sensitivity
@@ -217,6 +218,18 @@ def test_importance_labels_clear_their_error_bars_and_long_titles_wrap_inside_th
     assert max(len(line) for line in title.splitlines()) <= 90 and "conditional parameters included" in title.replace(
         "\n", " "
     )
+
+
+def test_a_figure_laid_out_by_hand_keeps_its_margins_and_refuses_margins_with_no_room():
+    fig = Figure(figsize=(6, 4))
+    fig.subplots(1, 2)
+    place(fig, left=0.6, right=0.3, top=0.5, bottom=0.4, wspace=0.8)
+    (left, right) = (ax.get_position() for ax in fig.axes)
+    assert left.x0 * 6 == pytest.approx(0.6) and (1 - right.x1) * 6 == pytest.approx(0.3)
+    assert (right.x0 - left.x1) * 6 == pytest.approx(0.8) and left.width == pytest.approx(right.width)
+    assert (1 - left.y1) * 4 == pytest.approx(0.5) and left.y0 * 4 == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="no room"):
+        place(fig, left=3, right=3)
 
 
 def test_wrapped_breaks_long_lines_and_leaves_mathtext_whole():

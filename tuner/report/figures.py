@@ -16,7 +16,7 @@ FIGURES: dict[str, str] = {
     "convergence": "tuning convergence: best-so-far objective against trials, every trial by outcome",
     "learning_curves": "training convergence: validation curves of each best config, mean ± sd over the final seeds",
     "budget": "expected best objective against the number of trials: which optimizer is easier to tune",
-    "sensitivity": "objective against learning rate for every trial; learning rate × epsilon",
+    "sensitivity": "objective against learning rate for every trial; learning rate × epsilon where there is one",
     "step_sizes": "effective per-parameter learning rate over training, per optimizer",
 }
 
