@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from tuner.cli.main import main
-from tuner.report.data import untrained_objective
+from tuner.measure.untrained import untrained_objective
 from tuner.report.statistics import cpe, expected_best, expected_picked, worth
 from tuner.tasks.loading import load_task
 

@@ -10,18 +10,15 @@ import math
 
 import optuna
 import pytest
+from matplotlib.figure import Figure
 
-from tuner.report import plots
-from tuner.report.data import (
-    MIN_IMPORTANCE_TRIALS,
-    MIN_WEAK_IMPORTANCE_TRIALS,
-    Importance,
-    OptimizerReport,
-    Report,
-    TrialPoint,
-    close_call,
-    importance,
-)
+from tuner.report.build import close_call
+from tuner.report.convergence_plot import draw_convergence
+from tuner.report.data import Importance, OptimizerReport, Report, TrialPoint
+from tuner.report.drawing import place, wrapped
+from tuner.report.importance import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, importance
+from tuner.report.importance_plot import draw_importance
+from tuner.report.sensitivity_plot import draw_sensitivity
 from tuner.report.statistics import ExpectedBest, Summary, pm
 
 
@@ -106,7 +103,7 @@ def test_convergence_keeps_every_marker_and_line_visible():
     sgd = optimizer(
         "sgd", [point("complete", 1e19), point("diverged", None), point("complete", 0.4)], [1e19, 1e19, 0.4]
     )
-    fig = drawn(plots.draw_convergence(report(adam, sgd)))
+    fig = drawn(draw_convergence(report(adam, sgd)))
     ax = fig.axes[0]
     crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
     assert len(crosses) == 2 and crosses[0].get_ydata()[0] != crosses[1].get_ydata()[0]
@@ -124,7 +121,7 @@ def test_convergence_keeps_every_marker_and_line_visible():
 
 def test_a_log_axis_is_labelled_between_its_decades():
     points = [point("complete", v) for v in (0.05, 0.08, 0.09, 0.3, 0.6)]
-    fig = drawn(plots.draw_convergence(report(optimizer("adam", points, [0.05] * 5), untrained=None)))
+    fig = drawn(draw_convergence(report(optimizer("adam", points, [0.05] * 5), untrained=None)))
     ax = fig.axes[0]
     assert ax.get_yscale() == "log"
     labels = {t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_visible() and t.get_text()}
@@ -134,7 +131,7 @@ def test_a_log_axis_is_labelled_between_its_decades():
 def test_an_epsilon_panel_next_to_a_blank_one_keeps_its_tick_labels():
     sgd = optimizer("sgd", [point("complete", 0.5, 1e-2), point("complete", 0.4, 1e-1)], [0.5, 0.4])
     adam = optimizer("adam", [point("complete", 0.5, 1e-3, 1e-8), point("complete", 0.3, 1e-2, 1e-4)], [0.5, 0.3])
-    fig = drawn(plots.draw_sensitivity(report(sgd, adam)))
+    fig = drawn(draw_sensitivity(report(sgd, adam)))
     eps_panel = next(ax for ax in fig.axes if ax.get_title() == "adam: learning rate × epsilon")
     assert [t.get_text() for t in eps_panel.get_yticklabels() if t.get_visible() and t.get_text()]
 
@@ -159,7 +156,7 @@ def test_importance_of_few_trials_is_shown_as_weak_with_its_bootstrap_sd():
     )  # seeded resamples: the same figure every time
     none = importance(optuna.create_study())
     assert none.values == {} and str(MIN_WEAK_IMPORTANCE_TRIALS) in none.note
-    fig = drawn(plots.draw_importance(report(optimizer("adam", [], [], weak), optimizer("sgd", [], [], none))))
+    fig = drawn(draw_importance(report(optimizer("adam", [], [], weak), optimizer("sgd", [], [], none))))
     assert "weak estimate" in fig.axes[0].get_title()
     assert any("±" in t.get_text() for t in fig.axes[0].texts)
 
@@ -212,7 +209,7 @@ def test_importance_labels_clear_their_error_bars_and_long_titles_wrap_inside_th
     built = dataclasses.replace(
         report(optimizer("adam", [], [], imp), optimizer("a-long-optimizer-name", [], [], imp)), importance=evaluator
     )
-    fig = drawn(plots.draw_importance(built))
+    fig = drawn(draw_importance(built))
     for ax in fig.axes:
         (label,) = [t for t in ax.texts if t.get_text().startswith("0.80")]
         assert label.get_position()[0] > 0.8 + 0.27 and ax.get_xlim()[1] > label.get_position()[0] + 0.3
@@ -223,9 +220,21 @@ def test_importance_labels_clear_their_error_bars_and_long_titles_wrap_inside_th
     )
 
 
+def test_a_figure_laid_out_by_hand_keeps_its_margins_and_refuses_margins_with_no_room():
+    fig = Figure(figsize=(6, 4))
+    fig.subplots(1, 2)
+    place(fig, left=0.6, right=0.3, top=0.5, bottom=0.4, wspace=0.8)
+    (left, right) = (ax.get_position() for ax in fig.axes)
+    assert left.x0 * 6 == pytest.approx(0.6) and (1 - right.x1) * 6 == pytest.approx(0.3)
+    assert (right.x0 - left.x1) * 6 == pytest.approx(0.8) and left.width == pytest.approx(right.width)
+    assert (1 - left.y1) * 4 == pytest.approx(0.5) and left.y0 * 4 == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="no room"):
+        place(fig, left=3, right=3)
+
+
 def test_wrapped_breaks_long_lines_and_leaves_mathtext_whole():
     formula = r"$E[\min$ of $n] = \sum_{i=1}^{N} v_{(i)}$ " + "x " * 80
-    text = plots._wrapped("short\n" + "word " * 60 + "\n" + formula, 4.0, 8)
+    text = wrapped("short\n" + "word " * 60 + "\n" + formula, 4.0, 8)
     lines = text.split("\n")
     assert (
         lines[0] == "short" and lines[-1] == formula and all(len(line) <= 60 for line in lines[1:-1]) and len(lines) > 4

@@ -18,21 +18,13 @@ from optuna.trial import TrialState
 from tuner.cli.main import main
 from tuner.config.experiment import load_experiment
 from tuner.config.export import config_from_dict
-from tuner.report import plots
-from tuner.report.data import (
-    MIN_IMPORTANCE_TRIALS,
-    MIN_WEAK_IMPORTANCE_TRIALS,
-    Importance,
-    best_so_far,
-    build_report,
-    importance,
-    load_studies,
-    rank_parameters,
-    state_bytes_per_parameter,
-    summary,
-    trial_points,
-    write_report,
-)
+from tuner.measure.state_memory import state_bytes_per_parameter
+from tuner.report.build import best_so_far, build_report, load_studies, trial_points
+from tuner.report.data import Importance
+from tuner.report.figures import FIGURES
+from tuner.report.importance import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, importance, rank_parameters
+from tuner.report.summary import summary
+from tuner.report.write import write_report
 
 SETUP = {
     "task": "digits-mlp",
@@ -200,14 +192,14 @@ def test_the_report_of_an_experiment_with_odd_studies(storage, tmp_path):
     assert all(o.importance.note and not o.importance.values for o in report.optimizers)  # too few trials: no estimate
 
     paths = write_report(report, tmp_path / "out")
-    assert [p.name for p in paths] == ["summary.md", "evidence.md", *(f"{name}.png" for name in plots.FIGURES)]
+    assert [p.name for p in paths] == ["summary.md", "evidence.md", *(f"{name}.png" for name in FIGURES)]
     for path in paths[2:]:
         assert path.read_bytes()[:8] == PNG
         assert matplotlib.image.imread(path).shape[2] in (3, 4)
     text = paths[0].read_text()
     assert "| adam *" in text and "| rmsprop" in text and "0/1/1/0" in text and "| 2.5 " in text
     assert "3.5 (1/2 seeds)" in text and "| 8.00" in text and "none in this folder" in text
-    assert all(f"(plots/{name}.png)" in text for name in plots.FIGURES)
+    assert all(f"(plots/{name}.png)" in text for name in FIGURES)
     assert "epochs to ≤ 0.325" in text and "default: the least good" in text
     # A given target, and the best-config files that exist in the folder.
     (tmp_path / "out" / "best-sgd.yaml").write_text("format: 1\n")
@@ -230,6 +222,27 @@ def test_a_task_that_cannot_be_imported_leaves_the_measured_numbers_out(tmp_path
     assert (
         "note: state memory and untrained model not measured" in text and "nosuchpkg" in text and "are left out" in text
     )
+
+
+def test_the_measured_numbers_stored_with_the_final_evaluation_are_read_not_measured(tmp_path):
+    # The task cannot be built here: the numbers can only come from the study.
+    stored = final(0, [[0.5, 0.45, 0.4]]) | {"state_bytes_per_param": 12.0, "untrained": {"val": 2.5, "test": 2.6}}
+    study = add_study(
+        None,
+        "z/adam",
+        [trial("complete", 0.4), trial("diverged", math.nan)],
+        stored,
+        setup=SETUP | {"task": "nosuchpkg.tasks:make"},
+    )
+    report = build_report([study])
+    assert report.untrained == 2.5 and report.optimizers[0].memory == 12.0 and report.notes == []
+    assert report.optimizers[0].expected.mean[0] == pytest.approx((0.4 + 2.5) / 2)  # the diverged trial at the floor
+
+
+def test_one_final_seed_is_said_as_one_value_not_as_a_spread_of_zero(tmp_path):
+    study = add_study(None, "s/adam", [trial("complete", 0.4)], final(0, [[0.5, 0.45, 0.4]]))
+    text = summary(build_report([study]), tmp_path)
+    assert "| 0.4 (1 seed)" in text and "± 0" not in text and "seed 1 only: one value, no spread" in text
 
 
 def test_importance_keeps_the_conditional_parameters_and_says_when_trials_are_too_few():
@@ -302,7 +315,7 @@ def test_plot_rebuilds_the_report_of_a_study_from_the_storage_alone(tmp_path, ca
         path.unlink()
     assert main(["plot", "--experiment", "quickstart", *flags]) == 0
     assert (out / "summary.md").read_text() == written
-    assert sorted(p.stem for p in out.glob("plots/*.png")) == sorted(plots.FIGURES)
+    assert sorted(p.stem for p in out.glob("plots/*.png")) == sorted(FIGURES)
 
 
 def test_plot_from_an_experiment_file_with_its_target(storage, tmp_path, capsys):

@@ -136,7 +136,7 @@ def build_parser() -> Parser:
     )
     plot.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
     plot.add_argument("--target", type=finite_float, help=TARGET_HELP)
-    # The keys of tuner.report.data.IMPORTANCE_EVALUATORS (not imported here, so that --help stays instant).
+    # The keys of tuner.report.importance.IMPORTANCE_EVALUATORS (not imported here, so that --help stays instant).
     plot.add_argument(
         "--importance",
         choices=("ped-anova", "fanova", "mdi"),

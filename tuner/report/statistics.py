@@ -12,7 +12,7 @@ import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import optuna
 
@@ -31,6 +31,11 @@ class Summary:
     best_value: float | None
     counts: dict[str, int]
     final: dict[str, Any] | None
+
+    @property
+    def seeds(self) -> list[int]:
+        """The final evaluation's seeds (none without one)."""
+        return (self.final or {}).get("seeds", [])
 
     def stat(self, key: str) -> tuple[float, float]:
         """Mean and sample standard deviation of a final-evaluation list."""
@@ -70,6 +75,7 @@ def winner(summaries: list[Summary], direction: str) -> Summary | None:
 
     def key(s: Summary) -> tuple[bool, float]:
         mean = s.stat("val_objective")[0]
+        assert s.best_value is not None  # a study with a final evaluation has a best trial
         return (not math.isfinite(mean), sign * (mean if math.isfinite(mean) else s.best_value))
 
     return min(ranked, key=key)
@@ -94,7 +100,10 @@ def metrics(summary: Summary, objective: str, direction: str) -> dict[str, Any]:
 def best_config(
     summary: Summary, study: optuna.Study, objective: str, direction: str, source: dict[str, Any]
 ) -> Config:
-    """The study's best config with the metrics it reached and where it came from, ready to export."""
+    """The study's best config with the metrics it reached and where it came from, ready to export. Raises
+    ``ValueError`` when the study has no best trial."""
+    if summary.best_trial is None:
+        raise ValueError(f"best_config: study {summary.study!r} has no best trial")
     trial = study.trials[summary.best_trial]
     return dataclasses.replace(
         config_from_dict(trial.user_attrs["config"]),
@@ -115,6 +124,14 @@ def pm(stat: tuple[float, float], digits: int = 4) -> str:
     return f"{round(mean, decimals):.{max(decimals, 0)}f} ± {round(sd, decimals):.{max(decimals, 0)}f}"
 
 
+def over_seeds(values: list[float], digits: int = 4) -> str:
+    """Final-seed values for people: ``mean ± sd`` (:func:`pm`) over several seeds; the value and ``(1 seed)`` for one
+    (one value has no spread to show, and ``± 0`` would claim one); ``-`` for none."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}g} (1 seed)"
+    return pm(mean_sd(values), digits) if values else "-"
+
+
 def table(rows: list[list[str]]) -> str:
     """A Markdown table whose columns also line up in a terminal; the first row is the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -133,7 +150,8 @@ class ExpectedBest:
 
 
 def expected_best(values: list[float], budget: int, direction: str) -> ExpectedBest:
-    """The expected best of ``n`` values drawn with replacement from ``values``, and its standard deviation, n = 1..budget.
+    """The expected best of ``n`` values drawn with replacement from ``values``, and its standard deviation,
+    n = 1..budget.
 
     "Show Your Work" (Dodge et al. 2019): with ``values`` sorted from worst to
     best as v(1)..v(N), E[best of n] = sum_i v(i) [(i/N)^n - ((i-1)/N)^n]; the
@@ -159,7 +177,8 @@ def expected_picked(pairs: list[tuple[float, float]], budget: int, direction: st
 
 
 def _best_of_n(ordered: list[float], budget: int) -> ExpectedBest:
-    """Mean and sd of ``ordered[i-1]`` weighted by the chance that the i-th of N (worst first) is the best of n draws."""
+    """Mean and sd of ``ordered[i-1]`` weighted by the chance that the i-th of N (worst first) is the best of n
+    draws."""
     size = len(ordered)
     budgets = list(range(1, budget + 1)) if size else []
     means, sds = [], []
@@ -191,8 +210,13 @@ def reaches(value: float, target: float, direction: str) -> bool:
     return value <= target if direction == "minimize" else value >= target
 
 
+@overload
+def worth(value: float, floor: float | None, direction: str) -> float: ...
+@overload
+def worth(value: float | None, floor: float | None, direction: str) -> float | None: ...
 def worth(value: float | None, floor: float | None, direction: str) -> float | None:
-    """What a trial's ``value`` is worth: never worse than ``floor`` (the untrained model's value); no value is worth ``floor``.
+    """What a trial's ``value`` is worth: never worse than ``floor`` (the untrained model's value); no value is worth
+    ``floor``.
 
     Without a floor the value is kept as it is. A loss of 1e19 and a loss just
     above the untrained model's both mean the trial learned nothing; without the
@@ -225,7 +249,8 @@ def epochs_to_target(histories: list[list[float]], target: float, direction: str
 
 
 def default_target(summaries: list[Summary], direction: str) -> float | None:
-    """The least good of the optimizers' final-seed mean validation objectives: a level every optimizer reaches on average.
+    """The least good of the optimizers' final-seed mean validation objectives: a level every optimizer reaches on
+    average.
 
     None when no optimizer has a finite final mean.
     """

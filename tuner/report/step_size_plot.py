@@ -1,4 +1,5 @@
-"""``step_sizes.png``: each optimizer's effective per-parameter learning rate over training (see :mod:`tuner.measure.step_sizes`).
+"""``step_sizes.png``: each optimizer's effective per-parameter learning rate over training
+(see :mod:`tuner.measure.step_sizes`).
 
 One panel per optimizer, one shared log y axis: for its largest parameter tensors, the median (line) and 5-95%
 band of ``η`` against the optimizer step, from the first final seed's record; the optimizer's own scheduled
@@ -10,8 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from tuner.measure.step_sizes import largest
+from tuner.report.drawing import PlainLog, note, place, text_height, wrapped
 
 if TYPE_CHECKING:
     from tuner.report.data import Report
@@ -22,16 +25,14 @@ TENSORS = 4
 
 def draw_step_sizes(report: Report) -> Figure:
     """The figure; a panel says why when its optimizer has no record (no final evaluation, or one stored before)."""
-    from tuner.report import plots  # which lists this figure: imported here, not at the top, to import in any order
-
     records = {o.name: o.step_sizes for o in report.optimizers}
     sgd = next((r for r in records.values() if r and r["optimizer"] == "SGD"), None)
-    fig = Figure(figsize=(4.6 * len(records) + 1, 5.2), layout="constrained")
+    fig = Figure(figsize=(4.6 * len(records) + 1, 5.2))
     axes = fig.subplots(1, len(records), sharey=True, squeeze=False)[0]
     for ax, (name, record) in zip(axes, records.items()):
         ax.set(title=name if not record else f"{name} ({record['optimizer']})", xlabel="optimizer step")
         if not record or not record["defined"]:
-            plots._note(ax, "no step sizes recorded" if not record else f"η is not defined\nfor {record['optimizer']}")
+            note(ax, "no step sizes recorded" if not record else f"η is not defined\nfor {record['optimizer']}")
             continue
         for i, series in enumerate(largest(record, TENSORS)):
             color = f"C{i}"
@@ -50,14 +51,21 @@ def draw_step_sizes(report: Report) -> Figure:
                 label="SGD's scheduled lr (= SGD's η)",
             )
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(plots._PlainLog())
-        ax.grid(alpha=0.3, which="both")
+        ax.yaxis.set_major_formatter(PlainLog())
+        ax.yaxis.set_minor_locator(
+            NullLocator()
+        )  # η spans many decades: a tick per minor step is noise, and slow to draw
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[0].set_ylabel("effective learning rate η (log)")
-    seed = next((o.summary.final["seeds"][0] for o in report.optimizers if o.summary.final), "-")
-    fig.suptitle(
-        f"Effective per-parameter learning rate η of each best config (seed {seed}): median and 5-95% band over each tensor's "
-        f"elements,\nits {TENSORS} largest tensors (parameter count in brackets); SGD's η is its scheduled lr for every parameter",
-        fontsize=10,
+    seed = report.final_seeds[0] if report.final_seeds else "-"
+    title = wrapped(
+        f"Effective per-parameter learning rate η of each best config (seed {seed}): "
+        "median and 5-95% band over each tensor's elements,\n"
+        f"its {TENSORS} largest tensors (parameter count in brackets); SGD's η is its scheduled lr for every parameter",
+        fig.get_figwidth() - 0.3,
+        10,
     )
+    fig.suptitle(title, fontsize=10)
+    place(fig, top=0.3 + text_height(title, 10) + text_height("", 12), wspace=0.3)
     return fig

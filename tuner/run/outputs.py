@@ -21,15 +21,18 @@ import yaml
 
 from tuner.config import export, strict_yaml
 from tuner.config.experiment import Config
-from tuner.report import data as report
 from tuner.report import statistics as analysis
+from tuner.report import summary as summary_md
+from tuner.report.build import build_report, load_studies
+from tuner.report.data import Report
+from tuner.report.write import write_report
 
 
 @dataclass(frozen=True)
 class Outputs:
     """What :func:`write_outputs` wrote: the report, the summary and evidence as printed, and the best-config files by space name (the winner's also as ``best.yaml``)."""
 
-    report: report.Report
+    report: Report
     summary: str
     evidence: str
     report_files: list[Path]
@@ -50,13 +53,13 @@ def write_outputs(
 ) -> Outputs:
     """Rewrite ``out`` from every study of ``experiment`` in ``storage``, in the order they were created (see the module's docstring).
 
-    ``target`` and ``importance``: as :func:`tuner.report.data.build_report` takes them. ``source``: the ``source``
+    ``target`` and ``importance``: as :func:`tuner.report.build.build_report` takes them. ``source``: the ``source``
     section of the best-config files; ``run_ids``: study name -> trial number -> MLflow run id, known to a
     tracked ``tuner study``. Raises :class:`~tuner.errors.UserError` (naming ``where``) when the experiment
     has no study there.
     """
-    studies = report.load_studies(storage, experiment, None, where)
-    built = report.build_report(studies, target=target, evaluator=importance)
+    studies = load_studies(storage, experiment, None, where)
+    built = build_report(studies, target=target, evaluator=importance)
     configs: dict[str, Path] = {}
     best = None
     for study, entry in zip(studies, built.optimizers):
@@ -75,8 +78,8 @@ def write_outputs(
             best = export.write_config(config, out / "best.yaml")
     if best is None:  # no winner now: a best.yaml left from before would contradict the summary
         (out / "best.yaml").unlink(missing_ok=True)
-    files = report.write_report(built, out)  # summary.md, evidence.md, then the figures
-    return Outputs(built, report.summary(built, out), files[1].read_text(), files, configs, best)
+    files = write_report(built, out)  # summary.md, evidence.md, then the figures
+    return Outputs(built, summary_md.summary(built, out), files[1].read_text(), files, configs, best)
 
 
 def _keep_source(config: Config, path: Path) -> Config:
