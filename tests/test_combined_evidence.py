@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from tuner.cli.main import main
+from tuner.report.evidence import CLAIMS
 
 
 def test_one_evidence_report_over_two_experiments_names_each_cells_task(tmp_path, capsys):
@@ -23,14 +24,7 @@ def test_one_evidence_report_over_two_experiments_names_each_cells_task(tmp_path
         for line in text.splitlines()
         if line.startswith("| ") and "---" not in line
     }
-    assert list(rows)[1:] == [
-        "adaptive learning rate",
-        "memory",
-        "convergence speed",
-        "bias correction",
-        "ease of tuning",
-        "suited to",
-    ]
+    assert list(rows)[1:] == list(CLAIMS)
     for claim, cells in list(rows.items())[1:]:
         for cell in cells:
             drift, convex = cell.strip().split("<br>")

@@ -87,6 +87,17 @@ def test_the_first_steps_peak_on_the_cpu_grows_with_the_optimizers_state():
     assert big - peak("SGD", 8192) == pytest.approx(8 * parameters(8192), rel=0.2)
 
 
+SETUP = {
+    "task_args": {},
+    "epochs": 3,
+    "batch_size": 64,
+    "seed": 0,
+    "objective": "loss",
+    "direction": "minimize",
+    "metric": "accuracy",
+}
+
+
 def record(optimizer: str, low: float, high: float) -> dict:
     """A step-size record of one tensor at two steps, η's 5th percentile ``low`` and 95th ``high``."""
     row = [low, low, (low + high) / 2, high, high]
@@ -136,16 +147,7 @@ def optimizer(
 
 
 def test_the_table_of_a_synthetic_sparse_task():
-    setup = {
-        "task": "bag-of-words",
-        "task_args": {},
-        "epochs": 3,
-        "batch_size": 64,
-        "seed": 0,
-        "objective": "loss",
-        "direction": "minimize",
-        "metric": "accuracy",
-    }
+    setup = SETUP | {"task": "bag-of-words"}
     optimizers = [
         optimizer(
             "adam", "Adam", [0.30, 0.31, 0.29], [1, 2, 1], spread=40.0, memory=8.0
@@ -179,16 +181,7 @@ def test_compare_of_near_identical_values_says_nothing_on_the_console():
 
 def test_the_claims_come_from_the_search_spaces_class_even_without_step_sizes():
     # A task with its own loop records no step sizes: the optimizer's family still comes from its study's setup.
-    setup = {
-        "task": "t",
-        "task_args": {},
-        "epochs": 3,
-        "batch_size": 64,
-        "seed": 0,
-        "objective": "loss",
-        "direction": "minimize",
-        "metric": "accuracy",
-    }
+    setup = SETUP | {"task": "t"}
     optimizers = [
         dataclasses.replace(optimizer(n, c, [0.3, 0.31, 0.29], [1, 2, 1], 1.0, m), step_sizes=None)
         for n, c, m in (("adam", "Adam", 8.0), ("sgd", "SGD", 4.0))
@@ -198,17 +191,6 @@ def test_the_claims_come_from_the_search_spaces_class_even_without_step_sizes():
     }
     assert [cell.claim for cell in rows["memory"].cells] == ["moderate", "low"]
     assert [cell.verdict for cell in rows["memory"].cells] == [CONSISTENT, CONSISTENT]
-
-
-SETUP = {
-    "task_args": {},
-    "epochs": 3,
-    "batch_size": 64,
-    "seed": 0,
-    "objective": "loss",
-    "direction": "minimize",
-    "metric": "accuracy",
-}
 
 
 def test_the_title_names_the_studys_optimizers():
