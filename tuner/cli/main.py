@@ -145,6 +145,20 @@ def build_parser() -> Parser:
     )
     plot.set_defaults(func=run_plot)
 
+    evidence = commands.add_parser(
+        "evidence", help="one evidence.md over the stored studies of several experiments (every claim on every task)"
+    )
+    evidence.add_argument(
+        "experiments", nargs="+", metavar="experiment", help="experiment YAML files or shipped names, in table order"
+    )
+    evidence.add_argument(
+        "--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)"
+    )
+    evidence.add_argument(
+        "--out", type=Path, default=Path("runs/evidence"), help="output folder (default: runs/evidence)"
+    )
+    evidence.set_defaults(func=run_evidence)
+
     train = commands.add_parser("train", help="re-train an exported config and report mean ± sd")
     train.add_argument("config", type=Path, help="best-config YAML written by `tuner study`")
     train.add_argument("--seeds", type=positive_int, default=1, help="number of seeds: first, first+1, ... (default 1)")
@@ -276,6 +290,28 @@ def run_plot(args: argparse.Namespace) -> int:
         + [str(p.relative_to(out)) for p in done.report_files]
     )
     print(f"\noutputs in {out}/ (every study of experiment {name!r}): {', '.join(files)}")
+    return 0
+
+
+def run_evidence(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tuner.config import experiment as config
+    from tuner.report.combined_evidence import Stored, write_combined_evidence
+    from tuner.run.experiment import check_writable_folder
+    from tuner.study.runner import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_writable_folder(args.out)
+    experiments = [config.load_experiment(config.find_experiment(ref)) for ref in args.experiments]
+    names = [e.name for e in experiments]
+    for ref, e in zip(args.experiments, experiments):
+        if names.count(e.name) > 1:
+            raise UserError(f"experiment {ref!r}: name: {e.name!r} is given twice (allowed: each experiment once)")
+    stored = [Stored(e.name, e.target, e.at("name")) for e in experiments]
+    path = write_combined_evidence(open_storage(args.storage, must_exist=True), stored, args.out)
+    print(path.read_text(), end="")
+    print(f"\noutputs in {args.out}/ (experiments {', '.join(names)}): evidence.md")
     return 0
 
 

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 CONSISTENT, NOT_CONSISTENT, NO_EVIDENCE = "consistent", "not consistent", "no evidence either way"
 ALPHA = 0.05
-# "Adaptive": the 95th percentile of the effective learning rate over a tensor's elements at least this many times its 5th.
+# "Adaptive": the 95th percentile of the effective learning rate over a tensor's elements at least this many
+# times its 5th.
 SPREAD = 2.0
 # Ease of tuning: a trial is "near the best" within this fraction of the best value; the budget curve read at N_TRIALS.
 NEAR = 0.05
@@ -69,12 +70,14 @@ class Row:
 
 
 def compare(a: list[float], b: list[float], expect: int, alpha: float = ALPHA, *, exact: bool = False) -> str:
-    """Whether ``a`` is smaller (``expect`` = -1) or larger (+1) than ``b`` beyond the spread over seeds (one value per seed).
+    """Whether ``a`` is smaller (``expect`` = -1) or larger (+1) than ``b`` beyond the spread over seeds (one value
+    per seed).
 
     ``exact`` measurements (no seeds: bytes of optimizer state) are compared as they are. Otherwise each side needs two
     seeds or more: Welch's two-sided t-test at ``alpha`` (default 0.05) decides; where no seed differs from another on
-    either side (Welch's t is undefined), the seeds' agreement decides only if a rank test could (its smallest two-sided
-    p-value, 2 / C(n_a + n_b, n_a), is below ``alpha``: five seeds a side, not three). A non-finite value decides nothing."""
+    either side (Welch's t is undefined), the seeds' agreement decides only if a rank test could (its smallest
+    two-sided p-value, 2 / C(n_a + n_b, n_a), is below ``alpha``: five seeds a side, not three). A non-finite value
+    decides nothing."""
     if not a or not b or not all(map(math.isfinite, a + b)):
         return NO_EVIDENCE
     sign = (statistics.fmean(a) > statistics.fmean(b)) - (statistics.fmean(a) < statistics.fmean(b))
@@ -110,7 +113,8 @@ def family(o: OptimizerReport) -> str | None:
 def _ordered(
     values: dict[str, list[float]], claims: dict[str, str], lower_is: int = -1, exact: bool = False
 ) -> dict[str, str]:
-    """Per optimizer, the verdict of its claimed level against every optimizer claimed at another level (see :func:`compare`)."""
+    """Per optimizer, the verdict of its claimed level against every optimizer claimed at another level (see
+    :func:`compare`)."""
     verdicts = {}
     for name, claim in claims.items():
         pairs = [
@@ -164,8 +168,8 @@ def adaptive_row(report: Report) -> Row:
         cells.append(_cell(f"η p95/p5 {analysis.pm(analysis.mean_sd(values), 3)}", claim, verdict))
     test = (
         f"the effective learning rate η's 95th over its 5th percentile across a tensor's elements (median over tensors "
-        f"and recorded steps), per final seed: adaptive if it is at least {SPREAD:g} on every seed, fixed if below on every "
-        "seed, undecided if the seeds disagree (step_sizes.png)"
+        f"and recorded steps), per final seed: adaptive if it is at least {SPREAD:g} on every seed, fixed if below on "
+        "every seed, undecided if the seeds disagree (step_sizes.png)"
     )
     return Row("adaptive learning rate", cells, test)
 
@@ -185,15 +189,16 @@ def memory_row(report: Report) -> Row:
         "memory",
         cells,
         "bytes of optimizer state per parameter after one step (exact, no seeds): compared as they are "
-        "with every optimizer claimed at another level; on CUDA also the peak memory the first training step adds "
-        "(torch.cuda.max_memory_allocated; not measured on the CPU)",
+        "with every optimizer claimed at another level; beside them the peak memory the first training step adds, "
+        "not compared (CUDA: torch.cuda.max_memory_allocated; CPU: the growth of the peak resident set size in a "
+        "fresh process, to about 0.1 MB; tuner.measure.peak_memory)",
     )
 
 
-def _to_target(report: Report, run: dict[str, list[float]]) -> tuple[float, float]:
-    """A final run's epochs and seconds to the report's target (epochs + 1 and NaN when never reached)."""
+def _to_target(report: Report, run: dict[str, list[float]], target: float) -> tuple[float, float]:
+    """A final run's epochs and seconds to ``target`` (epochs + 1 and NaN when never reached)."""
     key = "val_loss" if report.setup["objective"] == "loss" else "val_metric"
-    first = next((i for i, v in enumerate(run[key]) if analysis.reaches(v, report.target, report.direction)), None)
+    first = next((i for i, v in enumerate(run[key]) if analysis.reaches(v, target, report.direction)), None)
     if first is None:
         return report.setup["epochs"] + 1.0, math.nan
     seconds = run.get("seconds") or []  # histories stored before the trainer timed epochs have none
@@ -201,14 +206,11 @@ def _to_target(report: Report, run: dict[str, list[float]]) -> tuple[float, floa
 
 
 def speed_row(report: Report) -> Row:
-    claims = _claims(report, "convergence speed")
+    claims, target = _claims(report, "convergence speed"), report.target
     epochs, seconds = {}, {}
     for o in report.optimizers:
-        runs = (
-            [_to_target(report, run) for run in (o.summary.final or {}).get("history") or []]
-            if report.target is not None
-            else []
-        )
+        history = (o.summary.final or {}).get("history") or []
+        runs = [] if target is None else [_to_target(report, run, target) for run in history]
         epochs[o.name], seconds[o.name] = [e for e, _ in runs], [s for _, s in runs]
     verdicts = _ordered(epochs, claims)
     cells = []
@@ -222,16 +224,22 @@ def speed_row(report: Report) -> Row:
             _cell(f"{analysis.pm(analysis.mean_sd(epochs[o.name]), 3)} epochs{time}", claims[o.name], verdicts[o.name])
         )
     n = max((len(v) for v in epochs.values()), default=0)
+    shown = "None" if target is None else format(target, ".4g")
     test = (
-        f"epochs to the target {report.target if report.target is None else format(report.target, '.4g')} (DeepOBS's speed; "
-        f"never = epochs + 1) and seconds to it (AlgoPerf's time to target, mean over the seeds that reached it), "
-        f"{n} final seeds: Welch's t-test (two-sided, α = {ALPHA}) on the epochs against every optimizer claimed at another speed"
+        f"epochs to the target {shown} (DeepOBS's speed; never = epochs + 1) and seconds to it (AlgoPerf's time to "
+        f"target, mean over the seeds that reached it), {n} final seeds: Welch's t-test (two-sided, α = {ALPHA}) on "
+        "the epochs against every optimizer claimed at another speed"
     )
     return Row("convergence speed", cells, test)
 
 
 def _at(runs: list[dict[str, list[float]]], epoch: int) -> list[float]:
     return [run["val_loss"][epoch - 1] for run in runs if len(run["val_loss"]) >= epoch]
+
+
+def _pm_at(runs: list[dict[str, list[float]]], epoch: int) -> str:
+    """The validation loss after ``epoch`` over the runs, mean ± sd."""
+    return analysis.pm(analysis.mean_sd(_at(runs, epoch)), 3)
 
 
 def bias_row(report: Report) -> Row:
@@ -248,18 +256,15 @@ def bias_row(report: Report) -> Row:
         on_runs, off_runs = final["history"], off["history"]
         end = len(on_runs[0]["val_loss"])
         epochs = sorted({e for e in (1, 2, 3) if e <= end} | {end})
-        losses = "; ".join(
-            f"epoch {e}: {analysis.pm(analysis.mean_sd(_at(on_runs, e)), 3)} / {analysis.pm(analysis.mean_sd(_at(off_runs, e)), 3)}"
-            for e in epochs
-        )
+        losses = "; ".join(f"epoch {e}: {_pm_at(on_runs, e)} / {_pm_at(off_runs, e)}" for e in epochs)
         step_on = statistics.fmean(first_step_ratio(r) for r in final["step_sizes"])
         step_off = statistics.fmean(first_step_ratio(r) for r in off["step_sizes"])
         measured = f"val loss with / without: {losses}; step 1 median Δθ/g {step_on:.3g} / {step_off:.3g}"
         cells.append(_cell(measured, "yes (it helps the first epochs)", compare(_at(on_runs, 1), _at(off_runs, 1), -1)))
     test = (
-        "the best Adam config re-trained on the final seeds with both correction factors removed (tuner.measure.bias_correction): "
-        f"Welch's t-test (two-sided, α = {ALPHA}) on the validation loss after epoch 1, with against without; SGD and "
-        "RMSprop have no correction in torch's update"
+        "the best Adam config re-trained on the final seeds with both correction factors removed "
+        f"(tuner.measure.bias_correction): Welch's t-test (two-sided, α = {ALPHA}) on the validation loss after "
+        "epoch 1, with against without; SGD and RMSprop have no correction in torch's update"
     )
     return Row("bias correction", cells, test)
 
@@ -287,9 +292,9 @@ def tuning_row(report: Report) -> Row:
         expected = f"; E[best of {at}] {o.expected.mean[at - 1]:.4g}" if at else ""
         cells.append(_cell(f"{k}/{n} trials within {NEAR:.0%} of the best{expected}", claims[o.name], verdicts[o.name]))
     test = (
-        f"the share of each study's counted trials within {NEAR:.0%} of its best value, compared with every optimizer claimed "
-        f"at another ease by Welch's t-test on the 0/1 outcomes (α = {ALPHA}; the trials are the samples, one study each); "
-        f"E[best of n] is the budget curve (budget.png) at n = {N_TRIALS}"
+        f"the share of each study's counted trials within {NEAR:.0%} of its best value, compared with every optimizer "
+        f"claimed at another ease by Welch's t-test on the 0/1 outcomes (α = {ALPHA}; the trials are the samples, one "
+        f"study each); E[best of n] is the budget curve (budget.png) at n = {N_TRIALS}"
     )
     return Row("ease of tuning", cells, test)
 
@@ -309,10 +314,12 @@ def suited_row(report: Report) -> Row:
         verdict = combine([compare(values, theirs, better) for name, theirs in finals.items() if name != o.name])
         cells.append(_cell(measured, claim, verdict))
     test = (
-        f"this task is {kind}: the optimizer claimed suited to it against every other one, Welch's t-test (α = {ALPHA}) on "
-        "the final seeds' validation objective; the other claims need tasks of their kinds (experiments/evidence-*.yaml)"
+        f"this task is {kind}: the optimizer claimed suited to it against every other one, Welch's t-test "
+        f"(α = {ALPHA}) on the final seeds' validation objective; the other claims need tasks of their kinds "
+        "(experiments/evidence-*.yaml, joined by tuner evidence)"
         if kind
-        else f"needs tasks of each kind ({', '.join(f'{k}: {v}' for v, k in TASK_KINDS.items())}); this task is none of them"
+        else f"needs tasks of each kind ({', '.join(f'{k}: {v}' for v, k in TASK_KINDS.items())}); "
+        "this task is none of them"
     )
     return Row("suited to", cells, test)
 
@@ -329,14 +336,29 @@ def build_evidence(report: Report) -> list[Row]:
     ]
 
 
+def listed(names: list[str]) -> str:
+    """``names`` once each, in order, as an English list: ``Adam, SGD and RMSprop``."""
+    unique = list(dict.fromkeys(names))
+    return " and ".join(filter(None, [", ".join(unique[:-1]), unique[-1]])) if unique else "no optimizer"
+
+
+def families(report: Report) -> list[str]:
+    """The torch.optim classes of the report's optimizers (AdamW as Adam; a space of no known class by its name)."""
+    return [family(o) or o.name for o in report.optimizers]
+
+
+def cell_text(cell: Cell) -> str:
+    """A cell as the table shows it: measured; claim; **verdict**."""
+    return f"{cell.measured}; claim: {cell.claim}; **{cell.verdict}**"
+
+
 def evidence_markdown(report: Report, rows: list[Row]) -> str:
     """``evidence.md``: the table (a cell: measured; claim; **verdict**), then how each row was decided."""
     header = ["claim", *(f"{o.name} ({family(o) or '?'})" for o in report.optimizers)]
-    table = [header] + [
-        [row.claim, *(f"{c.measured}; claim: {c.claim}; **{c.verdict}**" for c in row.cells)] for row in rows
-    ]
+    table = [header] + [[row.claim, *map(cell_text, row.cells)] for row in rows]
     lines = [
-        f"# {report.experiment}: the common claims about Adam, SGD and RMSprop, measured on {report.setup['task']}",
+        f"# {report.experiment}: the common claims about {listed(families(report))}, "
+        f"measured on {report.setup['task']}",
         "",
         "Each cell: the value measured on this task; the common claim; the verdict (consistent, not consistent, or "
         "no evidence either way when the difference is inside the seeds' spread or nothing here tests it).",
