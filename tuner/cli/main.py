@@ -46,7 +46,8 @@ def seed_int(text: str) -> int:
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): an SQLite file, http(s)://host:port or a database URL",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): an SQLite file, "
+        "http(s)://host:port or a database URL",
     )
 
 
@@ -65,12 +66,15 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=positive_int,
         metavar="N",
-        help="torch's CPU threads per training process (torch.set_num_threads; default: torch's choice, with --jobs the "
-        "cores split among the workers); on a shared machine, 1 or 2 keep training from slowing to a crawl",
+        help="torch's CPU threads per training process (torch.set_num_threads; default: torch's choice, with "
+        "--jobs the cores split among the workers); on a shared machine, 1 or 2 keep training from slowing to a crawl",
     )
 
 
-TARGET_HELP = "speed target: the validation objective whose first epoch is reported (default: the least good of the optimizers' final means)"
+TARGET_HELP = (
+    "speed target: the validation objective whose first epoch is reported "
+    "(default: the least good of the optimizers' final means)"
+)
 
 
 def build_parser() -> Parser:
@@ -86,7 +90,8 @@ def build_parser() -> Parser:
         "--optimizers",
         nargs="+",
         metavar="SPACE",
-        help="shipped search spaces (adam adamw nadam radam adamax adagrad sgd rmsprop adam-wide nadam-wide) or .yaml paths",
+        help="shipped search spaces (adam adamw nadam radam adamax adagrad sgd rmsprop adam-wide nadam-wide) "
+        "or .yaml paths",
     )
     study.add_argument("--task", help="task name or package.module:factory")
     study.add_argument(
@@ -113,7 +118,8 @@ def build_parser() -> Parser:
         "--batch-trials",
         type=positive_int,
         metavar="K",
-        help="train K trials of a study at once as one vectorized model (default: the experiment's batch_trials, else 1)",
+        help="train K trials of a study at once as one vectorized model "
+        "(default: the experiment's batch_trials, else 1)",
     )
     add_threads_argument(study)
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -152,8 +158,8 @@ def build_parser() -> Parser:
         "--first-seed",
         type=seed_int,
         metavar="S",
-        help="the first seed (default: the config's training.seed, the seed it was selected on, which reproduces the trial "
-        "and is optimistic; the config's seed + 1 gives the fresh seeds of tuner study's final evaluation)",
+        help="the first seed (default: the config's training.seed, the seed it was selected on, which reproduces "
+        "the trial and is optimistic; the config's seed + 1 gives the fresh seeds of tuner study's final evaluation)",
     )
     train.add_argument(
         "--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps"
@@ -197,7 +203,8 @@ def run_sync(args: argparse.Namespace) -> int:
     import optuna
 
     from tuner.study.runner import experiment_names, open_storage
-    from tuner.tracking.mirror import Mirror, SyncCount, check_reachable, tracking_uri
+    from tuner.tracking.mirror import Mirror, SyncCount
+    from tuner.tracking.uri import check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = _select_experiment(args)[0]
@@ -220,21 +227,24 @@ def run_sync(args: argparse.Namespace) -> int:
             mirror.settle(study)
         except MlflowException as err:  # never a traceback: the store's refusal, in one line (no run is left RUNNING)
             raise UserError(
-                f"--tracking-uri {mask_url(uri)!r}: MLflow refused a write while syncing {study!r}: {url_failure(err, uri)}; "
-                "the Optuna storage is unchanged"
+                f"--tracking-uri {mask_url(uri)!r}: MLflow refused a write while syncing {study!r}: "
+                f"{url_failure(err, uri)}; the Optuna storage is unchanged"
             ) from None
         total += count
         print(
-            f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted (cut short or stale)"
+            f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted "
+            "(cut short or stale)"
         )
     print(
-        f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: {total.written + total.kept} runs"
+        f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: "
+        f"{total.written + total.kept} runs"
     )
     return 0
 
 
 def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str]:
-    """``plot`` and ``sync``: the experiment's name, target, and where they came from (every study of that name is used)."""
+    """``plot`` and ``sync``: the experiment's name, target, and where they came from
+    (every study of that name is used)."""
     from tuner.config import experiment as config
 
     if args.experiment and args.name:
@@ -297,7 +307,8 @@ def run_train(args: argparse.Namespace) -> int:
     first = cfg.seed if args.first_seed is None else args.first_seed
     if first + args.seeds - 1 > MAX_SEED:
         raise UserError(
-            f"--first-seed {first} with --seeds {args.seeds}: seeds up to {first + args.seeds - 1} are not allowed (at most {MAX_SEED})"
+            f"--first-seed {first} with --seeds {args.seeds}: seeds up to {first + args.seeds - 1} are not allowed "
+            f"(at most {MAX_SEED})"
         )
     device = resolve_device(args.device)
     if args.amp is not None:

@@ -25,11 +25,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class Options:
-    """What ``tuner study`` takes, with its defaults (its flags, by the same names; see ``python -m tuner study --help``).
+    """What ``tuner study`` takes, with its defaults (its flags, by the same names; see
+    ``python -m tuner study --help``).
 
     ``experiment``: a file, a shipped name (None: quickstart), or an :class:`~tuner.config.experiment.Experiment` (from
-    :func:`tuner.config.experiment.load_experiment`), used as it is: the overrides below (``trials`` ... ``batch_trials``)
-    apply to files and names only.
+    :func:`tuner.config.experiment.load_experiment`), used as it is: the overrides below
+    (``trials`` ... ``batch_trials``) apply to files and names only.
     """
 
     experiment: str | Path | Experiment | None = None
@@ -112,7 +113,8 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
 
 
 def run_study(args: Options) -> Result:
-    """Run the experiment of ``args`` to its budgets, then its final evaluation, export and report (see :class:`Result`).
+    """Run the experiment of ``args`` to its budgets, then its final evaluation, export and report
+    (see :class:`Result`).
 
     Raises :class:`~tuner.errors.UserError` for bad input (nothing stored is lost) and KeyboardInterrupt on Ctrl-C
     (finished trials are kept).
@@ -124,7 +126,8 @@ def run_study(args: Options) -> Result:
     from tuner.run.outputs import write_outputs
     from tuner.run.workers import run_workers
     from tuner.study.runner import StudyRunner, check_resumable, open_storage, population, study_name
-    from tuner.tracking.mirror import Follower, check_reachable, tracking_uri
+    from tuner.tracking.follower import Follower
+    from tuner.tracking.uri import check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     experiment, task, setup, data = prepare(args, args.device)
@@ -141,15 +144,19 @@ def run_study(args: Options) -> Result:
     size, why = population(experiment, setup, task, data, share=1 / args.jobs)
     if why:
         print(why, file=sys.stderr)
-    print(
-        f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
-        f"{setup.epochs} epochs, device {device}{'' if args.amp == 'none' else ', amp ' + args.amp}, "
-        f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}{'' if size == 1 else f'a population of {size} trials at once, '}storage {mask_url(args.storage)}, "
+    parts = [
+        f"task {task.name}",
+        f"{experiment.trials} trials x {len(experiment.optimizers)} optimizers",
+        f"{setup.epochs} epochs",
+        f"device {device}" + ("" if args.amp == "none" else f", amp {args.amp}"),
+        *([f"{args.jobs} workers"] if args.jobs > 1 else []),
+        *([f"a population of {size} trials at once"] if size > 1 else []),
+        f"storage {mask_url(args.storage)}",
         f"tracking {mask_url(tracking[0]) if tracking else 'off'}",
-        file=sys.stderr,
-    )
+    ]
+    print(f"experiment {experiment.name} ({experiment.source}): {', '.join(parts)}", file=sys.stderr)
 
-    # MLflow is written by a follower process, off the training process's clock (see tuner.tracking.mirror).
+    # MLflow is written by a follower process, off the training process's clock (see tuner.tracking.follower).
     follower = tracking and Follower(tracking[0], args.storage, experiment.name, list(names.values()), __version__)
     try:
         if args.jobs > 1:
@@ -177,7 +184,8 @@ def run_study(args: Options) -> Result:
                     bar.close()
             if lost:
                 print(
-                    f"workers ended early: {', '.join(lost)}; their finished trials are stored, this process trains what is left",
+                    f"workers ended early: {', '.join(lost)}; their finished trials are stored, this process trains "
+                    "what is left",
                     file=sys.stderr,
                 )
         studies = {}
@@ -208,7 +216,8 @@ def run_study(args: Options) -> Result:
         print("\n" + done.evidence)
         written = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()]
         print(
-            f"\noutputs in {out}/ (every study of experiment {experiment.name!r}): {', '.join(written) or 'none (no trial completed)'}; "
+            f"\noutputs in {out}/ (every study of experiment {experiment.name!r}): "
+            f"{', '.join(written) or 'none (no trial completed)'}; "
             f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}"
         )
         if done.best is not None:
@@ -254,7 +263,8 @@ def _on_trial(study: str, progress: _progress, follower: Any) -> Any:
 
 def sync_command(args: Options, uri: str) -> str:
     """The ``tuner sync`` command that completes this study command's MLflow mirror, quoted for a POSIX shell
-    (paths with spaces paste as they are; a password stays masked). An experiment given as an object is named by ``--experiment``."""
+    (paths with spaces paste as they are; a password stays masked). An experiment given as an object is named
+    by ``--experiment``."""
     named = args.experiment is None or isinstance(args.experiment, (str, Path))
     which = [str(args.experiment or "quickstart")] if named else ["--experiment", args.experiment.name]
     return shlex.join(
@@ -290,14 +300,16 @@ def check_writable_folder(path: Path) -> None:
     if any(len(os.fsencode(part)) > 255 for part in path.parts) or len(os.fsencode(path.absolute())) > limit:
         shown = str(path) if len(str(path)) <= 60 else str(path)[:60] + "..."
         raise UserError(
-            f"--out: {shown!r} is too long (allowed: folder names of at most 255 bytes, the whole path at most {limit} bytes)"
+            f"--out: {shown!r} is too long (allowed: folder names of at most 255 bytes, the whole path at most "
+            f"{limit} bytes)"
         )
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise UserError(
-            f"--out: {str(path)!r} cannot be a folder here: {str(existing)!r} is not a writable folder (allowed: a folder, created if missing)"
+            f"--out: {str(path)!r} cannot be a folder here: {str(existing)!r} is not a writable folder "
+            "(allowed: a folder, created if missing)"
         )
 
 
@@ -355,7 +367,8 @@ class _progress:
 def run_experiment(experiment: str | Path | Experiment | None = None, **options: Any) -> Result:
     """Run an experiment as ``tuner study`` does and return its :class:`Result`.
 
-    ``experiment``: a YAML file, a shipped name (default: quickstart) or an :class:`~tuner.config.experiment.Experiment`;
+    ``experiment``: a YAML file, a shipped name (default: quickstart) or an
+    :class:`~tuner.config.experiment.Experiment`;
     ``options``: the fields of :class:`Options` (``trials=10, storage="sqlite:///tuner.db", no_tracking=True``...).
     Raises :class:`~tuner.errors.UserError` (one line naming the field, the value and what is allowed) for bad input,
     TypeError for an option that does not exist.

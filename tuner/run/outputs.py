@@ -27,7 +27,8 @@ from tuner.report import statistics as analysis
 
 @dataclass(frozen=True)
 class Outputs:
-    """What :func:`write_outputs` wrote: the report, the summary and evidence as printed, and the best-config files by space name (the winner's also as ``best.yaml``)."""
+    """What :func:`write_outputs` wrote: the report, the summary and evidence as printed, and the best-config files by
+    space name (the winner's also as ``best.yaml``)."""
 
     report: report.Report
     summary: str
@@ -48,7 +49,8 @@ def write_outputs(
     run_ids: dict[str, dict[int, str]] | None = None,
     where: str = "--experiment",
 ) -> Outputs:
-    """Rewrite ``out`` from every study of ``experiment`` in ``storage``, in the order they were created (see the module's docstring).
+    """Rewrite ``out`` from every study of ``experiment`` in ``storage``, in the order they were created
+    (see the module's docstring).
 
     ``target`` and ``importance``: as :func:`tuner.report.data.build_report` takes them. ``source``: the ``source``
     section of the best-config files; ``run_ids``: study name -> trial number -> MLflow run id, known to a
@@ -80,9 +82,9 @@ def write_outputs(
 
 
 def _keep_source(config: Config, path: Path) -> Config:
-    """``config`` with the ``source`` fields it lacks taken from the file at ``path`` when that file is of the same study
-    and trial: ``tuner plot`` and a resumed study that mirrored nothing new know no MLflow run id. A run id of another
-    tracking store is not kept."""
+    """``config`` with the ``source`` fields it lacks taken from the file at ``path`` when that file is of the
+    same study and trial: ``tuner plot`` and a resumed study that mirrored nothing new know no MLflow run id. A run id
+    of another tracking store is not kept."""
     try:
         old = (strict_yaml.load(path.read_text()) or {}).get("source") or {}
     except (OSError, yaml.YAMLError, AttributeError):

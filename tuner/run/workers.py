@@ -25,7 +25,8 @@ STOP_SECONDS = 60
 
 
 def worker_devices(device: torch.device, jobs: int, explicit: bool) -> list[str]:
-    """The device of each worker: CUDA devices round-robin unless one was named (``explicit``), else all on ``device``."""
+    """The device of each worker: CUDA devices round-robin unless one was named (``explicit``), else all on
+    ``device``."""
     if device.type == "cuda" and not explicit:
         return [f"cuda:{i % torch.cuda.device_count()}" for i in range(jobs)]
     return [str(device)] * jobs
