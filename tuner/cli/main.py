@@ -292,17 +292,14 @@ def run_plot(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import torch
-
     from tuner.config.experiment import MAX_SEED
     from tuner.config.export import load_config
     from tuner.report.statistics import mean_sd, pm
+    from tuner.run.experiment import configure_process
     from tuner.tasks import load_data, load_task
-    from tuner.train.trainer import check_amp, keep_freed_memory, objective_label, resolve_device, train
+    from tuner.train.trainer import check_amp, objective_label, resolve_device, train
 
-    keep_freed_memory()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_process(args.threads)
     cfg = load_config(args.config)
     first = cfg.seed if args.first_seed is None else args.first_seed
     if first + args.seeds - 1 > MAX_SEED:

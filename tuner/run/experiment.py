@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
     from tuner.config.experiment import Config, Experiment
     from tuner.report.statistics import Summary
+    from tuner.tracking.follower import Follower
 
 
 @dataclass
@@ -68,6 +70,21 @@ class Result:
     files: list[Path] = field(default_factory=list)
 
 
+def configure_process(threads: int | None) -> None:
+    """Make this process ready to train: glibc keeps the memory tensors free for reuse
+    (:func:`tuner.train.trainer.keep_freed_memory`) and torch uses ``threads`` CPU threads (``torch.set_num_threads``;
+    None leaves torch's own choice). The one place where ``tuner study``, ``tuner train``, each ``--jobs`` worker and
+    :func:`run_experiment` set them up.
+    """
+    from tuner.train.trainer import keep_freed_memory
+
+    keep_freed_memory()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     """The experiment, task, setup and data of ``args``, validated, with the data on ``device_spec``.
 
@@ -76,17 +93,13 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     from tuner.config import experiment as config
     from tuner.study.runner import Setup, check_components
     from tuner.tasks import load_data, load_task
-    from tuner.train.trainer import check_amp, keep_freed_memory, resolve_device
+    from tuner.train.trainer import check_amp, resolve_device
 
-    keep_freed_memory()
-    if args.threads:  # without it, --jobs workers split the cores (tuner.run.workers)
-        import torch
-
-        torch.set_num_threads(args.threads)
+    configure_process(args.threads)
     if isinstance(args.experiment, config.Experiment):
         experiment = args.experiment
     else:
-        path = config.find_experiment(args.experiment and str(args.experiment))
+        path = config.find_experiment(None if args.experiment is None else str(args.experiment))
         # Paths given on the command line are relative to the working directory.
         refs = args.optimizers and [
             str(Path(r).resolve()) if r.endswith((".yaml", ".yml")) else r for r in args.optimizers
@@ -157,7 +170,9 @@ def run_study(args: Options) -> Result:
     print(f"experiment {experiment.name} ({experiment.source}): {', '.join(parts)}", file=sys.stderr)
 
     # MLflow is written by a follower process, off the training process's clock (see tuner.tracking.follower).
-    follower = tracking and Follower(tracking[0], args.storage, experiment.name, list(names.values()), __version__)
+    follower = (
+        Follower(tracking[0], args.storage, experiment.name, list(names.values()), __version__) if tracking else None
+    )
     try:
         if args.jobs > 1:
             bars = {
@@ -236,7 +251,7 @@ def run_study(args: Options) -> Result:
                 follower.end(study, "FINISHED")
     finally:
         if follower:
-            _report_tracking(follower, experiment.name, tracking[0], args)
+            _report_tracking(follower, experiment.name, args)
     trials = pandas.concat(
         [study.trials_dataframe().assign(optimizer=name) for name, study in studies.items()], ignore_index=True
     )
@@ -250,7 +265,7 @@ def run_study(args: Options) -> Result:
     )
 
 
-def _on_trial(study: str, progress: _progress, follower: Any) -> Any:
+def _on_trial(study: str, progress: _progress, follower: Follower | None) -> Callable[[Any, int], None]:
     """After each stored trial: the progress bar, then the MLflow follower (if tracking)."""
 
     def on_trial(trial: Any, trial_id: int) -> None:
@@ -265,16 +280,19 @@ def sync_command(args: Options, uri: str) -> str:
     """The ``tuner sync`` command that completes this study command's MLflow mirror, quoted for a POSIX shell
     (paths with spaces paste as they are; a password stays masked). An experiment given as an object is named
     by ``--experiment``."""
-    named = args.experiment is None or isinstance(args.experiment, (str, Path))
-    which = [str(args.experiment or "quickstart")] if named else ["--experiment", args.experiment.name]
+    experiment = args.experiment
+    if experiment is None or isinstance(experiment, (str, Path)):
+        which = [str(experiment or "quickstart")]
+    else:
+        which = ["--experiment", experiment.name]
     return shlex.join(
         ["python", "-m", "tuner", "sync", *which, "--storage", mask_url(args.storage), "--tracking-uri", mask_url(uri)]
     )
 
 
-def _report_tracking(follower: Any, experiment: str, uri: str, args: Options) -> None:
+def _report_tracking(follower: Follower, experiment: str, args: Options) -> None:
     """Wait for the follower's last sync and say where the runs are, or what is missing and how to fill it."""
-    report = follower.close()
+    report, uri = follower.close(), follower.uri
     if report.get("error"):
         print(
             f"tracking: the MLflow mirror is incomplete ({report['error']}); every trial is in the Optuna storage: "
@@ -356,9 +374,8 @@ class _progress:
 
         if outcome(trial) == "failed":
             self.bar.write(f"{self.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
-        if trial.state == TrialState.COMPLETE and (
-            self.best is None or self.sign * trial.value < self.sign * self.best.value
-        ):
+        best = None if self.best is None else self.best.value
+        if trial.state == TrialState.COMPLETE and (best is None or self.sign * trial.value < self.sign * best):
             self.best = trial
             self._show_best()
         self.bar.update(1)

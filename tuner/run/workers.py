@@ -11,6 +11,8 @@ storage id on a queue, for the progress bars and the MLflow follower.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import multiprocessing
 import os
 import queue
@@ -87,17 +89,20 @@ def _work(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("tuner").setLevel(logging.ERROR)  # warnings (tuner.study.storage's) are said once, by the parent
-    torch.set_num_threads(threads)
     try:
-        experiment, task, setup, data = prepare(args, device)
+        # Without --threads the workers split the cores (run_workers).
+        experiment, task, setup, data = prepare(dataclasses.replace(args, threads=threads), device)
         size, _ = population(experiment, setup, task, data, share=1 / args.jobs)  # the parent said why, if fewer
         storage = open_storage(args.storage)
         for space in experiment.optimizers:
             runner = StudyRunner(experiment, space, setup, task, data, storage)
-            runner.run_batched(
-                experiment.trials, size, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id))
-            )
+            runner.run_batched(experiment.trials, size, functools.partial(_put, trials, runner.name))
     except KeyboardInterrupt:
         sys.exit(130)
     except UserError:  # said once, by the parent, which meets it when it tops the study up
         sys.exit(2)
+
+
+def _put(trials: Any, study: str, trial: Any, trial_id: int) -> None:
+    """A worker's callback for each stored trial: its storage id goes to the parent, with its study's name."""
+    trials.put((study, trial_id))

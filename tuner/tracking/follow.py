@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import IO, Any
 
 import optuna
@@ -105,11 +106,11 @@ class Session:
             names = optuna.get_all_study_names(mirror.storage)
             for study in [s for s in self.start["studies"] if s in names]:
                 if study in self.dirty or study not in self.ended:
-                    self.count += _retry(lambda s=study: mirror.sync(s))
+                    self.count += _retry(partial(mirror.sync, study))
                 if study in self.running or study in self.dirty:
-                    _retry(lambda s=study: mirror.parent(s, self.ended.get(s, "KILLED")))
+                    _retry(partial(mirror.parent, study, self.ended.get(study, "KILLED")))
             for study, paths in self.attachments:
-                _retry(lambda s=study, p=paths: mirror.attach(s, p))
+                _retry(partial(mirror.attach, study, paths))
             runs = sum(len(mirror.runs.get(s, {})) for s in self.start["studies"])
         except Exception as err:  # reported: `tuner sync` fills the gap
             self.error, runs = reason(err), 0

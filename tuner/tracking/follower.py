@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 # The follower's HTTP client gives up sooner than MLflow's defaults (7 retries,
 # 120 s timeout): a study must not wait minutes at its end for a dead server.
@@ -38,6 +38,7 @@ class Follower:
     def __init__(self, uri: str, storage_url: str, experiment: str, studies: list[str], version: str) -> None:
         # Its own session: Ctrl-C in the terminal reaches the training process
         # only, which closes the pipe; the follower finishes the mirror and exits.
+        self.uri = uri
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tuner.tracking.follow"],
             stdin=subprocess.PIPE,
@@ -46,6 +47,9 @@ class Follower:
             env=FOLLOWER_ENV | dict(os.environ),
             start_new_session=True,
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes (PIPE above)
+        self.pipe: IO[str] = self.proc.stdin
+        self.answers: IO[str] = self.proc.stdout
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         # The storage URL may hold a password: it travels on the pipe, never in argv.
@@ -54,13 +58,13 @@ class Follower:
         )
 
     def _read(self) -> None:
-        for line in self.proc.stdout:
+        for line in self.answers:
             self.replies.put(json.loads(line))
 
     def _send(self, **message: Any) -> bool:
         try:
-            self.proc.stdin.write(json.dumps(message) + "\n")
-            self.proc.stdin.flush()
+            self.pipe.write(json.dumps(message) + "\n")
+            self.pipe.flush()
             return True
         except (OSError, ValueError):  # the follower is gone (broken pipe, closed); close() reports it
             return False
@@ -96,7 +100,7 @@ class Follower:
         """Close the pipe, let the follower sync once more, and return its report (``error`` set if something is
         missing)."""
         with contextlib.suppress(OSError):
-            self.proc.stdin.close()
+            self.pipe.close()
         report = self._reply("report", timeout)
         try:
             self.proc.wait(timeout=10)

@@ -256,7 +256,7 @@ class Mirror:
         setup = attrs.get("setup", {})
         optimizer, metric = study.rsplit("/", 1)[-1], setup.get("metric", "metric")
         every = trials is None
-        if every:
+        if trials is None:
             # A trial without an outcome is a budget slot lost with its worker (tuner.study.storage): nothing trained
             # to an end.
             trials = [

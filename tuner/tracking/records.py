@@ -121,7 +121,7 @@ def epoch_metrics(history: dict[str, list[float]], metric: str, start_ms: int) -
     epochs = history.get("epoch", [])
     seconds = history.get("seconds") or [0.0] * len(epochs)
     return [
-        (name, float(history[column][i]), epoch, start_ms + round(seconds[i] * 1000))
+        (name, float(history[column][i]), int(epoch), start_ms + round(seconds[i] * 1000))
         for i, epoch in enumerate(epochs)
         for column, name in metric_names(metric).items()
     ]
@@ -134,6 +134,7 @@ def trial_record(study: str, optimizer: str, metric: str, trial: FrozenTrial) ->
     start, end = ms(trial.datetime_start), ms(trial.datetime_complete)
     metrics = epoch_metrics(attrs.get("history") or {}, metric, start)
     if trial.state == TrialState.COMPLETE:
+        assert trial.value is not None  # Optuna stores a complete trial with its value
         metrics.append(("objective", float(trial.value), max(trial.intermediate_values, default=0), end))
     tags = {"tuner.role": "trial", "tuner.study": study, "tuner.trial": str(trial.number), "tuner.outcome": state}
     if attrs.get("reason"):

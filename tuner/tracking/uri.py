@@ -48,7 +48,7 @@ def check_reachable(uri: str, where: str) -> None:
         import urllib.request
 
         # urllib does not read credentials from a URL; MLflow's client (requests) does.
-        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")  # no host: urlopen says so
         request = urllib.request.Request(parts._replace(netloc=host).geturl().rstrip("/") + "/health")
         if parts.username:
             token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
