@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from tuner.config.experiment import Config, Experiment
     from tuner.report.statistics import Summary
+    from tuner.run.outputs import Outputs
+    from tuner.run.progress import Progress
     from tuner.tracking.follower import Follower
 
 
@@ -55,7 +57,7 @@ class Options:
     no_progress: bool = False
 
 
-@dataclass
+@dataclass(repr=False)
 class Result:
     """What an experiment gave: each optimizer's best config (as exported to ``best-<optimizer>.yaml``: its
     ``build(params, steps_per_epoch=...)`` gives the torch optimizer and scheduler), the winner
@@ -68,6 +70,12 @@ class Result:
     trials: pandas.DataFrame
     out: Path
     files: list[Path] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        best = ", ".join(f"{s.optimizer}: {s.best_value:.6g}" for s in self.summaries if s.best_value is not None)
+        return (
+            f"Result(winner={self.winner!r}, best values {{{best}}}, {len(self.trials)} trials, out={str(self.out)!r})"
+        )
 
 
 def configure_process(threads: int | None) -> None:
@@ -125,10 +133,12 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     return experiment, task, setup, load_data(task, device, experiment.at("task") + with_args)
 
 
-def run_study(args: Options) -> Result:
+def run_study(args: Options, quiet: bool = False) -> Result:
     """Run the experiment of ``args`` to its budgets, then its final evaluation, export and report
     (see :class:`Result`).
 
+    ``quiet``: print only what went wrong (a failed trial, a lost worker, an incomplete MLflow mirror), not the
+    experiment's line, the summary, the evidence, the files written nor the winner (default False: as ``tuner study``).
     Raises :class:`~tuner.errors.UserError` for bad input (nothing stored is lost) and KeyboardInterrupt on Ctrl-C
     (finished trials are kept).
     """
@@ -137,6 +147,7 @@ def run_study(args: Options) -> Result:
 
     from tuner.config import export
     from tuner.run.outputs import write_outputs
+    from tuner.run.progress import Progress
     from tuner.run.workers import run_workers
     from tuner.study.runner import StudyRunner, check_resumable, open_storage, population, study_name
     from tuner.tracking.follower import Follower
@@ -167,7 +178,8 @@ def run_study(args: Options) -> Result:
         f"storage {mask_url(args.storage)}",
         f"tracking {mask_url(tracking[0]) if tracking else 'off'}",
     ]
-    print(f"experiment {experiment.name} ({experiment.source}): {', '.join(parts)}", file=sys.stderr)
+    if not quiet:
+        print(f"experiment {experiment.name} ({experiment.source}): {', '.join(parts)}", file=sys.stderr)
 
     # MLflow is written by a follower process, off the training process's clock (see tuner.tracking.follower).
     follower = (
@@ -176,7 +188,7 @@ def run_study(args: Options) -> Result:
     try:
         if args.jobs > 1:
             bars = {
-                names[s.name]: _progress(
+                names[s.name]: Progress(
                     s.name,
                     StudyRunner(experiment, s, setup, task, data, storage).study,
                     experiment.trials,
@@ -207,7 +219,7 @@ def run_study(args: Options) -> Result:
         for space in experiment.optimizers:
             # With --jobs the workers met the budget; this tops up what a lost worker left.
             runner = StudyRunner(experiment, space, setup, task, data, storage)
-            with _progress(space.name, runner.study, experiment.trials, setup.direction, args.no_progress) as progress:
+            with Progress(space.name, runner.study, experiment.trials, setup.direction, args.no_progress) as progress:
                 try:
                     runner.run_batched(experiment.trials, size, _on_trial(runner.name, progress, follower))
                 except UserError:  # every trial failed the same way: the parent run says so
@@ -227,16 +239,8 @@ def run_study(args: Options) -> Result:
             source["tracking_uri"] = mask_url(tracking[0])
         run_ids = {study: follower.runs(study) for study in names.values()} if follower else {}
         done = write_outputs(storage, experiment.name, out, target=experiment.target, source=source, run_ids=run_ids)
-        print(done.summary)
-        print("\n" + done.evidence)
-        written = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()]
-        print(
-            f"\noutputs in {out}/ (every study of experiment {experiment.name!r}): "
-            f"{', '.join(written) or 'none (no trial completed)'}; "
-            f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}"
-        )
-        if done.best is not None:
-            print(f"winner: {done.report.winner} (final-seed validation {setup.label} mean over seeds {seeds})")
+        if not quiet:
+            _print_outputs(done, out, experiment.name, setup.label, seeds)
         if follower:
             for name, study in names.items():
                 follower.attach(
@@ -251,7 +255,7 @@ def run_study(args: Options) -> Result:
                 follower.end(study, "FINISHED")
     finally:
         if follower:
-            _report_tracking(follower, experiment.name, args)
+            _report_tracking(follower, experiment.name, args, quiet)
     trials = pandas.concat(
         [study.trials_dataframe().assign(optimizer=name) for name, study in studies.items()], ignore_index=True
     )
@@ -265,7 +269,21 @@ def run_study(args: Options) -> Result:
     )
 
 
-def _on_trial(study: str, progress: _progress, follower: Follower | None) -> Callable[[Any, int], None]:
+def _print_outputs(done: Outputs, out: Path, experiment: str, label: str, seeds: list[int]) -> None:
+    """The summary, the evidence, the files written and the winner, as ``tuner study`` prints them at its end."""
+    print(done.summary)
+    print("\n" + done.evidence)
+    written = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()]
+    print(
+        f"\noutputs in {out}/ (every study of experiment {experiment!r}): "
+        f"{', '.join(written) or 'none (no trial completed)'}; "
+        f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}"
+    )
+    if done.best is not None:
+        print(f"winner: {done.report.winner} (final-seed validation {label} mean over seeds {seeds})")
+
+
+def _on_trial(study: str, progress: Progress, follower: Follower | None) -> Callable[[Any, int], None]:
     """After each stored trial: the progress bar, then the MLflow follower (if tracking)."""
 
     def on_trial(trial: Any, trial_id: int) -> None:
@@ -290,8 +308,9 @@ def sync_command(args: Options, uri: str) -> str:
     )
 
 
-def _report_tracking(follower: Follower, experiment: str, args: Options) -> None:
-    """Wait for the follower's last sync and say where the runs are, or what is missing and how to fill it."""
+def _report_tracking(follower: Follower, experiment: str, args: Options, quiet: bool) -> None:
+    """Wait for the follower's last sync and say where the runs are (unless ``quiet``), or what is missing and how to
+    fill it."""
     report, uri = follower.close(), follower.uri
     if report.get("error"):
         print(
@@ -299,7 +318,7 @@ def _report_tracking(follower: Follower, experiment: str, args: Options) -> None
             f"run `{sync_command(args, uri)}` to complete it",
             file=sys.stderr,
         )
-    else:
+    elif not quiet:
         browse = (
             f" (browse: {shlex.join(['mlflow', 'ui', '--backend-store-uri', uri])})" if uri.startswith("sqlite") else ""
         )
@@ -331,63 +350,14 @@ def check_writable_folder(path: Path) -> None:
         )
 
 
-class _progress:
-    """A tqdm bar for one study: trials counted of the budget, best so far, elapsed and ETA."""
-
-    def __init__(
-        self, name: str, study: Any, budget: int, direction: str, disable: bool, position: int | None = None
-    ) -> None:
-        from tqdm.auto import tqdm
-
-        from tuner.study.runner import best_trial, finished
-
-        self.name, self.sign = name, -1.0 if direction == "maximize" else 1.0
-        self.best = best_trial(study)
-        self.bar = tqdm(
-            total=budget,
-            initial=min(finished(study), budget),
-            desc=name,
-            unit="trial",
-            disable=disable,
-            dynamic_ncols=True,
-            position=position,
-        )
-        self._show_best()
-
-    def __enter__(self) -> _progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.bar.close()
-
-    def _show_best(self) -> None:
-        if self.best is not None:
-            self.bar.set_postfix_str(f"best {self.best.value:.4g} (#{self.best.number})", refresh=False)
-
-    def __call__(self, trial: Any) -> None:
-        from optuna.trial import TrialState
-
-        from tuner.study.outcomes import outcome
-
-        if outcome(trial) == "failed":
-            self.bar.write(f"{self.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
-        best = None if self.best is None else self.best.value
-        if trial.state == TrialState.COMPLETE and (best is None or self.sign * trial.value < self.sign * best):
-            self.best = trial
-            self._show_best()
-        self.bar.update(1)
-
-
-def run_experiment(experiment: str | Path | Experiment | None = None, **options: Any) -> Result:
+def run_experiment(experiment: str | Path | Experiment | None = None, quiet: bool = False, **options: Any) -> Result:
     """Run an experiment as ``tuner study`` does and return its :class:`Result`.
 
     ``experiment``: a YAML file, a shipped name (default: quickstart) or an
     :class:`~tuner.config.experiment.Experiment`;
+    ``quiet``: print nothing but what went wrong (default False: the summary and evidence, as ``tuner study``);
     ``options``: the fields of :class:`Options` (``trials=10, storage="sqlite:///tuner.db", no_tracking=True``...).
     Raises :class:`~tuner.errors.UserError` (one line naming the field, the value and what is allowed) for bad input,
     TypeError for an option that does not exist.
     """
-    return run_study(Options(experiment=experiment, **options))
+    return run_study(Options(experiment=experiment, **options), quiet)
