@@ -237,7 +237,8 @@ def run_study(args: Options, quiet: bool = False) -> Result:
         }
         if tracking:
             source["tracking_uri"] = mask_url(tracking[0])
-        run_ids = {study: follower.runs(study) for study in names.values()} if follower else {}
+        # The figures are drawn first, while the follower catches up; then the best configs get their run ids.
+        run_ids = (lambda: {study: follower.runs(study) for study in names.values()}) if follower else None
         done = write_outputs(storage, experiment.name, out, target=experiment.target, source=source, run_ids=run_ids)
         if not quiet:
             _print_outputs(done, out, experiment.name, setup.label, seeds)

@@ -12,6 +12,7 @@ same optimizer.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,19 +47,21 @@ def write_outputs(
     target: float | None = None,
     importance: str = "ped-anova",
     source: dict[str, Any] | None = None,
-    run_ids: dict[str, dict[int, str]] | None = None,
+    run_ids: Callable[[], dict[str, dict[int, str]]] | None = None,
     where: str = "--experiment",
 ) -> Outputs:
     """Rewrite ``out`` from every study of ``experiment`` in ``storage``, in the order they were created
     (see the module's docstring).
 
     ``target`` and ``importance``: as :func:`tuner.report.data.build_report` takes them. ``source``: the ``source``
-    section of the best-config files; ``run_ids``: study name -> trial number -> MLflow run id, known to a
-    tracked ``tuner study``. Raises :class:`~tuner.errors.UserError` (naming ``where``) when the experiment
-    has no study there.
+    section of the best-config files; ``run_ids()``: study name -> trial number -> MLflow run id, known to a
+    tracked ``tuner study``, asked for once the figures are drawn (the MLflow follower catches up meanwhile).
+    Raises :class:`~tuner.errors.UserError` (naming ``where``) when the experiment has no study there.
     """
     studies = report.load_studies(storage, experiment, None, where)
     built = report.build_report(studies, target=target, evaluator=importance)
+    files = report.write_report(built, out)  # summary.md, evidence.md, then the figures
+    known = run_ids() if run_ids else {}
     configs: dict[str, Path] = {}
     best = None
     for study, entry in zip(studies, built.optimizers):
@@ -66,7 +69,7 @@ def write_outputs(
         if summary.best_trial is None:
             continue
         found = dict(source or {})
-        run_id = (run_ids or {}).get(study.study_name, {}).get(summary.best_trial)
+        run_id = known.get(study.study_name, {}).get(summary.best_trial)
         if run_id:
             found["mlflow_run_id"] = run_id
         path = out / f"best-{entry.name}.yaml"
@@ -77,7 +80,6 @@ def write_outputs(
             best = export.write_config(config, out / "best.yaml")
     if best is None:  # no winner now: a best.yaml left from before would contradict the summary
         (out / "best.yaml").unlink(missing_ok=True)
-    files = report.write_report(built, out)  # summary.md, evidence.md, then the figures
     return Outputs(built, report.summary(built, out), files[1].read_text(), files, configs, best)
 
 

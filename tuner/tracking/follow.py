@@ -4,6 +4,7 @@ on its stdin (the protocol: :class:`tuner.tracking.follower.Follower`), and answ
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -135,5 +136,9 @@ def follow(lines: IO[str], reply: IO[str]) -> None:
 if __name__ == "__main__":
     # The protocol owns stdout; anything else printed goes to stderr.
     protocol, sys.stdout = sys.stdout, sys.stderr
+    # Below the training's priority: the mirror takes the cores the training leaves idle (the report's drawing,
+    # waits on the storage) rather than slowing its epochs, and catches up at the end.
+    if hasattr(os, "nice"):
+        os.nice(10)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     follow(sys.stdin, protocol)

@@ -104,6 +104,7 @@ class Mirror:
                 self.client.set_experiment_tag(self.experiment_id, key, value)
         self.parents: dict[str, str] = {}  # study name -> parent run id
         self.runs: dict[str, dict[str, str]] = {}  # study name -> record key -> child run id
+        self.metrics: dict[str, str] = {}  # study name -> its metric's name
 
     def _search(self, filter_string: str) -> Iterator[Any]:
         token = None
@@ -251,27 +252,31 @@ class Mirror:
     def records(self, study: str, trials: list[FrozenTrial] | None = None) -> list[RunRecord]:
         """The child runs that ``study`` should have (``trials``: only these; default every finished trial and the
         final runs)."""
+        optimizer = study.rsplit("/", 1)[-1]
+        if trials is not None:  # one stored trial during a study: no read of the study's attributes
+            return [trial_record(study, optimizer, self._metric(study), t) for t in trials]
         study_id = self.storage.get_study_id_from_name(study)
         attrs = self.storage.get_study_user_attrs(study_id)
         setup = attrs.get("setup", {})
-        optimizer, metric = study.rsplit("/", 1)[-1], setup.get("metric", "metric")
-        every = trials is None
-        if trials is None:
-            # A trial without an outcome is a budget slot lost with its worker (tuner.study.storage): nothing trained
-            # to an end.
-            trials = [
-                t
-                for t in self.storage.get_all_trials(study_id, deepcopy=False, states=FINISHED)
-                if "outcome" in t.user_attrs
-            ]
-        records = [trial_record(study, optimizer, metric, t) for t in trials]
+        metric = self.metrics[study] = setup.get("metric", "metric")
+        # A trial without an outcome is a budget slot lost with its worker (tuner.study.storage): nothing trained
+        # to an end.
+        finished = self.storage.get_all_trials(study_id, deepcopy=False, states=FINISHED)
+        records = [trial_record(study, optimizer, metric, t) for t in finished if "outcome" in t.user_attrs]
         final = attrs.get("final")
-        if every and final:
+        if final:
             best = self.storage.get_trial(
                 self.storage.get_trial_id_from_study_id_trial_number(study_id, final["trial"])
             )
             records += final_records(study, optimizer, setup, final, best)
         return records
+
+    def _metric(self, study: str) -> str:
+        """The study's metric name (``accuracy``), read once: a study's setup never changes (resume refuses that)."""
+        if study not in self.metrics:
+            setup = self.storage.get_study_user_attrs(self.storage.get_study_id_from_name(study)).get("setup", {})
+            self.metrics[study] = setup.get("metric", "metric")
+        return self.metrics[study]
 
     def sync(self, study: str) -> SyncCount:
         """Make the study's child runs match the Optuna storage: one per finished trial and final seed, none RUNNING."""
