@@ -24,6 +24,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1; raises ``ArgumentTypeError`` (one line, exit code 2) otherwise."""
     try:
         value = int(text)
     except ValueError:
@@ -34,6 +35,7 @@ def positive_int(text: str) -> int:
 
 
 def seed_int(text: str) -> int:
+    """An argparse type: a seed, an integer >= 0; raises ``ArgumentTypeError`` otherwise."""
     try:
         value = int(text)
     except ValueError:
@@ -44,6 +46,7 @@ def seed_int(text: str) -> int:
 
 
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tracking-uri`` (``study`` and ``sync``)."""
     parser.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): an SQLite file, "
@@ -52,6 +55,7 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def finite_float(text: str) -> float:
+    """An argparse type: a finite number; raises ``ArgumentTypeError`` for NaN, infinities and non-numbers."""
     try:
         value = float(text)
     except ValueError:
@@ -62,6 +66,7 @@ def finite_float(text: str) -> float:
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` (``study`` and ``train``; default None: torch's own choice)."""
     parser.add_argument(
         "--threads",
         type=positive_int,
@@ -78,6 +83,7 @@ TARGET_HELP = (
 
 
 def build_parser() -> Parser:
+    """The ``tuner`` command line: ``study``, ``plot``, ``sync``, ``train`` and ``tasks``."""
     parser = Parser(prog="tuner", description="Which optimizer, with which settings, trains this PyTorch model best.")
     parser.add_argument("--version", action="version", version=f"tuner {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -191,6 +197,7 @@ def build_parser() -> Parser:
 
 
 def run_study(args: argparse.Namespace) -> int:
+    """``tuner study``: :func:`tuner.run.experiment.run_study` with the flags as its options; exit code 0."""
     import dataclasses
 
     from tuner.run import experiment as run
@@ -200,6 +207,11 @@ def run_study(args: argparse.Namespace) -> int:
 
 
 def run_sync(args: argparse.Namespace) -> int:
+    """``tuner sync``: make the MLflow experiment mirror every study of the experiment in the storage.
+
+    Raises :class:`~tuner.errors.UserError` for a store that cannot be reached or refuses a write, and for an
+    experiment with no study in the storage; exit code 0.
+    """
     import optuna
 
     from tuner.study.runner import experiment_names, open_storage
@@ -258,6 +270,7 @@ def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    """``tuner plot``: rewrite the output folder from the storage (trains nothing); exit code 0."""
     import optuna
 
     from tuner.run.experiment import check_writable_folder
@@ -290,6 +303,10 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """``tuner train``: re-train an exported best config on ``--seeds`` seeds and print each seed's figures.
+
+    Raises :class:`~tuner.errors.UserError` for a bad config file or seed range; exit code 0.
+    """
     import dataclasses
 
     from tuner.config.experiment import MAX_SEED
@@ -340,6 +357,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_tasks(args: argparse.Namespace) -> int:
+    """``tuner tasks``: one line per built-in or plugin task (name, origin, summary); exit code 0."""
     from tuner.tasks import describe
 
     infos = describe()
@@ -350,6 +368,9 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``tuner`` command ``argv`` (default: ``sys.argv[1:]``) and return its exit code: 0, 2 after bad input
+    (one line on stderr), 130 after Ctrl-C (finished trials are kept).
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -35,6 +35,7 @@ class Progress:
         self.close()
 
     def close(self) -> None:
+        """Close the bar (it stays on screen)."""
         self.bar.close()
 
     def _show_best(self) -> None:

@@ -51,6 +51,7 @@ class Session:
         self.count = SyncCount()
 
     def connect(self) -> Mirror:
+        """The session's :class:`Mirror`, made on first use (it imports MLflow and may create the store)."""
         if self.mirror is None:
             storage = optuna.storages.RDBStorage(self.start["storage"])
             self.mirror = Mirror(
@@ -63,6 +64,7 @@ class Session:
         return self.mirror
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """Act on one message of the training process; the answer to a ``runs`` question, else None."""
         op, study = message["op"], message.get("study", "")
         if op == "attach":
             self.attachments.append((study, message["paths"]))

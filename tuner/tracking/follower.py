@@ -81,6 +81,7 @@ class Follower:
         return None
 
     def trial(self, study: str, trial_id: int) -> None:
+        """Tell the follower that the trial of storage id ``trial_id`` is stored; returns at once."""
         self._send(op="trial", study=study, id=trial_id)
 
     def runs(self, study: str, timeout: float = 60.0) -> dict[int, str]:
@@ -94,6 +95,7 @@ class Follower:
         self._send(op="attach", study=study, paths=files)
 
     def end(self, study: str, status: str) -> None:
+        """The study is done: its parent run gets ``status`` (``FINISHED``, ``FAILED``) once its runs are synced."""
         self._send(op="end", study=study, status=status)
 
     def close(self, timeout: float = 300.0) -> dict[str, Any]:
