@@ -60,8 +60,24 @@ def write_outputs(
     """
     studies = report.load_studies(storage, experiment, None, where)
     built = report.build_report(studies, target=target, evaluator=importance)
+    # The summary links the config files that exist: they are written first, and again with their MLflow run ids
+    # once the figures are drawn (the follower catches up meanwhile).
+    configs, best = _write_configs(studies, built, out, source, {})
     files = report.write_report(built, out)  # summary.md, evidence.md, then the figures
-    known = run_ids() if run_ids else {}
+    if run_ids is not None:
+        configs, best = _write_configs(studies, built, out, source, run_ids())
+    return Outputs(built, report.summary(built, out), files[1].read_text(), files, configs, best)
+
+
+def _write_configs(
+    studies: list[optuna.Study],
+    built: report.Report,
+    out: Path,
+    source: dict[str, Any] | None,
+    run_ids: dict[str, dict[int, str]],
+) -> tuple[dict[str, Path], Path | None]:
+    """``best-<space>.yaml`` for each study with a best trial and ``best.yaml`` for the winner (removed when there is
+    none); the files by space name, and best.yaml's path."""
     configs: dict[str, Path] = {}
     best = None
     for study, entry in zip(studies, built.optimizers):
@@ -69,7 +85,7 @@ def write_outputs(
         if summary.best_trial is None:
             continue
         found = dict(source or {})
-        run_id = known.get(study.study_name, {}).get(summary.best_trial)
+        run_id = run_ids.get(study.study_name, {}).get(summary.best_trial)
         if run_id:
             found["mlflow_run_id"] = run_id
         path = out / f"best-{entry.name}.yaml"
@@ -80,7 +96,7 @@ def write_outputs(
             best = export.write_config(config, out / "best.yaml")
     if best is None:  # no winner now: a best.yaml left from before would contradict the summary
         (out / "best.yaml").unlink(missing_ok=True)
-    return Outputs(built, report.summary(built, out), files[1].read_text(), files, configs, best)
+    return configs, best
 
 
 def _keep_source(config: Config, path: Path) -> Config:
