@@ -17,7 +17,8 @@ from mlflow.exceptions import MlflowException
 
 from tuner.cli.main import main
 from tuner.run.experiment import sync_command
-from tuner.tracking.mirror import Mirror, RunRecord, mlflow_key
+from tuner.tracking.mirror import Mirror
+from tuner.tracking.records import RunRecord, mlflow_key
 
 TASK = """
 from dataclasses import dataclass

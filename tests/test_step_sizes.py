@@ -13,7 +13,7 @@ from tuner.config.experiment import Config
 from tuner.measure.step_sizes import PERCENTILES, StepSizes, effective_lr, largest, percentiles, recorded_steps
 from tuner.tasks.check import load_data
 from tuner.tasks.loading import load_task
-from tuner.tracking.mirror import final_records, step_size_metrics
+from tuner.tracking.records import final_records, step_size_metrics
 from tuner.train.optim import build_scheduler
 from tuner.train.trainer import steps_per_epoch, train
 

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from tuner.cli.main import main
 from tuner.study.outcomes import outcome
-from tuner.tracking.mirror import STATUS
+from tuner.tracking.records import STATUS
 
 FAST = ["--epochs", "3", "--final-seeds", "2", "--no-progress"]
 # The README's per-epoch MLflow metrics of a trial, by history column, for the tasks used here (a task whose metric

@@ -24,6 +24,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1; raises ``ArgumentTypeError`` (one line, exit code 2) otherwise."""
     try:
         value = int(text)
     except ValueError:
@@ -34,6 +35,7 @@ def positive_int(text: str) -> int:
 
 
 def seed_int(text: str) -> int:
+    """An argparse type: a seed, an integer >= 0; raises ``ArgumentTypeError`` otherwise."""
     try:
         value = int(text)
     except ValueError:
@@ -44,13 +46,16 @@ def seed_int(text: str) -> int:
 
 
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tracking-uri`` (``study`` and ``sync``)."""
     parser.add_argument(
         "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): an SQLite file, http(s)://host:port or a database URL",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): an SQLite file, "
+        "http(s)://host:port or a database URL",
     )
 
 
 def finite_float(text: str) -> float:
+    """An argparse type: a finite number; raises ``ArgumentTypeError`` for NaN, infinities and non-numbers."""
     try:
         value = float(text)
     except ValueError:
@@ -61,19 +66,24 @@ def finite_float(text: str) -> float:
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` (``study`` and ``train``; default None: torch's own choice)."""
     parser.add_argument(
         "--threads",
         type=positive_int,
         metavar="N",
-        help="torch's CPU threads per training process (torch.set_num_threads; default: torch's choice, with --jobs the "
-        "cores split among the workers); on a shared machine, 1 or 2 keep training from slowing to a crawl",
+        help="torch's CPU threads per training process (torch.set_num_threads; default: torch's choice, with "
+        "--jobs the cores split among the workers); on a shared machine, 1 or 2 keep training from slowing to a crawl",
     )
 
 
-TARGET_HELP = "speed target: the validation objective whose first epoch is reported (default: the least good of the optimizers' final means)"
+TARGET_HELP = (
+    "speed target: the validation objective whose first epoch is reported "
+    "(default: the least good of the optimizers' final means)"
+)
 
 
 def build_parser() -> Parser:
+    """The ``tuner`` command line: ``study``, ``plot``, ``sync``, ``train`` and ``tasks``."""
     parser = Parser(prog="tuner", description="Which optimizer, with which settings, trains this PyTorch model best.")
     parser.add_argument("--version", action="version", version=f"tuner {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -86,7 +96,8 @@ def build_parser() -> Parser:
         "--optimizers",
         nargs="+",
         metavar="SPACE",
-        help="shipped search spaces (adam adamw nadam radam adamax adagrad sgd rmsprop adam-wide nadam-wide) or .yaml paths",
+        help="shipped search spaces (adam adamw nadam radam adamax adagrad sgd rmsprop adam-wide nadam-wide) "
+        "or .yaml paths",
     )
     study.add_argument("--task", help="task name or package.module:factory")
     study.add_argument(
@@ -166,8 +177,8 @@ def build_parser() -> Parser:
         "--first-seed",
         type=seed_int,
         metavar="S",
-        help="the first seed (default: the config's training.seed, the seed it was selected on, which reproduces the trial "
-        "and is optimistic; the config's seed + 1 gives the fresh seeds of tuner study's final evaluation)",
+        help="the first seed (default: the config's training.seed, the seed it was selected on, which reproduces "
+        "the trial and is optimistic; the config's seed + 1 gives the fresh seeds of tuner study's final evaluation)",
     )
     train.add_argument(
         "--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps"
@@ -199,6 +210,7 @@ def build_parser() -> Parser:
 
 
 def run_study(args: argparse.Namespace) -> int:
+    """``tuner study``: :func:`tuner.run.experiment.run_study` with the flags as its options; exit code 0."""
     import dataclasses
 
     from tuner.run import experiment as run
@@ -208,10 +220,16 @@ def run_study(args: argparse.Namespace) -> int:
 
 
 def run_sync(args: argparse.Namespace) -> int:
+    """``tuner sync``: make the MLflow experiment mirror every study of the experiment in the storage.
+
+    Raises :class:`~tuner.errors.UserError` for a store that cannot be reached or refuses a write, and for an
+    experiment with no study in the storage; exit code 0.
+    """
     import optuna
 
     from tuner.study.runner import experiment_names, open_storage
-    from tuner.tracking.mirror import Mirror, SyncCount, check_reachable, tracking_uri
+    from tuner.tracking.mirror import Mirror, SyncCount
+    from tuner.tracking.uri import check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = _select_experiment(args)[0]
@@ -234,21 +252,24 @@ def run_sync(args: argparse.Namespace) -> int:
             mirror.settle(study)
         except MlflowException as err:  # never a traceback: the store's refusal, in one line (no run is left RUNNING)
             raise UserError(
-                f"--tracking-uri {mask_url(uri)!r}: MLflow refused a write while syncing {study!r}: {url_failure(err, uri)}; "
-                "the Optuna storage is unchanged"
+                f"--tracking-uri {mask_url(uri)!r}: MLflow refused a write while syncing {study!r}: "
+                f"{url_failure(err, uri)}; the Optuna storage is unchanged"
             ) from None
         total += count
         print(
-            f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted (cut short or stale)"
+            f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted "
+            "(cut short or stale)"
         )
     print(
-        f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: {total.written + total.kept} runs"
+        f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: "
+        f"{total.written + total.kept} runs"
     )
     return 0
 
 
 def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str]:
-    """``plot`` and ``sync``: the experiment's name, target, and where they came from (every study of that name is used)."""
+    """``plot`` and ``sync``: the experiment's name, target, and where they came from
+    (every study of that name is used)."""
     from tuner.config import experiment as config
 
     if args.experiment and args.name:
@@ -262,6 +283,7 @@ def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    """``tuner plot``: rewrite the output folder from the storage (trains nothing); exit code 0."""
     import optuna
 
     from tuner.run.experiment import check_writable_folder
@@ -316,25 +338,27 @@ def run_evidence(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import dataclasses
+    """``tuner train``: re-train an exported best config on ``--seeds`` seeds and print each seed's figures.
 
-    import torch
+    Raises :class:`~tuner.errors.UserError` for a bad config file or seed range; exit code 0.
+    """
+    import dataclasses
 
     from tuner.config.experiment import MAX_SEED
     from tuner.config.export import load_config
     from tuner.report.statistics import mean_sd, pm
+    from tuner.run.experiment import configure_process
     from tuner.tasks.check import load_data
     from tuner.tasks.loading import load_task
-    from tuner.train.trainer import check_amp, keep_freed_memory, objective_label, resolve_device, train
+    from tuner.train.trainer import check_amp, objective_label, resolve_device, train
 
-    keep_freed_memory()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_process(args.threads)
     cfg = load_config(args.config)
     first = cfg.seed if args.first_seed is None else args.first_seed
     if first + args.seeds - 1 > MAX_SEED:
         raise UserError(
-            f"--first-seed {first} with --seeds {args.seeds}: seeds up to {first + args.seeds - 1} are not allowed (at most {MAX_SEED})"
+            f"--first-seed {first} with --seeds {args.seeds}: seeds up to {first + args.seeds - 1} are not allowed "
+            f"(at most {MAX_SEED})"
         )
     device = resolve_device(args.device)
     if args.amp is not None:
@@ -369,6 +393,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_tasks(args: argparse.Namespace) -> int:
+    """``tuner tasks``: one line per built-in or plugin task (name, origin, summary); exit code 0."""
     from tuner.tasks.loading import describe
 
     infos = describe()
@@ -379,6 +404,9 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``tuner`` command ``argv`` (default: ``sys.argv[1:]``) and return its exit code: 0, 2 after bad input
+    (one line on stderr), 130 after Ctrl-C (finished trials are kept).
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,15 +22,19 @@ if TYPE_CHECKING:
 
     from tuner.config.experiment import Config, Experiment
     from tuner.report.statistics import Summary
+    from tuner.run.outputs import Outputs
+    from tuner.run.progress import Progress
+    from tuner.tracking.follower import Follower
 
 
 @dataclass
 class Options:
-    """What ``tuner study`` takes, with its defaults (its flags, by the same names; see ``python -m tuner study --help``).
+    """What ``tuner study`` takes, with its defaults (its flags, by the same names; see
+    ``python -m tuner study --help``).
 
     ``experiment``: a file, a shipped name (None: quickstart), or an :class:`~tuner.config.experiment.Experiment` (from
-    :func:`tuner.config.experiment.load_experiment`), used as it is: the overrides below (``trials`` ... ``population``)
-    apply to files and names only.
+    :func:`tuner.config.experiment.load_experiment`), used as it is: the overrides below
+    (``trials`` ... ``population``) apply to files and names only.
     """
 
     experiment: str | Path | Experiment | None = None
@@ -52,7 +57,7 @@ class Options:
     no_progress: bool = False
 
 
-@dataclass
+@dataclass(repr=False)
 class Result:
     """What an experiment gave: each optimizer's best config (as exported to ``best-<optimizer>.yaml``: its
     ``build(params, steps_per_epoch=...)`` gives the torch optimizer and scheduler), the winner
@@ -66,6 +71,27 @@ class Result:
     out: Path
     files: list[Path] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        best = ", ".join(f"{s.optimizer}: {s.best_value:.6g}" for s in self.summaries if s.best_value is not None)
+        return (
+            f"Result(winner={self.winner!r}, best values {{{best}}}, {len(self.trials)} trials, out={str(self.out)!r})"
+        )
+
+
+def configure_process(threads: int | None) -> None:
+    """Make this process ready to train: glibc keeps the memory tensors free for reuse
+    (:func:`tuner.train.trainer.keep_freed_memory`) and torch uses ``threads`` CPU threads (``torch.set_num_threads``;
+    None leaves torch's own choice). The one place where ``tuner study``, ``tuner train``, each ``--jobs`` worker and
+    :func:`run_experiment` set them up.
+    """
+    from tuner.train.trainer import keep_freed_memory
+
+    keep_freed_memory()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
 
 def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     """The experiment, task, setup and data of ``args``, validated, with the data on ``device_spec``.
@@ -76,17 +102,13 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     from tuner.study.runner import Setup, check_components
     from tuner.tasks.check import load_data
     from tuner.tasks.loading import load_task
-    from tuner.train.trainer import check_amp, keep_freed_memory, resolve_device
+    from tuner.train.trainer import check_amp, resolve_device
 
-    keep_freed_memory()
-    if args.threads:  # without it, --jobs workers split the cores (tuner.run.workers)
-        import torch
-
-        torch.set_num_threads(args.threads)
+    configure_process(args.threads)
     if isinstance(args.experiment, config.Experiment):
         experiment = args.experiment
     else:
-        path = config.find_experiment(args.experiment and str(args.experiment))
+        path = config.find_experiment(None if args.experiment is None else str(args.experiment))
         # Paths given on the command line are relative to the working directory.
         refs = args.optimizers and [
             str(Path(r).resolve()) if r.endswith((".yaml", ".yml")) else r for r in args.optimizers
@@ -112,9 +134,12 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     return experiment, task, setup, load_data(task, device, experiment.at("task") + with_args, experiment.num_workers)
 
 
-def run_study(args: Options) -> Result:
-    """Run the experiment of ``args`` to its budgets, then its final evaluation, export and report (see :class:`Result`).
+def run_study(args: Options, quiet: bool = False) -> Result:
+    """Run the experiment of ``args`` to its budgets, then its final evaluation, export and report
+    (see :class:`Result`).
 
+    ``quiet``: print only what went wrong (a failed trial, a lost worker, an incomplete MLflow mirror), not the
+    experiment's line, the summary, the evidence, the files written nor the winner (default False: as ``tuner study``).
     Raises :class:`~tuner.errors.UserError` for bad input (nothing stored is lost) and KeyboardInterrupt on Ctrl-C
     (finished trials are kept).
     """
@@ -123,9 +148,11 @@ def run_study(args: Options) -> Result:
 
     from tuner.config import export
     from tuner.run.outputs import write_outputs
+    from tuner.run.progress import Progress
     from tuner.run.workers import run_workers
     from tuner.study.runner import StudyRunner, check_resumable, open_storage, population_of, study_name
-    from tuner.tracking.mirror import Follower, check_reachable, tracking_uri
+    from tuner.tracking.follower import Follower
+    from tuner.tracking.uri import check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     experiment, task, setup, data = prepare(args, args.device)
@@ -142,20 +169,27 @@ def run_study(args: Options) -> Result:
     population, why = population_of(experiment, setup, task, data, share=1 / args.jobs)
     if why:
         print(why, file=sys.stderr)
-    print(
-        f"experiment {experiment.name} ({experiment.source}): task {task.name}, {experiment.trials} trials x {len(experiment.optimizers)} optimizers, "
-        f"{setup.epochs} epochs, device {device}{'' if args.amp == 'none' else ', amp ' + args.amp}, "
-        f"{'' if args.jobs == 1 else f'{args.jobs} workers, '}{'' if population == 1 else f'a population of {population} trials at once, '}storage {mask_url(args.storage)}, "
+    parts = [
+        f"task {task.name}",
+        f"{experiment.trials} trials x {len(experiment.optimizers)} optimizers",
+        f"{setup.epochs} epochs",
+        f"device {device}" + ("" if args.amp == "none" else f", amp {args.amp}"),
+        *([f"{args.jobs} workers"] if args.jobs > 1 else []),
+        *([f"a population of {population} trials at once"] if population > 1 else []),
+        f"storage {mask_url(args.storage)}",
         f"tracking {mask_url(tracking[0]) if tracking else 'off'}",
-        file=sys.stderr,
-    )
+    ]
+    if not quiet:
+        print(f"experiment {experiment.name} ({experiment.source}): {', '.join(parts)}", file=sys.stderr)
 
-    # MLflow is written by a follower process, off the training process's clock (see tuner.tracking.mirror).
-    follower = tracking and Follower(tracking[0], args.storage, experiment.name, list(names.values()), __version__)
+    # MLflow is written by a follower process, off the training process's clock (see tuner.tracking.follower).
+    follower = (
+        Follower(tracking[0], args.storage, experiment.name, list(names.values()), __version__) if tracking else None
+    )
     try:
         if args.jobs > 1:
             bars = {
-                names[s.name]: _progress(
+                names[s.name]: Progress(
                     s.name,
                     StudyRunner(experiment, s, setup, task, data, storage).study,
                     experiment.trials,
@@ -178,14 +212,15 @@ def run_study(args: Options) -> Result:
                     bar.close()
             if lost:
                 print(
-                    f"workers ended early: {', '.join(lost)}; their finished trials are stored, this process trains what is left",
+                    f"workers ended early: {', '.join(lost)}; their finished trials are stored, this process trains "
+                    "what is left",
                     file=sys.stderr,
                 )
         studies = {}
         for space in experiment.optimizers:
             # With --jobs the workers met the budget; this tops up what a lost worker left.
             runner = StudyRunner(experiment, space, setup, task, data, storage)
-            with _progress(space.name, runner.study, experiment.trials, setup.direction, args.no_progress) as progress:
+            with Progress(space.name, runner.study, experiment.trials, setup.direction, args.no_progress) as progress:
                 try:
                     runner.run_batched(experiment.trials, population, _on_trial(runner.name, progress, follower))
                 except UserError:  # every trial failed the same way: the parent run says so
@@ -203,17 +238,11 @@ def run_study(args: Options) -> Result:
         }
         if tracking:
             source["tracking_uri"] = mask_url(tracking[0])
-        run_ids = {study: follower.runs(study) for study in names.values()} if follower else {}
+        # The figures are drawn first, while the follower catches up; then the best configs get their run ids.
+        run_ids = (lambda: {study: follower.runs(study) for study in names.values()}) if follower else None
         done = write_outputs(storage, experiment.name, out, target=experiment.target, source=source, run_ids=run_ids)
-        print(done.summary)
-        print("\n" + done.evidence)
-        written = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()]
-        print(
-            f"\noutputs in {out}/ (every study of experiment {experiment.name!r}): {', '.join(written) or 'none (no trial completed)'}; "
-            f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}"
-        )
-        if done.best is not None:
-            print(f"winner: {done.report.winner} (final-seed validation {setup.label} mean over seeds {seeds})")
+        if not quiet:
+            _print_outputs(done, out, experiment.name, setup.label, seeds)
         if follower:
             for name, study in names.items():
                 follower.attach(
@@ -228,7 +257,7 @@ def run_study(args: Options) -> Result:
                 follower.end(study, "FINISHED")
     finally:
         if follower:
-            _report_tracking(follower, experiment.name, tracking[0], args)
+            _report_tracking(follower, experiment.name, args, quiet)
     trials = pandas.concat(
         [study.trials_dataframe().assign(optimizer=name) for name, study in studies.items()], ignore_index=True
     )
@@ -242,7 +271,21 @@ def run_study(args: Options) -> Result:
     )
 
 
-def _on_trial(study: str, progress: _progress, follower: Any) -> Any:
+def _print_outputs(done: Outputs, out: Path, experiment: str, label: str, seeds: list[int]) -> None:
+    """The summary, the evidence, the files written and the winner, as ``tuner study`` prints them at its end."""
+    print(done.summary)
+    print("\n" + done.evidence)
+    written = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()]
+    print(
+        f"\noutputs in {out}/ (every study of experiment {experiment!r}): "
+        f"{', '.join(written) or 'none (no trial completed)'}; "
+        f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}"
+    )
+    if done.best is not None:
+        print(f"winner: {done.report.winner} (final-seed validation {label} mean over seeds {seeds})")
+
+
+def _on_trial(study: str, progress: Progress, follower: Follower | None) -> Callable[[Any, int], None]:
     """After each stored trial: the progress bar, then the MLflow follower (if tracking)."""
 
     def on_trial(trial: Any, trial_id: int) -> None:
@@ -255,24 +298,29 @@ def _on_trial(study: str, progress: _progress, follower: Any) -> Any:
 
 def sync_command(args: Options, uri: str) -> str:
     """The ``tuner sync`` command that completes this study command's MLflow mirror, quoted for a POSIX shell
-    (paths with spaces paste as they are; a password stays masked). An experiment given as an object is named by ``--experiment``."""
-    named = args.experiment is None or isinstance(args.experiment, (str, Path))
-    which = [str(args.experiment or "quickstart")] if named else ["--experiment", args.experiment.name]
+    (paths with spaces paste as they are; a password stays masked). An experiment given as an object is named
+    by ``--experiment``."""
+    experiment = args.experiment
+    if experiment is None or isinstance(experiment, (str, Path)):
+        which = [str(experiment or "quickstart")]
+    else:
+        which = ["--experiment", experiment.name]
     return shlex.join(
         ["python", "-m", "tuner", "sync", *which, "--storage", mask_url(args.storage), "--tracking-uri", mask_url(uri)]
     )
 
 
-def _report_tracking(follower: Any, experiment: str, uri: str, args: Options) -> None:
-    """Wait for the follower's last sync and say where the runs are, or what is missing and how to fill it."""
-    report = follower.close()
+def _report_tracking(follower: Follower, experiment: str, args: Options, quiet: bool) -> None:
+    """Wait for the follower's last sync and say where the runs are (unless ``quiet``), or what is missing and how to
+    fill it."""
+    report, uri = follower.close(), follower.uri
     if report.get("error"):
         print(
             f"tracking: the MLflow mirror is incomplete ({report['error']}); every trial is in the Optuna storage: "
             f"run `{sync_command(args, uri)}` to complete it",
             file=sys.stderr,
         )
-    else:
+    elif not quiet:
         browse = (
             f" (browse: {shlex.join(['mlflow', 'ui', '--backend-store-uri', uri])})" if uri.startswith("sqlite") else ""
         )
@@ -291,74 +339,27 @@ def check_writable_folder(path: Path) -> None:
     if any(len(os.fsencode(part)) > 255 for part in path.parts) or len(os.fsencode(path.absolute())) > limit:
         shown = str(path) if len(str(path)) <= 60 else str(path)[:60] + "..."
         raise UserError(
-            f"--out: {shown!r} is too long (allowed: folder names of at most 255 bytes, the whole path at most {limit} bytes)"
+            f"--out: {shown!r} is too long (allowed: folder names of at most 255 bytes, the whole path at most "
+            f"{limit} bytes)"
         )
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise UserError(
-            f"--out: {str(path)!r} cannot be a folder here: {str(existing)!r} is not a writable folder (allowed: a folder, created if missing)"
+            f"--out: {str(path)!r} cannot be a folder here: {str(existing)!r} is not a writable folder "
+            "(allowed: a folder, created if missing)"
         )
 
 
-class _progress:
-    """A tqdm bar for one study: trials counted of the budget, best so far, elapsed and ETA."""
-
-    def __init__(
-        self, name: str, study: Any, budget: int, direction: str, disable: bool, position: int | None = None
-    ) -> None:
-        from tqdm.auto import tqdm
-
-        from tuner.study.runner import best_trial, finished
-
-        self.name, self.sign = name, -1.0 if direction == "maximize" else 1.0
-        self.best = best_trial(study)
-        self.bar = tqdm(
-            total=budget,
-            initial=min(finished(study), budget),
-            desc=name,
-            unit="trial",
-            disable=disable,
-            dynamic_ncols=True,
-            position=position,
-        )
-        self._show_best()
-
-    def __enter__(self) -> _progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.bar.close()
-
-    def _show_best(self) -> None:
-        if self.best is not None:
-            self.bar.set_postfix_str(f"best {self.best.value:.4g} (#{self.best.number})", refresh=False)
-
-    def __call__(self, trial: Any) -> None:
-        from optuna.trial import TrialState
-
-        from tuner.study.outcomes import outcome
-
-        if outcome(trial) == "failed":
-            self.bar.write(f"{self.name} trial {trial.number} failed: {trial.user_attrs.get('reason')}")
-        if trial.state == TrialState.COMPLETE and (
-            self.best is None or self.sign * trial.value < self.sign * self.best.value
-        ):
-            self.best = trial
-            self._show_best()
-        self.bar.update(1)
-
-
-def run_experiment(experiment: str | Path | Experiment | None = None, **options: Any) -> Result:
+def run_experiment(experiment: str | Path | Experiment | None = None, quiet: bool = False, **options: Any) -> Result:
     """Run an experiment as ``tuner study`` does and return its :class:`Result`.
 
-    ``experiment``: a YAML file, a shipped name (default: quickstart) or an :class:`~tuner.config.experiment.Experiment`;
+    ``experiment``: a YAML file, a shipped name (default: quickstart) or an
+    :class:`~tuner.config.experiment.Experiment`;
+    ``quiet``: print nothing but what went wrong (default False: the summary and evidence, as ``tuner study``);
     ``options``: the fields of :class:`Options` (``trials=10, storage="sqlite:///tuner.db", no_tracking=True``...).
     Raises :class:`~tuner.errors.UserError` (one line naming the field, the value and what is allowed) for bad input,
     TypeError for an option that does not exist.
     """
-    return run_study(Options(experiment=experiment, **options))
+    return run_study(Options(experiment=experiment, **options), quiet)

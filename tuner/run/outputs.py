@@ -12,6 +12,7 @@ same optimizer.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from tuner.report.write import write_report
 
 @dataclass(frozen=True)
 class Outputs:
-    """What :func:`write_outputs` wrote: the report, the summary and evidence as printed, and the best-config files by space name (the winner's also as ``best.yaml``)."""
+    """What :func:`write_outputs` wrote: the report, the summary and evidence as printed, and the best-config files by
+    space name (the winner's also as ``best.yaml``)."""
 
     report: Report
     summary: str
@@ -48,18 +50,37 @@ def write_outputs(
     target: float | None = None,
     importance: str = "ped-anova",
     source: dict[str, Any] | None = None,
-    run_ids: dict[str, dict[int, str]] | None = None,
+    run_ids: Callable[[], dict[str, dict[int, str]]] | None = None,
     where: str = "--experiment",
 ) -> Outputs:
-    """Rewrite ``out`` from every study of ``experiment`` in ``storage``, in the order they were created (see the module's docstring).
+    """Rewrite ``out`` from every study of ``experiment`` in ``storage``, in the order they were created
+    (see the module's docstring).
 
     ``target`` and ``importance``: as :func:`tuner.report.build.build_report` takes them. ``source``: the ``source``
-    section of the best-config files; ``run_ids``: study name -> trial number -> MLflow run id, known to a
-    tracked ``tuner study``. Raises :class:`~tuner.errors.UserError` (naming ``where``) when the experiment
-    has no study there.
+    section of the best-config files; ``run_ids()``: study name -> trial number -> MLflow run id, known to a
+    tracked ``tuner study``, asked for once the figures are drawn (the MLflow follower catches up meanwhile).
+    Raises :class:`~tuner.errors.UserError` (naming ``where``) when the experiment has no study there.
     """
     studies = load_studies(storage, experiment, None, where)
     built = build_report(studies, target=target, evaluator=importance)
+    # The summary links the config files that exist: they are written first, and again with their MLflow run ids
+    # once the figures are drawn (the follower catches up meanwhile).
+    configs, best = _write_configs(studies, built, out, source, {})
+    files = write_report(built, out)  # summary.md, evidence.md, then the figures
+    if run_ids is not None:
+        configs, best = _write_configs(studies, built, out, source, run_ids())
+    return Outputs(built, summary_md.summary(built, out), files[1].read_text(), files, configs, best)
+
+
+def _write_configs(
+    studies: list[optuna.Study],
+    built: Report,
+    out: Path,
+    source: dict[str, Any] | None,
+    run_ids: dict[str, dict[int, str]],
+) -> tuple[dict[str, Path], Path | None]:
+    """``best-<space>.yaml`` for each study with a best trial and ``best.yaml`` for the winner (removed when there is
+    none); the files by space name, and best.yaml's path."""
     configs: dict[str, Path] = {}
     best = None
     for study, entry in zip(studies, built.optimizers):
@@ -67,7 +88,7 @@ def write_outputs(
         if summary.best_trial is None:
             continue
         found = dict(source or {})
-        run_id = (run_ids or {}).get(study.study_name, {}).get(summary.best_trial)
+        run_id = run_ids.get(study.study_name, {}).get(summary.best_trial)
         if run_id:
             found["mlflow_run_id"] = run_id
         path = out / f"best-{entry.name}.yaml"
@@ -78,14 +99,13 @@ def write_outputs(
             best = export.write_config(config, out / "best.yaml")
     if best is None:  # no winner now: a best.yaml left from before would contradict the summary
         (out / "best.yaml").unlink(missing_ok=True)
-    files = write_report(built, out)  # summary.md, evidence.md, then the figures
-    return Outputs(built, summary_md.summary(built, out), files[1].read_text(), files, configs, best)
+    return configs, best
 
 
 def _keep_source(config: Config, path: Path) -> Config:
-    """``config`` with the ``source`` fields it lacks taken from the file at ``path`` when that file is of the same study
-    and trial: ``tuner plot`` and a resumed study that mirrored nothing new know no MLflow run id. A run id of another
-    tracking store is not kept."""
+    """``config`` with the ``source`` fields it lacks taken from the file at ``path`` when that file is of the
+    same study and trial: ``tuner plot`` and a resumed study that mirrored nothing new know no MLflow run id. A run id
+    of another tracking store is not kept."""
     try:
         old = (strict_yaml.load(path.read_text()) or {}).get("source") or {}
     except (OSError, yaml.YAMLError, AttributeError):

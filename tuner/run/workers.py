@@ -11,6 +11,8 @@ storage id on a queue, for the progress bars and the MLflow follower.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import multiprocessing
 import os
 import queue
@@ -25,7 +27,8 @@ STOP_SECONDS = 60
 
 
 def worker_devices(device: torch.device, jobs: int, explicit: bool) -> list[str]:
-    """The device of each worker: CUDA devices round-robin unless one was named (``explicit``), else all on ``device``."""
+    """The device of each worker: CUDA devices round-robin unless one was named (``explicit``), else all on
+    ``device``."""
     if device.type == "cuda" and not explicit:
         return [f"cuda:{i % torch.cuda.device_count()}" for i in range(jobs)]
     return [str(device)] * jobs
@@ -86,18 +89,21 @@ def _work(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("tuner").setLevel(logging.ERROR)  # warnings (tuner.study.storage's) are said once, by the parent
-    torch.set_num_threads(threads)
     try:
-        experiment, task, setup, data = prepare(args, device)
+        # Without --threads the workers split the cores (run_workers).
+        experiment, task, setup, data = prepare(dataclasses.replace(args, threads=threads), device)
         # The parent said why, if fewer.
         population, _ = population_of(experiment, setup, task, data, share=1 / args.jobs)
         storage = open_storage(args.storage)
         for space in experiment.optimizers:
             runner = StudyRunner(experiment, space, setup, task, data, storage)
-            runner.run_batched(
-                experiment.trials, population, lambda trial, trial_id, name=runner.name: trials.put((name, trial_id))
-            )
+            runner.run_batched(experiment.trials, population, functools.partial(_put, trials, runner.name))
     except KeyboardInterrupt:
         sys.exit(130)
     except UserError:  # said once, by the parent, which meets it when it tops the study up
         sys.exit(2)
+
+
+def _put(trials: Any, study: str, trial: Any, trial_id: int) -> None:
+    """A worker's callback for each stored trial: its storage id goes to the parent, with its study's name."""
+    trials.put((study, trial_id))

@@ -1,0 +1,146 @@
+"""The follower process (``python -m tuner.tracking.follow``): mirrors into MLflow what the training process reports
+on its stdin (the protocol: :class:`tuner.tracking.follower.Follower`), and answers on its stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import IO, Any
+
+import optuna
+
+from tuner.errors import reason
+from tuner.tracking.mirror import Mirror, SyncCount
+
+# After a tracking failure the follower leaves the store alone this long (seconds).
+RETRY_SECONDS = 30.0
+
+
+def _retry(action: Callable[[], Any], attempts: int = 3, pause: float = 1.0) -> Any:
+    """``action()``, tried again after a growing pause on any error (a tracking server may come back)."""
+    for attempt in range(attempts - 1):
+        try:
+            return action()
+        except Exception:  # MLflow, SQLAlchemy and HTTP errors alike
+            time.sleep(pause * 2**attempt)
+    return action()
+
+
+class Session:
+    """The follower's side: mirrors what it is told at once; what fails is caught up later.
+
+    After a failure it leaves the tracking store alone for ``RETRY_SECONDS``
+    (a dead server costs the study nothing), then the next message syncs its
+    study whole, filling the gap; at the end everything still owed is tried
+    once more, with pauses.
+    """
+
+    def __init__(self, start: dict[str, Any]) -> None:
+        self.start = start
+        self.mirror: Mirror | None = None
+        self.error: str | None = None
+        self.failed_at = 0.0
+        self.dirty: set[str] = set()  # studies to sync whole
+        self.attachments: list[tuple[str, list[tuple[str, str]]]] = []  # not attached yet
+        self.running: set[str] = set()  # parent runs set RUNNING by this session
+        self.ended: dict[str, str] = {}  # study -> final parent status
+        self.count = SyncCount()
+
+    def connect(self) -> Mirror:
+        """The session's :class:`Mirror`, made on first use (it imports MLflow and may create the store)."""
+        if self.mirror is None:
+            storage = optuna.storages.RDBStorage(self.start["storage"])
+            self.mirror = Mirror(
+                self.start["tracking_uri"],
+                self.start["experiment"],
+                storage,
+                self.start["storage"],
+                self.start["version"],
+            )
+        return self.mirror
+
+    def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """Act on one message of the training process; the answer to a ``runs`` question, else None."""
+        op, study = message["op"], message.get("study", "")
+        if op == "attach":
+            self.attachments.append((study, message["paths"]))
+        if op == "end":
+            self.ended[study] = message["status"]
+        if self.error is not None and time.monotonic() - self.failed_at < RETRY_SECONDS:
+            self.dirty.add(study)
+        else:
+            self._mirror(op, study, message)
+        if op == "runs":  # after a first sync of the study: a resumed study that ran no trial still knows its runs
+            runs = self.mirror.runs.get(study, {}) if self.mirror else {}
+            return {"op": "runs", "runs": {k.split("/")[1]: v for k, v in runs.items() if k.startswith("trial/")}}
+        return None
+
+    def _mirror(self, op: str, study: str, message: dict[str, Any]) -> None:
+        try:
+            mirror = self.connect()
+            if study not in self.running or study in self.dirty:
+                self.count += mirror.sync(study)
+                mirror.parent(study, "RUNNING")
+                self.running.add(study)
+                self.dirty.discard(study)
+            if op == "trial":
+                for record in mirror.records(study, [mirror.storage.get_trial(message["id"])]):
+                    self.count += mirror.write(study, record)
+            elif op == "attach":
+                mirror.merge_parents(study)
+                mirror.attach(study, self.attachments.pop()[1])
+            elif op == "end":
+                self.count += mirror.sync(study)
+                mirror.parent(study, message["status"])
+            self.error = None
+        except Exception as err:  # the study goes on; a later message or finish() catches up
+            self.error, self.failed_at = reason(err), time.monotonic()
+            self.dirty.add(study)
+
+    def finish(self) -> dict[str, Any]:
+        """One last try at everything still owed; parents this session left RUNNING become KILLED."""
+        self.error = None
+        try:
+            mirror = _retry(self.connect)
+            names = optuna.get_all_study_names(mirror.storage)
+            for study in [s for s in self.start["studies"] if s in names]:
+                if study in self.dirty or study not in self.ended:
+                    self.count += _retry(partial(mirror.sync, study))
+                if study in self.running or study in self.dirty:
+                    _retry(partial(mirror.parent, study, self.ended.get(study, "KILLED")))
+            for study, paths in self.attachments:
+                _retry(partial(mirror.attach, study, paths))
+            runs = sum(len(mirror.runs.get(s, {})) for s in self.start["studies"])
+        except Exception as err:  # reported: `tuner sync` fills the gap
+            self.error, runs = reason(err), 0
+        return {"op": "report", "error": self.error, "written": self.count.written, "runs": runs}
+
+
+def follow(lines: IO[str], reply: IO[str]) -> None:
+    """The follower's loop: mirror what the training process reports; at EOF, however it ended, finish and report."""
+    start = json.loads(lines.readline() or "{}")
+    if start.get("op") != "start":
+        return
+    session = Session(start)
+    for line in lines:
+        answer = session.handle(json.loads(line))
+        if answer is not None:
+            reply.write(json.dumps(answer) + "\n")
+            reply.flush()
+    reply.write(json.dumps(session.finish()) + "\n")
+    reply.flush()
+
+
+if __name__ == "__main__":
+    # The protocol owns stdout; anything else printed goes to stderr.
+    protocol, sys.stdout = sys.stdout, sys.stderr
+    # Below the training's priority: the mirror takes the cores the training leaves idle (the report's drawing,
+    # waits on the storage) rather than slowing its epochs, and catches up at the end.
+    if hasattr(os, "nice"):
+        os.nice(10)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    follow(sys.stdin, protocol)
