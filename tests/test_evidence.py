@@ -26,7 +26,6 @@ from tuner.report.evidence import (
 from tuner.report.statistics import ExpectedBest, Summary
 from tuner.tasks.check import load_data
 from tuner.tasks.loading import load_task
-from tuner.tasks.task import Data
 
 
 @pytest.mark.parametrize(
@@ -70,13 +69,12 @@ def test_the_first_steps_peak_memory_on_cuda_counts_adams_two_moments():
     assert peaks["Adam"] - peaks["SGD"] >= 8 * parameters  # exp_avg and exp_avg_sq, float32
 
 
-@pytest.mark.slow  # a fresh process per measurement
 @pytest.mark.skipif(sys.platform != "linux", reason="the CPU's peak resident set is read from /proc/self")
 def test_the_first_steps_peak_on_the_cpu_grows_with_the_optimizers_state():
     def peak(optimizer: str, hidden: int) -> float:
         task = load_task("digits-mlp", {"hidden": hidden})
         config = Config(optimizer, {"lr": 1e-3}, "constant", {}, "digits-mlp", {"hidden": hidden}, 1, 64, 0)
-        measured = peak_step_bytes(task, Data(None, None, None), config)  # the measuring process loads the data
+        measured = peak_step_bytes(task, load_data(task, torch.device("cpu")), config)
         assert measured is not None
         return measured
 

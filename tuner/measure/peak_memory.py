@@ -3,32 +3,28 @@
 - CUDA: ``torch.cuda.max_memory_allocated`` during the step, less what was allocated before it (PyTorch's allocator:
   tensors only, not its cache).
 - CPU (Linux): how far the process's peak resident set size (``VmHWM``) rises above its resident set (``VmRSS``)
-  during the step, in a fresh Python process that loads the task and its data again. In the process that trained,
-  the allocator hands out memory freed earlier without the resident set growing (0 to 2 MB for the same Adam step in
-  three calls in a row). The fresh process fixes glibc's mmap threshold at :data:`MMAP_THRESHOLD` bytes, so that a
-  tensor above it is mapped when allocated and unmapped when freed, takes one warm-up step (torch's lazy
-  initialisation, the optimizer's code paths), then resets the peak (``5`` written to ``/proc/self/clear_refs``)
-  and measures a second first step of a fresh model and optimizer. Precise to about 0.1 MB: pages of 4 KiB, and
-  allocations under the threshold may reuse free heap memory. Such a process costs an import of torch and a load
-  of the task's data (seconds).
+  during the step, in a child forked from the process that trained (the task and its data as they are, tens of
+  milliseconds). In the process that trained, the allocator hands out memory freed earlier without the resident set
+  growing (0 to 2 MB for the same Adam step in three calls in a row). The child fixes glibc's mmap threshold at
+  :data:`MMAP_THRESHOLD` bytes, so that a tensor above it is mapped when allocated and unmapped when freed, runs torch
+  on one thread, takes one warm-up step (the optimizer's code paths), then resets the peak (``5`` written to
+  ``/proc/self/clear_refs``) and measures a second first step of a fresh model and optimizer. Precise to about
+  0.1 MB: pages of 4 KiB, and allocations under the threshold may reuse free heap memory.
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
 import os
-import subprocess
+import platform
 import sys
 from pathlib import Path
 
 import torch
 
 from tuner.config.experiment import Config
-from tuner.config.export import config_from_dict, config_to_dict
-from tuner.tasks.check import load_data
-from tuner.tasks.loading import load_task
 from tuner.tasks.task import Data, Task, is_loop
-from tuner.train.trainer import first_step
+from tuner.train.trainer import M_MMAP_THRESHOLD, first_step
 
 # Allocations of at least this many bytes are mapped on their own in the measuring process (MALLOC_MMAP_THRESHOLD_).
 MMAP_THRESHOLD = 65536
@@ -37,7 +33,7 @@ MMAP_THRESHOLD = 65536
 def peak_step_bytes(task: Task, data: Data, config: Config) -> float | None:
     """Bytes the first training step of ``config`` on the first batch of ``data`` adds at its peak (forward, backward,
     optimizer step and its new state), on ``data``'s device: CUDA memory allocated, or on the CPU the growth of the
-    peak resident set size, measured in a fresh process that loads ``config.task`` with ``config.task_args``.
+    peak resident set size, measured in a forked child process.
 
     None on other devices, on the CPU of a system other than Linux, and for a task with its own loop (its model and
     data live inside its ``fit``). Torch's random state is left as it was. Raises RuntimeError when the measuring
@@ -50,30 +46,42 @@ def peak_step_bytes(task: Task, data: Data, config: Config) -> float | None:
         first_step(task, data, config, around=lambda: peak)
         return peak.bytes
     if device.type == "cpu" and sys.platform == "linux":
-        return _in_fresh_process(config)
+        return _in_forked_process(task, data, config)
     return None
 
 
-def _in_fresh_process(config: Config) -> float:
-    """:func:`_measure_here` of ``config`` in a new Python process with the same import path and thread count."""
-    request = json.dumps({"config": config_to_dict(config), "threads": torch.get_num_threads()})
-    env = os.environ | {
-        "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
-        "PYTHONPATH": os.pathsep.join(path or os.getcwd() for path in sys.path),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", __name__], input=request, capture_output=True, text=True, env=env, check=False
-    )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise RuntimeError(f"the process measuring the CPU peak memory of {config.optimizer} failed: {last}")
-    return float(done.stdout.strip().splitlines()[-1])
+def _in_forked_process(task: Task, data: Data, config: Config) -> float:
+    """:func:`_measure_here` in a child forked from this process: the task and its data as they are here, no import.
+
+    The child runs torch on one thread (OpenMP's thread team does not survive a fork: torch's DataLoader workers do
+    the same) and has glibc map every block of :data:`MMAP_THRESHOLD` bytes or more on its own, so that what the
+    step allocates shows in the resident set. Raises RuntimeError when the child fails."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: measure, write the figure, and leave without running the parent's exit handlers
+        code = 1
+        try:
+            os.close(read)
+            if platform.libc_ver()[0] == "glibc":
+                ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            torch.set_num_threads(1)
+            os.write(write, repr(_measure_here(task, data, config)).encode())
+            code = 0
+        except BaseException as err:  # said to the parent through the pipe; the child never returns
+            os.write(write, f"error {type(err).__name__}: {err}".encode())
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or text.startswith("error"):
+        raise RuntimeError(f"the process measuring the CPU peak memory of {config.optimizer} failed: {text or status}")
+    return float(text)
 
 
-def _measure_here(config: Config) -> float:
+def _measure_here(task: Task, data: Data, config: Config) -> float:
     """The growth of this process's peak resident set size during the first step of ``config`` on the CPU."""
-    task = load_task(config.task, config.task_args)
-    data = load_data(task, torch.device("cpu"))
     first_step(task, data, config)  # warm-up: what torch initialises once is not the step's
     peak = _ResidentPeak()
     first_step(task, data, config, around=lambda: peak)
@@ -116,9 +124,3 @@ def _status_bytes(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-if __name__ == "__main__":
-    request = json.loads(sys.stdin.read())
-    torch.set_num_threads(request["threads"])
-    print(_measure_here(config_from_dict(request["config"])))
