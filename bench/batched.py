@@ -69,7 +69,7 @@ import optuna
 import torch
 
 from tuner.batched.trainer import train_batched
-from tuner.cli.main import positive_int
+from tuner.cli.arguments import positive_int
 from tuner.config import experiment as config
 from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict

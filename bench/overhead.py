@@ -79,6 +79,7 @@ from dataclasses import dataclass
 import optuna
 import torch
 
+import tuner.cli.arguments
 import tuner.cli.main
 from tuner.config import experiment as tuner_config
 from tuner.config.experiment import Config
@@ -252,20 +253,20 @@ def main() -> int:
         "--experiment", default="quickstart", help="shipped experiment name or YAML path (default: quickstart)"
     )
     parser.add_argument(
-        "--trials", type=tuner.cli.main.positive_int, help="trials per optimizer (default: the experiment's)"
+        "--trials", type=tuner.cli.arguments.positive_int, help="trials per optimizer (default: the experiment's)"
     )
     parser.add_argument(
-        "--epochs", type=tuner.cli.main.positive_int, help="epochs per trial (default: the experiment's)"
+        "--epochs", type=tuner.cli.arguments.positive_int, help="epochs per trial (default: the experiment's)"
     )
     parser.add_argument(
         "--repeat",
-        type=tuner.cli.main.positive_int,
+        type=tuner.cli.arguments.positive_int,
         default=1,
         help="runs of each side, alternating; the fastest is kept (default 1)",
     )
     parser.add_argument(
         "--threads",
-        type=tuner.cli.main.positive_int,
+        type=tuner.cli.arguments.positive_int,
         help="torch.set_num_threads(N) first (default: torch's own choice)",
     )
     parser.add_argument("--device", default="cpu", help="device of both sides (default: cpu)")

@@ -333,7 +333,7 @@ def test_tasks_lists_the_built_ins(capsys):
 
 
 def test_help_does_not_import_the_heavy_libraries():
-    code = "import sys; from tuner.cli.main import build_parser; build_parser().format_help(); print(sorted({'torch', 'optuna', 'mlflow', 'sklearn'} & set(sys.modules)))"
+    code = "import sys; from tuner.cli.arguments import build_parser; build_parser().format_help(); print(sorted({'torch', 'optuna', 'mlflow', 'sklearn'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -1,0 +1,206 @@
+"""The command line's arguments: the parser of every command, its flags and their types (one-line errors, exit 2).
+
+Nothing heavy is imported here, so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from tuner import __version__
+from tuner.cli.commands import run_evidence, run_plot, run_study, run_sync, run_tasks, run_train
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1; raises ``ArgumentTypeError`` (one line, exit code 2) otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (an integer >= 1)")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a seed, an integer >= 0; raises ``ArgumentTypeError`` otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (an integer >= 0)")
+    return value
+
+
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tracking-uri`` (``study`` and ``sync``)."""
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): an SQLite file, "
+        "http(s)://host:port or a database URL",
+    )
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number; raises ``ArgumentTypeError`` for NaN, infinities and non-numbers."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (a finite number)")
+    return value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` (``study`` and ``train``; default None: torch's own choice)."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="torch's CPU threads per training process (torch.set_num_threads; default: torch's choice, with "
+        "--jobs the cores split among the workers); on a shared machine, 1 or 2 keep training from slowing to a crawl",
+    )
+
+
+TARGET_HELP = (
+    "speed target: the validation objective whose first epoch is reported "
+    "(default: the least good of the optimizers' final means)"
+)
+
+
+def build_parser() -> Parser:
+    """The ``tuner`` command line: ``study``, ``plot``, ``sync``, ``train`` and ``tasks``."""
+    parser = Parser(prog="tuner", description="Which optimizer, with which settings, trains this PyTorch model best.")
+    parser.add_argument("--version", action="version", version=f"tuner {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    study = commands.add_parser("study", help="tune each optimizer of an experiment, then export the best configs")
+    study.add_argument("experiment", nargs="?", help="experiment YAML file, or a shipped name (default: quickstart)")
+    study.add_argument("--trials", type=positive_int, help="trials per optimizer (the study is topped up to this)")
+    study.add_argument("--epochs", type=positive_int, help="epochs per trial")
+    study.add_argument(
+        "--optimizers",
+        nargs="+",
+        metavar="SPACE",
+        help="shipped search spaces (adam adamw nadam radam adamax adagrad sgd rmsprop adam-wide nadam-wide) "
+        "or .yaml paths",
+    )
+    study.add_argument("--task", help="task name or package.module:factory")
+    study.add_argument(
+        "--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)"
+    )
+    add_tracking_arguments(study)
+    study.add_argument(
+        "--no-tracking", action="store_true", help="log nothing to MLflow (`tuner sync` can do it later)"
+    )
+    study.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
+    study.add_argument("--seed", type=seed_int, help="seed of every trial; final seeds are seed+1 ... seed+N")
+    study.add_argument("--final-seeds", type=positive_int, help="seeds the best configs are re-trained on (default 3)")
+    study.add_argument(
+        "--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps"
+    )
+    study.add_argument("--amp", default="none", help="mixed precision: none (default) or bf16 autocast (CUDA only)")
+    study.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="worker processes training trials at once (default 1; CUDA devices round-robin, CPU cores split)",
+    )
+    study.add_argument(
+        "--population",
+        type=positive_int,
+        metavar="K",
+        help="train K trials of a study at once as one vectorized model (default: the experiment's population, else 1)",
+    )
+    add_threads_argument(study)
+    study.add_argument("--no-progress", action="store_true", help="no progress bars")
+    study.add_argument("--target", type=finite_float, help=TARGET_HELP)
+    study.set_defaults(func=run_study)
+
+    plot = commands.add_parser(
+        "plot", help="rebuild the figures and summary.md of an experiment from the storage, training nothing"
+    )
+    plot.add_argument(
+        "experiment",
+        nargs="?",
+        help="experiment YAML file, or a shipped name (default: quickstart, unless --experiment)",
+    )
+    plot.add_argument(
+        "--experiment", dest="name", metavar="NAME", help="the experiment's name in the storage, instead of its file"
+    )
+    plot.add_argument(
+        "--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)"
+    )
+    plot.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
+    plot.add_argument("--target", type=finite_float, help=TARGET_HELP)
+    # The keys of tuner.report.importance.IMPORTANCE_EVALUATORS (not imported here, so that --help stays instant).
+    plot.add_argument(
+        "--importance",
+        choices=("ped-anova", "fanova", "mdi"),
+        default="ped-anova",
+        help="Optuna importance evaluator (default: ped-anova, which keeps the conditional schedule parameters)",
+    )
+    plot.set_defaults(func=run_plot)
+
+    evidence = commands.add_parser(
+        "evidence", help="one evidence.md over the stored studies of several experiments (every claim on every task)"
+    )
+    evidence.add_argument(
+        "experiments", nargs="+", metavar="experiment", help="experiment YAML files or shipped names, in table order"
+    )
+    evidence.add_argument(
+        "--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)"
+    )
+    evidence.add_argument(
+        "--out", type=Path, default=Path("runs/evidence"), help="output folder (default: runs/evidence)"
+    )
+    evidence.set_defaults(func=run_evidence)
+
+    train = commands.add_parser("train", help="re-train an exported config and report mean ± sd")
+    train.add_argument("config", type=Path, help="best-config YAML written by `tuner study`")
+    train.add_argument("--seeds", type=positive_int, default=1, help="number of seeds: first, first+1, ... (default 1)")
+    train.add_argument(
+        "--first-seed",
+        type=seed_int,
+        metavar="S",
+        help="the first seed (default: the config's training.seed, the seed it was selected on, which reproduces "
+        "the trial and is optimistic; the config's seed + 1 gives the fresh seeds of tuner study's final evaluation)",
+    )
+    train.add_argument(
+        "--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps"
+    )
+    train.add_argument("--amp", help="mixed precision: none or bf16 (CUDA only); default: the config's training.amp")
+    add_threads_argument(train)
+    train.set_defaults(func=run_train)
+
+    sync = commands.add_parser(
+        "sync", help="rebuild or complete the MLflow runs of an experiment from the Optuna storage"
+    )
+    sync.add_argument(
+        "experiment",
+        nargs="?",
+        help="experiment YAML file, or a shipped name (default: quickstart, unless --experiment)",
+    )
+    sync.add_argument(
+        "--experiment", dest="name", metavar="NAME", help="the experiment's name in the storage, instead of its file"
+    )
+    sync.add_argument(
+        "--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)"
+    )
+    add_tracking_arguments(sync)
+    sync.set_defaults(func=run_sync)
+
+    tasks = commands.add_parser("tasks", help="list the built-in tasks and those of installed plugins")
+    tasks.set_defaults(func=run_tasks)
+    return parser

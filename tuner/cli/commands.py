@@ -1,0 +1,206 @@
+"""What each command does with its parsed arguments: ``study``, ``sync``, ``plot``, ``evidence``, ``train``,
+``tasks``. Heavy libraries are imported inside each, so that ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tuner import __version__
+from tuner.errors import UserError, mask_url, url_failure
+
+
+def run_study(args: argparse.Namespace) -> int:
+    """``tuner study``: :func:`tuner.run.experiment.run_study` with the flags as its options; exit code 0."""
+    import dataclasses
+
+    from tuner.run import experiment as run
+
+    run.run_study(run.Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(run.Options)}))
+    return 0
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    """``tuner sync``: make the MLflow experiment mirror every study of the experiment in the storage.
+
+    Raises :class:`~tuner.errors.UserError` for a store that cannot be reached or refuses a write, and for an
+    experiment with no study in the storage; exit code 0.
+    """
+    import optuna
+
+    from tuner.study.runner import experiment_names, open_storage
+    from tuner.tracking.mirror import Mirror, SyncCount
+    from tuner.tracking.uri import check_reachable, tracking_uri
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = _select_experiment(args)[0]
+    uri, where = tracking_uri(args.tracking_uri)
+    check_reachable(uri, where)
+    storage = open_storage(args.storage, must_exist=True)
+    studies = [s for s in optuna.get_all_study_names(storage) if s.startswith(f"{name}/")]
+    if not studies:
+        present = ", ".join(experiment_names(storage)) or "none"
+        raise UserError(
+            f"--storage: {mask_url(args.storage)!r} has no study of experiment {name!r} (experiments there: {present})"
+        )
+    from mlflow.exceptions import MlflowException
+
+    mirror = Mirror(uri, name, storage, args.storage, __version__)
+    total = SyncCount()
+    for study in studies:
+        try:
+            count = mirror.sync(study)
+            mirror.settle(study)
+        except MlflowException as err:  # never a traceback: the store's refusal, in one line (no run is left RUNNING)
+            raise UserError(
+                f"--tracking-uri {mask_url(uri)!r}: MLflow refused a write while syncing {study!r}: "
+                f"{url_failure(err, uri)}; the Optuna storage is unchanged"
+            ) from None
+        total += count
+        print(
+            f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted "
+            "(cut short or stale)"
+        )
+    print(
+        f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: "
+        f"{total.written + total.kept} runs"
+    )
+    return 0
+
+
+def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str]:
+    """``plot`` and ``sync``: the experiment's name, target, and where they came from
+    (every study of that name is used)."""
+    from tuner.config import experiment as config
+
+    if args.experiment and args.name:
+        raise UserError(f"--experiment {args.name!r} and the experiment file {args.experiment!r}: give one, not both")
+    if args.name:
+        return args.name, getattr(args, "target", None), "--experiment"
+    experiment = config.load_experiment(
+        config.find_experiment(args.experiment), {"target": getattr(args, "target", None)}
+    )
+    return experiment.name, experiment.target, experiment.at("name")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """``tuner plot``: rewrite the output folder from the storage (trains nothing); exit code 0."""
+    import optuna
+
+    from tuner.run.experiment import check_writable_folder
+    from tuner.run.outputs import write_outputs
+    from tuner.study.runner import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name, target, where = _select_experiment(args)
+    out = args.out or Path("runs") / name
+    check_writable_folder(out)
+    source = {"experiment": name, "storage": mask_url(args.storage), "tuner_version": __version__}
+    done = write_outputs(
+        open_storage(args.storage, must_exist=True),
+        name,
+        out,
+        target=target,
+        importance=args.importance,
+        source=source,
+        where=where,
+    )
+    print(done.summary)
+    print("\n" + done.evidence)
+    files = (
+        ["best.yaml"] * (done.best is not None)
+        + [p.name for p in done.configs.values()]
+        + [str(p.relative_to(out)) for p in done.report_files]
+    )
+    print(f"\noutputs in {out}/ (every study of experiment {name!r}): {', '.join(files)}")
+    return 0
+
+
+def run_evidence(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tuner.config import experiment as config
+    from tuner.report.combined_evidence import Stored, write_combined_evidence
+    from tuner.run.experiment import check_writable_folder
+    from tuner.study.runner import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_writable_folder(args.out)
+    experiments = [config.load_experiment(config.find_experiment(ref)) for ref in args.experiments]
+    names = [e.name for e in experiments]
+    for ref, e in zip(args.experiments, experiments):
+        if names.count(e.name) > 1:
+            raise UserError(f"experiment {ref!r}: name: {e.name!r} is given twice (allowed: each experiment once)")
+    stored = [Stored(e.name, e.target, e.at("name")) for e in experiments]
+    path = write_combined_evidence(open_storage(args.storage, must_exist=True), stored, args.out)
+    print(path.read_text(), end="")
+    print(f"\noutputs in {args.out}/ (experiments {', '.join(names)}): evidence.md")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``tuner train``: re-train an exported best config on ``--seeds`` seeds and print each seed's figures.
+
+    Raises :class:`~tuner.errors.UserError` for a bad config file or seed range; exit code 0.
+    """
+    import dataclasses
+
+    from tuner.config.experiment import MAX_SEED
+    from tuner.config.export import load_config
+    from tuner.report.statistics import mean_sd, pm
+    from tuner.run.experiment import configure_process
+    from tuner.tasks.check import load_data
+    from tuner.tasks.loading import load_task
+    from tuner.train.trainer import check_amp, objective_label, resolve_device, train
+
+    configure_process(args.threads)
+    cfg = load_config(args.config)
+    first = cfg.seed if args.first_seed is None else args.first_seed
+    if first + args.seeds - 1 > MAX_SEED:
+        raise UserError(
+            f"--first-seed {first} with --seeds {args.seeds}: seeds up to {first + args.seeds - 1} are not allowed "
+            f"(at most {MAX_SEED})"
+        )
+    device = resolve_device(args.device)
+    if args.amp is not None:
+        cfg = dataclasses.replace(cfg, amp=args.amp)
+    check_amp(cfg.amp, device, "--amp" if args.amp else f"{args.config}: training.amp")
+    task = load_task(cfg.task, cfg.task_args, f"{args.config}: training.task")
+    data = load_data(task, device, f"{args.config}: training.task")
+    label = objective_label(cfg.objective, task.metric)
+    objectives, metrics = [], []
+    if args.first_seed is None:
+        print(
+            f"seeds from {first}, the config's own: seed {first} reproduces the trial it was selected on (optimistic); "
+            f"--first-seed {first + 1} for fresh seeds",
+            file=sys.stderr,
+        )
+    for seed in range(first, first + args.seeds):
+        result = train(task, data, cfg, seed=seed, test=True)
+        last = result.history[-1]
+        objectives.append(last.objective(cfg.objective))
+        metrics.append(last.val_metric)
+        parts = [f"val {label} {objectives[-1]:.6g}"]
+        if task.metric != label:
+            parts.append(f"val {task.metric} {last.val_metric:.6g}")
+        if result.test_metric is not None:
+            parts.append(f"test {task.metric} {result.test_metric:.6g}")
+        print(f"seed {seed}: {', '.join(parts)}" + (f" ({result.reason})" if result.reason else ""))
+    summary = [f"val {label}: {pm(mean_sd(objectives), 6)}"]
+    if task.metric != label:
+        summary.append(f"val {task.metric}: {pm(mean_sd(metrics), 6)}")
+    print(f"{'; '.join(summary)} over {args.seeds} seed(s)")
+    return 0
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    """``tuner tasks``: one line per built-in or plugin task (name, origin, summary); exit code 0."""
+    from tuner.tasks.loading import describe
+
+    infos = describe()
+    name_width, origin_width = (max(len(getattr(i, key)) for i in infos) for key in ("name", "origin"))
+    for info in infos:
+        print(f"{info.name.ljust(name_width)}  {info.origin.ljust(origin_width)}  {info.summary}")
+    return 0
