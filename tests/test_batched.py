@@ -17,8 +17,8 @@ from tuner.batched import trainer as batched
 from tuner.batched.trainer import VECTORIZED, population_size, seeded_model, train_batched
 from tuner.cli.main import main
 from tuner.config.experiment import Config
-from tuner.study.outcomes import outcome
-from tuner.study.runner import TICKETS_PREFIX, counts, finished
+from tuner.study.budget import TICKETS_PREFIX
+from tuner.study.outcomes import counts, finished, outcome
 from tuner.tasks import BUILTIN, load_data, load_task
 from tuner.train.trainer import train
 

@@ -196,7 +196,8 @@ def run_study(args: argparse.Namespace) -> int:
 def run_sync(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuner.study.runner import experiment_names, open_storage
+    from tuner.study.connection import open_storage
+    from tuner.study.resume import experiment_names
     from tuner.tracking.mirror import Mirror, SyncCount, check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -252,7 +253,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
     from tuner.run.experiment import check_writable_folder
     from tuner.run.outputs import write_outputs
-    from tuner.study.runner import open_storage
+    from tuner.study.connection import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name, target, where = _select_experiment(args)

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 import yaml
 
-from tuner.config.experiment import AMP, MAX_SEED, Config, check_type, is_int, is_number, read_yaml
+from tuner.config.checks import check_type, is_int, is_number
+from tuner.config.experiment import AMP, MAX_SEED, Config
+from tuner.config.files import read_yaml
 from tuner.errors import UserError
 from tuner.train import optim
 

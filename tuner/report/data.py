@@ -29,8 +29,8 @@ from tuner.errors import UserError, mask_url
 from tuner.report import evidence, plots
 from tuner.report import statistics as analysis
 from tuner.report.statistics import Band, ExpectedBest, Speed, Summary
-from tuner.study.outcomes import outcome
-from tuner.study.runner import best_trial, experiment_names
+from tuner.study.outcomes import best_trial, outcome
+from tuner.study.resume import experiment_names
 from tuner.tasks import Data, Task, is_loop, load_data, load_task
 from tuner.train import loop
 from tuner.train.trainer import evaluate, first_step, objective_label

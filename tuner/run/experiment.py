@@ -73,7 +73,8 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     Every ``--jobs`` worker calls it too, for its own device.
     """
     from tuner.config import experiment as config
-    from tuner.study.runner import Setup, check_components
+    from tuner.study.components import check_components
+    from tuner.study.resume import Setup
     from tuner.tasks import load_data, load_task
     from tuner.train.trainer import check_amp, keep_freed_memory, resolve_device
 
@@ -123,7 +124,9 @@ def run_study(args: Options) -> Result:
     from tuner.config import export
     from tuner.run.outputs import write_outputs
     from tuner.run.workers import run_workers
-    from tuner.study.runner import StudyRunner, check_resumable, open_storage, population, study_name
+    from tuner.study.connection import open_storage
+    from tuner.study.resume import check_resumable, study_name
+    from tuner.study.runner import StudyRunner, population
     from tuner.tracking.mirror import Follower, check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -309,7 +312,7 @@ class _progress:
     ) -> None:
         from tqdm.auto import tqdm
 
-        from tuner.study.runner import best_trial, finished
+        from tuner.study.outcomes import best_trial, finished
 
         self.name, self.sign = name, -1.0 if direction == "maximize" else 1.0
         self.best = best_trial(study)

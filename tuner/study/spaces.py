@@ -11,7 +11,7 @@ from typing import Any
 
 import optuna
 
-from tuner.config.experiment import Param, ScheduleSpace, SearchSpace
+from tuner.config.spaces import Param, ScheduleSpace, SearchSpace
 from tuner.train import optim
 
 

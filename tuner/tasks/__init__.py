@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset, IterableDataset
 
-from tuner.config.experiment import check_type, is_int, is_number
+from tuner.config.checks import check_type, is_int, is_number
 from tuner.errors import UserError, reason
 from tuner.tasks import batches
 
