@@ -1,4 +1,4 @@
-"""The value checks shared by every file tuner reads: numbers, integers, keys, types and names, each a one-line error."""
+"""The value checks shared by every file tuner reads (numbers, integers, keys, types, names), each a one-line error."""
 
 from __future__ import annotations
 

@@ -52,6 +52,7 @@ class Tickets:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        assert self._beat is not None  # started by __enter__
         self._beat.join()
         if self._live:
             self.release(list(self._live.values()))

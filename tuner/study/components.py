@@ -96,7 +96,7 @@ def check_components(experiment: Experiment, setup: Setup) -> None:
         ),
     ):
         component = experiment.sampler if name == "sampler" else experiment.pruner
-        study = optuna.create_study(direction=setup.direction, sampler=sampler, pruner=pruner)
+        study = optuna.create_study(direction=setup.study_direction, sampler=sampler, pruner=pruner)
         try:
             for number in range(3):
                 trial = study.ask()

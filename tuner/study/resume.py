@@ -39,6 +39,11 @@ class Setup:
     amp: str = "none"
 
     @property
+    def study_direction(self) -> optuna.study.StudyDirection:
+        """``direction`` as Optuna's :class:`~optuna.study.StudyDirection`."""
+        return optuna.study.StudyDirection[self.direction.upper()]
+
+    @property
     def label(self) -> str:
         """The objective's name for people: ``loss`` or the task's metric (``accuracy``)."""
         return objective_label(self.objective, self.metric)

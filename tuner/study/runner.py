@@ -17,14 +17,14 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from tuner.batched.trainer import population_size, train_batched
+from tuner.batched.trainer import Key, population_size, train_batched
 from tuner.config.experiment import Config, Experiment
 from tuner.config.export import config_to_dict
 from tuner.config.spaces import SearchSpace
@@ -68,14 +68,14 @@ class StudyRunner:
         setup: Setup,
         task: Task,
         data: Data,
-        storage: optuna.storages.BaseStorage,
+        storage: optuna.storages.RDBStorage,
     ) -> None:
         self.experiment, self.space, self.setup, self.task, self.data = experiment, space, setup, task, data
         self.storage = storage
         self.name = study_name(experiment, space)
         check_resumable(storage, self.name, setup, space, experiment.schedules)
         self.study = optuna.create_study(
-            storage=storage, study_name=self.name, direction=setup.direction, load_if_exists=True
+            storage=storage, study_name=self.name, direction=setup.study_direction, load_if_exists=True
         )
         if "setup" not in self.study.user_attrs:
             self.study.set_user_attr("setup", setup.stored(space, experiment.schedules))
@@ -99,7 +99,7 @@ class StudyRunner:
         self.live = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(),
             study_name=self.name,
-            direction=setup.direction,
+            direction=setup.study_direction,
             pruner=make_pruner(experiment.pruner, setup.epochs, experiment.at("pruner")),
         )
         self.known: set[int] = set()  # stored numbers of the trials in the live copy
@@ -167,7 +167,9 @@ class StudyRunner:
         return self.live.tell(trial, state=TrialState.FAIL)
 
     def run_trial(self, ticket: Ticket) -> tuple[optuna.trial.FrozenTrial, int]:
-        """Ask, train, tell: one trial to its end, then stored and its budget ``ticket`` released; returns it and its id in the storage."""
+        """Ask, train, tell: one trial to its end, then stored into its budget ``ticket``; returns it (under its
+        stored number) and its id in the storage. An exception in the task's code fails the trial and returns; Ctrl-C
+        stores it as interrupted and raises :class:`KeyboardInterrupt` again."""
         trial, config = self._ask(ticket)
         try:
             result = train(
@@ -185,7 +187,8 @@ class StudyRunner:
         return self._store([(self.live.tell(trial, state=TrialState.FAIL), ticket)])[0]
 
     def _store(self, told: list[tuple[optuna.trial.FrozenTrial, Ticket]]) -> list[tuple[optuna.trial.FrozenTrial, int]]:
-        """Write finished trials into their tickets, whole, in one transaction; returns each under its stored number, with its storage id."""
+        """Write finished trials into their tickets, whole, in one transaction; returns each under its stored number,
+        with its storage id."""
         stored = []
         for (trial, _), (trial_id, number) in zip(told, self.tickets.settle(told)):
             self.known.add(number)
@@ -205,7 +208,8 @@ class StudyRunner:
             trial.set_user_attr("outcome", "pruned")
             return self.live.tell(trial, state=TrialState.PRUNED)
         trial.set_user_attr("outcome", "complete")
-        # Never used to pick: the report's test CPE scores the config picked on validation by its test value (Sivaprasad et al. 2020).
+        # Never used to pick: the report's test CPE scores the config picked on validation by its test value
+        # (Sivaprasad et al. 2020).
         trial.set_user_attr("test_objective", test_objective(result, self.setup.objective))
         return self.live.tell(trial, result.history[-1].objective(self.setup.objective))
 
@@ -227,14 +231,16 @@ class StudyRunner:
         return self.study
 
     def _stop_if_broken(self) -> None:
-        """Raise :class:`UserError` if the study's trials that count, at least ``FAIL_LIMIT``, all failed for one reason."""
+        """Raise :class:`UserError` if the study's trials that count, at least ``FAIL_LIMIT``, all failed for one
+        reason."""
         counted = [t for t in self.live.get_trials(deepcopy=False, states=FINISHED) if outcome(t) != "interrupted"]
         reasons = {t.user_attrs.get("reason") for t in counted}
         if len(counted) < FAIL_LIMIT or len(reasons) > 1 or any(outcome(t) != "failed" for t in counted):
             return
         last = self.stored_numbers[max(t.number for t in counted)]
         raise UserError(
-            f"study {self.name!r}: all {len(counted)} of its trials failed the same way, so it stops instead of spending its budget: "
+            f"study {self.name!r}: all {len(counted)} of its trials failed the same way, "
+            "so it stops instead of spending its budget: "
             f"{reasons.pop()} (traceback: trial {last}'s user attribute 'traceback', MLflow tag tuner.traceback; "
             "fix the task and run the same command: the failed trials count toward the budget)"
         )
@@ -242,7 +248,8 @@ class StudyRunner:
     def run_batched(
         self, budget: int, population: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None
     ) -> optuna.Study:
-        """:meth:`run`, training a population of up to ``population`` trials together (see :mod:`tuner.batched.trainer`); 1 is :meth:`run`.
+        """:meth:`run`, training a population of up to ``population`` trials together (see
+        :mod:`tuner.batched.trainer`); 1 is :meth:`run`.
 
         Each member reports its epochs to its own trial and is pruned alone; it
         is told as :meth:`run_trial` does, and its slot goes to a newly asked
@@ -254,7 +261,7 @@ class StudyRunner:
         """
         if population == 1:
             return self.run(budget, on_trial)
-        running: dict[int, tuple[optuna.Trial, Ticket]] = {}  # by trial number
+        running: dict[Key, tuple[optuna.Trial, Ticket]] = {}  # by trial number
         asked = 0
 
         def start(n: int) -> list[tuple[int, Config]]:
@@ -268,11 +275,11 @@ class StudyRunner:
             return entries
 
         def finish(
-            numbers: list[int], tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]
+            numbers: Sequence[Key], tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]
         ) -> list[tuple[optuna.trial.FrozenTrial, int]]:
             return self._store([(tell(running[number][0]), running.pop(number)[1]) for number in numbers])
 
-        def end(numbers: list[int], tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]) -> None:
+        def end(numbers: Sequence[Key], tell: Callable[[optuna.Trial], optuna.trial.FrozenTrial]) -> None:
             for stored in finish(numbers, tell):
                 if on_trial is not None:
                     on_trial(*stored)
@@ -297,8 +304,9 @@ class StudyRunner:
                 except KeyboardInterrupt:
                     finish(list(running), self._interrupted)
                     raise
-                except _OwnError as err:  # the storage or the sampler failed, not the task: no trial is to blame (their tickets go back)
-                    raise err.__cause__ from None
+                # The storage or the sampler failed, not the task: no trial is to blame (their tickets go back).
+                except _OwnError as err:
+                    raise err.error from None
                 except Exception as err:  # the task's code may raise anything; the study goes on
                     out_of_memory = any(self._failed(trial, err) for trial, _ in running.values())
                 else:
@@ -321,6 +329,10 @@ class StudyRunner:
 class _OwnError(Exception):
     """An error of the study's own bookkeeping (storage, sampler) inside a population's callbacks: not the task's."""
 
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
 
 def _own(function: Callable[..., Any]) -> Callable[..., Any]:
     """``function`` with its exceptions raised as :class:`_OwnError` (the original as its cause)."""
@@ -329,7 +341,7 @@ def _own(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args)
         except Exception as err:
-            raise _OwnError() from err
+            raise _OwnError(err) from err
 
     return wrapped
 

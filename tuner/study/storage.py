@@ -85,7 +85,10 @@ def writer(storage: optuna.storages.RDBStorage, study: optuna.Study) -> Tables |
 
 
 def _grace(storage: optuna.storages.RDBStorage) -> datetime.timedelta:
-    return datetime.timedelta(seconds=storage.grace_period or 2 * storage.heartbeat_interval)
+    if storage.grace_period:
+        return datetime.timedelta(seconds=storage.grace_period)
+    assert storage.heartbeat_interval is not None, "a storage of budget slots beats (see open_storage)"
+    return datetime.timedelta(seconds=2 * storage.heartbeat_interval)
 
 
 def _given_back() -> FrozenTrial:
@@ -190,8 +193,9 @@ class Tables:
         )
 
     def take(self, n: int, budget: int, known: set[int]) -> Taken:
-        """Up to ``n`` new RUNNING trials with their first heartbeat, as many as the budget has room for, in one
-        transaction; RUNNING trials silent for the grace period are failed first. ``known``: the caller's trial numbers."""
+        """Up to ``n`` new RUNNING trials with their first heartbeat, as many as the ``budget`` has room for, in one
+        transaction and one read; RUNNING trials silent for the grace period are failed first. ``known``: the caller's
+        trial numbers (the finished trials not among them are read whole, a second read, as ``joined``)."""
         m = models()
         trial, attr, beat = m.TrialModel, m.TrialUserAttributeModel, m.TrialHeartbeatModel
         with orm.Session(self.storage.engine) as session, session.begin():
@@ -276,7 +280,7 @@ class Tables:
             for model, children in rows.items():
                 if children:
                     session.execute(sqlalchemy.insert(model), children)
-            return [(trial_id, number) for _, trial_id, number in placed]
+        return [(trial_id, number) for _, trial_id, number in placed]
 
     def release(self, tickets: Iterable[Ticket]) -> None:
         """Give the slots of ``tickets`` back untrained (failed with no outcome), in one transaction; one no longer
@@ -297,7 +301,7 @@ class Tables:
     def _close(self, session: orm.Session, t: FrozenTrial, trial_id: int) -> bool:
         """Give the RUNNING trial ``trial_id`` the state and times of ``t``; whether it was still RUNNING."""
         table = models().TrialModel.__table__
-        done = session.execute(
+        done = session.connection().execute(
             sqlalchemy.update(table)
             .where(table.c.trial_id == trial_id, table.c.state == TrialState.RUNNING)
             .values(state=t.state, datetime_start=_utc(t.datetime_start), datetime_complete=_utc(t.datetime_complete))
@@ -323,7 +327,7 @@ class Tables:
 
 def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
     """``value`` as Optuna's trial table holds it: naive UTC (a naive ``value`` is local time, as Optuna's)."""
-    return None if value is None else value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return None if value is None else value.astimezone(datetime.UTC).replace(tzinfo=None)
 
 
 def models():
