@@ -59,7 +59,11 @@ def population(
 
 
 class StudyRunner:
-    """Runs one optimizer's study up to its budget; resumable at any point."""
+    """Runs one optimizer's study (``<experiment>/<space>`` in ``storage``) up to its budget; resumable at any point.
+
+    Creates the study if missing, recording its setup. Raises :class:`UserError` if it exists and was run with
+    another setup or search space (:func:`tuner.study.resume.check_resumable`), or for a bad pruner argument.
+    """
 
     def __init__(
         self,
@@ -81,21 +85,17 @@ class StudyRunner:
             self.study.set_user_attr("setup", setup.stored(space, experiment.schedules))
         if "uid" not in self.study.user_attrs:  # tells this study from one deleted and created again under its name
             self.study.set_user_attr("uid", uuid.uuid4().hex)
-        if (
-            self.study.metric_names is None
-        ):  # optuna-dashboard and trials_dataframe name the objective by it ("Objective 0" without)
+        # optuna-dashboard and trials_dataframe name the objective by it ("Objective 0" without).
+        if self.study.metric_names is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names([f"val_{setup.label}"])
-        # Trials run against an in-memory copy of the study and reach the
-        # storage once, whole, when they end (into the RUNNING trial that
-        # held their budget slot, see tuner.study.storage). A report and a pruning decision
-        # per epoch on SQLite cost about 10 ms (SQLAlchemy), as much as an
-        # epoch of a small model; in memory they cost about 0.1 ms. The sampler
-        # and the pruner see the same trials either way, and a run killed
-        # mid-trial leaves no trial half-written, only its slot (failed once
-        # it stops beating). Trials that other
-        # workers stored join the copy before each new trial (take()).
+        # Trials run against an in-memory copy of the study and reach the storage once, whole, when they end (into
+        # the RUNNING trial that held their budget slot, see tuner.study.storage). A report and a pruning decision
+        # per epoch on SQLite cost about 10 ms (SQLAlchemy), as much as an epoch of a small model; in memory they
+        # cost about 0.1 ms. The sampler and the pruner see the same trials either way, and a run killed mid-trial
+        # leaves no trial half-written, only its slot (failed once it stops beating). Trials that other workers
+        # stored join the copy before each new trial (take()).
         self.live = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(),
             study_name=self.name,
@@ -108,8 +108,8 @@ class StudyRunner:
         self.tickets = Tickets(storage, self.study)
 
     def take(self, n: int, budget: int) -> list[Ticket]:
-        """Up to ``n`` budget tickets, in the storage's one read for them; the trials other workers stored meanwhile
-        join the live copy."""
+        """Up to ``n`` budget tickets of ``budget`` (fewer, or none, when the slots left are held), in one read of the
+        storage; the trials other workers stored meanwhile join the live copy (a second read, only then)."""
         look = self.tickets.take(n, budget, self.known)
         for trial in look.joined:
             self.live.add_trial(trial)
@@ -215,7 +215,11 @@ class StudyRunner:
 
     def run(self, budget: int, on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None) -> optuna.Study:
         """Top the study up to ``budget`` counted trials, never beyond, however many workers share it;
-        ``on_trial(trial, trial_id)`` after each trial this worker stored."""
+        ``on_trial(trial, trial_id)`` after each trial this worker stored (default: none). Returns the stored study.
+
+        Raises :class:`UserError` once at least ``FAIL_LIMIT`` counted trials all failed for one reason (the task is
+        broken); :class:`KeyboardInterrupt` after storing the trial in training as interrupted.
+        """
         with self.tickets:
             while True:
                 tickets = self.take(1, budget)
@@ -257,7 +261,8 @@ class StudyRunner:
         that end at the same epoch are stored together, and the tickets for
         their slots taken together, in one transaction each. An exception in
         the task's code fails the members training then and the study goes
-        on; Ctrl-C stores them as interrupted.
+        on; Ctrl-C stores them as interrupted. Raises as :meth:`run` does, and
+        re-raises an error of the storage or the sampler (their tickets go back).
         """
         if population == 1:
             return self.run(budget, on_trial)
