@@ -73,7 +73,9 @@ from tuner.cli.arguments import positive_int
 from tuner.config import experiment as config
 from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict
-from tuner.study.runner import Setup, StudyRunner, open_storage
+from tuner.study.connection import open_storage
+from tuner.study.resume import Setup
+from tuner.study.runner import StudyRunner
 from tuner.tasks.check import load_data
 from tuner.tasks.loading import load_task
 from tuner.train.trainer import EpochMetrics, keep_freed_memory, resolve_device, train

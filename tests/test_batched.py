@@ -20,8 +20,8 @@ from tuner.batched.optimizers import VECTORIZED
 from tuner.batched.trainer import _Population, train_batched
 from tuner.cli.main import main
 from tuner.config.experiment import Config
-from tuner.study.outcomes import outcome
-from tuner.study.runner import TICKETS_PREFIX, counts, finished
+from tuner.study.budget import TICKETS_PREFIX
+from tuner.study.outcomes import counts, finished, outcome
 from tuner.tasks.check import load_data
 from tuner.tasks.loading import BUILTIN, load_task
 from tuner.train.trainer import train

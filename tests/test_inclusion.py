@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.config.experiment import Config, load_space, shipped_dir
+from tuner.config.experiment import Config
+from tuner.config.files import shipped_dir
+from tuner.config.spaces import load_space
 from tuner.train.trainer import train
 
 LR_SGD, MOMENTUM, EPS = 0.01, 0.9, 1.0e3

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import tuner
-from tuner.config.experiment import Config, load_schedules, load_space, shipped_dir
+from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict, config_to_dict, write_config
+from tuner.config.files import shipped_dir
+from tuner.config.spaces import load_schedules, load_space
 from tuner.study import spaces
 from tuner.train import optim
 

@@ -13,9 +13,8 @@ from mlflow import MlflowClient
 
 import tuner
 from tuner.cli.main import main
-from tuner.config.experiment import shipped_dir
-from tuner.study.outcomes import outcome
-from tuner.study.runner import counts, finished
+from tuner.config.files import shipped_dir
+from tuner.study.outcomes import counts, finished, outcome
 
 FAST = ["--epochs", "2", "--final-seeds", "2", "--no-progress", "--no-tracking"]
 

@@ -9,6 +9,7 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from tuner.study import budget as tickets
@@ -105,6 +106,33 @@ def test_tickets_taken_at_once_never_exceed_the_budget(storage, study):
     second.release(held[1:])  # handed back without a trial: failed with no outcome, not counted
     assert outcome(storage.get_trial(held[1].trial_id)) == "interrupted"
     assert len(first.take(2, 5, set()).tickets) == 1
+
+
+def test_a_trial_reads_the_storage_once_and_heartbeats_read_nothing(tmp_path, monkeypatch):
+    """Issue 19: the look at the budget is a trial's one read; storing it and beating its ticket only write."""
+    monkeypatch.setenv(tables.PUBLIC_ENV, "0")
+    tables.private_tables.cache_clear()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/t.db", heartbeat_interval=1, grace_period=60)
+    worker = Tickets(storage, optuna.create_study(storage=storage, study_name="s"))
+    selects = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", count)
+    known: set[int] = set()
+    trials = finished_trials()
+    for trial in trials:
+        (ticket,) = worker.take(1, 10, known).tickets
+        worker.writer.beat([ticket.trial_id])
+        ((_, number),) = worker.settle([(trial, ticket)])
+        known.add(number)
+    sqlalchemy.event.remove(storage.engine, "before_cursor_execute", count)
+    tables.private_tables.cache_clear()
+    assert len(selects) == len(trials)
+    stored = storage.get_all_trials(storage.get_study_id_from_name("s"))
+    assert [(t.number, t.state) for t in stored] == [(i, t.state) for i, t in enumerate(trials)]
 
 
 @pytest.mark.parametrize("grace", [1])

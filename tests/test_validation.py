@@ -19,8 +19,9 @@ import torch
 import yaml
 
 from tuner.cli.main import main
-from tuner.config.experiment import load_experiment, load_space
+from tuner.config.experiment import load_experiment
 from tuner.config.export import load_config
+from tuner.config.spaces import load_space
 
 DROP = object()  # an experiment key to leave out
 
@@ -769,7 +770,7 @@ def test_the_valid_files_the_cases_start_from_are_accepted(tmp_path, monkeypatch
 @pytest.mark.parametrize("kind", ["search_spaces", "experiments"])
 def test_every_shipped_file_reads_as_it_says(kind):
     """The shipped files pass the strict loader: no duplicate key, no yes/no/on/off, no octal or base-60 number."""
-    from tuner.config.experiment import read_yaml, shipped_dir
+    from tuner.config.files import read_yaml, shipped_dir
 
     files = sorted(shipped_dir(kind).glob("*.yaml"))
     assert files

@@ -15,8 +15,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tuner.errors import mask_url
-from tuner.study.outcomes import outcome
-from tuner.study.runner import TICKETS_PREFIX, finished
+from tuner.study.budget import TICKETS_PREFIX
+from tuner.study.outcomes import finished, outcome
 
 TESTS = Path(__file__).resolve().parent
 # Every test here runs several processes, or a server.

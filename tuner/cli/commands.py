@@ -30,7 +30,8 @@ def run_sync(args: argparse.Namespace) -> int:
     """
     import optuna
 
-    from tuner.study.runner import experiment_names, open_storage
+    from tuner.study.connection import open_storage
+    from tuner.study.resume import experiment_names
     from tuner.tracking.mirror import Mirror, SyncCount
     from tuner.tracking.uri import check_reachable, tracking_uri
 
@@ -91,7 +92,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
     from tuner.run.experiment import check_writable_folder
     from tuner.run.outputs import write_outputs
-    from tuner.study.runner import open_storage
+    from tuner.study.connection import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name, target, where = _select_experiment(args)
@@ -124,7 +125,7 @@ def run_evidence(args: argparse.Namespace) -> int:
     from tuner.config import experiment as config
     from tuner.report.combined_evidence import Stored, write_combined_evidence
     from tuner.run.experiment import check_writable_folder
-    from tuner.study.runner import open_storage
+    from tuner.study.connection import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_writable_folder(args.out)

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 import yaml
 
-from tuner.config.experiment import AMP, MAX_SEED, Config, check_type, is_int, is_number, read_yaml
+from tuner.config.checks import check_type, is_int, is_number
+from tuner.config.experiment import AMP, MAX_SEED, Config
+from tuner.config.files import read_yaml
 from tuner.errors import UserError
 from tuner.train import optim
 
@@ -48,7 +50,8 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
     cls = str(opt.get("class")).removeprefix(TORCH_PREFIX)
     if cls not in optim.OPTIMIZERS:
         raise UserError(
-            f"{where}: optimizer.class: {opt.get('class')!r} is not allowed (allowed: {', '.join(TORCH_PREFIX + n for n in optim.OPTIMIZERS)})"
+            f"{where}: optimizer.class: {opt.get('class')!r} is not allowed "
+            f"(allowed: {', '.join(TORCH_PREFIX + n for n in optim.OPTIMIZERS)})"
         )
     kwargs = _mapping(where, "optimizer.kwargs", opt.get("kwargs", {}))
     if isinstance(kwargs.get("betas"), list):
@@ -59,14 +62,16 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
         raise UserError(f"{where}: schedule.name: {schedule!r} is not allowed (allowed: {', '.join(optim.SCHEDULES)})")
     if sched.get("interval", "step") != "step":
         raise UserError(
-            f"{where}: schedule.interval: {sched.get('interval')!r} is not allowed (step: the scheduler steps after every optimizer step)"
+            f"{where}: schedule.interval: {sched.get('interval')!r} is not allowed "
+            "(step: the scheduler steps after every optimizer step)"
         )
     schedule_params = _mapping(where, "schedule.params", sched.get("params") or {})
     allowed = optim.schedule_arguments(schedule)
     for key, value in schedule_params.items():
         if key not in allowed:
             raise UserError(
-                f"{where}: schedule.params: unknown parameter {key!r} of {schedule} (allowed: {', '.join(allowed) or 'none'})"
+                f"{where}: schedule.params: unknown parameter {key!r} of {schedule} "
+                f"(allowed: {', '.join(allowed) or 'none'})"
             )
         if not is_number(value) or not math.isfinite(value):
             raise UserError(f"{where}: schedule.params.{key}: {value!r} is not allowed (a finite number)")
@@ -99,12 +104,12 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
     try:
         optim.build_optimizer(cls, kwargs, [torch.zeros(1, requires_grad=True)])
     except (ValueError, TypeError, RuntimeError) as err:
-        allowed = (
+        accepted = (
             "; ".join(f"{k} {optim.ALLOWED[k]}" for k in kwargs if k in optim.ALLOWED)
             or f"keyword arguments of torch.optim.{cls}"
         )
         raise UserError(
-            f"{where}: optimizer.kwargs {kwargs}: not allowed by torch.optim.{cls}: {err} (allowed: {allowed})"
+            f"{where}: optimizer.kwargs {kwargs}: not allowed by torch.optim.{cls}: {err} (allowed: {accepted})"
         ) from None
     try:
         optim.check_schedule(schedule, schedule_params)

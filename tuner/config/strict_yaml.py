@@ -40,7 +40,8 @@ class StrictLoader(yaml.SafeLoader):
                 continue
             if first is not None:
                 raise AmbiguousYAML(
-                    problem=f"key {key!r} given twice (first at line {first}); the last value would silently win (a mapping's keys must be unique)",
+                    problem=f"key {key!r} given twice (first at line {first}); "
+                    "the last value would silently win (a mapping's keys must be unique)",
                     problem_mark=key_node.start_mark,
                 )
             seen[key] = key_node.start_mark.line + 1
@@ -73,7 +74,8 @@ class StrictLoader(yaml.SafeLoader):
         else:
             return
         raise AmbiguousYAML(
-            problem=f"{value} is a YAML 1.1 {meant}, not allowed: write the number without a leading 0 or ':', or quote it for text",
+            problem=f"{value} is a YAML 1.1 {meant}, not allowed: "
+            "write the number without a leading 0 or ':', or quote it for text",
             problem_mark=node.start_mark,
         )
 

@@ -23,8 +23,8 @@ from tuner.report.data import OptimizerReport, Report, TrialPoint
 from tuner.report.importance import IMPORTANCE_EVALUATORS, importance, rank_parameters
 from tuner.report.measured import measured
 from tuner.report.statistics import Summary
-from tuner.study.outcomes import COUNTED, outcome
-from tuner.study.runner import best_trial, experiment_names
+from tuner.study.outcomes import COUNTED, best_trial, outcome
+from tuner.study.resume import experiment_names
 
 # Setup fields that must agree for optimizers to be compared like for like.
 COMPARED = ("task", "task_args", "epochs", "batch_size", "objective", "direction", "metric")

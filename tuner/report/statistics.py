@@ -18,7 +18,7 @@ import optuna
 
 from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict
-from tuner.study import runner as studies
+from tuner.study import outcomes as studies
 
 
 @dataclass(frozen=True)

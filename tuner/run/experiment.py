@@ -99,7 +99,8 @@ def prepare(args: Options, device_spec: str) -> tuple[Any, Any, Any, Any]:
     Every ``--jobs`` worker calls it too, for its own device.
     """
     from tuner.config import experiment as config
-    from tuner.study.runner import Setup, check_components
+    from tuner.study.components import check_components
+    from tuner.study.resume import Setup
     from tuner.tasks.check import load_data
     from tuner.tasks.loading import load_task
     from tuner.train.trainer import check_amp, resolve_device
@@ -150,7 +151,9 @@ def run_study(args: Options, quiet: bool = False) -> Result:
     from tuner.run.outputs import write_outputs
     from tuner.run.progress import Progress
     from tuner.run.workers import run_workers
-    from tuner.study.runner import StudyRunner, check_resumable, open_storage, population_of, study_name
+    from tuner.study.connection import open_storage
+    from tuner.study.resume import check_resumable, study_name
+    from tuner.study.runner import StudyRunner, population_of
     from tuner.tracking.follower import Follower
     from tuner.tracking.uri import check_reachable, tracking_uri
 

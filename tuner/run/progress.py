@@ -13,7 +13,7 @@ class Progress:
     ) -> None:
         from tqdm.auto import tqdm
 
-        from tuner.study.runner import best_trial, finished
+        from tuner.study.outcomes import best_trial, finished
 
         self.name, self.sign = name, -1.0 if direction == "maximize" else 1.0
         self.best = best_trial(study)

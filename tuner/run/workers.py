@@ -85,7 +85,8 @@ def _work(
     import optuna
 
     from tuner.errors import UserError
-    from tuner.study.runner import StudyRunner, open_storage, population_of
+    from tuner.study.connection import open_storage
+    from tuner.study.runner import StudyRunner, population_of
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("tuner").setLevel(logging.ERROR)  # warnings (tuner.study.storage's) are said once, by the parent

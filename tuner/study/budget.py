@@ -1,19 +1,19 @@
 """Budget tickets: a study's slots held by RUNNING trials of the study itself, kept alive by one thread per worker.
 
-How a slot is taken and a trial stored is :mod:`tuner.storage`'s (the only
-module that touches Optuna's private tables).
+How a slot is taken, kept alive and a trial stored is :mod:`tuner.study.storage`'s (the only module that touches
+Optuna's private tables).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from tuner.study import storage as tables
+from tuner.study.storage import Taken, Ticket
 
 # A worker's tickets beat every HEARTBEAT_SECONDS; one silent for GRACE_SECONDS
 # belongs to a dead worker: it is failed and its slot trained again.
@@ -24,29 +24,11 @@ GRACE_SECONDS = 20
 TICKETS_PREFIX = "tuner-tickets:"
 
 
-@dataclass(frozen=True)
-class Ticket:
-    """A reserved slot of the budget: a RUNNING trial of the study, with its storage id and number."""
-
-    trial_id: int
-    number: int
-
-
-@dataclass(frozen=True)
-class Look:
-    """What :meth:`Tickets.take` found: the tickets it took, the trials that count (before them), and finished
-    trials the caller did not know (other workers'), by number."""
-
-    tickets: list[Ticket]
-    counted: int
-    joined: list[FrozenTrial]
-
-
 class Tickets:
     """Budget reservations shared by every worker of a study, so that the budget is exact.
 
     A worker takes a ticket (a RUNNING trial of the study, see
-    :mod:`tuner.storage`) before training, and the finished trial is stored
+    :mod:`tuner.study.storage`) before training, and the finished trial is stored
     into it. While open (``with tickets:``), one thread beats every live
     ticket; the tickets of a dead worker (kill -9, a lost machine) stop beating
     and are failed after ``GRACE_SECONDS``: their slots are trained again. On
@@ -70,6 +52,7 @@ class Tickets:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        assert self._beat is not None  # started by __enter__
         self._beat.join()
         if self._live:
             self.release(list(self._live.values()))
@@ -78,27 +61,29 @@ class Tickets:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             with self._lock:
                 live = list(self._live)
-            for trial_id in live:
-                self.storage.record_heartbeat(trial_id)
+            if live:
+                self.writer.beat(live)
 
-    def take(self, n: int, budget: int, known: set[int]) -> Look:
-        """Up to ``n`` tickets for the next trials, in one transaction; fewer (or none) when the slots left are held
-        by trials that count or run. ``known``: the numbers of the trials the caller has."""
+    def take(self, n: int, budget: int, known: set[int]) -> Taken:
+        """Up to ``n`` tickets for the next trials, in one transaction and one read of the storage (two when other
+        workers stored trials the caller does not know); fewer (or none) when the slots left are held by trials that
+        count or run. ``budget``: the trials the study may count; ``known``: the numbers of the trials the caller
+        has."""
         taken = self.writer.take(n, budget, known)
-        tickets = [Ticket(*slot) for slot in taken.slots]
         with self._lock:
-            self._live.update((t.trial_id, t) for t in tickets)
-        return Look(tickets, taken.counted, taken.joined)
+            self._live.update((t.trial_id, t) for t in taken.tickets)
+        return taken
 
     def settle(self, trials: list[tuple[FrozenTrial, Ticket]]) -> list[tuple[int, int]]:
-        """Store each finished trial into its ticket, all in one transaction; returns each one's storage id and number."""
-        written = self.writer.settle([(trial, ticket.trial_id) for trial, ticket in trials])
+        """Store each finished trial into its ticket, all in one transaction; returns each one's storage id and
+        number."""
+        written = self.writer.settle(trials)
         self._forget([ticket for _, ticket in trials])
         return written
 
     def release(self, tickets: list[Ticket]) -> None:
         """Give the slots of ``tickets`` back to the budget, with no trial trained (failed with no outcome)."""
-        self.writer.release([ticket.trial_id for ticket in tickets])
+        self.writer.release(tickets)
         self._forget(tickets)
 
     def _forget(self, tickets: list[Ticket]) -> None:

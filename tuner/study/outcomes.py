@@ -40,3 +40,25 @@ def outcome_of(state: TrialState, stored: str | None) -> str:
     if state == TrialState.RUNNING:
         return "running"
     return stored or ("complete" if state == TrialState.COMPLETE else "interrupted")
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """How many of ``study``'s trials have each outcome (every outcome a key, 0 if none)."""
+    tally = dict.fromkeys(("complete", "pruned", "diverged", "failed", "interrupted", "running"), 0)
+    for trial in study.get_trials(deepcopy=False):
+        tally[outcome(trial)] += 1
+    return tally
+
+
+def finished(study: optuna.Study) -> int:
+    """How many of ``study``'s trials count toward the budget (complete, pruned, diverged or failed)."""
+    tally = counts(study)
+    return sum(tally[kind] for kind in COUNTED)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """``study``'s best complete trial; None while no trial has completed."""
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None

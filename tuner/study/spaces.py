@@ -11,7 +11,7 @@ from typing import Any
 
 import optuna
 
-from tuner.config.experiment import Param, ScheduleSpace, SearchSpace
+from tuner.config.spaces import Param, ScheduleSpace, SearchSpace
 from tuner.train import optim
 
 
@@ -21,8 +21,9 @@ def suggest(trial: optuna.Trial, name: str, param: Param) -> Any:
         return param.value
     if param.choices is not None:
         return trial.suggest_categorical(name, list(param.choices))
+    assert param.low is not None and param.high is not None  # searched without choices: a range
     if param.integer:
-        return trial.suggest_int(name, param.low, param.high)
+        return trial.suggest_int(name, int(param.low), int(param.high))
     if param.scale == "log1m":
         # Betas and momenta live near 1: sample 1 - x on a log scale.
         return 1.0 - trial.suggest_float(f"1-{name}", 1.0 - param.high, 1.0 - param.low, log=True)

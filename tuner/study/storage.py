@@ -1,4 +1,4 @@
-"""Optuna's private tables in one guarded place: budget slots taken, and finished trials written, in one transaction each.
+"""Optuna's private tables in one guarded place: budget slots taken, finished trials written, one transaction each.
 
 A slot of a study's budget is a RUNNING trial of the study itself, with a
 heartbeat: what Optuna and optuna-dashboard already show as a trial in flight.
@@ -48,12 +48,21 @@ PUBLIC_ENV = "TUNER_OPTUNA_PUBLIC"
 
 
 @dataclass(frozen=True)
-class Taken:
-    """What one look at a study's budget found and took."""
+class Ticket:
+    """A reserved slot of the budget: a RUNNING trial of the study, with its storage id and number."""
 
-    slots: list[tuple[int, int]]  # the new RUNNING trials: storage id, number
-    counted: int  # the trials that count toward the budget, before these
-    joined: list[FrozenTrial]  # finished trials whose numbers the caller did not know, by number
+    trial_id: int
+    number: int
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What one look at a study's budget found and took: the ``tickets`` taken, the trials that ``counted`` toward
+    the budget before them, and the finished trials ``joined`` whose numbers the caller did not know, by number."""
+
+    tickets: list[Ticket]
+    counted: int
+    joined: list[FrozenTrial]
 
 
 @functools.cache
@@ -76,7 +85,10 @@ def writer(storage: optuna.storages.RDBStorage, study: optuna.Study) -> Tables |
 
 
 def _grace(storage: optuna.storages.RDBStorage) -> datetime.timedelta:
-    return datetime.timedelta(seconds=storage.grace_period or 2 * storage.heartbeat_interval)
+    if storage.grace_period:
+        return datetime.timedelta(seconds=storage.grace_period)
+    assert storage.heartbeat_interval is not None, "a storage of budget slots beats (see open_storage)"
+    return datetime.timedelta(seconds=2 * storage.heartbeat_interval)
 
 
 def _given_back() -> FrozenTrial:
@@ -113,25 +125,26 @@ class Public:
         ids = [self.storage.create_new_trial(self.study_id) for _ in range(min(n, budget - counted - len(running)))]
         for trial_id in ids:
             self.storage.record_heartbeat(trial_id)
-        slots = [(trial_id, self.storage.get_trial(trial_id).number) for trial_id in ids]
-        if slots:
+        tickets = [Ticket(trial_id, self.storage.get_trial(trial_id).number) for trial_id in ids]
+        if tickets:
             _, done, running = self._tally()
-            kept = [s for s in slots if done + sum(number < s[1] for number in running) < budget]
-            self.release([trial_id for trial_id, _ in slots[len(kept) :]])
-            slots = kept
+            kept = [t for t in tickets if done + sum(number < t.number for number in running) < budget]
+            self.release(tickets[len(kept) :])
+            tickets = kept
         joined = [t for t in trials if t.state in FINISHED and t.number not in known]
-        return Taken(slots, counted, joined)
+        return Taken(tickets, counted, joined)
 
-    def settle(self, trials: list[tuple[FrozenTrial, int]]) -> list[tuple[int, int]]:
-        """Store each finished trial into its slot (a new trial if the slot was failed as stale meanwhile); returns
-        each one's storage id and number."""
+    def settle(self, trials: list[tuple[FrozenTrial, Ticket]]) -> list[tuple[int, int]]:
+        """Store each finished trial into its ticket's slot (a new trial if the slot was failed as stale meanwhile);
+        returns each one's storage id and number."""
         written = []
-        for trial, slot in trials:
+        for trial, ticket in trials:
             try:
-                self._fill(slot, trial)
+                self._fill(ticket.trial_id, trial)
+                written.append((ticket.trial_id, ticket.number))
             except optuna.exceptions.UpdateFinishedTrialError:
-                slot = self.storage.create_new_trial(self.study_id, template_trial=trial)
-            written.append((slot, self.storage.get_trial(slot).number))
+                trial_id = self.storage.create_new_trial(self.study_id, template_trial=trial)
+                written.append((trial_id, self.storage.get_trial(trial_id).number))
         return written
 
     def _fill(self, slot: int, trial: FrozenTrial) -> None:
@@ -146,13 +159,19 @@ class Public:
             self.storage.set_trial_system_attr(slot, key, value)
         self.storage.set_trial_state_values(slot, trial.state, trial.values)
 
-    def release(self, slots: Iterable[int]) -> None:
-        """Give ``slots`` back untrained (failed with no outcome); one no longer RUNNING is left as it is."""
-        for slot in slots:
+    def release(self, tickets: Iterable[Ticket]) -> None:
+        """Give the slots of ``tickets`` back untrained (failed with no outcome); one no longer RUNNING is left as
+        it is."""
+        for ticket in tickets:
             try:
-                self._fill(slot, _given_back())
+                self._fill(ticket.trial_id, _given_back())
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
+
+    def beat(self, trial_ids: list[int]) -> None:
+        """Record a heartbeat of each RUNNING trial in ``trial_ids`` (Optuna's API: several statements each)."""
+        for trial_id in trial_ids:
+            self.storage.record_heartbeat(trial_id)
 
 
 class Tables:
@@ -174,8 +193,9 @@ class Tables:
         )
 
     def take(self, n: int, budget: int, known: set[int]) -> Taken:
-        """Up to ``n`` new RUNNING trials with their first heartbeat, as many as the budget has room for, in one
-        transaction; RUNNING trials silent for the grace period are failed first. ``known``: the caller's trial numbers."""
+        """Up to ``n`` new RUNNING trials with their first heartbeat, as many as the ``budget`` has room for, in one
+        transaction and one read; RUNNING trials silent for the grace period are failed first. ``known``: the caller's
+        trial numbers (the finished trials not among them are read whole, a second read, as ``joined``)."""
         m = models()
         trial, attr, beat = m.TrialModel, m.TrialUserAttributeModel, m.TrialHeartbeatModel
         with orm.Session(self.storage.engine) as session, session.begin():
@@ -226,8 +246,9 @@ class Tables:
             session.flush()
             if new:
                 session.execute(sqlalchemy.insert(beat), [{"trial_id": row.trial_id} for row in new])
-            slots = [(row.trial_id, row.number) for row in new]
+            tickets = [Ticket(row.trial_id, row.number) for row in new]
         fresh = {number for state, _, number in states if state in FINISHED and number not in known}
+        # Other workers' trials, read whole through Optuna (a second read, only when there are any).
         joined = (
             [
                 t
@@ -237,64 +258,76 @@ class Tables:
             if fresh
             else []
         )
-        return Taken(slots, counted, joined)
+        return Taken(tickets, counted, joined)
 
-    def settle(self, trials: list[tuple[FrozenTrial, int]]) -> list[tuple[int, int]]:
-        """Store each finished trial into its slot, all in one transaction (a slot failed as stale meanwhile: as a new
-        trial); returns each one's storage id and number."""
-        return self._write(trials, keep_unheld=True)
-
-    def release(self, slots: Iterable[int]) -> None:
-        """Give ``slots`` back untrained (failed with no outcome); one no longer RUNNING is left as it is."""
-        self._write([(_given_back(), slot) for slot in slots], keep_unheld=False)
-
-    def _write(self, trials: list[tuple[FrozenTrial, int]], keep_unheld: bool) -> list[tuple[int, int]]:
-        trial = models().TrialModel
+    def settle(self, trials: list[tuple[FrozenTrial, Ticket]]) -> list[tuple[int, int]]:
+        """Store each finished trial into its ticket's slot, all in one transaction and with no read of the storage
+        while every slot is held (a slot failed as stale meanwhile: as a new trial, numbered after a count); returns
+        each one's storage id and number."""
         with orm.Session(self.storage.engine) as session, session.begin():
             self._lock(session)
-            # Loaded and set as objects: the model's properties convert the datetimes to what the columns hold (UTC).
-            held = {
-                row.trial_id: row
-                for row in session.scalars(
-                    sqlalchemy.select(trial).where(
-                        trial.trial_id.in_([slot for _, slot in trials]), trial.state == TrialState.RUNNING
-                    )
-                )
-            }
-            for t, slot in trials:
-                if slot in held:
-                    held[slot].state, held[slot].datetime_start, held[slot].datetime_complete = (
-                        t.state,
-                        t.datetime_start,
-                        t.datetime_complete,
-                    )
             placed = []  # (trial, storage id, number)
-            for t, slot in trials:
-                if slot in held:
-                    placed.append((t, slot, held[slot].number))
-                elif keep_unheld:  # numbered as Optuna numbers a trial: its study's trials with smaller ids
-                    number = session.scalar(
-                        sqlalchemy.select(sqlalchemy.func.count()).where(trial.study_id == self.study_id)
-                    )
-                    row = trial(
-                        study_id=self.study_id,
-                        number=number,
-                        state=t.state,
-                        datetime_start=t.datetime_start,
-                        datetime_complete=t.datetime_complete,
-                    )
-                    session.add(row)
-                    session.flush()
-                    placed.append((t, row.trial_id, row.number))
-            tables: dict[type, list[dict]] = {}
+            for t, ticket in trials:
+                if self._close(session, t, ticket.trial_id):
+                    placed.append((t, ticket.trial_id, ticket.number))
+                else:
+                    placed.append((t, *self._add(session, t)))
+            rows: dict[type, list[dict]] = {}
             for t, trial_id, _ in placed:
                 for model, children in _children(trial_id, t).items():
-                    tables.setdefault(model, []).extend(children)
+                    rows.setdefault(model, []).extend(children)
             # One INSERT per table for all the trials (executemany), without the ORM's bookkeeping of each row.
-            for model, children in tables.items():
+            for model, children in rows.items():
                 if children:
                     session.execute(sqlalchemy.insert(model), children)
-            return [(trial_id, number) for _, trial_id, number in placed]
+        return [(trial_id, number) for _, trial_id, number in placed]
+
+    def release(self, tickets: Iterable[Ticket]) -> None:
+        """Give the slots of ``tickets`` back untrained (failed with no outcome), in one transaction; one no longer
+        RUNNING is left as it is."""
+        with orm.Session(self.storage.engine) as session, session.begin():
+            self._lock(session)
+            for ticket in tickets:
+                self._close(session, _given_back(), ticket.trial_id)
+
+    def beat(self, trial_ids: list[int]) -> None:
+        """Record a heartbeat of each trial in ``trial_ids``, in one UPDATE (the database's clock, as Optuna's)."""
+        beat = models().TrialHeartbeatModel
+        with orm.Session(self.storage.engine) as session, session.begin():
+            session.execute(
+                sqlalchemy.update(beat).where(beat.trial_id.in_(trial_ids)).values(heartbeat=sqlalchemy.func.now())
+            )
+
+    def _close(self, session: orm.Session, t: FrozenTrial, trial_id: int) -> bool:
+        """Give the RUNNING trial ``trial_id`` the state and times of ``t``; whether it was still RUNNING."""
+        table = models().TrialModel.__table__
+        done = session.connection().execute(
+            sqlalchemy.update(table)
+            .where(table.c.trial_id == trial_id, table.c.state == TrialState.RUNNING)
+            .values(state=t.state, datetime_start=_utc(t.datetime_start), datetime_complete=_utc(t.datetime_complete))
+        )
+        return done.rowcount == 1
+
+    def _add(self, session: orm.Session, t: FrozenTrial) -> tuple[int, int]:
+        """A new trial row with the state and times of ``t``, numbered as Optuna numbers a trial (its study's trials
+        with smaller ids); its storage id and number."""
+        trial = models().TrialModel
+        number = session.scalar(sqlalchemy.select(sqlalchemy.func.count()).where(trial.study_id == self.study_id))
+        row = trial(
+            study_id=self.study_id,
+            number=number,
+            state=t.state,
+            datetime_start=t.datetime_start,
+            datetime_complete=t.datetime_complete,
+        )
+        session.add(row)
+        session.flush()
+        return row.trial_id, row.number
+
+
+def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
+    """``value`` as Optuna's trial table holds it: naive UTC (a naive ``value`` is local time, as Optuna's)."""
+    return None if value is None else value.astimezone(datetime.UTC).replace(tzinfo=None)
 
 
 def models():

@@ -14,7 +14,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.config.experiment import check_type, is_int, is_number
+from tuner.config.checks import check_type, is_int, is_number
 from tuner.errors import UserError, reason
 from tuner.tasks.task import FIELDS, LOOP_FIELDS, Task, is_loop
 
