@@ -11,8 +11,10 @@ import optuna
 from tuner.config.export import config_from_dict
 from tuner.measure import bias_correction, step_sizes
 from tuner.measure.peak_memory import peak_step_bytes
+from tuner.measure.state_memory import state_bytes_per_parameter
+from tuner.measure.untrained import untrained_objective
 from tuner.study.outcomes import best_trial
-from tuner.tasks.task import Data, Task
+from tuner.tasks.task import Data, Task, is_loop
 from tuner.train.trainer import RunResult, columns, train
 
 
@@ -23,8 +25,9 @@ def final_evaluation(study: optuna.Study, task: Task, data: Data, seeds: list[in
     The result holds, per seed, the status, the validation and test objective and metric (NaN where none), and the
     learning curve. Each seed's run records its step sizes (:class:`tuner.measure.step_sizes.StepSizes`; None for a
     task with its own loop) under ``step_sizes``; an Adam or AdamW config is also re-trained with its bias correction
-    off (:func:`tuner.measure.bias_correction.ablate`); on CUDA the peak memory of its first step is measured
-    (:func:`tuner.measure.peak_memory.peak_step_bytes`).
+    off (:func:`tuner.measure.bias_correction.ablate`); the peak memory of its first step is measured
+    (:func:`tuner.measure.peak_memory.peak_step_bytes`), and what the report shows beside the trials: the optimizer's
+    state bytes per parameter and the untrained model's validation and test objective (``untrained``).
     """
     best = best_trial(study)
     if best is None:
@@ -51,7 +54,13 @@ def final_evaluation(study: optuna.Study, task: Task, data: Data, seeds: list[in
         "step_sizes": None if None in probes else [probe.result() for probe in probes if probe is not None],
         "bias_correction_off": bias_correction.ablate(task, data, config, seeds),
         "peak_step_bytes": peak_step_bytes(task, data, config),
+        # The report reads these instead of building the task again (tuner.report.measured).
+        "state_bytes_per_param": state_bytes_per_parameter(task, data, config),
     }
+    if not is_loop(task):  # a task with its own loop keeps its model inside its fit
+        final["untrained"] = {
+            split: untrained_objective(task, data, config.seed, config.objective, split) for split in ("val", "test")
+        }
     study.set_user_attr("final", final)
     return final
 
