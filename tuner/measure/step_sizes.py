@@ -48,6 +48,9 @@ PERCENTILES = (5, 25, 50, 75, 95)
 # a sort of every element at every recorded step would cost more than the training (CPU: ~0.4 µs an element here),
 # and 1,024 draws put the 5th percentile within about ±0.7 percentile points.
 SAMPLE = 1024
+# A record's sampled values wait, on the device, until this many (float64: 32 MiB) are there or the run ends: their
+# percentiles are then computed together, in a dozen operations for all of them instead of a dozen a record.
+PENDING = 2**22
 # Adam's bias correction weighs most at the first steps: every one of these is recorded.
 FIRST_STEPS = 5
 # The families with an η defined here (subclasses included).
@@ -55,25 +58,56 @@ FAMILIES = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RM
 
 
 def effective_lr(
-    optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict[str, Any], lr: float
+    optimizer: torch.optim.Optimizer,
+    param: torch.Tensor,
+    group: dict[str, Any],
+    lr: float,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """``η`` of ``param`` (shape of ``param``) after ``optimizer`` stepped with learning rate ``lr``; None for a family
-    without a definition here (see the module's table) or a parameter the step skipped (no state yet)."""
-    state = optimizer.state.get(param)
-    if isinstance(optimizer, torch.optim.SGD):  # one value, the same for every element
-        return torch.full((1,), lr, dtype=torch.float64, device=param.device)
-    if not state or "step" not in state:
+    """``η`` of ``param`` after ``optimizer`` stepped with learning rate ``lr``: shape of ``param``, or of ``index`` (flat
+    positions in ``param``) when given, or (1,) for SGD (one value for every element); None for a family without a
+    definition here (see the module's table) or a parameter the step skipped (no state yet).
+
+    With ``index`` only those elements are computed (the same values, element for element, as indexing the whole)."""
+    state = optimizer.state.get(param) or {}
+    if not (isinstance(optimizer, torch.optim.SGD) or "step" in state):
         return None
+    return _rate(
+        optimizer, group, lr, float(state.get("step", 0)), lambda key: _sampled(state[key], index), param.device
+    )
+
+
+def _rate(
+    optimizer: torch.optim.Optimizer,
+    group: dict[str, Any],
+    lr: float,
+    step: float,
+    read: Callable[[str], torch.Tensor],
+    device: torch.device,
+) -> torch.Tensor | None:
+    """``η`` (see :func:`effective_lr`) from the optimizer's state tensors as ``read(name)`` gives them, ``step`` the
+    state's step count (unused by SGD)."""
+    if isinstance(optimizer, torch.optim.SGD):  # one value, the same for every element
+        return torch.full((1,), lr, dtype=torch.float64, device=device)
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         beta1, beta2 = group["betas"]
-        step = float(state["step"])
-        v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        v = read("max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq")
         return _unseen(v, lr / (1 - beta1**step) / (v.sqrt() / (1 - beta2**step) ** 0.5 + group["eps"]))
     if isinstance(optimizer, torch.optim.RMSprop):
-        v = state["square_avg"]
-        centered = v - state["grad_avg"] ** 2 if group["centered"] else v
+        v = read("square_avg")
+        centered = v - read("grad_avg") ** 2 if group["centered"] else v
         return _unseen(v, lr / (centered.sqrt() + group["eps"]))
     return None
+
+
+def _sampled(values: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """``values`` detached, as it is (``index`` None) or flattened and taken at ``index``."""
+    return values.detach() if index is None else values.detach().reshape(-1).take(index)
+
+
+def _concat(tensors: list[torch.Tensor], index: list[torch.Tensor | None]) -> torch.Tensor:
+    """The sampled elements (:func:`_sampled`) of ``tensors``, one after the other, in one new tensor."""
+    return torch.cat([_sampled(t, i).reshape(-1) for t, i in zip(tensors, index)])
 
 
 def _unseen(v: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
@@ -97,14 +131,6 @@ def percentiles(rows: torch.Tensor) -> torch.Tensor:
     return value.where(count > 0, torch.nan)
 
 
-def _row(values: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """``values`` flattened (float64), at ``index`` (None: all of them), NaN-padded to :data:`SAMPLE` elements."""
-    flat = values.detach().reshape(-1).double()
-    if index is not None and flat.numel() > 1:
-        flat = flat[index]
-    return torch.nn.functional.pad(flat, (0, SAMPLE - flat.numel()), value=torch.nan)
-
-
 def recorded_steps(steps_per_epoch: int, epochs: int, per_epoch: int) -> set[int]:
     """The 1-based optimizer steps a :class:`StepSizes` records: the first :data:`FIRST_STEPS`, then ``per_epoch`` evenly
     spaced steps in every epoch, its last step one of them (fewer if the epoch has fewer steps). Raises ValueError if
@@ -122,8 +148,9 @@ def recorded_steps(steps_per_epoch: int, epochs: int, per_epoch: int) -> set[int
 class _Pending:
     step: int
     lrs: list[float]  # per parameter group, as scheduled for this step
-    before: list[torch.Tensor]  # the sampled elements of each parameter, and of its gradient
-    grads: list[torch.Tensor | None]
+    # Per dtype: the tensors with a gradient (their places in the model), their sampled elements and gradients
+    # concatenated. Each concatenation is computed on at once: one operation for all tensors instead of one for each.
+    parts: list[tuple[list[int], torch.Tensor, torch.Tensor]]
 
 
 class StepSizes:
@@ -141,7 +168,9 @@ class StepSizes:
         self.lrs: list[float] = []
         self.recorded: list[int] = []
         self.index: list[torch.Tensor | None] = []  # per tensor, the elements sampled (None: all)
-        self.rows: list[torch.Tensor] = []  # one per recorded step: (tensors, 2, 5) = η and |Δθ|/|g| percentiles
+        self.slots: list[torch.Tensor] = []  # per tensor, where its sampled elements' η go in a record's rows
+        self.rows: list[torch.Tensor] = []  # per recorded step: (tensors, 2, 5) = η and |Δθ|/|g| percentiles
+        self.waiting: list[torch.Tensor] = []  # per recorded step not reduced yet: (tensors * 2, SAMPLE) values
         self.defined = False
         self.optimizer = ""
 
@@ -152,12 +181,16 @@ class StepSizes:
         params = [p for _, p in model.named_parameters()]
         if not self.names:
             self._start(model)
-        pending = _Pending(
-            self.step,
-            [g["lr"] for g in optimizer.param_groups],
-            [_sampled(p, i).clone() for p, i in zip(params, self.index)],
-            [None if p.grad is None else _sampled(p.grad, i).clone() for p, i in zip(params, self.index)],
-        )
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for k, param in enumerate(params):
+            if param.grad is not None:  # a tensor no gradient reached: the step leaves it alone (NaNs)
+                by_dtype.setdefault(param.dtype, []).append(k)
+        parts = []
+        for ks in by_dtype.values():
+            index = [self.index[k] for k in ks]
+            grads = [params[k].grad for k in ks]
+            parts.append((ks, _concat([params[k] for k in ks], index), _concat(grads, index)))  # type: ignore[misc]
+        pending = _Pending(self.step, [g["lr"] for g in optimizer.param_groups], parts)
         return lambda: self._after(params, optimizer, pending)
 
     def _start(self, model: torch.nn.Module) -> None:
@@ -168,25 +201,59 @@ class StepSizes:
             None if p.numel() <= SAMPLE else torch.randint(p.numel(), (SAMPLE,), generator=generator, device=p.device)
             for _, p in named
         ]
+        # A record's rows are (tensor, η or |Δθ|/|g|, SAMPLE) flattened; the ratio's slots are SAMPLE further on.
+        self.slots = [
+            k * 2 * SAMPLE + torch.arange(min(p.numel(), SAMPLE), device=p.device) for k, (_, p) in enumerate(named)
+        ]
 
     def _after(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, pending: _Pending) -> None:
         self.defined, self.optimizer = isinstance(optimizer, FAMILIES), type(optimizer).__name__
-        groups = {id(p): (group, lr) for group, lr in zip(optimizer.param_groups, pending.lrs) for p in group["params"]}
-        rows = []
-        for param, index, before, grad in zip(params, self.index, pending.before, pending.grads):
-            eta = None if grad is None else effective_lr(optimizer, param, *groups[id(param)])
-            nan = torch.full((SAMPLE,), torch.nan, dtype=torch.float64, device=param.device)
-            rows.append(nan if eta is None else _row(eta, index))  # no gradient reached it: the step left it alone
-            moved = (_sampled(param, index) - before).abs()
-            rows.append(nan if grad is None else _row(moved / grad.abs().where(grad != 0, torch.nan), None))
-        self.rows.append(percentiles(torch.stack(rows)).reshape(len(params), 2, len(PERCENTILES)))
+        place = {id(p): (group, lr) for group, lr in zip(optimizer.param_groups, pending.lrs) for p in group["params"]}
+        # NaN-padded to SAMPLE; only the sampled elements are computed, and no value is copied to the host.
+        rows = torch.full((len(params) * 2 * SAMPLE,), torch.nan, dtype=torch.float64, device=params[0].device)
+        rates: dict[tuple[int, float, torch.dtype], list[int]] = {}  # tensors that share a group, a step and a dtype
+        for ks, before, grads in pending.parts:
+            moved = (_concat([params[k] for k in ks], [self.index[k] for k in ks]) - before).abs()
+            rows[self._slots(ks) + SAMPLE] = (moved / grads.abs().where(grads != 0, torch.nan)).double()
+            for k in ks:
+                state = optimizer.state.get(params[k]) or {}
+                if isinstance(optimizer, torch.optim.SGD) or "step" in state:  # else the step skipped it: NaNs
+                    group = id(place[id(params[k])][0])
+                    rates.setdefault((group, float(state.get("step", 0)), params[k].dtype), []).append(k)
+        for (_, step, _), ks in rates.items():
+            group, lr = place[id(params[ks[0]])]
+            states = [optimizer.state[params[k]] for k in ks]
+            eta = _rate(
+                optimizer,
+                group,
+                lr,
+                step,
+                lambda key: _concat([state[key] for state in states], [self.index[k] for k in ks]),  # noqa: B023
+                rows.device,
+            )
+            if eta is not None:
+                rows[self._slots(ks)] = eta.double()
+        self.waiting.append(rows.reshape(2 * len(params), SAMPLE))
+        if len(self.waiting) * rows.numel() >= PENDING:
+            self._reduce()
         self.recorded.append(pending.step)
         self.lrs.append(pending.lrs[0])
+
+    def _reduce(self) -> None:
+        """The percentiles of the records waiting, in :attr:`rows`."""
+        if self.waiting:
+            reduced = percentiles(torch.cat(self.waiting)).reshape(len(self.waiting), len(self.names), 2, -1)
+            self.rows.extend(reduced.unbind())
+            self.waiting = []
+
+    def _slots(self, ks: list[int]) -> torch.Tensor:
+        return torch.cat([self.slots[k] for k in ks])
 
     def result(self) -> dict[str, Any]:
         """The record: ``percentiles`` (:data:`PERCENTILES`), ``steps`` (1-based optimizer steps), ``lr`` (scheduled, first group), ``tensors`` (parameter
         names), ``numel`` (their sizes), ``effective_lr`` and ``ratio``: per tensor, per step, the :data:`PERCENTILES`
         (NaN where not defined); ``optimizer``: its class name; ``defined``: whether the optimizer's family has an ``η`` here. One host copy."""
+        self._reduce()
         stacked = torch.stack(self.rows).cpu() if self.rows else torch.empty(0, len(self.names), 2, len(PERCENTILES))
         per_tensor = stacked.permute(1, 2, 0, 3).tolist()  # tensor, kind, step, percentile
         return {
@@ -200,11 +267,6 @@ class StepSizes:
             "optimizer": self.optimizer,
             "defined": self.defined,
         }
-
-
-def _sampled(values: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    flat = values.detach().reshape(-1)
-    return flat if index is None else flat[index]
 
 
 @dataclass(frozen=True)
