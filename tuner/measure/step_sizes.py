@@ -32,6 +32,7 @@ percentiles per parameter tensor, at a bounded number of steps
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -150,27 +151,33 @@ class _Pending:
     lrs: list[float]  # per parameter group, as scheduled for this step
     # Per dtype: the tensors with a gradient (their places in the model), their sampled elements and gradients
     # concatenated. Each concatenation is computed on at once: one operation for all tensors instead of one for each.
-    parts: list[tuple[list[int], torch.Tensor, torch.Tensor]]
+    parts: list[tuple[tuple[int, ...], torch.Tensor, torch.Tensor]]
+
+
+# Where a record's values go: per piece, the kind (0: η, 1: |Δθ|/|g|) and the tensors, in the order of its values.
+Layout = tuple[tuple[int, tuple[int, ...]], ...]
 
 
 class StepSizes:
     """A per-step hook for :func:`tuner.train.trainer.train` that records ``η`` and ``|Δθ|/|g|`` at :func:`recorded_steps`.
 
-    Called before each optimizer step with the model and optimizer, it returns a function to call after the step at
-    a recorded step (None otherwise). :meth:`result` is the record, JSON-safe (see there).
+    Called before each optimizer step with the model and optimizer (the same model every step: its parameters are
+    listed once), it returns a function to call after the step at a recorded step (None otherwise). :meth:`result`
+    is the record, JSON-safe (see there).
     """
 
     def __init__(self, steps_per_epoch: int, epochs: int, per_epoch: int = 1) -> None:
         self.steps = recorded_steps(steps_per_epoch, epochs, per_epoch)
         self.step = 0
+        self.params: list[torch.Tensor] = []
         self.names: list[str] = []
         self.numel: list[int] = []
         self.lrs: list[float] = []
         self.recorded: list[int] = []
         self.index: list[torch.Tensor | None] = []  # per tensor, the elements sampled (None: all)
-        self.slots: list[torch.Tensor] = []  # per tensor, where its sampled elements' η go in a record's rows
+        self.layouts: dict[Layout, torch.Tensor] = {}  # where a layout's values go in (tensors, 2, SAMPLE), flattened
         self.rows: list[torch.Tensor] = []  # per recorded step: (tensors, 2, 5) = η and |Δθ|/|g| percentiles
-        self.waiting: list[torch.Tensor] = []  # per recorded step not reduced yet: (tensors * 2, SAMPLE) values
+        self.waiting: list[tuple[Layout, torch.Tensor]] = []  # per recorded step not reduced yet: its values
         self.defined = False
         self.optimizer = ""
 
@@ -178,43 +185,44 @@ class StepSizes:
         self.step += 1
         if self.step not in self.steps:
             return None
-        params = [p for _, p in model.named_parameters()]
         if not self.names:
             self._start(model)
         by_dtype: dict[torch.dtype, list[int]] = {}
-        for k, param in enumerate(params):
+        for k, param in enumerate(self.params):
             if param.grad is not None:  # a tensor no gradient reached: the step leaves it alone (NaNs)
                 by_dtype.setdefault(param.dtype, []).append(k)
         parts = []
         for ks in by_dtype.values():
             index = [self.index[k] for k in ks]
-            grads = [params[k].grad for k in ks]
-            parts.append((ks, _concat([params[k] for k in ks], index), _concat(grads, index)))  # type: ignore[misc]
+            grads = [self.params[k].grad for k in ks]
+            parts.append((tuple(ks), _concat([self.params[k] for k in ks], index), _concat(grads, index)))  # type: ignore[arg-type]
         pending = _Pending(self.step, [g["lr"] for g in optimizer.param_groups], parts)
-        return lambda: self._after(params, optimizer, pending)
+        return lambda: self._after(optimizer, pending)
 
     def _start(self, model: torch.nn.Module) -> None:
         named = list(model.named_parameters())
-        self.names, self.numel = [n for n, _ in named], [p.numel() for _, p in named]
+        self.params, self.names, self.numel = (
+            [p for _, p in named],
+            [n for n, _ in named],
+            [p.numel() for _, p in named],
+        )
         generator = torch.Generator(device=named[0][1].device).manual_seed(0) if named else None
         self.index = [
             None if p.numel() <= SAMPLE else torch.randint(p.numel(), (SAMPLE,), generator=generator, device=p.device)
-            for _, p in named
-        ]
-        # A record's rows are (tensor, η or |Δθ|/|g|, SAMPLE) flattened; the ratio's slots are SAMPLE further on.
-        self.slots = [
-            k * 2 * SAMPLE + torch.arange(min(p.numel(), SAMPLE), device=p.device) for k, (_, p) in enumerate(named)
+            for p in self.params
         ]
 
-    def _after(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, pending: _Pending) -> None:
+    def _after(self, optimizer: torch.optim.Optimizer, pending: _Pending) -> None:
         self.defined, self.optimizer = isinstance(optimizer, FAMILIES), type(optimizer).__name__
+        params = self.params
         place = {id(p): (group, lr) for group, lr in zip(optimizer.param_groups, pending.lrs) for p in group["params"]}
-        # NaN-padded to SAMPLE; only the sampled elements are computed, and no value is copied to the host.
-        rows = torch.full((len(params) * 2 * SAMPLE,), torch.nan, dtype=torch.float64, device=params[0].device)
+        layout: list[tuple[int, tuple[int, ...]]] = []
+        values = []  # only the sampled elements are computed, and no value is copied to the host
         rates: dict[tuple[int, float, torch.dtype], list[int]] = {}  # tensors that share a group, a step and a dtype
         for ks, before, grads in pending.parts:
             moved = (_concat([params[k] for k in ks], [self.index[k] for k in ks]) - before).abs()
-            rows[self._slots(ks) + SAMPLE] = (moved / grads.abs().where(grads != 0, torch.nan)).double()
+            values.append(moved / grads.abs().where(grads != 0, torch.nan))
+            layout.append((1, ks))
             for k in ks:
                 state = optimizer.state.get(params[k]) or {}
                 if isinstance(optimizer, torch.optim.SGD) or "step" in state:  # else the step skipped it: NaNs
@@ -223,31 +231,44 @@ class StepSizes:
         for (_, step, _), ks in rates.items():
             group, lr = place[id(params[ks[0]])]
             states = [optimizer.state[params[k]] for k in ks]
+            index = [self.index[k] for k in ks]
             eta = _rate(
-                optimizer,
-                group,
-                lr,
-                step,
-                lambda key: _concat([state[key] for state in states], [self.index[k] for k in ks]),  # noqa: B023
-                rows.device,
-            )
-            if eta is not None:
-                rows[self._slots(ks)] = eta.double()
-        self.waiting.append(rows.reshape(2 * len(params), SAMPLE))
-        if len(self.waiting) * rows.numel() >= PENDING:
+                optimizer, group, lr, step, lambda key: _concat([s[key] for s in states], index), params[0].device
+            )  # noqa: B023
+            if eta is not None:  # SGD's one value stands for every element
+                values.append(eta.expand(sum(min(self.numel[k], SAMPLE) for k in ks)))
+                layout.append((0, tuple(ks)))
+        self.waiting.append((tuple(layout), torch.cat(values)))
+        if len(self.waiting) * self.waiting[-1][1].numel() >= PENDING:
             self._reduce()
         self.recorded.append(pending.step)
         self.lrs.append(pending.lrs[0])
 
     def _reduce(self) -> None:
-        """The percentiles of the records waiting, in :attr:`rows`."""
-        if self.waiting:
-            reduced = percentiles(torch.cat(self.waiting)).reshape(len(self.waiting), len(self.names), 2, -1)
+        """The percentiles of the records waiting, appended to :attr:`rows` in their order; records of one layout
+        (usually all) together."""
+        for layout, records in itertools.groupby(self.waiting, key=lambda record: record[0]):
+            stacked = torch.stack([v for _, v in records])
+            rows = torch.full(
+                (len(stacked), len(self.params) * 2 * SAMPLE), torch.nan, dtype=torch.float64, device=stacked.device
+            )
+            rows[:, self._slots(layout)] = stacked.double()
+            reduced = percentiles(rows.reshape(-1, SAMPLE)).reshape(len(stacked), len(self.params), 2, -1)
             self.rows.extend(reduced.unbind())
-            self.waiting = []
+        self.waiting = []
 
-    def _slots(self, ks: list[int]) -> torch.Tensor:
-        return torch.cat([self.slots[k] for k in ks])
+    def _slots(self, layout: Layout) -> torch.Tensor:
+        """Where the values of a record of ``layout`` go in its (tensors, η | ratio, SAMPLE) rows, flattened."""
+        if layout not in self.layouts:
+            device = self.params[0].device
+            self.layouts[layout] = torch.cat(
+                [
+                    (2 * k + kind) * SAMPLE + torch.arange(min(self.numel[k], SAMPLE), device=device)
+                    for kind, ks in layout
+                    for k in ks
+                ]
+            )
+        return self.layouts[layout]
 
     def result(self) -> dict[str, Any]:
         """The record: ``percentiles`` (:data:`PERCENTILES`), ``steps`` (1-based optimizer steps), ``lr`` (scheduled, first group), ``tensors`` (parameter
