@@ -11,14 +11,16 @@ family        direction ``d``                         effective learning rate ``
 SGD           the gradient (or momentum buffer,        ``lr_t`` for every parameter
               or Nesterov's ``g + μ·buf``)
 Adam, AdamW   ``m_t`` (first moment, not corrected)    ``lr_t / (1−β1^t) / (sqrt(v_t)/sqrt(1−β2^t) + ε)``
-              ``v_t``: ``max_exp_avg_sq`` with amsgrad   ``= lr_t·sqrt(1−β2^t) / (1−β1^t) / (sqrt(v_t) + ε·sqrt(1−β2^t))``
+              ``v_t``: ``max_exp_avg_sq`` with amsgrad   ``= lr_t·sqrt(1−β2^t) / (1−β1^t)``
+                                                         ``/ (sqrt(v_t) + ε·sqrt(1−β2^t))``
 RMSprop       the gradient (momentum 0), else the       ``lr_t / (sqrt(v_t) + ε)``; centered:
               buffer of ``g / (sqrt(v)+ε)``             ``lr_t / (sqrt(v_t − ḡ_t²) + ε)``
 ============= ======================================= ==========================================
 
 ``lr_t`` is the scheduled learning rate of the step and ``t`` the optimizer's step
 count after it. Elements with ``v_t = 0`` (no non-zero gradient yet: a constant input
-pixel, an embedding row never looked up) have ``η = lr/ε`` but move nothing: they are left out. Adam's ``m_t`` sums the gradients with weights that add up to
+pixel, an embedding row never looked up) have ``η = lr/ε`` but move nothing: they are left out. Adam's ``m_t``
+sums the gradients with weights that add up to
 ``1−β1^t``, so ``η`` is directly comparable to SGD's ``lr_t`` (a constant gradient
 moves both by ``η·g``). Weight decay, folded into the gradient by Adam, SGD and
 RMSprop and applied to ``θ`` beside the step by AdamW, is not part of ``η``.
@@ -32,6 +34,7 @@ percentiles per parameter tensor, at a bounded number of steps
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,8 +68,8 @@ def effective_lr(
     lr: float,
     index: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """``η`` of ``param`` after ``optimizer`` stepped with learning rate ``lr``: shape of ``param``, or of ``index`` (flat
-    positions in ``param``) when given, or (1,) for SGD (one value for every element); None for a family without a
+    """``η`` of ``param`` after ``optimizer`` stepped with learning rate ``lr``: shape of ``param``, or of ``index``
+    (flat positions in ``param``) when given, or (1,) for SGD (one value for every element); None for a family without a
     definition here (see the module's table) or a parameter the step skipped (no state yet).
 
     With ``index`` only those elements are computed (the same values, element for element, as indexing the whole)."""
@@ -111,16 +114,23 @@ def _concat(tensors: list[torch.Tensor], index: list[torch.Tensor | None]) -> to
     return torch.cat([_sampled(t, i).reshape(-1) for t, i in zip(tensors, index)])
 
 
+def _state(states: list[dict[str, Any]], index: list[torch.Tensor | None], key: str) -> torch.Tensor:
+    """The sampled elements of the optimizer state ``key`` of the tensors whose ``states`` are given, concatenated."""
+    return _concat([state[key] for state in states], index)
+
+
 def _unseen(v: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
     # An element that never had a non-zero gradient has v = 0 and η = lr/ε, a rate that moves nothing: left out (NaN).
     return eta.where(v != 0, torch.nan)
 
 
 def percentiles(rows: torch.Tensor) -> torch.Tensor:
-    """The :data:`PERCENTILES` of each row of ``rows`` (shape (n, k); NaNs ignored; an all-NaN row gives NaNs), shape (n, 5).
+    """The :data:`PERCENTILES` of each row of ``rows`` (shape (n, k); NaNs ignored; an all-NaN row gives NaNs), shape
+    (n, 5).
 
     The same values as ``torch.nanquantile(rows, q, dim=1).T`` (linear interpolation). On the CPU the rows are sorted
-    by numpy, ten times faster than torch's CPU sort here (2 ms against 0.2 ms for 8 × 1,024), on other devices by torch.
+    by numpy, ten times faster than torch's CPU sort here (2 ms against 0.2 ms for 8 × 1,024), on other devices by
+    torch.
     """
     ordered = torch.from_numpy(np.sort(rows.numpy(), axis=1)) if rows.device.type == "cpu" else rows.sort(dim=1).values
     count = (~rows.isnan()).sum(dim=1, keepdim=True)  # NaNs sort last
@@ -133,9 +143,9 @@ def percentiles(rows: torch.Tensor) -> torch.Tensor:
 
 
 def recorded_steps(steps_per_epoch: int, epochs: int, per_epoch: int) -> set[int]:
-    """The 1-based optimizer steps a :class:`StepSizes` records: the first :data:`FIRST_STEPS`, then ``per_epoch`` evenly
-    spaced steps in every epoch, its last step one of them (fewer if the epoch has fewer steps). Raises ValueError if
-    ``per_epoch`` < 1."""
+    """The 1-based optimizer steps a :class:`StepSizes` records: the first :data:`FIRST_STEPS`, then ``per_epoch``
+    evenly spaced steps in every epoch, its last step one of them (fewer if the epoch has fewer steps). Raises
+    ValueError if ``per_epoch`` < 1."""
     if per_epoch < 1:
         raise ValueError(f"per_epoch: {per_epoch} is not allowed (>= 1)")
     positions = {
@@ -159,7 +169,7 @@ Layout = tuple[tuple[int, tuple[int, ...]], ...]
 
 
 class StepSizes:
-    """A per-step hook for :func:`tuner.train.trainer.train` that records ``η`` and ``|Δθ|/|g|`` at :func:`recorded_steps`.
+    """A per-step hook for :func:`tuner.train.trainer.train`: records ``η`` and ``|Δθ|/|g|`` at :func:`recorded_steps`.
 
     Called before each optimizer step with the model and optimizer (the same model every step: its parameters are
     listed once), it returns a function to call after the step at a recorded step (None otherwise). :meth:`result`
@@ -226,18 +236,16 @@ class StepSizes:
             for k in ks:
                 state = optimizer.state.get(params[k]) or {}
                 if isinstance(optimizer, torch.optim.SGD) or "step" in state:  # else the step skipped it: NaNs
-                    group = id(place[id(params[k])][0])
-                    rates.setdefault((group, float(state.get("step", 0)), params[k].dtype), []).append(k)
-        for (_, step, _), ks in rates.items():
-            group, lr = place[id(params[ks[0]])]
-            states = [optimizer.state[params[k]] for k in ks]
-            index = [self.index[k] for k in ks]
-            eta = _rate(
-                optimizer, group, lr, step, lambda key: _concat([s[key] for s in states], index), params[0].device
-            )  # noqa: B023
+                    key = (id(place[id(params[k])][0]), float(state.get("step", 0)), params[k].dtype)
+                    rates.setdefault(key, []).append(k)
+        for (_, step, _), members in rates.items():
+            group, lr = place[id(params[members[0]])]
+            states = [optimizer.state[params[k]] for k in members]
+            index = [self.index[k] for k in members]
+            eta = _rate(optimizer, group, lr, step, functools.partial(_state, states, index), params[0].device)
             if eta is not None:  # SGD's one value stands for every element
-                values.append(eta.expand(sum(min(self.numel[k], SAMPLE) for k in ks)))
-                layout.append((0, tuple(ks)))
+                values.append(eta.expand(sum(min(self.numel[k], SAMPLE) for k in members)))
+                layout.append((0, tuple(members)))
         self.waiting.append((tuple(layout), torch.cat(values)))
         if len(self.waiting) * self.waiting[-1][1].numel() >= PENDING:
             self._reduce()
@@ -271,9 +279,10 @@ class StepSizes:
         return self.layouts[layout]
 
     def result(self) -> dict[str, Any]:
-        """The record: ``percentiles`` (:data:`PERCENTILES`), ``steps`` (1-based optimizer steps), ``lr`` (scheduled, first group), ``tensors`` (parameter
-        names), ``numel`` (their sizes), ``effective_lr`` and ``ratio``: per tensor, per step, the :data:`PERCENTILES`
-        (NaN where not defined); ``optimizer``: its class name; ``defined``: whether the optimizer's family has an ``η`` here. One host copy."""
+        """The record: ``percentiles`` (:data:`PERCENTILES`), ``steps`` (1-based optimizer steps), ``lr`` (scheduled,
+        first group), ``tensors`` (parameter names), ``numel`` (their sizes), ``effective_lr`` and ``ratio``: per
+        tensor, per step, the :data:`PERCENTILES` (NaN where not defined); ``optimizer``: its class name; ``defined``:
+        whether the optimizer's family has an ``η`` here. One host copy."""
         self._reduce()
         stacked = torch.stack(self.rows).cpu() if self.rows else torch.empty(0, len(self.names), 2, len(PERCENTILES))
         per_tensor = stacked.permute(1, 2, 0, 3).tolist()  # tensor, kind, step, percentile
@@ -292,8 +301,8 @@ class StepSizes:
 
 @dataclass(frozen=True)
 class Series:
-    """One parameter tensor's recorded percentiles of ``η`` against optimizer ``steps``: ``low``, ``median``, ``high`` are
-    the 5th, 50th and 95th."""
+    """One parameter tensor's recorded percentiles of ``η`` against optimizer ``steps``: ``low``, ``median``, ``high``
+    are the 5th, 50th and 95th."""
 
     tensor: str
     numel: int
@@ -316,8 +325,8 @@ def largest(record: dict[str, Any], count: int) -> list[Series]:
 
 
 def probe(task: Task, data: Data, config: Config) -> StepSizes | None:
-    """A :class:`StepSizes` for one training run of ``config`` on ``task``'s ``data`` (its steps per epoch as the trainer
-    counts them), or None for a task with its own loop: the trainer's step hook does not reach its ``fit``."""
+    """A :class:`StepSizes` for one training run of ``config`` on ``task``'s ``data`` (its steps per epoch as the
+    trainer counts them), or None for a task with its own loop: the trainer's step hook does not reach its ``fit``."""
     return (
         None if is_loop(task) else StepSizes(Batches(task, data, config.batch_size, config.seed).steps, config.epochs)
     )
