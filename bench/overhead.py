@@ -248,7 +248,9 @@ def time_side(runs: list[Run], device: str, storage: str | None = None) -> Side:
     task = load_task(runs[0].config.task, runs[0].config.task_args)
     data = task.data().to(device)
     load = time.perf_counter() - start
-    seconds, results, studies = {False: 0.0, True: 0.0}, [], {}  # type: ignore[var-annotated]
+    seconds: dict[bool, float] = {False: 0.0, True: 0.0}  # by whether the run is a final one
+    results: list[float] = []
+    studies: dict[str, optuna.Study] = {}
     for r in runs:
         started = time.perf_counter()
         if storage is None:

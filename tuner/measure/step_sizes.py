@@ -204,8 +204,8 @@ class StepSizes:
         parts = []
         for ks in by_dtype.values():
             index = [self.index[k] for k in ks]
-            grads = [self.params[k].grad for k in ks]
-            parts.append((tuple(ks), _concat([self.params[k] for k in ks], index), _concat(grads, index)))  # type: ignore[arg-type]
+            grads = [grad for k in ks if (grad := self.params[k].grad) is not None]  # all of them: ks have one
+            parts.append((tuple(ks), _concat([self.params[k] for k in ks], index), _concat(grads, index)))
         pending = _Pending(self.step, [g["lr"] for g in optimizer.param_groups], parts)
         return lambda: self._after(optimizer, pending)
 
