@@ -24,11 +24,12 @@ import sqlalchemy
 import sqlalchemy.event
 
 ANY = "*"  # any timed part, or none
-# part -> "module:attribute path" of the function timed.
+# part -> "module:attribute path" of the function timed, or several: each that exists is timed (a function that
+# moved, or is imported by name into more than one module).
 PARTS = {
     "prepare": "tuner.run.experiment:prepare",  # task, data, experiment checks
     "run_trial": "tuner.study.runner:StudyRunner.run_trial",  # a trial: ask, train, tell, store
-    "train": "tuner.study.runner:train",  # the trainer, in a trial or the final evaluation
+    "train": ("tuner.study.runner:train", "tuner.study.final:train"),  # the trainer, in a trial or the final evaluation
     "report": "tuner.study.runner:StudyRunner._report",  # per epoch: trial.report, should_prune
     "ask": "tuner.study.runner:StudyRunner._ask",  # sampling a config
     "store": "tuner.study.runner:StudyRunner._store",  # writing the finished trial into the storage
@@ -36,15 +37,21 @@ PARTS = {
     "broken": "tuner.study.runner:StudyRunner._stop_if_broken",
     "final": "tuner.study.runner:StudyRunner.final_evaluation",
     "ablation": "tuner.measure.bias_correction:ablate",  # the final seeds again, bias correction off
-    "peak": "tuner.study.runner:peak_step_bytes",
+    "peak": ("tuner.study.runner:peak_step_bytes", "tuner.study.final:peak_step_bytes"),
     "step_sizes": "tuner.measure.step_sizes:StepSizes.__call__",
     "step_sizes_after": "tuner.measure.step_sizes:StepSizes._after",
     "step_sizes_result": "tuner.measure.step_sizes:StepSizes.result",
     "outputs": "tuner.run.outputs:write_outputs",  # report and exported configs
-    "figures": "tuner.report.data:write_report",  # summary.md, evidence.md and the figures
-    "follower_trial": "tuner.tracking.mirror:Follower.trial",  # tracking: a trial handed to the follower
-    "follower_attach": "tuner.tracking.mirror:Follower.attach",
-    "follower_end": "tuner.tracking.mirror:Follower.end",
+    "figures": (
+        "tuner.report.data:write_report",
+        "tuner.run.outputs:write_report",
+    ),  # summary.md, evidence.md and the figures
+    "follower_trial": (
+        "tuner.tracking.mirror:Follower.trial",
+        "tuner.tracking.follower:Follower.trial",
+    ),  # tracking: a trial handed to the follower
+    "follower_attach": ("tuner.tracking.mirror:Follower.attach", "tuner.tracking.follower:Follower.attach"),
+    "follower_end": ("tuner.tracking.mirror:Follower.end", "tuner.tracking.follower:Follower.end"),
     "follower_wait": "tuner.run.experiment:_report_tracking",  # waiting for the follower to finish
 }
 
@@ -96,14 +103,18 @@ class Clock:
         self.sql_seconds += time.perf_counter() - self._sql_started
 
     def __enter__(self) -> Clock:
-        for part, target in PARTS.items():
-            try:
-                owner, name, function = _resolve(target)
-            except (ImportError, AttributeError):
-                self.missing.append(f"{part} ({target})")
-                continue
-            self._patched.append((owner, name, function))
-            setattr(owner, name, self._wrap(part, function))
+        for part, targets in PARTS.items():
+            found = 0
+            for target in (targets,) if isinstance(targets, str) else targets:
+                try:
+                    owner, name, function = _resolve(target)
+                except (ImportError, AttributeError):
+                    continue
+                found += 1
+                self._patched.append((owner, name, function))
+                setattr(owner, name, self._wrap(part, function))
+            if not found:
+                self.missing.append(f"{part} ({targets})")
         sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", self._before_sql)
         sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute", self._after_sql)
         return self
