@@ -14,7 +14,7 @@ One run of this script does, on a fresh SQLite storage in a temporary folder:
    the temporary folder, ``--tracking-uri``): its follower process starts
    (MLflow import, database creation) while the first trials train, and the
    command ends only when every run is in MLflow. The tracked and untracked
-   commands are timed one after the other; the target is tracked <= 1.05 x.
+   commands are timed one after the other.
 2. **bare**: every trial of every study is read back from the storage and the
    same config (``trial.user_attrs["config"]``) is trained again, for the epochs
    that trial actually ran (``len(trial.intermediate_values)``: fewer for a pruned
@@ -39,14 +39,27 @@ One run of this script does, on a fresh SQLite storage in a temporary folder:
    bare side, without Optuna. Optuna's log level is WARNING on every side (the
    tuner sets it), so no side pays for a log line per trial.
 
-It prints the wall-clock times of the three sides, the ratios tuner / bare (the
-target is <= 1.05) and hand / bare, and the same for process CPU time (less
-affected by other processes), the number of trainings and torch's CPU thread
-count, and checks that the bare and hand loops reproduced the tuner's
+It prints the wall-clock times of the three sides, the ratios tuner / bare and
+hand / bare, and the same for process CPU time (less affected by other
+processes), the number of trainings, torch's CPU thread count and the load
+average, and checks that the bare and hand loops reproduced the tuner's
 validation objectives (they match exactly on CPU). With ``--repeat N`` every
 side runs N times, alternating, and the fastest of each is kept. On a busy
 machine use ``--threads 1``: torch's intra-op threads slow down many times over
 when another process holds a core.
+
+Then where the difference goes (``bench/costs.py`` times the tuner's own
+functions in-process and counts its SQL statements): per trial (the trainer
+beyond the bare loop's training, the pruner's calls, sampling, storing, the
+budget ticket with its storage read) and fixed (the final evaluation beyond
+the bare loop's final runs, with the evidence's ablation and step sizes; the
+report; data loading; the rest), in seconds, ms a trial and share of the
+difference; the same for the tracked run against the untracked one. Last,
+issue 19's targets, each with its verdict: tuner / bare <= 1.10 (<= 1.02 with
+100 epochs a trial or more), tracked / untracked <= 1.05, and
+``python -m tuner --help`` under 0.3 s. Imports are paid once per process and
+counted on no side (the warm-up's time is printed); ``bench/memory.py``
+measures the RSS growth over 200 trials.
 
 Reading the result: what Optuna adds to the bare loop is a fixed cost per epoch
 (``trial.report`` and ``trial.should_prune``) and per trial (sampling, ask,
@@ -70,6 +83,7 @@ import argparse
 import contextlib
 import io
 import math
+import pathlib
 import sys
 import tempfile
 import time
@@ -87,6 +101,9 @@ from tuner.config.export import config_from_dict
 from tuner.tasks.loading import load_task
 from tuner.tasks.task import Data, Task
 from tuner.train.optim import build_scheduler
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from costs import Clock, Side, command_seconds, load_average, print_costs, print_tracking, verdict
 
 
 @dataclass(frozen=True)
@@ -106,9 +123,12 @@ class Run:
     trial: optuna.trial.FrozenTrial | None = None
 
 
-def time_tuner(args: argparse.Namespace, folder: str, budget: list[str], tracking: bool = False) -> tuple[float, float]:
+def time_tuner(
+    args: argparse.Namespace, folder: str, budget: list[str], tracking: bool = False, clock: Clock | None = None
+) -> tuple[float, float]:
     """Wall and CPU seconds of one in-process ``tuner study`` into ``folder``/bench.db (with ``tracking``:
-    and MLflow into ``folder``/mlflow.db; the follower process's CPU time is not counted, its wall time is)."""
+    and MLflow into ``folder``/mlflow.db; the follower process's CPU time is not counted, its wall time is),
+    its parts timed by ``clock`` if given."""
     track = ["--tracking-uri", f"sqlite:///{folder}/mlflow.db"] if tracking else ["--no-tracking"]
     argv = [
         "study",
@@ -124,7 +144,7 @@ def time_tuner(args: argparse.Namespace, folder: str, budget: list[str], trackin
         *budget,
     ]
     log = io.StringIO()
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), clock or contextlib.nullcontext():
         start, cpu = time.perf_counter(), time.process_time()
         code = tuner.cli.main.main(argv)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -224,23 +244,28 @@ def train_hand(task: Task, data: Data, run: Run, studies: dict[str, optuna.Study
     return value
 
 
-def time_side(runs: list[Run], device: str, storage: str | None = None) -> tuple[float, float, int]:
-    """Wall and CPU seconds to load the task's data and redo ``runs`` by hand, bare or (with ``storage``) in
-    a hand-written Optuna loop; how many results matched the tuner's."""
+def time_side(runs: list[Run], device: str, storage: str | None = None) -> Side:
+    """Load the task's data and redo ``runs`` by hand, bare or (with ``storage``) in a hand-written Optuna loop."""
     start, cpu = time.perf_counter(), time.process_time()
     task = load_task(runs[0].config.task, runs[0].config.task_args)
     data = task.data().to(device)
-    if storage is None:
-        results = [train_bare(task, data, r.config, r.seed, r.epochs, r.test) for r in runs]
-    else:
-        studies: dict[str, optuna.Study] = {}
-        results = [train_hand(task, data, r, studies, storage) for r in runs]
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    load = time.perf_counter() - start
+    seconds: dict[bool, float] = {False: 0.0, True: 0.0}  # by whether the run is a final one
+    results: list[float] = []
+    studies: dict[str, optuna.Study] = {}
+    for r in runs:
+        started = time.perf_counter()
+        if storage is None:
+            results.append(train_bare(task, data, r.config, r.seed, r.epochs, r.test))
+        else:
+            results.append(train_hand(task, data, r, studies, storage))
+        seconds[r.test] += time.perf_counter() - started
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     # A diverged trial stores NaN where the bare loop sees inf or NaN.
     matched = sum(
         a == r.objective or not (math.isfinite(a) or math.isfinite(r.objective)) for a, r in zip(results, runs)
     )
-    return seconds, cpu, matched
+    return Side(wall, cpu, seconds[False], seconds[True], load, matched)
 
 
 def main() -> int:
@@ -271,6 +296,7 @@ def main() -> int:
     )
     parser.add_argument("--device", default="cpu", help="device of both sides (default: cpu)")
     args = parser.parse_args()
+    load = load_average()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -282,48 +308,70 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
         warm_up, _ = time_tuner(args, folder, ["--trials", "1", "--epochs", "1", "--final-seeds", "1"])
 
-    times: dict[str, list[tuple[float, float]]] = {
-        "tuner": [],
-        "tracked": [],
-        "hand": [],
-        "bare": [],
-    }  # (wall, cpu) per repeat
+    tuner_runs: list[tuple[float, float, Clock]] = []  # (wall, cpu, its parts) per repeat, and the same for:
+    tracked_runs: list[tuple[float, float, Clock]] = []
+    hand: list[Side] = []
+    bare: list[Side] = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
-            times["tracked"].append(time_tuner(args, folder, budget, tracking=True))
+            clock = Clock()
+            tracked_runs.append((*time_tuner(args, folder, budget, tracking=True, clock=clock), clock))
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
-            times["tuner"].append(time_tuner(args, folder, budget))
+            clock = Clock()
+            tuner_runs.append((*time_tuner(args, folder, budget, clock=clock), clock))
             runs = read_runs(f"sqlite:///{folder}/bench.db")
-            *seconds, hand_matched = time_side(runs, args.device, f"sqlite:///{folder}/hand.db")
-            times["hand"].append(tuple(seconds))
-        *seconds, bare_matched = time_side(runs, args.device)
-        times["bare"].append(tuple(seconds))
+            hand.append(time_side(runs, args.device, f"sqlite:///{folder}/hand.db"))
+        bare.append(time_side(runs, args.device))
 
     trials, finals, epochs = sum(not r.test for r in runs), sum(r.test for r in runs), sum(r.epochs for r in runs)
     print(
         f"experiment {experiment.name}: {trials} trials + {finals} final runs = {epochs} epochs; "
-        f"results equal to tuner's: bare {bare_matched}/{len(runs)}, hand {hand_matched}/{len(runs)}"
+        f"results equal to tuner's: bare {bare[-1].matched}/{len(runs)}, hand {hand[-1].matched}/{len(runs)}"
     )
     print(
-        f"device {args.device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, optuna {optuna.__version__}; "
+        f"device {args.device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, "
+        f"optuna {optuna.__version__}; load average before/after {load} / {load_average()}; "
         f"untimed warm-up (one-off imports) {warm_up:.1f} s"
     )
+    fastest = min(tuner_runs, key=lambda run: run[0])
+    tracked = min(tracked_runs, key=lambda run: run[0])
+    best_bare = min(bare, key=lambda side: side.wall)
     print(f"{'':5} {'tuner s':>8} {'hand s':>8} {'bare s':>8} {'tuner/bare':>10} {'hand/bare':>10}")
     for k, label in enumerate(("wall", "cpu")):
-        tuner_s, hand_s, bare_s = (min(t[k] for t in times[side]) for side in ("tuner", "hand", "bare"))
+        tuner_s, hand_s, bare_s = (
+            min(t[k] for t in tuner_runs),
+            min((h.wall, h.cpu)[k] for h in hand),
+            min((b.wall, b.cpu)[k] for b in bare),
+        )
         print(f"{label:5} {tuner_s:8.2f} {hand_s:8.2f} {bare_s:8.2f} {tuner_s / bare_s:10.3f} {hand_s / bare_s:10.3f}")
     if args.repeat > 1:
         print(
             "wall s of each run: "
-            + "; ".join(f"{side} {', '.join(f'{t[0]:.2f}' for t in ts)}" for side, ts in times.items())
+            + "; ".join(
+                f"{side} {', '.join(f'{w:.2f}' for w in walls)}"
+                for side, walls in (
+                    ("tuner", [t[0] for t in tuner_runs]),
+                    ("tracked", [t[0] for t in tracked_runs]),
+                    ("hand", [h.wall for h in hand]),
+                    ("bare", [b.wall for b in bare]),
+                )
+            )
         )
-    wall = min(t[0] for t in times["tuner"]) / min(t[0] for t in times["bare"])
-    print(f"target: tuner within 5% of the bare loop (wall ratio <= 1.05): {'met' if wall <= 1.05 else 'NOT met'}")
-    tracked = min(t[0] for t in times["tracked"]) / min(t[0] for t in times["tuner"])
+    print_costs(fastest[2], fastest[0], trials, best_bare)
+    print_tracking(tracked[2], tracked[0], fastest[0], trials)
+
+    per_trial = fastest[2].total("run_trial") / max(1, trials)
+    limit = 1.02 if (args.epochs or experiment.epochs) >= 100 else 1.10  # issue 19: 1.02 for trials of 100 epochs
+    wall = fastest[0] / best_bare.wall
+    help_s = command_seconds([sys.executable, "-m", "tuner", "--help"])
+    ratio = tracked[0] / fastest[0]
+    print("\ntargets (issue 19):")
     print(
-        f"tuner with MLflow tracking (SQLite): {min(t[0] for t in times['tracked']):.2f} s wall, {tracked:.3f} x without; "
-        f"target <= 1.05: {'met' if tracked <= 1.05 else 'NOT met'}"
+        f"  tuner / bare <= {limit:.2f} ({'1.02 with 100 epochs a trial or more' if limit < 1.1 else '1.10 below 100'}"
+        f"; a trial took {per_trial:.2f} s here): {wall:.3f} {verdict(wall <= limit)}"
     )
+    print(f"  tracked / untracked <= 1.05: {ratio:.3f} ({tracked[0]:.2f} s) {verdict(ratio <= 1.05)}")
+    print(f"  python -m tuner --help < 0.3 s (best of 3, a new process): {help_s:.2f} s {verdict(help_s < 0.3)}")
     return 0
 
 

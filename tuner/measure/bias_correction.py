@@ -54,7 +54,8 @@ class AdamCorrections(torch.optim.Optimizer):
     ) -> None:
         if not lr >= 0 or not eps >= 0 or not weight_decay >= 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(
-                f"lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}: out of range (lr, eps, weight_decay >= 0; betas in [0, 1))"
+                f"lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}: out of range "
+                "(lr, eps, weight_decay >= 0; betas in [0, 1))"
             )
         defaults = {
             "lr": lr,
@@ -128,14 +129,16 @@ def uncorrected(config: Config) -> Config:
 
 def ablate(task: Task, data: Data, config: Config, seeds: list[int]) -> dict[str, Any] | None:
     """Re-train ``config`` on ``seeds`` with bias correction off, recording step sizes; None unless its optimizer is one
-    of :data:`ABLATED` or the task has its own loop. The record: ``seeds``, ``status``, ``history`` (per seed, as the final runs store theirs),
-    ``step_sizes`` (per seed, :meth:`tuner.measure.step_sizes.StepSizes.result`)."""
+    of :data:`ABLATED` or the task has its own loop. The record: ``seeds``, ``status``, ``history`` (per seed, as the
+    final runs store theirs), ``step_sizes`` (per seed, :meth:`tuner.measure.step_sizes.StepSizes.result`)."""
     if config.optimizer not in ABLATED or is_loop(task):  # a task's own loop: no step sizes to compare
         return None
     ablated, runs, probes = uncorrected(config), [], []
     for seed in seeds:
-        probes.append(step_sizes.probe(task, data, ablated))
-        runs.append(train(task, data, ablated, seed=seed, step_hook=probes[-1]))
+        probe = step_sizes.probe(task, data, ablated)
+        assert probe is not None  # only a task with its own loop has none, and it was left out above
+        probes.append(probe)
+        runs.append(train(task, data, ablated, seed=seed, step_hook=probe))
     return {
         "seeds": seeds,
         "status": [run.status for run in runs],

@@ -11,14 +11,16 @@ family        direction ``d``                         effective learning rate ``
 SGD           the gradient (or momentum buffer,        ``lr_t`` for every parameter
               or Nesterov's ``g + μ·buf``)
 Adam, AdamW   ``m_t`` (first moment, not corrected)    ``lr_t / (1−β1^t) / (sqrt(v_t)/sqrt(1−β2^t) + ε)``
-              ``v_t``: ``max_exp_avg_sq`` with amsgrad   ``= lr_t·sqrt(1−β2^t) / (1−β1^t) / (sqrt(v_t) + ε·sqrt(1−β2^t))``
+              ``v_t``: ``max_exp_avg_sq`` with amsgrad   ``= lr_t·sqrt(1−β2^t) / (1−β1^t)``
+                                                         ``/ (sqrt(v_t) + ε·sqrt(1−β2^t))``
 RMSprop       the gradient (momentum 0), else the       ``lr_t / (sqrt(v_t) + ε)``; centered:
               buffer of ``g / (sqrt(v)+ε)``             ``lr_t / (sqrt(v_t − ḡ_t²) + ε)``
 ============= ======================================= ==========================================
 
 ``lr_t`` is the scheduled learning rate of the step and ``t`` the optimizer's step
 count after it. Elements with ``v_t = 0`` (no non-zero gradient yet: a constant input
-pixel, an embedding row never looked up) have ``η = lr/ε`` but move nothing: they are left out. Adam's ``m_t`` sums the gradients with weights that add up to
+pixel, an embedding row never looked up) have ``η = lr/ε`` but move nothing: they are left out. Adam's ``m_t``
+sums the gradients with weights that add up to
 ``1−β1^t``, so ``η`` is directly comparable to SGD's ``lr_t`` (a constant gradient
 moves both by ``η·g``). Weight decay, folded into the gradient by Adam, SGD and
 RMSprop and applied to ``θ`` beside the step by AdamW, is not part of ``η``.
@@ -32,6 +34,8 @@ percentiles per parameter tensor, at a bounded number of steps
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +52,9 @@ PERCENTILES = (5, 25, 50, 75, 95)
 # a sort of every element at every recorded step would cost more than the training (CPU: ~0.4 µs an element here),
 # and 1,024 draws put the 5th percentile within about ±0.7 percentile points.
 SAMPLE = 1024
+# A record's sampled values wait, on the device, until this many (float64: 32 MiB) are there or the run ends: their
+# percentiles are then computed together, in a dozen operations for all of them instead of a dozen a record.
+PENDING = 2**22
 # Adam's bias correction weighs most at the first steps: every one of these is recorded.
 FIRST_STEPS = 5
 # The families with an η defined here (subclasses included).
@@ -55,25 +62,61 @@ FAMILIES = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RM
 
 
 def effective_lr(
-    optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict[str, Any], lr: float
+    optimizer: torch.optim.Optimizer,
+    param: torch.Tensor,
+    group: dict[str, Any],
+    lr: float,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """``η`` of ``param`` (shape of ``param``) after ``optimizer`` stepped with learning rate ``lr``; None for a family
-    without a definition here (see the module's table) or a parameter the step skipped (no state yet)."""
-    state = optimizer.state.get(param)
-    if isinstance(optimizer, torch.optim.SGD):  # one value, the same for every element
-        return torch.full((1,), lr, dtype=torch.float64, device=param.device)
-    if not state or "step" not in state:
+    """``η`` of ``param`` after ``optimizer`` stepped with learning rate ``lr``: shape of ``param``, or of ``index``
+    (flat positions in ``param``) when given, or (1,) for SGD (one value for every element); None for a family without a
+    definition here (see the module's table) or a parameter the step skipped (no state yet).
+
+    With ``index`` only those elements are computed (the same values, element for element, as indexing the whole)."""
+    state = optimizer.state.get(param) or {}
+    if not (isinstance(optimizer, torch.optim.SGD) or "step" in state):
         return None
+    return _rate(
+        optimizer, group, lr, float(state.get("step", 0)), lambda key: _sampled(state[key], index), param.device
+    )
+
+
+def _rate(
+    optimizer: torch.optim.Optimizer,
+    group: dict[str, Any],
+    lr: float,
+    step: float,
+    read: Callable[[str], torch.Tensor],
+    device: torch.device,
+) -> torch.Tensor | None:
+    """``η`` (see :func:`effective_lr`) from the optimizer's state tensors as ``read(name)`` gives them, ``step`` the
+    state's step count (unused by SGD)."""
+    if isinstance(optimizer, torch.optim.SGD):  # one value, the same for every element
+        return torch.full((1,), lr, dtype=torch.float64, device=device)
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         beta1, beta2 = group["betas"]
-        step = float(state["step"])
-        v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        v = read("max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq")
         return _unseen(v, lr / (1 - beta1**step) / (v.sqrt() / (1 - beta2**step) ** 0.5 + group["eps"]))
     if isinstance(optimizer, torch.optim.RMSprop):
-        v = state["square_avg"]
-        centered = v - state["grad_avg"] ** 2 if group["centered"] else v
+        v = read("square_avg")
+        centered = v - read("grad_avg") ** 2 if group["centered"] else v
         return _unseen(v, lr / (centered.sqrt() + group["eps"]))
     return None
+
+
+def _sampled(values: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """``values`` detached, as it is (``index`` None) or flattened and taken at ``index``."""
+    return values.detach() if index is None else values.detach().reshape(-1).take(index)
+
+
+def _concat(tensors: list[torch.Tensor], index: list[torch.Tensor | None]) -> torch.Tensor:
+    """The sampled elements (:func:`_sampled`) of ``tensors``, one after the other, in one new tensor."""
+    return torch.cat([_sampled(t, i).reshape(-1) for t, i in zip(tensors, index)])
+
+
+def _state(states: list[dict[str, Any]], index: list[torch.Tensor | None], key: str) -> torch.Tensor:
+    """The sampled elements of the optimizer state ``key`` of the tensors whose ``states`` are given, concatenated."""
+    return _concat([state[key] for state in states], index)
 
 
 def _unseen(v: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
@@ -82,10 +125,12 @@ def _unseen(v: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
 
 
 def percentiles(rows: torch.Tensor) -> torch.Tensor:
-    """The :data:`PERCENTILES` of each row of ``rows`` (shape (n, k); NaNs ignored; an all-NaN row gives NaNs), shape (n, 5).
+    """The :data:`PERCENTILES` of each row of ``rows`` (shape (n, k); NaNs ignored; an all-NaN row gives NaNs), shape
+    (n, 5).
 
     The same values as ``torch.nanquantile(rows, q, dim=1).T`` (linear interpolation). On the CPU the rows are sorted
-    by numpy, ten times faster than torch's CPU sort here (2 ms against 0.2 ms for 8 × 1,024), on other devices by torch.
+    by numpy, ten times faster than torch's CPU sort here (2 ms against 0.2 ms for 8 × 1,024), on other devices by
+    torch.
     """
     ordered = torch.from_numpy(np.sort(rows.numpy(), axis=1)) if rows.device.type == "cpu" else rows.sort(dim=1).values
     count = (~rows.isnan()).sum(dim=1, keepdim=True)  # NaNs sort last
@@ -97,18 +142,10 @@ def percentiles(rows: torch.Tensor) -> torch.Tensor:
     return value.where(count > 0, torch.nan)
 
 
-def _row(values: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """``values`` flattened (float64), at ``index`` (None: all of them), NaN-padded to :data:`SAMPLE` elements."""
-    flat = values.detach().reshape(-1).double()
-    if index is not None and flat.numel() > 1:
-        flat = flat[index]
-    return torch.nn.functional.pad(flat, (0, SAMPLE - flat.numel()), value=torch.nan)
-
-
 def recorded_steps(steps_per_epoch: int, epochs: int, per_epoch: int) -> set[int]:
-    """The 1-based optimizer steps a :class:`StepSizes` records: the first :data:`FIRST_STEPS`, then ``per_epoch`` evenly
-    spaced steps in every epoch, its last step one of them (fewer if the epoch has fewer steps). Raises ValueError if
-    ``per_epoch`` < 1."""
+    """The 1-based optimizer steps a :class:`StepSizes` records: the first :data:`FIRST_STEPS`, then ``per_epoch``
+    evenly spaced steps in every epoch, its last step one of them (fewer if the epoch has fewer steps). Raises
+    ValueError if ``per_epoch`` < 1."""
     if per_epoch < 1:
         raise ValueError(f"per_epoch: {per_epoch} is not allowed (>= 1)")
     positions = {
@@ -122,27 +159,36 @@ def recorded_steps(steps_per_epoch: int, epochs: int, per_epoch: int) -> set[int
 class _Pending:
     step: int
     lrs: list[float]  # per parameter group, as scheduled for this step
-    before: list[torch.Tensor]  # the sampled elements of each parameter, and of its gradient
-    grads: list[torch.Tensor | None]
+    # Per dtype: the tensors with a gradient (their places in the model), their sampled elements and gradients
+    # concatenated. Each concatenation is computed on at once: one operation for all tensors instead of one for each.
+    parts: list[tuple[tuple[int, ...], torch.Tensor, torch.Tensor]]
+
+
+# Where a record's values go: per piece, the kind (0: η, 1: |Δθ|/|g|) and the tensors, in the order of its values.
+Layout = tuple[tuple[int, tuple[int, ...]], ...]
 
 
 class StepSizes:
-    """A per-step hook for :func:`tuner.train.trainer.train` that records ``η`` and ``|Δθ|/|g|`` at :func:`recorded_steps`.
+    """A per-step hook for :func:`tuner.train.trainer.train`: records ``η`` and ``|Δθ|/|g|`` at :func:`recorded_steps`.
 
-    Called before each optimizer step with the model and optimizer, it returns a function to call after the step at
-    a recorded step (None otherwise). :meth:`result` is the record, JSON-safe (see there).
+    Called before each optimizer step with the model and optimizer (the same model every step: its parameters are
+    listed once), it returns a function to call after the step at a recorded step (None otherwise). :meth:`result`
+    is the record, JSON-safe (see there).
     """
 
     def __init__(self, steps_per_epoch: int, epochs: int, per_epoch: int = 1) -> None:
         self.epochs, self.per_epoch = epochs, per_epoch
         self.steps = recorded_steps(steps_per_epoch, epochs, per_epoch)
         self.step = 0
+        self.params: list[torch.Tensor] = []
         self.names: list[str] = []
         self.numel: list[int] = []
         self.lrs: list[float] = []
         self.recorded: list[int] = []
         self.index: list[torch.Tensor | None] = []  # per tensor, the elements sampled (None: all)
-        self.rows: list[torch.Tensor] = []  # one per recorded step: (tensors, 2, 5) = η and |Δθ|/|g| percentiles
+        self.layouts: dict[Layout, torch.Tensor] = {}  # where a layout's values go in (tensors, 2, SAMPLE), flattened
+        self.rows: list[torch.Tensor] = []  # per recorded step: (tensors, 2, 5) = η and |Δθ|/|g| percentiles
+        self.waiting: list[tuple[Layout, torch.Tensor]] = []  # per recorded step not reduced yet: its values
         self.defined = False
         self.optimizer = ""
 
@@ -150,16 +196,19 @@ class StepSizes:
         self.step += 1
         if self.step not in self.steps:
             return None
-        params = [p for _, p in model.named_parameters()]
         if not self.names:
             self._start(model)
-        pending = _Pending(
-            self.step,
-            [g["lr"] for g in optimizer.param_groups],
-            [_sampled(p, i).clone() for p, i in zip(params, self.index)],
-            [None if p.grad is None else _sampled(p.grad, i).clone() for p, i in zip(params, self.index)],
-        )
-        return lambda: self._after(params, optimizer, pending)
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for k, param in enumerate(self.params):
+            if param.grad is not None:  # a tensor no gradient reached: the step leaves it alone (NaNs)
+                by_dtype.setdefault(param.dtype, []).append(k)
+        parts = []
+        for ks in by_dtype.values():
+            index = [self.index[k] for k in ks]
+            grads = [grad for k in ks if (grad := self.params[k].grad) is not None]  # all of them: ks have one
+            parts.append((tuple(ks), _concat([self.params[k] for k in ks], index), _concat(grads, index)))
+        pending = _Pending(self.step, [g["lr"] for g in optimizer.param_groups], parts)
+        return lambda: self._after(optimizer, pending)
 
     def plan(self, steps_per_epoch: int) -> None:
         """Record at the :func:`recorded_steps` of ``steps_per_epoch``: what a task with its own loop tells
@@ -168,31 +217,79 @@ class StepSizes:
 
     def _start(self, model: torch.nn.Module) -> None:
         named = list(model.named_parameters())
-        self.names, self.numel = [n for n, _ in named], [p.numel() for _, p in named]
+        self.params, self.names, self.numel = (
+            [p for _, p in named],
+            [n for n, _ in named],
+            [p.numel() for _, p in named],
+        )
         generator = torch.Generator(device=named[0][1].device).manual_seed(0) if named else None
         self.index = [
             None if p.numel() <= SAMPLE else torch.randint(p.numel(), (SAMPLE,), generator=generator, device=p.device)
-            for _, p in named
+            for p in self.params
         ]
 
-    def _after(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, pending: _Pending) -> None:
+    def _after(self, optimizer: torch.optim.Optimizer, pending: _Pending) -> None:
         self.defined, self.optimizer = isinstance(optimizer, FAMILIES), type(optimizer).__name__
-        groups = {id(p): (group, lr) for group, lr in zip(optimizer.param_groups, pending.lrs) for p in group["params"]}
-        rows = []
-        for param, index, before, grad in zip(params, self.index, pending.before, pending.grads):
-            eta = None if grad is None else effective_lr(optimizer, param, *groups[id(param)])
-            nan = torch.full((SAMPLE,), torch.nan, dtype=torch.float64, device=param.device)
-            rows.append(nan if eta is None else _row(eta, index))  # no gradient reached it: the step left it alone
-            moved = (_sampled(param, index) - before).abs()
-            rows.append(nan if grad is None else _row(moved / grad.abs().where(grad != 0, torch.nan), None))
-        self.rows.append(percentiles(torch.stack(rows)).reshape(len(params), 2, len(PERCENTILES)))
+        params = self.params
+        place = {id(p): (group, lr) for group, lr in zip(optimizer.param_groups, pending.lrs) for p in group["params"]}
+        layout: list[tuple[int, tuple[int, ...]]] = []
+        values = []  # only the sampled elements are computed, and no value is copied to the host
+        rates: dict[tuple[int, float, torch.dtype], list[int]] = {}  # tensors that share a group, a step and a dtype
+        for ks, before, grads in pending.parts:
+            moved = (_concat([params[k] for k in ks], [self.index[k] for k in ks]) - before).abs()
+            values.append(moved / grads.abs().where(grads != 0, torch.nan))
+            layout.append((1, ks))
+            for k in ks:
+                state = optimizer.state.get(params[k]) or {}
+                if isinstance(optimizer, torch.optim.SGD) or "step" in state:  # else the step skipped it: NaNs
+                    key = (id(place[id(params[k])][0]), float(state.get("step", 0)), params[k].dtype)
+                    rates.setdefault(key, []).append(k)
+        for (_, step, _), members in rates.items():
+            group, lr = place[id(params[members[0]])]
+            states = [optimizer.state[params[k]] for k in members]
+            index = [self.index[k] for k in members]
+            eta = _rate(optimizer, group, lr, step, functools.partial(_state, states, index), params[0].device)
+            if eta is not None:  # SGD's one value stands for every element
+                values.append(eta.expand(sum(min(self.numel[k], SAMPLE) for k in members)))
+                layout.append((0, tuple(members)))
+        self.waiting.append((tuple(layout), torch.cat(values)))
+        if len(self.waiting) * self.waiting[-1][1].numel() >= PENDING:
+            self._reduce()
         self.recorded.append(pending.step)
         self.lrs.append(pending.lrs[0])
 
+    def _reduce(self) -> None:
+        """The percentiles of the records waiting, appended to :attr:`rows` in their order; records of one layout
+        (usually all) together."""
+        for layout, records in itertools.groupby(self.waiting, key=lambda record: record[0]):
+            stacked = torch.stack([v for _, v in records])
+            rows = torch.full(
+                (len(stacked), len(self.params) * 2 * SAMPLE), torch.nan, dtype=torch.float64, device=stacked.device
+            )
+            rows[:, self._slots(layout)] = stacked.double()
+            reduced = percentiles(rows.reshape(-1, SAMPLE)).reshape(len(stacked), len(self.params), 2, -1)
+            self.rows.extend(reduced.unbind())
+        self.waiting = []
+
+    def _slots(self, layout: Layout) -> torch.Tensor:
+        """Where the values of a record of ``layout`` go in its (tensors, η | ratio, SAMPLE) rows, flattened."""
+        if layout not in self.layouts:
+            device = self.params[0].device
+            self.layouts[layout] = torch.cat(
+                [
+                    (2 * k + kind) * SAMPLE + torch.arange(min(self.numel[k], SAMPLE), device=device)
+                    for kind, ks in layout
+                    for k in ks
+                ]
+            )
+        return self.layouts[layout]
+
     def result(self) -> dict[str, Any]:
-        """The record: ``percentiles`` (:data:`PERCENTILES`), ``steps`` (1-based optimizer steps), ``lr`` (scheduled, first group), ``tensors`` (parameter
-        names), ``numel`` (their sizes), ``effective_lr`` and ``ratio``: per tensor, per step, the :data:`PERCENTILES`
-        (NaN where not defined); ``optimizer``: its class name; ``defined``: whether the optimizer's family has an ``η`` here. One host copy."""
+        """The record: ``percentiles`` (:data:`PERCENTILES`), ``steps`` (1-based optimizer steps), ``lr`` (scheduled,
+        first group), ``tensors`` (parameter names), ``numel`` (their sizes), ``effective_lr`` and ``ratio``: per
+        tensor, per step, the :data:`PERCENTILES` (NaN where not defined); ``optimizer``: its class name; ``defined``:
+        whether the optimizer's family has an ``η`` here. One host copy."""
+        self._reduce()
         stacked = torch.stack(self.rows).cpu() if self.rows else torch.empty(0, len(self.names), 2, len(PERCENTILES))
         per_tensor = stacked.permute(1, 2, 0, 3).tolist()  # tensor, kind, step, percentile
         return {
@@ -208,15 +305,10 @@ class StepSizes:
         }
 
 
-def _sampled(values: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    flat = values.detach().reshape(-1)
-    return flat if index is None else flat[index]
-
-
 @dataclass(frozen=True)
 class Series:
-    """One parameter tensor's recorded percentiles of ``η`` against optimizer ``steps``: ``low``, ``median``, ``high`` are
-    the 5th, 50th and 95th."""
+    """One parameter tensor's recorded percentiles of ``η`` against optimizer ``steps``: ``low``, ``median``, ``high``
+    are the 5th, 50th and 95th."""
 
     tensor: str
     numel: int
@@ -239,7 +331,7 @@ def largest(record: dict[str, Any], count: int) -> list[Series]:
 
 
 def probe(task: Task, data: Data, config: Config) -> StepSizes:
-    """A :class:`StepSizes` for one training run of ``config`` on ``task``'s ``data`` (its steps per epoch as the trainer
-    counts them; for a task with its own loop, as its ``fit`` tells ``run.build``, see :meth:`StepSizes.plan`)."""
+    """A :class:`StepSizes` for one training run of ``config`` on ``task``'s ``data``: its steps per epoch as the
+    trainer counts them; for a task with its own loop, as its ``fit`` tells ``run.build`` (:meth:`StepSizes.plan`)."""
     steps = 1 if is_loop(task) else Batches(task, data, config.batch_size, config.seed).steps
     return StepSizes(steps, config.epochs)
