@@ -31,7 +31,8 @@ def load_config(path: str | Path) -> Config:
 
 def run_experiment(experiment: str | Path | Experiment | None = None, **options: Any) -> Result:
     """Run an experiment (a YAML file, a shipped name, or an Experiment) as ``tuner study`` does; see
-    :func:`tuner.run.experiment.run_experiment` for the options and :class:`tuner.run.experiment.Result` for what it returns."""
+    :func:`tuner.run.experiment.run_experiment` for the options (``quiet=True``: print only what went wrong) and
+    :class:`tuner.run.experiment.Result` for what it returns. Raises :class:`tuner.errors.UserError` for bad input."""
     from tuner.run.experiment import run_experiment as _run
 
     return _run(experiment, **options)
