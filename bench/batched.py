@@ -78,7 +78,8 @@ from tuner.study.resume import Setup
 from tuner.study.runner import StudyRunner
 from tuner.tasks.check import load_data
 from tuner.tasks.loading import load_task
-from tuner.train.trainer import EpochMetrics, keep_freed_memory, resolve_device, train
+from tuner.train.results import EpochMetrics
+from tuner.train.trainer import keep_freed_memory, resolve_device, train
 
 # The budget of each task when not given: (trials, epochs). The quickstart's own; digits-cnn's 1.4 s trials halved.
 BUDGETS = {"digits-mlp": (40, 25), "digits-cnn": (32, 10)}

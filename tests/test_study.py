@@ -216,7 +216,7 @@ def test_same_seed_same_study(tmp_path, monkeypatch):
 
 def test_tuner_train_reproduces_the_trial_and_the_final_seeds_bit_for_bit(workdir, capsys, monkeypatch):
     import tuner.train.trainer
-    from tuner.train.trainer import columns
+    from tuner.train.results import columns
 
     assert main(study_args(workdir, "quickstart", "--optimizers", "rmsprop", "--trials", "3")) == 0
     study = load(workdir, "quickstart/rmsprop")

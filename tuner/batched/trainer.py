@@ -27,7 +27,8 @@ from tuner.batched.model import StackedModel, seeded_model, splits, stacking
 from tuner.batched.optimizers import VECTORIZED
 from tuner.config.experiment import Config
 from tuner.tasks.task import Data, Split, Task
-from tuner.train.trainer import EVAL_CHUNK, EpochMetrics, RunResult, autocast, divergence, drops_last, steps_per_epoch
+from tuner.train.results import EpochMetrics, RunResult, divergence
+from tuner.train.trainer import EVAL_CHUNK, autocast, drops_last, steps_per_epoch
 
 Key = Hashable
 """The caller's handle of a member (an Optuna trial): given by ``start``, passed back to ``callback`` and ``end``."""

@@ -154,7 +154,8 @@ def run_train(args: argparse.Namespace) -> int:
     from tuner.run.experiment import configure_process
     from tuner.tasks.check import load_data
     from tuner.tasks.loading import load_task
-    from tuner.train.trainer import check_amp, objective_label, resolve_device, train
+    from tuner.train.results import objective_label
+    from tuner.train.trainer import check_amp, resolve_device, train
 
     configure_process(args.threads)
     cfg = load_config(args.config)

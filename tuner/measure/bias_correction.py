@@ -25,7 +25,8 @@ from tuner.config.experiment import Config
 from tuner.measure import step_sizes
 from tuner.tasks.task import Data, Task, is_loop
 from tuner.train import optim
-from tuner.train.trainer import columns, train
+from tuner.train.results import columns
+from tuner.train.trainer import train
 
 # The optimizers whose best config is ablated: torch's Adam family with its bias correction.
 ABLATED = ("Adam", "AdamW")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuner.report.statistics import Band, ExpectedBest, Speed, Summary
-from tuner.train.trainer import objective_label
+from tuner.train.results import objective_label
 
 
 @dataclass(frozen=True)

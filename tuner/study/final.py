@@ -15,7 +15,8 @@ from tuner.measure.state_memory import state_bytes_per_parameter
 from tuner.measure.untrained import untrained_objective
 from tuner.study.outcomes import best_trial
 from tuner.tasks.task import Data, Task, is_loop
-from tuner.train.trainer import RunResult, columns, train
+from tuner.train.results import RunResult, columns
+from tuner.train.trainer import train
 
 
 def final_evaluation(study: optuna.Study, task: Task, data: Data, seeds: list[int]) -> dict[str, Any] | None:

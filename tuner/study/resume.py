@@ -17,7 +17,7 @@ from tuner.config.spaces import ScheduleSpace, SearchSpace
 from tuner.errors import UserError, mask_url
 from tuner.study.budget import TICKETS_PREFIX
 from tuner.tasks.task import Task
-from tuner.train.trainer import objective_label
+from tuner.train.results import objective_label
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ from tuner.study.outcomes import FINISHED, outcome
 from tuner.study.resume import Setup, check_resumable, study_name
 from tuner.study.storage import Ticket
 from tuner.tasks.task import Data, Task
-from tuner.train.trainer import EpochMetrics, RunResult, columns, train
+from tuner.train.results import EpochMetrics, RunResult, columns
+from tuner.train.trainer import train
 
 # How long a worker waits before looking again when every slot left is held.
 WAIT_SECONDS = 0.5

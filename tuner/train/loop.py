@@ -30,7 +30,7 @@ import torch
 
 from tuner.config.experiment import Config
 from tuner.tasks.batches import python_and_numpy_seeded
-from tuner.train.trainer import EpochMetrics, RunResult, StepHook, divergence
+from tuner.train.results import EpochMetrics, RunResult, StepHook, divergence
 
 # The learning rate of Adam in the one epoch of a loop task's fit that checks it before any study.
 LOOP_CHECK_LR = 1e-3

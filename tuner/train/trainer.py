@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import math
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,6 +21,7 @@ from tuner.config.experiment import AMP, Config
 from tuner.errors import UserError
 from tuner.tasks import batches
 from tuner.tasks.task import Data, Split, Task, is_loop
+from tuner.train.results import EpochMetrics, RunResult, StepHook, divergence
 
 # Evaluation runs in chunks of this many samples to bound activation memory.
 EVAL_CHUNK = 8192
@@ -30,57 +29,6 @@ EVAL_CHUNK = 8192
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_BLOCKS_UP_TO = 32 * 2**20
 KEEP_AT_MOST = 128 * 2**20
-
-# Called with the model and optimizer before each optimizer step; a function it returns is called after that step.
-StepHook = Callable[[torch.nn.Module, torch.optim.Optimizer], Callable[[], None] | None]
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    """What one epoch reached. ``lr`` is the learning rate of the epoch's last step; ``seconds``
-    the wall-clock time since training started (model built), at the end of the epoch's evaluation."""
-
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_metric: float
-    lr: float
-    seconds: float = field(compare=False)  # two runs that reached the same values are equal
-
-    def objective(self, name: str) -> float:
-        """The validation ``loss`` or ``metric``."""
-        return self.val_loss if name == "loss" else self.val_metric
-
-
-def objective_label(objective: str, metric: str) -> str:
-    """The objective's name for people: ``loss``, or the task's metric (``accuracy``)."""
-    return "loss" if objective == "loss" else metric
-
-
-@dataclass
-class RunResult:
-    """A finished run: ``status`` is ``complete``, ``stopped`` (by the callback) or ``diverged``."""
-
-    history: list[EpochMetrics] = field(default_factory=list)
-    status: str = "complete"
-    reason: str | None = None
-    test_loss: float | None = None
-    test_metric: float | None = None
-
-
-def columns(history: list[EpochMetrics]) -> dict[str, list[float]]:
-    """A run's per-epoch metrics as one list per field (JSON-safe), as trials and final runs store them."""
-    return {f.name: [getattr(m, f.name) for m in history] for f in dataclasses.fields(EpochMetrics)}
-
-
-def divergence(metrics: EpochMetrics) -> str | None:
-    """Why an epoch ends its run as diverged (a non-finite train loss, val loss or val metric), or None."""
-    if all(map(math.isfinite, (metrics.train_loss, metrics.val_loss, metrics.val_metric))):
-        return None
-    return (
-        f"diverged at epoch {metrics.epoch}: non-finite train loss {metrics.train_loss}, "
-        f"val loss {metrics.val_loss} or val metric {metrics.val_metric}"
-    )
 
 
 def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool = False) -> int:
@@ -236,7 +184,7 @@ def train(
     seed = config.seed if seed is None else seed
     device = data.device
     if is_loop(task):
-        from tuner.train.loop import run_loop  # tuner.train.loop builds on this module's types
+        from tuner.train.loop import run_loop  # only when a task brings its own loop
 
         return run_loop(task, config, device, seed, callback, test, step_hook)[0]
     result = RunResult()
