@@ -191,7 +191,7 @@ def memory_row(report: Report) -> Row:
         "bytes of optimizer state per parameter after one step (exact, no seeds): compared as they are "
         "with every optimizer claimed at another level; beside them the peak memory the first training step adds, "
         "not compared (CUDA: torch.cuda.max_memory_allocated; CPU: the growth of the peak resident set size in a "
-        "forked process, to about 0.1 MB; tuner.measure.peak_memory)",
+        "forked process, to a few MB; tuner.measure.peak_memory)",
     )
 
 
