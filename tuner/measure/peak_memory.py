@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import platform
 import sys
@@ -66,6 +67,8 @@ def _in_forked_process(task: Task, data: Data, config: Config) -> float:
         code = 1
         try:
             os.close(read)
+            # The task's own code runs here too: its logs (and a test's records) can tell this child from training.
+            multiprocessing.current_process().name = "tuner-peak-memory"
             libc = ctypes.CDLL(None)
             libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
             torch.set_num_threads(1)
