@@ -9,7 +9,13 @@ from tuner.config.experiment import Config, find_experiment, load_experiment
 
 
 def test_run_experiment_returns_best_configs_summaries_and_the_trials_as_a_dataframe(workdir, capsys):
-    options = {"storage": f"sqlite:///{workdir}/t.db", "out": workdir / "out", "no_tracking": True, "no_progress": True}
+    # out as a str, as a notebook writes it
+    options = {
+        "storage": f"sqlite:///{workdir}/t.db",
+        "out": str(workdir / "out"),
+        "no_tracking": True,
+        "no_progress": True,
+    }
     result = tuner.run_experiment(
         "quickstart", optimizers=["sgd", "adam"], trials=3, epochs=2, final_seeds=1, **options
     )

@@ -294,7 +294,8 @@ def tuning_row(report: Report) -> Row:
     test = (
         f"the share of each study's counted trials within {NEAR:.0%} of its best value, compared with every optimizer "
         f"claimed at another ease by Welch's t-test on the 0/1 outcomes (α = {ALPHA}; the trials are the samples, one "
-        f"study each); E[best of n] is the budget curve (budget.png) at n = {N_TRIALS}"
+        f"study each); E[best of n] is the budget curve (budget.png) at n = {N_TRIALS}, or at every trial a study has "
+        "where it has fewer"
     )
     return Row("ease of tuning", cells, test)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, overload
 
 import optuna
@@ -30,7 +30,9 @@ class Summary:
     best_trial: int | None
     best_value: float | None
     counts: dict[str, int]
-    final: dict[str, Any] | None
+    final: dict[str, Any] | None = field(
+        repr=False
+    )  # per-seed histories, step sizes, ablation runs: thousands of numbers
 
     @property
     def seeds(self) -> list[int]:

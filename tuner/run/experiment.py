@@ -365,4 +365,6 @@ def run_experiment(experiment: str | Path | Experiment | None = None, quiet: boo
     Raises :class:`~tuner.errors.UserError` (one line naming the field, the value and what is allowed) for bad input,
     TypeError for an option that does not exist.
     """
+    if options.get("out") is not None:  # a str, as a notebook gives it, is a folder too
+        options["out"] = Path(options["out"])
     return run_study(Options(experiment=experiment, **options), quiet)
