@@ -51,6 +51,25 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_storage_argument(parser: argparse.ArgumentParser) -> None:
+    """``--storage URL`` (``study``, ``plot``, ``evidence`` and ``sync``; default ``sqlite:///tuner.db``)."""
+    parser.add_argument(
+        "--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)"
+    )
+
+
+def add_stored_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """The experiment of ``plot`` and ``sync``: a file or shipped name, or ``--experiment NAME`` in the storage."""
+    parser.add_argument(
+        "experiment",
+        nargs="?",
+        help="experiment YAML file, or a shipped name (default: quickstart, unless --experiment)",
+    )
+    parser.add_argument(
+        "--experiment", dest="name", metavar="NAME", help="the experiment's name in the storage, instead of its file"
+    )
+
+
 def finite_float(text: str) -> float:
     """An argparse type: a finite number; raises ``ArgumentTypeError`` for NaN, infinities and non-numbers."""
     try:
@@ -97,9 +116,7 @@ def build_parser() -> Parser:
         "or .yaml paths",
     )
     study.add_argument("--task", help="task name or package.module:factory")
-    study.add_argument(
-        "--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)"
-    )
+    add_storage_argument(study)
     add_tracking_arguments(study)
     study.add_argument(
         "--no-tracking", action="store_true", help="log nothing to MLflow (`tuner sync` can do it later)"
@@ -131,17 +148,8 @@ def build_parser() -> Parser:
     plot = commands.add_parser(
         "plot", help="rebuild the figures and summary.md of an experiment from the storage, training nothing"
     )
-    plot.add_argument(
-        "experiment",
-        nargs="?",
-        help="experiment YAML file, or a shipped name (default: quickstart, unless --experiment)",
-    )
-    plot.add_argument(
-        "--experiment", dest="name", metavar="NAME", help="the experiment's name in the storage, instead of its file"
-    )
-    plot.add_argument(
-        "--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)"
-    )
+    add_stored_experiment_arguments(plot)
+    add_storage_argument(plot)
     plot.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
     plot.add_argument("--target", type=finite_float, help=TARGET_HELP)
     # The keys of tuner.report.importance.IMPORTANCE_EVALUATORS (not imported here, so that --help stays instant).
@@ -159,9 +167,7 @@ def build_parser() -> Parser:
     evidence.add_argument(
         "experiments", nargs="+", metavar="experiment", help="experiment YAML files or shipped names, in table order"
     )
-    evidence.add_argument(
-        "--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)"
-    )
+    add_storage_argument(evidence)
     evidence.add_argument(
         "--out", type=Path, default=Path("runs/evidence"), help="output folder (default: runs/evidence)"
     )
@@ -187,17 +193,8 @@ def build_parser() -> Parser:
     sync = commands.add_parser(
         "sync", help="rebuild or complete the MLflow runs of an experiment from the Optuna storage"
     )
-    sync.add_argument(
-        "experiment",
-        nargs="?",
-        help="experiment YAML file, or a shipped name (default: quickstart, unless --experiment)",
-    )
-    sync.add_argument(
-        "--experiment", dest="name", metavar="NAME", help="the experiment's name in the storage, instead of its file"
-    )
-    sync.add_argument(
-        "--storage", default="sqlite:///tuner.db", help="Optuna storage URL (default: sqlite:///tuner.db)"
-    )
+    add_stored_experiment_arguments(sync)
+    add_storage_argument(sync)
     add_tracking_arguments(sync)
     sync.set_defaults(func=run_sync)
 
