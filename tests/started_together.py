@@ -8,6 +8,7 @@ barrier first makes every command take part, so that a test can require it.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -16,8 +17,11 @@ from tuner.tasks.loading import load_task
 from tuner.tasks.task import Task
 
 
-def digits(parties: int = 1, folder: str = "", timeout: float = 300.0) -> Task:
-    """digits-mlp, returned once ``parties`` distinct processes have called this with the same ``folder``."""
+def digits(parties: int = 1, folder: str = "", timeout: float = 300.0, workers_only: bool = False) -> Task:
+    """digits-mlp, returned once ``parties`` distinct processes have called this with the same ``folder``;
+    ``workers_only``: only ``--jobs`` workers (spawned children) meet, the command's own process passes at once."""
+    if workers_only and multiprocessing.parent_process() is None:
+        return load_task("digits-mlp")
     meeting = Path(folder)
     meeting.mkdir(parents=True, exist_ok=True)
     (meeting / str(os.getpid())).touch()

@@ -57,6 +57,24 @@ def studies(workdir, storage: str | None = None) -> dict[str, optuna.Study]:
     }
 
 
+# What a process needs to load tests/started_together.py's task.
+TOGETHER_ENV = os.environ | {
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+
+
+def together(workdir: Path, parties: int, workers_only: bool = False) -> str:
+    """An experiment named quickstart whose task (digits-mlp) is handed out once ``parties`` processes have loaded it."""
+    path = workdir / "together.yaml"
+    path.write_text(
+        "name: quickstart\ntask: started_together:digits\n"
+        f"task_args: {{parties: {parties}, folder: {workdir / 'met'}, workers_only: {str(workers_only).lower()}}}\n"
+        "seed: 0\n"
+    )
+    return str(path)
+
+
 def assert_exact(workdir, budget: int, storage: str | None = None) -> None:
     found = studies(workdir, storage)
     assert sorted(found) == ["quickstart/adam", "quickstart/sgd"]
@@ -195,8 +213,14 @@ def workers_of(pid: int) -> list[int]:
 
 def test_jobs_2_trains_in_two_processes_to_the_exact_budget_and_mirrors_every_trial(workdir):
     uri = f"sqlite:///{workdir}/mlflow.db"
+    # The workers meet once loaded, as the commands of the next test do: a worker that starts late on a loaded
+    # machine may otherwise find the budget trained by the other one.
+    experiment = together(workdir, parties=2, workers_only=True)
     result = subprocess.run(
-        command(workdir, "--trials", "7", "--jobs", "2", "--tracking-uri", uri), capture_output=True, text=True
+        command(workdir, "--trials", "7", "--jobs", "2", "--tracking-uri", uri, experiment=experiment),
+        capture_output=True,
+        text=True,
+        env=TOGETHER_ENV,
     )
     assert result.returncode == 0, result.stderr
     assert "2 workers" in result.stderr
@@ -215,17 +239,10 @@ def test_jobs_2_trains_in_two_processes_to_the_exact_budget_and_mirrors_every_tr
 def test_three_commands_at_once_on_one_sqlite_file_share_the_budget_exactly(workdir):
     # The commands meet once torch and the task are loaded (tests/started_together.py): otherwise the last one to start
     # on a loaded machine may find the budget already trained, and rightly train nothing.
-    (workdir / "together.yaml").write_text(
-        "name: quickstart\ntask: started_together:digits\n"
-        f"task_args: {{parties: 3, folder: {workdir / 'met'}}}\nseed: 0\n"
-    )
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    cmd = command(workdir, "--trials", "9", "--no-tracking", experiment=str(workdir / "together.yaml"))
+    cmd = command(workdir, "--trials", "9", "--no-tracking", experiment=together(workdir, parties=3))
     procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TOGETHER_ENV)
+        for _ in range(3)
     ]
     for proc in procs:
         _out, err = proc.communicate(timeout=600)
