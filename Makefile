@@ -30,8 +30,10 @@ study: $(VENV)/.installed
 evidence: $(VENV)/.installed
 	for e in sparse drift logistic; do $(PY) -m tuner study experiments/evidence-$$e.yaml $(ARGS) || exit 1; done
 
+# The suite runs on the CPU, as CI does (tests/conftest.py hides a GPU); on a machine with one, its CUDA tests then.
 test: $(VENV)/.installed postgresql
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(if $(shell command -v nvidia-smi),TUNER_TEST_CUDA=1 $(PY) -m pytest -k cuda $(PYTEST_ARGS))
 
 # Formatting, lint and types (configured in pyproject.toml); CI fails on any finding.
 lint: $(VENV)/.installed

@@ -239,7 +239,7 @@ class TinyLoop:
 
     def fit(self, run) -> dict[str, float] | None:
         tiny = Tiny()
-        data, model = tiny.data(), tiny.model().to(run.device)
+        data, model = tiny.data().to(run.device), tiny.model().to(run.device)  # as a loop on a GPU must
         optimizer, scheduler = run.build(
             model.parameters(), steps_per_epoch=len(range(0, len(data.train), run.batch_size))
         )

@@ -4,6 +4,12 @@ import importlib.util
 import os
 from pathlib import Path
 
+# The suite checks what CI checks, on the CPU (bit-for-bit reruns, equality with torch.optim, `auto` meaning cpu):
+# on a machine with a GPU it stays hidden from the tests and the processes they start, before torch is imported,
+# unless TUNER_TEST_CUDA=1 (`make test` then runs the CUDA tests, `-k cuda`, so; bench/gpu.py too).
+if os.environ.get("TUNER_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 import pytest
 from services import MlflowServer, Postgres, postgres_bin
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -286,7 +287,9 @@ def test_a_study_on_cuda_with_bf16_records_amp(workdir, capsys, population):
     assert main(args) == 0
     best = yaml.safe_load((workdir / "out" / "best.yaml").read_text())
     assert best["training"]["amp"] == "bf16"
-    assert best["metrics"]["final"]["val_metric"]["mean"] > 0.3
+    # Two sampled configs in two epochs need not learn (an lr of 1e-5 or an eps of 10 are in the space): that bf16
+    # trains is tested on a fixed config below; here the final evaluation's value is an accuracy.
+    assert 0.0 <= best["metrics"]["final"]["val_metric"]["mean"] <= 1.0
     assert main(["train", str(workdir / "out" / "best.yaml"), "--device", "cuda"]) == 0
 
 
@@ -305,3 +308,7 @@ def test_bf16_runs_the_forward_pass_in_bfloat16_on_cuda(digits, monkeypatch):
     config = Config("Adam", {"lr": 0.01}, "constant", {}, "digits-mlp", {}, 1, 64, 0, "loss", amp="bf16")
     result = train(task, data.to("cuda"), config)
     assert result.status == "complete" and set(dtypes) == {torch.bfloat16}
+    # It learns as full precision does: one epoch reaches about 0.93 validation accuracy either way.
+    full = train(task, data.to("cuda"), dataclasses.replace(config, amp="none"))
+    assert result.history[-1].val_metric > 0.85
+    assert abs(result.history[-1].val_metric - full.history[-1].val_metric) < 0.03

@@ -1,7 +1,7 @@
 """The peak memory of a config's first training step: the one that allocates the optimizer's state.
 
 - CUDA: ``torch.cuda.max_memory_allocated`` during the step, less what was allocated before it (PyTorch's allocator:
-  tensors only, not its cache).
+  tensors only, not its cache), after a warm-up step that allocates what CUDA keeps for good (cuBLAS's workspace).
 - CPU (Linux): how far the process's peak resident set size (``VmHWM``) rises above its resident set (``VmRSS``)
   during the step, in a child forked from the process that trained (the task and its data as they are, tens of
   milliseconds). In the process that trained, the allocator hands out memory freed earlier without the resident set
@@ -46,6 +46,9 @@ def peak_step_bytes(task: Task, data: Data, config: Config) -> float | None:
     if is_loop(task):
         return None
     if device.type == "cuda":
+        # Warm-up, as on the CPU: what CUDA allocates once and keeps (cuBLAS's workspace: megabytes, more
+        # than Adam's state on a small model) is not the step's, and only the first config measured would pay it.
+        first_step(task, data, config)
         peak = _CudaPeak(device)
         first_step(task, data, config, around=lambda: peak)
         return peak.bytes
