@@ -30,7 +30,7 @@ def test_one_evidence_report_over_two_experiments_names_each_cells_task(tmp_path
             drift, convex = cell.strip().split("<br>")
             assert drift.startswith("drifting-regression: ") and convex.startswith("logistic-regression: "), claim
     adam, sgd = rows["suited to"]
-    assert "drifting-regression: final val loss" in adam and "(this task is non-stationary problems)" in adam
+    assert "drifting-regression: final val loss" in adam and "(this task is a non-stationary problem)" in adam
     assert "logistic-regression: final val loss" in sgd and "claim: simple models" in sgd
     # The CPU peak memory of the first step, measured with the final runs, beside the state bytes (a few pages at most
     # for this linear model of a few parameters: it may round to none).

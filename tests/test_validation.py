@@ -544,8 +544,38 @@ CASES = [
     case(
         "train-unknown-kwarg",
         ["train", "cfg.yaml"],
-        ["cfg.yaml", "'lrr'", "lr"],
+        ["cfg.yaml: optimizer.kwargs: unknown key 'lrr'", "0.1", "allowed: lr, betas, eps, weight_decay"],
         {"cfg.yaml": config(optimizer={"kwargs": {"lrr": 0.1}})},
+    ),
+    case(  # a misspelt key in an exported file: tuner's line, not torch's TypeError
+        "train-misspelt-kwarg",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml: optimizer.kwargs: unknown key 'learning_rate'", "0.01", "allowed: lr, betas"],
+        {"cfg.yaml": config().replace("    lr: 0.01", "    learning_rate: 0.01")},
+    ),
+    case(
+        "train-misspelt-training-key",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml: training: unknown key 'sede'", "0", "allowed: task,", "seed"],
+        {"cfg.yaml": config().replace("  seed: 0", "  sede: 0")},
+    ),
+    case(
+        "train-misspelt-schedule-key",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml: schedule: unknown key 'intervall'", "'step'", "allowed: name, interval, params"],
+        {"cfg.yaml": config().replace("  interval: step", "  intervall: step")},
+    ),
+    case(
+        "train-misspelt-schedule-param",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml: schedule.params of cosine: unknown key 'etamin'", "0.1", "allowed: eta_min"],
+        {"cfg.yaml": config(schedule={"params": {"etamin": 0.1}})},
+    ),
+    case(
+        "train-unknown-top-key",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml: unknown key 'optimiser'", "allowed: format, optimizer, schedule, training, metrics, source"],
+        {"cfg.yaml": config().replace("optimizer:", "optimiser:")},
     ),
     case(
         "train-schedule-missing-param",
@@ -765,6 +795,20 @@ def test_the_valid_files_the_cases_start_from_are_accepted(tmp_path, monkeypatch
     assert load_experiment(Path("exp2.yaml")).optimizers[0].optimizer == "Adam"
     assert load_space(Path("space.yaml")).params[0].scale == "log"
     assert load_config(Path("cfg.yaml")).optimizer == "Adam"
+
+
+def test_the_python_loader_refuses_a_misspelt_key_with_the_clis_line(tmp_path):
+    import tuner
+    from tuner.errors import UserError
+
+    path = tmp_path / "best.yaml"
+    path.write_text(config().replace("    lr: 0.01", "    learning_rate: 0.01"))
+    with pytest.raises(UserError) as error:
+        tuner.load_config(path)
+    assert str(error.value) == (
+        f"{path}: optimizer.kwargs: unknown key 'learning_rate' (value 0.01; allowed: lr, betas, eps, weight_decay, "
+        "amsgrad, decoupled_weight_decay)"
+    )
 
 
 @pytest.mark.parametrize("kind", ["search_spaces", "experiments"])
