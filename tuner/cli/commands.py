@@ -142,16 +142,19 @@ def run_evidence(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``tuner train``: re-train an exported best config on ``--seeds`` seeds and print each seed's figures.
+    """``tuner train``: re-train an exported best config on ``--seeds`` seeds and print each seed's validation and test
+    objective (and metric), then their mean ± sd, as ``tuner study``'s final evaluation reports them.
 
     Raises :class:`~tuner.errors.UserError` for a bad config file or seed range; exit code 0.
     """
     import dataclasses
+    import math
 
     from tuner.config.experiment import MAX_SEED
     from tuner.config.export import load_config
     from tuner.report.statistics import mean_sd, pm
     from tuner.run.experiment import configure_process
+    from tuner.study.final import test_objective
     from tuner.tasks.check import load_data
     from tuner.tasks.loading import load_task
     from tuner.train.results import objective_label
@@ -172,28 +175,27 @@ def run_train(args: argparse.Namespace) -> int:
     task = load_task(cfg.task, cfg.task_args, f"{args.config}: training.task")
     data = load_data(task, device, f"{args.config}: training.task")
     label = objective_label(cfg.objective, task.metric)
-    objectives, metrics = [], []
     if args.first_seed is None:
         print(
             f"seeds from {first}, the config's own: seed {first} reproduces the trial it was selected on (optimistic); "
             f"--first-seed {first + 1} for fresh seeds",
             file=sys.stderr,
         )
+    runs: list[dict[str, float]] = []
     for seed in range(first, first + args.seeds):
         result = train(task, data, cfg, seed=seed, test=True)
         last = result.history[-1]
-        objectives.append(last.objective(cfg.objective))
-        metrics.append(last.val_metric)
-        parts = [f"val {label} {objectives[-1]:.6g}"]
+        # As tuner study's final evaluation stores them: the objective, then the task's metric if it is another.
+        runs.append(
+            {f"val {label}": last.objective(cfg.objective), f"test {label}": test_objective(result, cfg.objective)}
+        )
         if task.metric != label:
-            parts.append(f"val {task.metric} {last.val_metric:.6g}")
-        if result.test_metric is not None:
-            parts.append(f"test {task.metric} {result.test_metric:.6g}")
-        print(f"seed {seed}: {', '.join(parts)}" + (f" ({result.reason})" if result.reason else ""))
-    summary = [f"val {label}: {pm(mean_sd(objectives), 6)}"]
-    if task.metric != label:
-        summary.append(f"val {task.metric}: {pm(mean_sd(metrics), 6)}")
-    print(f"{'; '.join(summary)} over {args.seeds} seed(s)")
+            test_metric = math.nan if result.test_metric is None else result.test_metric
+            runs[-1] |= {f"val {task.metric}": last.val_metric, f"test {task.metric}": test_metric}
+        shown = ", ".join(f"{name} {value:.6g}" for name, value in runs[-1].items())
+        print(f"seed {seed}: {shown}" + (f" ({result.reason})" if result.reason else ""))
+    shown = ", ".join(f"{name} {pm(mean_sd([run[name] for run in runs]), 6)}" for name in runs[0])
+    print(f"mean ± sd over {args.seeds} seed(s): {shown}")
     return 0
 
 
