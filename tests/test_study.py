@@ -340,6 +340,9 @@ def test_tasks_lists_the_built_ins(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("digits-mlp") and "quadratic-deep" in out
+    # A docstring's first paragraph, whole, on one line: quadratic-deep's wraps after "10 large".
+    (line,) = [line for line in out.splitlines() if line.startswith("quadratic-deep ")]
+    assert line.endswith("Q with 90 small and 10 large eigenvalues.")
 
 
 def test_help_does_not_import_the_heavy_libraries():
