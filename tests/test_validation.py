@@ -459,7 +459,7 @@ CASES = [
     ),
     study("flag-out-folder-name-too-long", ["--out", "too long", "255 bytes"], flags=("--out", "o" * 256)),
     study("flag-out-path-too-long", ["--out", "too long", "whole path"], flags=("--out", "/".join(["o" * 200] * 21))),
-    study("flag-unknown-option", ["--trails", "unrecognized"], flags=("--trails", "3")),
+    study("flag-unknown-option", ["--trails", "unknown option of tuner study", "--trials"], flags=("--trails", "3")),
     study("flag-threads-text", ["--threads", "'two'", "integer"], flags=("--threads", "two")),
     study("flag-jobs-zero", ["--jobs", "'0'", ">= 1"], flags=("--jobs", "0")),
     study("flag-jobs-text", ["--jobs", "'two'", "integer"], flags=("--jobs", "two")),
@@ -757,6 +757,31 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(argv, files, expect, t
         rc = 1
     captured = capsys.readouterr()
     check(rc, captured.out, captured.err, expect, tmp_path, before)
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["study", "--trials", "0"], "--trials: '0' is not allowed (an integer >= 1)"),
+        (["study", "--epochs", "abc"], "--epochs: 'abc' is not allowed (an integer >= 1)"),
+        (["study", "--trials"], "--trials: no value given (allowed: an integer >= 1)"),
+        (["train", "cfg.yaml", "--first-seed", "-2"], "--first-seed: '-2' is not allowed (an integer >= 0)"),
+        (["plot", "--importance", "shap"], "--importance: 'shap' is not allowed (allowed: ped-anova, fanova, mdi)"),
+        (["stdy"], "command: 'stdy' is not allowed (allowed: study, plot, evidence, train, sync, tasks)"),
+        ([], "command: missing (allowed: study, plot, evidence, train, sync, tasks)"),
+        (["train"], "config: missing (allowed: best-config YAML written by `tuner study`)"),
+        (["study", "--tr", "3"], "--tr: ambiguous, an abbreviation of several options (allowed: one of --trials, "),
+        (["study", "--trails", "3"], "--trails: unknown option of tuner study (allowed: --help, --trials, --epochs, "),
+        (["study", "a.yaml", "b.yaml"], "'b.yaml': an argument too many for tuner study (allowed: experiment, then "),
+        (["tasks", "all"], "'all': an argument too many for tuner tasks (allowed: options only)"),
+    ],
+)
+def test_argparses_errors_read_as_tuners_own(argv, line, capsys):
+    """A bad flag gets the line any bad input gets: ``tuner: error: FLAG: VALUE is not allowed (ALLOWED)``."""
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.startswith(f"tuner: error: {line}") and err.count("\n") == 1, err
 
 
 # A few cases again in a real process: the exit code, and nothing else on stderr (warnings included).
