@@ -213,7 +213,18 @@ def build_parser() -> Parser:
         "evidence", help="one evidence.md over the stored studies of several experiments (every claim on every task)"
     )
     evidence.add_argument(
-        "experiments", nargs="+", metavar="experiment", help="experiment YAML files or shipped names, in table order"
+        "experiments",
+        nargs="*",
+        metavar="experiment",
+        help="experiment YAML files or shipped names, in table order (or --experiment)",
+    )
+    evidence.add_argument(
+        "--experiment",
+        dest="names",
+        nargs="+",
+        metavar="NAME",
+        help="the experiments' names in the storage, in table order, instead of their files (each with its default "
+        "speed target)",
     )
     add_storage_argument(evidence)
     evidence.add_argument(

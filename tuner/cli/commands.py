@@ -7,9 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuner import __version__
 from tuner.errors import UserError, mask_url, url_failure
+
+if TYPE_CHECKING:
+    from tuner.report.combined_evidence import Stored
 
 
 def run_study(args: argparse.Namespace) -> int:
@@ -120,25 +124,50 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_evidence(args: argparse.Namespace) -> int:
+    """``tuner evidence``: one evidence.md over the stored studies of the experiments (files, shipped names, or
+    ``--experiment`` names in the storage), training nothing; exit code 0."""
     import optuna
 
-    from tuner.config import experiment as config
-    from tuner.report.combined_evidence import Stored, write_combined_evidence
+    from tuner.report.combined_evidence import write_combined_evidence
     from tuner.run.experiment import check_writable_folder
     from tuner.study.connection import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_writable_folder(args.out)
-    experiments = [config.load_experiment(config.find_experiment(ref)) for ref in args.experiments]
-    names = [e.name for e in experiments]
-    for ref, e in zip(args.experiments, experiments):
-        if names.count(e.name) > 1:
-            raise UserError(f"experiment {ref!r}: name: {e.name!r} is given twice (allowed: each experiment once)")
-    stored = [Stored(e.name, e.target, e.at("name")) for e in experiments]
+    stored = _select_experiments(args)
     path = write_combined_evidence(open_storage(args.storage, must_exist=True), stored, args.out)
     print(path.read_text(), end="")
-    print(f"\noutputs in {args.out}/ (experiments {', '.join(names)}): evidence.md")
+    print(f"\noutputs in {args.out}/ (experiments {', '.join(s.name for s in stored)}): evidence.md")
     return 0
+
+
+def _select_experiments(args: argparse.Namespace) -> list[Stored]:
+    """``evidence``: the experiments, each once, from their files or shipped names, or by ``--experiment`` names."""
+    from tuner.config import experiment as config
+    from tuner.report.combined_evidence import Stored
+
+    if args.experiments and args.names:
+        raise UserError(
+            f"--experiment {' '.join(args.names)!r} and the experiment files {' '.join(args.experiments)!r}: "
+            "give one, not both"
+        )
+    if args.names:
+        refs, stored = args.names, [Stored(name, None, "--experiment") for name in args.names]
+    elif args.experiments:
+        refs, experiments = (
+            args.experiments,
+            [config.load_experiment(config.find_experiment(r)) for r in args.experiments],
+        )
+        stored = [Stored(e.name, e.target, e.at("name")) for e in experiments]
+    else:
+        raise UserError(
+            "experiment: missing (allowed: experiment YAML files or shipped names, or --experiment NAME ...)"
+        )
+    names = [s.name for s in stored]
+    for ref, s in zip(refs, stored):
+        if names.count(s.name) > 1:
+            raise UserError(f"experiment {ref!r}: name: {s.name!r} is given twice (allowed: each experiment once)")
+    return stored
 
 
 def run_train(args: argparse.Namespace) -> int:
