@@ -19,6 +19,9 @@ def test_one_evidence_report_over_two_experiments_names_each_cells_task(tmp_path
     assert main(["evidence", "evidence-drift", "evidence-logistic", "--storage", db, "--out", str(out)]) == 0
     text = (out / "evidence.md").read_text()
     assert capsys.readouterr().out.startswith(text)
+    # By their names in the storage, as tuner plot takes one: the same table.
+    by_name = ["evidence", "--experiment", "evidence-drift", "evidence-logistic", "--storage", db, "--out", str(out)]
+    assert main(by_name) == 0 and (out / "evidence.md").read_text() == text
     rows = {
         line.split("|")[1].strip(): line.split("|")[2:-1]
         for line in text.splitlines()
@@ -30,7 +33,7 @@ def test_one_evidence_report_over_two_experiments_names_each_cells_task(tmp_path
             drift, convex = cell.strip().split("<br>")
             assert drift.startswith("drifting-regression: ") and convex.startswith("logistic-regression: "), claim
     adam, sgd = rows["suited to"]
-    assert "drifting-regression: final val loss" in adam and "(this task is non-stationary problems)" in adam
+    assert "drifting-regression: final val loss" in adam and "(this task is a non-stationary problem)" in adam
     assert "logistic-regression: final val loss" in sgd and "claim: simple models" in sgd
     # The CPU peak memory of the first step, measured with the final runs, beside the state bytes (a few pages at most
     # for this linear model of a few parameters: it may round to none).
@@ -54,3 +57,16 @@ def test_an_experiment_missing_from_the_storage_is_one_line_and_writes_nothing(t
     assert not out.exists()
     assert main(["evidence", "evidence-logistic", "evidence-logistic", "--storage", db, "--out", str(out)]) == 2
     assert "given twice" in capsys.readouterr().err and not out.exists()
+    for argv, expect in [
+        (
+            ["--experiment", "evidence-logistic", "evidence-drift"],
+            ["--experiment", "'evidence-drift'", "has no studies"],
+        ),
+        (["--experiment", "evidence-logistic", "evidence-logistic"], ["'evidence-logistic'", "given twice"]),
+        (["evidence-logistic", "--experiment", "evidence-drift"], ["--experiment", "file", "give one, not both"]),
+        ([], ["experiment: missing", "--experiment NAME"]),
+    ]:
+        assert main(["evidence", *argv, "--storage", db, "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith("tuner: error: ") and not out.exists()
+        assert all(text in error for text in expect), error

@@ -176,6 +176,26 @@ def test_the_table_of_a_synthetic_sparse_task():
     )
 
 
+@pytest.mark.parametrize(
+    ("task", "sentence"),
+    [
+        ("bag-of-words", "this task has sparse gradients"),
+        ("drifting-regression", "this task is a non-stationary problem"),
+        ("logistic-regression", "this task trains a simple model"),
+        ("t", "this task is of none of these kinds"),
+    ],
+)
+def test_the_suited_to_row_says_what_kind_of_task_this_is_in_a_sentence(task, sentence):
+    optimizers = [
+        optimizer(n, c, [0.3, 0.31, 0.29], [1, 2, 1], 1.0, 4.0) for n, c in (("adam", "Adam"), ("sgd", "SGD"))
+    ]
+    report = Report("x", SETUP | {"task": task}, 0.5, True, None, "", [], optimizers, "adam", [])
+    row = next(row for row in build_evidence(report) if row.claim == "suited to")
+    assert sentence in row.test
+    # SGD's claim (simple models) is tested on logistic-regression alone: elsewhere its cell says why not.
+    assert row.cells[1].measured.endswith(f"({sentence})") != (task == "logistic-regression")
+
+
 def test_compare_of_near_identical_values_says_nothing_on_the_console():
     # Seeds that agree to rounding: scipy warns of precision loss; the report prints no warning, and decides by the p-value.
     with warnings.catch_warnings():
@@ -234,5 +254,5 @@ def test_the_combined_table_names_each_cells_task():
     assert rmsprop[1] == "logistic-regression: not studied"
     assert all(len(cell.split("<br>")) == 2 for cells in rows.values() for cell in cells if "claim:" in cell)
     # The "suited to" row is decided differently on each task: one line per task.
-    assert "  - bag-of-words: this task is sparse gradients" in text
-    assert "  - logistic-regression: this task is simple models" in text
+    assert "  - bag-of-words: this task has sparse gradients: the optimizer claimed suited to sparse" in text
+    assert "  - logistic-regression: this task trains a simple model: the optimizer claimed suited to simple" in text

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 import tuner
 from tuner.cli.main import main
 from tuner.config.files import shipped_dir
+from tuner.report.statistics import mean_sd, pm
 from tuner.study.outcomes import counts, finished, outcome
 
 FAST = ["--epochs", "2", "--final-seeds", "2", "--no-progress", "--no-tracking"]
@@ -249,7 +250,17 @@ def test_tuner_train_reproduces_the_trial_and_the_final_seeds_bit_for_bit(workdi
             final["test_objective"][i],
             final["test_metric"][i],
         )
-    assert out[3].startswith("val loss: ") and "over 3 seed(s)" in out[3]
+        assert f"test loss {final['test_objective'][i]:.6g}, " in out[seed]
+        assert out[seed].endswith(f"test accuracy {final['test_metric'][i]:.6g}")
+    assert out[3].startswith("mean ± sd over 3 seed(s): val loss ")
+    # On the final seeds, the figures of tuner study's summary: val and test, mean ± sd (the runs are recorded).
+    assert main(["train", str(workdir / "out" / "best.yaml"), "--first-seed", "1", "--seeds", "2"]) == 0
+    shown = ", ".join(
+        f"{split} {name} {pm(mean_sd(final[f'{split}_{key}']), 6)}"
+        for name, key in (("loss", "objective"), ("accuracy", "metric"))
+        for split in ("val", "test")
+    )
+    assert capsys.readouterr().out.splitlines()[-1] == f"mean ± sd over 2 seed(s): {shown}"
 
 
 def divergent_space(tmp_path):
@@ -329,6 +340,9 @@ def test_tasks_lists_the_built_ins(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("digits-mlp") and "quadratic-deep" in out
+    # A docstring's first paragraph, whole, on one line: quadratic-deep's wraps after "10 large".
+    (line,) = [line for line in out.splitlines() if line.startswith("quadratic-deep ")]
+    assert line.endswith("Q with 90 small and 10 large eigenvalues.")
 
 
 def test_help_does_not_import_the_heavy_libraries():

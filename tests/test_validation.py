@@ -459,7 +459,7 @@ CASES = [
     ),
     study("flag-out-folder-name-too-long", ["--out", "too long", "255 bytes"], flags=("--out", "o" * 256)),
     study("flag-out-path-too-long", ["--out", "too long", "whole path"], flags=("--out", "/".join(["o" * 200] * 21))),
-    study("flag-unknown-option", ["--trails", "unrecognized"], flags=("--trails", "3")),
+    study("flag-unknown-option", ["--trails", "unknown option of tuner study", "--trials"], flags=("--trails", "3")),
     study("flag-threads-text", ["--threads", "'two'", "integer"], flags=("--threads", "two")),
     study("flag-jobs-zero", ["--jobs", "'0'", ">= 1"], flags=("--jobs", "0")),
     study("flag-jobs-text", ["--jobs", "'two'", "integer"], flags=("--jobs", "two")),
@@ -544,8 +544,38 @@ CASES = [
     case(
         "train-unknown-kwarg",
         ["train", "cfg.yaml"],
-        ["cfg.yaml", "'lrr'", "lr"],
+        ["cfg.yaml: optimizer.kwargs: unknown key 'lrr'", "0.1", "allowed: lr, betas, eps, weight_decay"],
         {"cfg.yaml": config(optimizer={"kwargs": {"lrr": 0.1}})},
+    ),
+    case(  # a misspelt key in an exported file: tuner's line, not torch's TypeError
+        "train-misspelt-kwarg",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml: optimizer.kwargs: unknown key 'learning_rate'", "0.01", "allowed: lr, betas"],
+        {"cfg.yaml": config().replace("    lr: 0.01", "    learning_rate: 0.01")},
+    ),
+    case(
+        "train-misspelt-training-key",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml: training: unknown key 'sede'", "0", "allowed: task,", "seed"],
+        {"cfg.yaml": config().replace("  seed: 0", "  sede: 0")},
+    ),
+    case(
+        "train-misspelt-schedule-key",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml: schedule: unknown key 'intervall'", "'step'", "allowed: name, interval, params"],
+        {"cfg.yaml": config().replace("  interval: step", "  intervall: step")},
+    ),
+    case(
+        "train-misspelt-schedule-param",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml: schedule.params of cosine: unknown key 'etamin'", "0.1", "allowed: eta_min"],
+        {"cfg.yaml": config(schedule={"params": {"etamin": 0.1}})},
+    ),
+    case(
+        "train-unknown-top-key",
+        ["train", "cfg.yaml"],
+        ["cfg.yaml: unknown key 'optimiser'", "allowed: format, optimizer, schedule, training, metrics, source"],
+        {"cfg.yaml": config().replace("optimizer:", "optimiser:")},
     ),
     case(
         "train-schedule-missing-param",
@@ -729,6 +759,31 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(argv, files, expect, t
     check(rc, captured.out, captured.err, expect, tmp_path, before)
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["study", "--trials", "0"], "--trials: '0' is not allowed (an integer >= 1)"),
+        (["study", "--epochs", "abc"], "--epochs: 'abc' is not allowed (an integer >= 1)"),
+        (["study", "--trials"], "--trials: no value given (allowed: an integer >= 1)"),
+        (["train", "cfg.yaml", "--first-seed", "-2"], "--first-seed: '-2' is not allowed (an integer >= 0)"),
+        (["plot", "--importance", "shap"], "--importance: 'shap' is not allowed (allowed: ped-anova, fanova, mdi)"),
+        (["stdy"], "command: 'stdy' is not allowed (allowed: study, plot, evidence, train, sync, tasks)"),
+        ([], "command: missing (allowed: study, plot, evidence, train, sync, tasks)"),
+        (["train"], "config: missing (allowed: best-config YAML written by `tuner study`)"),
+        (["study", "--tr", "3"], "--tr: ambiguous, an abbreviation of several options (allowed: one of --trials, "),
+        (["study", "--trails", "3"], "--trails: unknown option of tuner study (allowed: --help, --trials, --epochs, "),
+        (["study", "a.yaml", "b.yaml"], "'b.yaml': an argument too many for tuner study (allowed: experiment, then "),
+        (["tasks", "all"], "'all': an argument too many for tuner tasks (allowed: options only)"),
+    ],
+)
+def test_argparses_errors_read_as_tuners_own(argv, line, capsys):
+    """A bad flag gets the line any bad input gets: ``tuner: error: FLAG: VALUE is not allowed (ALLOWED)``."""
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.startswith(f"tuner: error: {line}") and err.count("\n") == 1, err
+
+
 # A few cases again in a real process: the exit code, and nothing else on stderr (warnings included).
 PROCESS_CASES = ["flag-storage-bad-url", "flag-trials-zero"]
 
@@ -765,6 +820,20 @@ def test_the_valid_files_the_cases_start_from_are_accepted(tmp_path, monkeypatch
     assert load_experiment(Path("exp2.yaml")).optimizers[0].optimizer == "Adam"
     assert load_space(Path("space.yaml")).params[0].scale == "log"
     assert load_config(Path("cfg.yaml")).optimizer == "Adam"
+
+
+def test_the_python_loader_refuses_a_misspelt_key_with_the_clis_line(tmp_path):
+    import tuner
+    from tuner.errors import UserError
+
+    path = tmp_path / "best.yaml"
+    path.write_text(config().replace("    lr: 0.01", "    learning_rate: 0.01"))
+    with pytest.raises(UserError) as error:
+        tuner.load_config(path)
+    assert str(error.value) == (
+        f"{path}: optimizer.kwargs: unknown key 'learning_rate' (value 0.01; allowed: lr, betas, eps, weight_decay, "
+        "amsgrad, decoupled_weight_decay)"
+    )
 
 
 @pytest.mark.parametrize("kind", ["search_spaces", "experiments"])

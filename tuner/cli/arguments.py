@@ -7,17 +7,57 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
+from typing import Any, NoReturn
 
 from tuner import __version__
 from tuner.cli.commands import run_evidence, run_plot, run_study, run_sync, run_tasks, run_train
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and exit code 2."""
+    """An argument parser whose errors are tuner's one line, as :mod:`tuner.cli.main` prints a bad input's:
+    ``tuner: error: FLAG: VALUE is not allowed (ALLOWED)``, exit code 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:  # argparse's own message names neither the command nor what it takes
+            commands = next((a.choices for a in self._actions if isinstance(a.choices, dict)), {})
+            command = commands.get(getattr(parsed, "command", None), self)
+            if extra[0].startswith("-"):
+                options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+                self.error(f"{extra[0]}: unknown option of {command.prog} (allowed: {', '.join(options)})")
+            positionals = [a.metavar or a.dest for a in command._actions if not a.option_strings]
+            allowed = f"{', '.join(positionals)}, then options" if positionals else "options only"
+            self.error(f"{extra[0]!r}: an argument too many for {command.prog} (allowed: {allowed})")
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tuner: error: {self._reworded(message)}\n")
+
+    def _reworded(self, message: str) -> str:
+        """argparse's ``message`` as ``NAME: what is wrong (allowed: ...)``."""
+        if found := re.fullmatch(r"argument (\S+): invalid choice: (.+) \(choose from (.+)\)", message):
+            name, value, choices = found.groups()
+            return f"{name}: {value} is not allowed (allowed: {choices.replace(chr(39), '')})"
+        if found := re.fullmatch(r"argument (\S+): expected .*argument.*", message):
+            return f"{found[1]}: no value given (allowed: {self._allowed(found[1])})"
+        if found := re.fullmatch(r"argument (\S+): (.+)", message):  # our types' own words
+            return f"{found[1]}: {found[2]}"
+        if found := re.fullmatch(r"the following arguments are required: (.+)", message):
+            return f"{found[1]}: missing (allowed: {'; '.join(map(self._allowed, found[1].split(', ')))})"
+        if found := re.fullmatch(r"ambiguous option: (\S+) could match (.+)", message):
+            return f"{found[1]}: ambiguous, an abbreviation of several options (allowed: one of {found[2]})"
+        return message
+
+    def _allowed(self, name: str) -> str:
+        """What the argument ``name`` (a flag, a positional or ``command``) takes, in words."""
+        for action in self._actions:
+            if name in ("/".join(action.option_strings), action.metavar, action.dest):
+                if action.choices:
+                    return ", ".join(action.choices)
+                return TYPE_ALLOWED.get(action.type) or action.help or "see --help"
+        return "see --help"
 
 
 def positive_int(text: str) -> int:
@@ -25,9 +65,9 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1") from None
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (an integer >= 1)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed ({TYPE_ALLOWED[positive_int]})")
     return value
 
 
@@ -38,7 +78,7 @@ def seed_int(text: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (an integer >= 0)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed ({TYPE_ALLOWED[seed_int]})")
     return value
 
 
@@ -77,8 +117,16 @@ def finite_float(text: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (a finite number)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed ({TYPE_ALLOWED[finite_float]})")
     return value
+
+
+# What each type allows, in words: its errors say it, and so does a flag given without its value.
+TYPE_ALLOWED: dict[Any, str] = {
+    positive_int: "an integer >= 1",
+    seed_int: "an integer >= 0",
+    finite_float: "a finite number",
+}
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +213,18 @@ def build_parser() -> Parser:
         "evidence", help="one evidence.md over the stored studies of several experiments (every claim on every task)"
     )
     evidence.add_argument(
-        "experiments", nargs="+", metavar="experiment", help="experiment YAML files or shipped names, in table order"
+        "experiments",
+        nargs="*",
+        metavar="experiment",
+        help="experiment YAML files or shipped names, in table order (or --experiment)",
+    )
+    evidence.add_argument(
+        "--experiment",
+        dest="names",
+        nargs="+",
+        metavar="NAME",
+        help="the experiments' names in the storage, in table order, instead of their files (each with its default "
+        "speed target)",
     )
     add_storage_argument(evidence)
     evidence.add_argument(

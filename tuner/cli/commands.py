@@ -7,9 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuner import __version__
 from tuner.errors import UserError, mask_url, url_failure
+
+if TYPE_CHECKING:
+    from tuner.report.combined_evidence import Stored
 
 
 def run_study(args: argparse.Namespace) -> int:
@@ -120,38 +124,66 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_evidence(args: argparse.Namespace) -> int:
+    """``tuner evidence``: one evidence.md over the stored studies of the experiments (files, shipped names, or
+    ``--experiment`` names in the storage), training nothing; exit code 0."""
     import optuna
 
-    from tuner.config import experiment as config
-    from tuner.report.combined_evidence import Stored, write_combined_evidence
+    from tuner.report.combined_evidence import write_combined_evidence
     from tuner.run.experiment import check_writable_folder
     from tuner.study.connection import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_writable_folder(args.out)
-    experiments = [config.load_experiment(config.find_experiment(ref)) for ref in args.experiments]
-    names = [e.name for e in experiments]
-    for ref, e in zip(args.experiments, experiments):
-        if names.count(e.name) > 1:
-            raise UserError(f"experiment {ref!r}: name: {e.name!r} is given twice (allowed: each experiment once)")
-    stored = [Stored(e.name, e.target, e.at("name")) for e in experiments]
+    stored = _select_experiments(args)
     path = write_combined_evidence(open_storage(args.storage, must_exist=True), stored, args.out)
     print(path.read_text(), end="")
-    print(f"\noutputs in {args.out}/ (experiments {', '.join(names)}): evidence.md")
+    print(f"\noutputs in {args.out}/ (experiments {', '.join(s.name for s in stored)}): evidence.md")
     return 0
 
 
+def _select_experiments(args: argparse.Namespace) -> list[Stored]:
+    """``evidence``: the experiments, each once, from their files or shipped names, or by ``--experiment`` names."""
+    from tuner.config import experiment as config
+    from tuner.report.combined_evidence import Stored
+
+    if args.experiments and args.names:
+        raise UserError(
+            f"--experiment {' '.join(args.names)!r} and the experiment files {' '.join(args.experiments)!r}: "
+            "give one, not both"
+        )
+    if args.names:
+        refs, stored = args.names, [Stored(name, None, "--experiment") for name in args.names]
+    elif args.experiments:
+        refs, experiments = (
+            args.experiments,
+            [config.load_experiment(config.find_experiment(r)) for r in args.experiments],
+        )
+        stored = [Stored(e.name, e.target, e.at("name")) for e in experiments]
+    else:
+        raise UserError(
+            "experiment: missing (allowed: experiment YAML files or shipped names, or --experiment NAME ...)"
+        )
+    names = [s.name for s in stored]
+    for ref, s in zip(refs, stored):
+        if names.count(s.name) > 1:
+            raise UserError(f"experiment {ref!r}: name: {s.name!r} is given twice (allowed: each experiment once)")
+    return stored
+
+
 def run_train(args: argparse.Namespace) -> int:
-    """``tuner train``: re-train an exported best config on ``--seeds`` seeds and print each seed's figures.
+    """``tuner train``: re-train an exported best config on ``--seeds`` seeds and print each seed's validation and test
+    objective (and metric), then their mean ± sd, as ``tuner study``'s final evaluation reports them.
 
     Raises :class:`~tuner.errors.UserError` for a bad config file or seed range; exit code 0.
     """
     import dataclasses
+    import math
 
     from tuner.config.experiment import MAX_SEED
     from tuner.config.export import load_config
     from tuner.report.statistics import mean_sd, pm
     from tuner.run.experiment import configure_process
+    from tuner.study.final import test_objective
     from tuner.tasks.check import load_data
     from tuner.tasks.loading import load_task
     from tuner.train.results import objective_label
@@ -172,28 +204,27 @@ def run_train(args: argparse.Namespace) -> int:
     task = load_task(cfg.task, cfg.task_args, f"{args.config}: training.task")
     data = load_data(task, device, f"{args.config}: training.task")
     label = objective_label(cfg.objective, task.metric)
-    objectives, metrics = [], []
     if args.first_seed is None:
         print(
             f"seeds from {first}, the config's own: seed {first} reproduces the trial it was selected on (optimistic); "
             f"--first-seed {first + 1} for fresh seeds",
             file=sys.stderr,
         )
+    runs: list[dict[str, float]] = []
     for seed in range(first, first + args.seeds):
         result = train(task, data, cfg, seed=seed, test=True)
         last = result.history[-1]
-        objectives.append(last.objective(cfg.objective))
-        metrics.append(last.val_metric)
-        parts = [f"val {label} {objectives[-1]:.6g}"]
+        # As tuner study's final evaluation stores them: the objective, then the task's metric if it is another.
+        runs.append(
+            {f"val {label}": last.objective(cfg.objective), f"test {label}": test_objective(result, cfg.objective)}
+        )
         if task.metric != label:
-            parts.append(f"val {task.metric} {last.val_metric:.6g}")
-        if result.test_metric is not None:
-            parts.append(f"test {task.metric} {result.test_metric:.6g}")
-        print(f"seed {seed}: {', '.join(parts)}" + (f" ({result.reason})" if result.reason else ""))
-    summary = [f"val {label}: {pm(mean_sd(objectives), 6)}"]
-    if task.metric != label:
-        summary.append(f"val {task.metric}: {pm(mean_sd(metrics), 6)}")
-    print(f"{'; '.join(summary)} over {args.seeds} seed(s)")
+            test_metric = math.nan if result.test_metric is None else result.test_metric
+            runs[-1] |= {f"val {task.metric}": last.val_metric, f"test {task.metric}": test_metric}
+        shown = ", ".join(f"{name} {value:.6g}" for name, value in runs[-1].items())
+        print(f"seed {seed}: {shown}" + (f" ({result.reason})" if result.reason else ""))
+    shown = ", ".join(f"{name} {pm(mean_sd([run[name] for run in runs]), 6)}" for name in runs[0])
+    print(f"mean ± sd over {args.seeds} seed(s): {shown}")
     return 0
 
 

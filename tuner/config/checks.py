@@ -13,10 +13,13 @@ MAX_NAME_BYTES = 200
 
 
 def check_keys(where: str, data: dict, allowed: list[str] | tuple[str, ...]) -> None:
-    """Raise :class:`UserError` naming ``where`` for the first key of ``data`` not in ``allowed``."""
-    for key in data:
+    """Raise :class:`UserError` naming ``where``, the key and its value for the first key of ``data`` not in
+    ``allowed`` (a misspelt key would otherwise be ignored, or reach torch as an unexpected keyword argument)."""
+    for key, value in data.items():
         if key not in allowed:
-            raise UserError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise UserError(f"{where}: unknown key {key!r} (value {shown}; allowed: {', '.join(allowed)})")
 
 
 def is_number(value: Any) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import yaml
 
-from tuner.config.checks import check_type, is_int, is_number
+from tuner.config.checks import check_keys, check_type, is_int, is_number
 from tuner.config.experiment import AMP, MAX_SEED, Config
 from tuner.config.files import read_yaml
 from tuner.errors import UserError
@@ -24,6 +24,13 @@ from tuner.train import optim
 FORMAT = 1
 TORCH_PREFIX = "torch.optim."
 TRAINING_KEYS = ("task", "task_args", "epochs", "batch_size", "seed", "objective", "amp")
+# The keys of each section, as config_to_dict writes them (metrics and source are free-form records).
+SECTION_KEYS = {
+    "": ("format", "optimizer", "schedule", "training", "metrics", "source"),
+    "optimizer": ("class", "kwargs"),
+    "schedule": ("name", "interval", "params"),
+    "training": TRAINING_KEYS,
+}
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -44,9 +51,12 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
     """The inverse of :func:`config_to_dict`, with a :class:`UserError` for anything malformed."""
+    check_keys(where, data, SECTION_KEYS[""])
     if data.get("format") != FORMAT:
         raise UserError(f"{where}: format: {data.get('format')!r} is not allowed (this tuner reads format {FORMAT})")
     opt, sched, training = (_mapping(where, key, data.get(key)) for key in ("optimizer", "schedule", "training"))
+    for key, section in (("optimizer", opt), ("schedule", sched), ("training", training)):
+        check_keys(f"{where}: {key}", section, SECTION_KEYS[key])
     cls = str(opt.get("class")).removeprefix(TORCH_PREFIX)
     if cls not in optim.OPTIMIZERS:
         raise UserError(
@@ -54,6 +64,8 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
             f"(allowed: {', '.join(TORCH_PREFIX + n for n in optim.OPTIMIZERS)})"
         )
     kwargs = _mapping(where, "optimizer.kwargs", opt.get("kwargs", {}))
+    # torch's keyword names, betas whole (search spaces split it into beta1 and beta2).
+    check_keys(f"{where}: optimizer.kwargs", kwargs, list(optim.torch_kwargs(cls, optim.optimizer_arguments(cls))))
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])
     _check_kwarg_types(f"{where}: optimizer.kwargs", cls, kwargs)
@@ -66,13 +78,9 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
             "(step: the scheduler steps after every optimizer step)"
         )
     schedule_params = _mapping(where, "schedule.params", sched.get("params") or {})
-    allowed = optim.schedule_arguments(schedule)
+    allowed = list(optim.schedule_arguments(schedule)) or ["none"]
+    check_keys(f"{where}: schedule.params of {schedule}", schedule_params, allowed)
     for key, value in schedule_params.items():
-        if key not in allowed:
-            raise UserError(
-                f"{where}: schedule.params: unknown parameter {key!r} of {schedule} "
-                f"(allowed: {', '.join(allowed) or 'none'})"
-            )
         if not is_number(value) or not math.isfinite(value):
             raise UserError(f"{where}: schedule.params.{key}: {value!r} is not allowed (a finite number)")
     training = {"amp": "none"} | training  # files written before amp existed ran without it

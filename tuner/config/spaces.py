@@ -138,14 +138,8 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
     raw_params = data.get("params") or {}
     if not isinstance(raw_params, dict):
         raise UserError(f"{where}: params: expected a mapping of torch.optim.{cls} arguments")
-    allowed = optim.optimizer_arguments(cls)
-    params = []
-    for key, raw in raw_params.items():
-        if key not in allowed:
-            raise UserError(
-                f"{where}: params: unknown argument {key!r} of torch.optim.{cls} (allowed: {', '.join(allowed)})"
-            )
-        params.append(parse_param(f"{where}: params.{key}", key, raw))
+    check_keys(f"{where}: params of torch.optim.{cls}", raw_params, list(optim.optimizer_arguments(cls)))
+    params = [parse_param(f"{where}: params.{key}", key, raw) for key, raw in raw_params.items()]
     _probe_optimizer(f"{where}: params", cls, params)
     return SearchSpace(name or path.stem, cls, tuple(params), where)
 

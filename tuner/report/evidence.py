@@ -50,6 +50,13 @@ TASK_KINDS = {
     "drifting-regression": "non-stationary problems",
     "logistic-regression": "simple models",
 }
+# What a task of each kind is, as a sentence's predicate: "this task has sparse gradients".
+KIND_PREDICATES = {
+    "sparse gradients": "has sparse gradients",
+    "non-stationary problems": "is a non-stationary problem",
+    "simple models": "trains a simple model",
+}
+NO_KIND = "is of none of these kinds"
 LEVELS = {"low": 0, "fast": 0, "easy": 0, "moderate": 1, "slow": 2, "hard": 2}
 
 
@@ -303,6 +310,7 @@ def tuning_row(report: Report) -> Row:
 def suited_row(report: Report) -> Row:
     """On a task of one of :data:`TASK_KINDS`, the optimizer claimed suited to that kind against every other one."""
     claims, kind = _claims(report, "suited to"), TASK_KINDS.get(report.setup["task"])
+    this_task = f"this task {KIND_PREDICATES[kind] if kind else NO_KIND}"
     finals = {o.name: (o.summary.final or {}).get("val_objective") or [] for o in report.optimizers}
     better = -1 if report.direction == "minimize" else 1
     cells = []
@@ -310,17 +318,16 @@ def suited_row(report: Report) -> Row:
         claim, values = claims[o.name], finals[o.name]
         measured = f"final val {report.label} {analysis.pm(analysis.mean_sd(values), 4)}" if values else "no final runs"
         if kind is None or claim != kind:
-            cells.append(_cell(f"{measured} (this task is {kind or 'none of the kinds'})", claim, NO_EVIDENCE))
+            cells.append(_cell(f"{measured} ({this_task})", claim, NO_EVIDENCE))
             continue
         verdict = combine([compare(values, theirs, better) for name, theirs in finals.items() if name != o.name])
         cells.append(_cell(measured, claim, verdict))
     test = (
-        f"this task is {kind}: the optimizer claimed suited to it against every other one, Welch's t-test "
+        f"{this_task}: the optimizer claimed suited to {kind} against every other one, Welch's t-test "
         f"(α = {ALPHA}) on the final seeds' validation objective; the other claims need tasks of their kinds "
         "(experiments/evidence-*.yaml, joined by tuner evidence)"
         if kind
-        else f"needs tasks of each kind ({', '.join(f'{k}: {v}' for v, k in TASK_KINDS.items())}); "
-        "this task is none of them"
+        else f"needs tasks of each kind ({', '.join(f'{k}: {v}' for v, k in TASK_KINDS.items())}); {this_task}"
     )
     return Row("suited to", cells, test)
 

@@ -134,7 +134,7 @@ def load_task(spec: str, args: dict[str, Any] | None = None, where: str = "task"
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """A task for ``tuner tasks``: its name, where it comes from, and the first line of its docstring."""
+    """A task for ``tuner tasks``: its name, where it comes from, and the first paragraph of its docstring."""
 
     name: str
     origin: str
@@ -156,4 +156,5 @@ def _summary(name: str) -> str:
         factory = _factory(name, "task")
     except UserError as err:
         return f"cannot be loaded: {err}"
-    return (inspect.getdoc(factory) or "").partition("\n")[0]
+    # The first paragraph, its wrapped lines joined: the first line alone can stop mid-sentence.
+    return " ".join((inspect.getdoc(factory) or "").partition("\n\n")[0].split())
