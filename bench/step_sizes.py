@@ -3,13 +3,14 @@
 For each task and optimizer, the final evaluation's work (``--seeds`` runs of ``--epochs`` epochs, test
 evaluation at the end) runs with the :class:`~tuner.measure.step_sizes.StepSizes` hook, and the time spent inside the
 hook (before and after each recorded step, and the end of the run's record: η, |Δθ|/|g|, their percentiles and one
-copy to the host) is summed: the printed share is that time over the whole evaluation's, in wall-clock time and in process CPU
-time. On a shared machine timing two separate runs measures the neighbours' load more than the hook; the share inside
-one run does not, and the CPU share (time the process ran, not time it waited for a core) least of all. The process
-keeps freed memory as training commands do (:func:`tuner.train.trainer.keep_freed_memory`). On CUDA each hook call is
-synchronised before and after (``--device cuda``), so that its kernels count to it. A step the hook does not record
-only counts it (0.4 µs of CPU here): those calls are not timed, as reading the two clocks costs more (3 µs, ~0.5% of a
-digits-mlp evaluation). The load average is printed beside the figures: on a loaded machine both shares are less sure.
+copy to the host) is summed: the printed share is that time over the whole evaluation's, in wall-clock time and in
+process CPU time. On a shared machine timing two separate runs measures the neighbours' load more than the hook; the
+share inside one run does not, and the CPU share (time the process ran, not time it waited for a core) least of all.
+The process keeps freed memory as training commands do (:func:`tuner.train.trainer.keep_freed_memory`). On CUDA each
+hook call is synchronised before and after (``--device cuda``), so that its kernels count to it. A step the hook does
+not record only counts it (0.4 µs of CPU here): those calls are not timed, as reading the two clocks costs more (3 µs,
+~0.5% of a digits-mlp evaluation). The load average is printed beside the figures: on a loaded machine both shares
+are less sure.
 
     nice python bench/step_sizes.py --tasks digits-mlp digits-cnn --epochs 10
 """
