@@ -22,6 +22,14 @@ def test_a_bag_of_words_step_leaves_most_embedding_rows_without_a_gradient():
     assert touched.float().mean() < 0.3  # measured with the defaults: 468 of 2,000 rows on average
 
 
+def test_the_most_frequent_words_carry_no_signal_as_stop_words():
+    task = load_task("bag-of-words", {"length": 1})  # one word a document: its label is the sign of its score
+    split = task.data().train
+    common = split.x[:, 0] < task.common  # the words are numbered by frequency, most frequent first
+    assert common.float().mean() > 0.3 and not split.y[common].any()
+    assert split.y[~common].float().mean() > 0.05
+
+
 def test_the_drifting_target_turns_during_training_and_stands_still_in_evaluation():
     task = load_task("drifting-regression")
     data = load_data(task, torch.device("cpu"))
