@@ -26,9 +26,12 @@ $(VENV)/.installed: pyproject.toml
 study: $(VENV)/.installed
 	$(PY) -m tuner study $(ARGS)
 
-# The "suited to" claims: Adam, SGD and RMSprop on a task of each kind, each with its evidence.md.
+# The "suited to" claims: Adam, SGD and RMSprop on a task of each kind, each with its evidence.md, then one
+# evidence.md over the three (runs/evidence/). One torch thread: these tasks' steps are too small to split, and a
+# second thread waiting for a busy core multiplied their CPU time by 5 (ARGS="--threads 2" overrides it).
 evidence: $(VENV)/.installed
-	for e in sparse drift logistic; do $(PY) -m tuner study experiments/evidence-$$e.yaml $(ARGS) || exit 1; done
+	for e in sparse drift logistic; do $(PY) -m tuner study experiments/evidence-$$e.yaml --threads 1 $(ARGS) || exit 1; done
+	$(PY) -m tuner evidence experiments/evidence-sparse.yaml experiments/evidence-drift.yaml experiments/evidence-logistic.yaml
 
 # The suite runs on the CPU, as CI does (tests/conftest.py hides a GPU); on a machine with one, its CUDA tests then.
 test: $(VENV)/.installed postgresql
