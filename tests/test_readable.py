@@ -19,6 +19,7 @@ from tuner.report.data import Importance, OptimizerReport, Report, TrialPoint
 from tuner.report.drawing import place, wrapped
 from tuner.report.importance import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, importance
 from tuner.report.importance_plot import draw_importance
+from tuner.report.learning_curves_plot import draw_learning_curves
 from tuner.report.log_axis import log_ticks
 from tuner.report.sensitivity_plot import draw_sensitivity
 from tuner.report.statistics import ExpectedBest, Summary, pm
@@ -292,3 +293,12 @@ def test_a_log_axis_within_a_decade_is_labelled_in_plain_steps_and_over_many_at_
         0.0056,
     ]
     assert log_ticks(1e-12, 1.0, 1.0, "y") == [1e-12, 1e-09, 1e-06, 0.001, 1.0]
+
+
+def test_the_learning_curves_title_wraps_inside_a_one_panel_figure():
+    # The objective is the loss and the task's metric too (a regression): one panel, 5.5 inches wide.
+    built = report(optimizer("adam", [], []))
+    built = dataclasses.replace(built, setup={**built.setup, "metric": "loss"})
+    fig = drawn(draw_learning_curves(built))
+    title = fig.get_suptitle()
+    assert len(fig.axes) == 1 and max(len(line) for line in title.splitlines()) * 0.6 * 11 / 72 <= fig.get_figwidth()
