@@ -292,7 +292,7 @@ def test_a_log_axis_within_a_decade_is_labelled_in_plain_steps_and_over_many_at_
         0.005575,
         0.0056,
     ]
-    assert log_ticks(1e-12, 1.0, 1.0, "y") == [1e-12, 1e-09, 1e-06, 0.001, 1.0]
+    assert log_ticks(1e-12, 1.0, 2.0, "y") == [1e-12, 1e-10, 1e-08, 1e-06, 0.0001, 0.01, 1.0]
 
 
 def test_the_learning_curves_title_wraps_inside_a_one_panel_figure():

@@ -30,10 +30,11 @@ def label(value: float) -> str:
 
 
 def _extent(text: str, axis: Literal["x", "y"], points: float) -> float:
-    """Inches a tick label takes along its axis at a font size of ``points``: about 0.6 em a character across, one
-    em up; and the gap it wants from the next one (an em across, a quarter em up)."""
+    """Inches a tick label takes along its axis at a font size of ``points`` with the gap it wants from the next one:
+    about 0.6 em a character and an em across; two ems up (a label every line would be a column of numbers that the
+    eye cannot follow, and each tick costs drawing time)."""
     em = points / 72
-    return len(text) * 0.6 * em + em if axis == "x" else 1.25 * em
+    return len(text) * 0.6 * em + em if axis == "x" else 2 * em
 
 
 def _fits(ticks: list[float], low: float, high: float, inches: float, axis: Literal["x", "y"], points: float) -> bool:
