@@ -9,8 +9,8 @@ if TYPE_CHECKING:
     from tuner.report.data import Report
 
 DPI = 100
-# zlib's fastest level: the PNGs come out about 8% larger, and encoding them at the default level took about a quarter
-# of the figures' time.
+# zlib's fastest level: the PNGs come out about 8% larger and take 30% less time to encode (sensitivity.png: 32 ms
+# instead of 45, of the figure's 0.3 s).
 PNG = {"compress_level": 1}
 
 # Each figure's name (plots/<name>.png) and what it shows, in the order summary.md lists them.
