@@ -45,7 +45,8 @@ PARTS = {
     "figures": (
         "tuner.report.data:write_report",
         "tuner.run.outputs:write_report",
-    ),  # summary.md, evidence.md and the figures
+        "tuner.run.outputs:draw_figures",
+    ),  # the figures (write_report in older code: with summary.md and evidence.md)
     "follower_trial": (
         "tuner.tracking.mirror:Follower.trial",
         "tuner.tracking.follower:Follower.trial",

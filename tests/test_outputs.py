@@ -4,6 +4,8 @@ run of each best trial (`source.mlflow_run_id`), resumes included. Real SQLite s
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import optuna
@@ -11,6 +13,8 @@ import yaml
 from mlflow import MlflowClient
 
 from tuner.cli.main import main
+from tuner.run import stamp
+from tuner.run.outputs import Outputs, write_outputs
 
 EXPERIMENT = """name: t
 task: digits-mlp
@@ -79,3 +83,66 @@ def test_study_and_plot_in_any_order_leave_one_consistent_folder(tmp_path, monke
     assert check_folder(out, uri) == after_sgd
     assert main(["plot", "--experiment", "t", *common]) == 0
     assert check_folder(out, uri) == after_sgd
+
+
+def stamped_times(out) -> dict[str, int]:
+    """Every file of ``out`` set to an old modification time, which a rewrite would change; by path."""
+    for path in out.rglob("*"):
+        os.utime(path, ns=(10**18, 10**18))
+    return {str(path.relative_to(out)): path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+
+
+def times(out) -> dict[str, int]:
+    return {str(path.relative_to(out)): path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+
+
+def test_a_rerun_with_nothing_to_do_leaves_the_outputs_as_they_were_and_anything_new_redraws(tmp_path, capsys):
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT.replace("optimizers: [adam, sgd]", "optimizers: [adam]"))
+    out, storage = tmp_path / "out", f"sqlite:///{tmp_path}/t.db"
+    study = [
+        "study",
+        str(tmp_path / "exp.yaml"),
+        "--storage",
+        storage,
+        "--out",
+        str(out),
+        "--no-tracking",
+        "--no-progress",
+    ]
+    assert main(study) == 0
+    first = capsys.readouterr().out
+    # The result is printed before the figures are drawn, the files after.
+    assert first.index("winner:") < first.index("outputs in")
+
+    old = stamped_times(out)
+    assert "plots/budget.png" in old and "best.yaml" in old and stamp.STAMP in old
+    assert main(study) == 0  # the budget is met: nothing trained, nothing redrawn
+    again = capsys.readouterr().out
+    assert times(out) == old
+    assert "up to date, left as they were" in again
+    assert again.split("outputs in")[0] == first.split("outputs in")[0]  # the same summary, evidence and winner
+
+    (out / "plots" / "budget.png").unlink()  # a file missing: all redrawn
+    assert main(study) == 0
+    assert (out / "plots" / "budget.png").is_file() and times(out)["summary.md"] != old["summary.md"]
+
+    old = stamped_times(out)
+    assert main([*study, "--trials", "3"]) == 0  # a larger budget: new trials, redrawn
+    assert times(out)["plots/convergence.png"] != old["plots/convergence.png"]
+    assert [s["trials"] for s in json.loads((out / stamp.STAMP).read_text())["made_from"]["studies"]] == [3]
+
+    old = stamped_times(out)
+    assert main(["plot", str(tmp_path / "exp.yaml"), "--storage", storage, "--out", str(out)]) == 0  # always redraws
+    assert times(out)["plots/convergence.png"] != old["plots/convergence.png"]
+
+    # The result is known before the figures are drawn: write_outputs hands it over with the texts written, no figure.
+    seen = []
+
+    def before_figures(done: Outputs) -> None:
+        seen.append((done.report.winner, done.summary, [path.exists() for path in done.report_files]))
+
+    done = write_outputs(optuna.storages.RDBStorage(storage), "t", tmp_path / "b", before_figures=before_figures)
+    (winner, summary, exist) = seen[0]
+    assert winner == "adam" and summary == (tmp_path / "b" / "summary.md").read_text()[:-1]
+    assert exist == [True, True] + [False] * (len(done.report_files) - 2)  # summary.md and evidence.md, no figure yet
+    assert all(path.exists() for path in done.report_files)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import math
 
 import optuna
@@ -18,6 +19,8 @@ from tuner.report.data import Importance, OptimizerReport, Report, TrialPoint
 from tuner.report.drawing import place, wrapped
 from tuner.report.importance import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, importance
 from tuner.report.importance_plot import draw_importance
+from tuner.report.learning_curves_plot import draw_learning_curves
+from tuner.report.log_axis import log_ticks
 from tuner.report.sensitivity_plot import draw_sensitivity
 from tuner.report.statistics import ExpectedBest, Summary, pm
 
@@ -124,8 +127,44 @@ def test_a_log_axis_is_labelled_between_its_decades():
     fig = drawn(draw_convergence(report(optimizer("adam", points, [0.05] * 5), untrained=None)))
     ax = fig.axes[0]
     assert ax.get_yscale() == "log"
-    labels = {t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_visible() and t.get_text()}
-    assert {"0.08", "0.09"} <= labels, labels
+    labels = {t.get_text() for t in ax.get_yticklabels() if t.get_visible() and t.get_text()}
+    assert {"0.05", "0.1", "0.2", "0.3", "0.5"} <= labels, labels
+    # 0.08 and 0.09 can be told apart: a grid line at each multiple of the decade that has no label.
+    assert {0.08, 0.09} <= {round(y, 6) for y in ax.yaxis.get_minorticklocs()}
+
+
+def label_boxes(ax, axis: str) -> list:
+    """The window extents of the visible, non-empty tick labels of ``ax``'s ``axis``, in order along it."""
+    labels = ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()
+    boxes = [t.get_window_extent() for t in labels if t.get_visible() and t.get_text()]
+    return sorted(boxes, key=lambda box: box.x0 if axis == "x" else box.y0)
+
+
+@pytest.mark.parametrize(
+    ("rates", "values"),
+    [
+        (
+            [1.5e-4, 2.2e-4, 3.1e-4, 4.4e-4, 6e-4, 5e-3],
+            [0.3, 0.5, 0.4, 0.6, 0.35, 0.8],
+        ),  # 1.5 decades: the quickstart's
+        ([2e-4, 3e-4, 4e-4, 5e-4, 6e-4, 9e-4], [0.3, 0.5, 0.4, 0.6, 0.35, 0.8]),  # under a decade
+        ([1e-5, 1e-3, 1.0], [0.3, 0.5, 40.0]),  # five decades
+    ],
+)
+def test_log_axes_labels_keep_apart_and_one_lies_near_each_end(rates, values):
+    adam = optimizer("adam", [point("complete", v, lr) for v, lr in zip(values, rates)], [min(values)] * len(values))
+    fig = drawn(draw_sensitivity(report(adam, adam, adam, untrained=None)))
+    for ax in fig.axes[:3]:
+        boxes = label_boxes(ax, "x")
+        assert len(boxes) >= 2
+        assert all(a.x1 < b.x0 for a, b in itertools.pairwise(boxes)), [t.get_text() for t in ax.get_xticklabels()]
+    ax = fig.axes[0]
+    boxes = label_boxes(ax, "y")
+    assert all(a.y1 < b.y0 for a, b in itertools.pairwise(boxes))
+    # A label within a factor of 2.5 of the best value and of the worst: the axis can be read where it matters.
+    ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    for value in (min(values), max(values)):
+        assert any(value / 2.5 <= t <= value * 2.5 for t in ticks), (value, ticks)
 
 
 def test_an_epsilon_panel_next_to_a_blank_one_keeps_its_tick_labels():
@@ -239,3 +278,27 @@ def test_wrapped_breaks_long_lines_and_leaves_mathtext_whole():
     assert (
         lines[0] == "short" and lines[-1] == formula and all(len(line) <= 60 for line in lines[1:-1]) and len(lines) > 4
     )
+
+
+def test_a_log_axis_within_a_decade_is_labelled_in_plain_steps_and_over_many_at_every_other_decade():
+    assert log_ticks(0.0054, 0.0056, 4.0, "y") == [
+        0.0054,
+        0.005425,
+        0.00545,
+        0.005475,
+        0.0055,
+        0.005525,
+        0.00555,
+        0.005575,
+        0.0056,
+    ]
+    assert log_ticks(1e-12, 1.0, 2.0, "y") == [1e-12, 1e-10, 1e-08, 1e-06, 0.0001, 0.01, 1.0]
+
+
+def test_the_learning_curves_title_wraps_inside_a_one_panel_figure():
+    # The objective is the loss and the task's metric too (a regression): one panel, 5.5 inches wide.
+    built = report(optimizer("adam", [], []))
+    built = dataclasses.replace(built, setup={**built.setup, "metric": "loss"})
+    fig = drawn(draw_learning_curves(built))
+    title = fig.get_suptitle()
+    assert len(fig.axes) == 1 and max(len(line) for line in title.splitlines()) * 0.6 * 11 / 72 <= fig.get_figwidth()

@@ -1,4 +1,4 @@
-"""What the report's figures share: one colour per optimizer, log axes labelled between decades, trials drawn by
+"""What the report's figures share: one colour per optimizer, log axes where values span decades, trials drawn by
 outcome, wrapped titles, notes in empty panels.
 
 Figures are ``matplotlib.figure.Figure`` objects, without pyplot (no global figure registry, no GUI backend), saved as
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import LogFormatterSciNotation, NullLocator
 
+from tuner.report.log_axis import log_axis
 from tuner.report.statistics import worth
 
 if TYPE_CHECKING:
@@ -39,35 +39,16 @@ def finite(values: Iterable[float | None]) -> list[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 
 
-class PlainLog(LogFormatterSciNotation):
-    """Log-axis labels as plain numbers (0.2, 1e-08), on the ticks matplotlib would label."""
-
-    def __call__(self, x: float, pos: int | None = None) -> str:
-        return f"{x:g}" if super().__call__(x, pos) else ""
-
-
 def wide(values: list[float]) -> bool:
     """Positive values that span a decade or more."""
     return bool(values) and min(values) > 0 and max(values) >= 10 * min(values)
 
 
 def log_if_wide(ax: Axes, values: Iterable[float | None], axis: Literal["x", "y"] = "y") -> None:
-    """A log scale on ``axis`` when the values are positive and span a decade or more.
-
-    Labelled between the decades too where they fit (every minor tick up to about a decade and a
-    quarter, some of them up to two decades) and gridded at every minor tick up to three decades, so
-    that 0.08 and 0.09 can be told apart on an axis labelled 0.1 and 1; over more decades, no minor ticks.
-    """
-    spread = finite(values)
-    if wide(spread):
-        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-        target = ax.yaxis if axis == "y" else ax.xaxis
-        target.set_major_formatter(PlainLog())
-        target.set_minor_formatter(PlainLog(labelOnlyBase=False, minor_thresholds=(2, 1.25)))
-        if max(spread) <= 1000 * min(spread):  # over more decades, a line per minor tick would be a grey wash
-            ax.grid(which="minor", axis=axis, alpha=0.12)
-        else:  # ... and unlabelled, ungridded minor ticks tell nothing but cost most of the figure's drawing time
-            target.set_minor_locator(NullLocator())
+    """A log scale on ``axis`` (labelled and gridded by :func:`tuner.report.log_axis.log_axis`) when the values are
+    positive and span a decade or more."""
+    if wide(finite(values)):
+        log_axis(ax, axis)
 
 
 def shown(report: Report, points: Iterable[TrialPoint]) -> list[float]:

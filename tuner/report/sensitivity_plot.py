@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from tuner.report.data import Report
 from tuner.report.drawing import (
-    PlainLog,
     colors,
     draw_trials,
     finite,
@@ -24,6 +24,7 @@ from tuner.report.drawing import (
     wide,
     wrapped,
 )
+from tuner.report.log_axis import LabelledLog, Plain, log_axis
 from tuner.report.statistics import worth
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ def draw_sensitivity(report: Report) -> Figure:
         points = [p for p in o.points if p.lr is not None]
         rates = [p.lr for p in o.points if p.lr is not None]
         draw_trials(ax, report, rates, points, color[o.name])
-        log_if_wide(ax, rates, "x")
+        if rates and min(rates) > 0:  # searched on a log scale: drawn on one, labelled within a decade too
+            log_axis(ax, "x")
         ax.set(title=o.name, xlabel="learning rate")
         ax.title.set_color(color[o.name])
         ax.grid(alpha=0.3)
@@ -120,5 +122,5 @@ def _epsilon_planes(fig: Figure, axes: list[Axes], report: Report) -> None:
     label = wrapped(f"validation {report.label}{floor} (brighter is better)", row.height * height, 10)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, label=label)
     if isinstance(norm, LogNorm):
-        bar.ax.yaxis.set_major_formatter(PlainLog())
-        bar.ax.yaxis.set_minor_formatter(PlainLog(labelOnlyBase=False))
+        bar.locator, bar.formatter = LabelledLog(cax, "y"), Plain()
+        bar.minorlocator = NullLocator()

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
 
 from tuner.measure.step_sizes import largest
-from tuner.report.drawing import PlainLog, note, place, text_height, wrapped
+from tuner.report.drawing import note, place, text_height, wrapped
+from tuner.report.log_axis import log_axis
 
 if TYPE_CHECKING:
     from tuner.report.data import Report
@@ -50,11 +50,7 @@ def draw_step_sizes(report: Report) -> Figure:
                 linewidth=1.2,
                 label="SGD's scheduled lr (= SGD's η)",
             )
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(PlainLog())
-        ax.yaxis.set_minor_locator(
-            NullLocator()
-        )  # η spans many decades: a tick per minor step is noise, and slow to draw
+        log_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[0].set_ylabel("effective learning rate η (log)")

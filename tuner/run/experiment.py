@@ -241,11 +241,21 @@ def run_study(args: Options, quiet: bool = False) -> Result:
         }
         if tracking:
             source["tracking_uri"] = mask_url(tracking[0])
-        # The figures are drawn first, while the follower catches up; then the best configs get their run ids.
+        # The result is printed before the figures are drawn, and the figures while the follower catches up; then the
+        # best configs get their run ids. A folder already made from the same trials is left as it is.
         run_ids = (lambda: {study: follower.runs(study) for study in names.values()}) if follower else None
-        done = write_outputs(storage, experiment.name, out, target=experiment.target, source=source, run_ids=run_ids)
+        done = write_outputs(
+            storage,
+            experiment.name,
+            out,
+            target=experiment.target,
+            source=source,
+            run_ids=run_ids,
+            only_if_changed=True,
+            before_figures=None if quiet else lambda written: _print_result(written, setup.label, seeds),
+        )
         if not quiet:
-            _print_outputs(done, out, experiment.name, setup.label, seeds)
+            _print_files(done, out, experiment.name)
         if follower:
             for name, study in names.items():
                 follower.attach(
@@ -274,18 +284,23 @@ def run_study(args: Options, quiet: bool = False) -> Result:
     )
 
 
-def _print_outputs(done: Outputs, out: Path, experiment: str, label: str, seeds: list[int]) -> None:
-    """The summary, the evidence, the files written and the winner, as ``tuner study`` prints them at its end."""
+def _print_result(done: Outputs, label: str, seeds: list[int]) -> None:
+    """The summary, the evidence and the winner, as ``tuner study`` prints them before its figures are drawn."""
     print(done.summary)
     print("\n" + done.evidence)
+    if done.best is not None:
+        print(f"\nwinner: {done.report.winner} (final-seed validation {label} mean over seeds {seeds})")
+
+
+def _print_files(done: Outputs, out: Path, experiment: str) -> None:
+    """The files written (or left as they were), as ``tuner study`` prints them at its end."""
     written = ["best.yaml"] * (done.best is not None) + [p.name for p in done.configs.values()]
     print(
-        f"\noutputs in {out}/ (every study of experiment {experiment!r}): "
+        f"\noutputs in {out}/ (every study of experiment {experiment!r}"
+        f"{'' if done.redrawn else '; up to date, left as they were'}): "
         f"{', '.join(written) or 'none (no trial completed)'}; "
         f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}"
     )
-    if done.best is not None:
-        print(f"winner: {done.report.winner} (final-seed validation {label} mean over seeds {seeds})")
 
 
 def _on_trial(study: str, progress: Progress, follower: Follower | None) -> Callable[[Any, int], None]:

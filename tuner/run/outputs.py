@@ -7,6 +7,9 @@ summary, the figures, ``best-<space>.yaml`` per study with a best trial and
 were created (so an optimizer keeps its row and colour). So ``best.yaml``,
 ``summary.md`` and ``plots/`` always describe the same studies and crown the
 same optimizer.
+
+``tuner study`` leaves the folder untouched when nothing changed since it was written (:mod:`tuner.run.stamp`);
+``tuner plot`` always rewrites it.
 """
 
 from __future__ import annotations
@@ -23,16 +26,17 @@ import yaml
 from tuner.config import export, strict_yaml
 from tuner.config.experiment import Config
 from tuner.report import statistics as analysis
-from tuner.report import summary as summary_md
 from tuner.report.build import build_report, load_studies
 from tuner.report.data import Report
-from tuner.report.write import write_report
+from tuner.report.write import draw_figures, report_paths, write_texts
+from tuner.run import stamp
 
 
 @dataclass(frozen=True)
 class Outputs:
     """What :func:`write_outputs` wrote: the report, the summary and evidence as printed, and the best-config files by
-    space name (the winner's also as ``best.yaml``)."""
+    space name (the winner's also as ``best.yaml``); ``redrawn``: False when the folder was up to date and left as it
+    was."""
 
     report: Report
     summary: str
@@ -40,6 +44,7 @@ class Outputs:
     report_files: list[Path]
     configs: dict[str, Path]
     best: Path | None
+    redrawn: bool = True
 
 
 def write_outputs(
@@ -52,6 +57,8 @@ def write_outputs(
     source: dict[str, Any] | None = None,
     run_ids: Callable[[], dict[str, dict[int, str]]] | None = None,
     where: str = "--experiment",
+    only_if_changed: bool = False,
+    before_figures: Callable[[Outputs], None] | None = None,
 ) -> Outputs:
     """Rewrite ``out`` from every study of ``experiment`` in ``storage``, in the order they were created
     (see the module's docstring).
@@ -59,17 +66,36 @@ def write_outputs(
     ``target`` and ``importance``: as :func:`tuner.report.build.build_report` takes them. ``source``: the ``source``
     section of the best-config files; ``run_ids()``: study name -> trial number -> MLflow run id, known to a
     tracked ``tuner study``, asked for once the figures are drawn (the MLflow follower catches up meanwhile).
+    ``only_if_changed``: leave ``out`` as it is when its stamp says it was made from the same studies, trials and
+    arguments and none of its files is missing. ``before_figures(outputs)``: called once the summary, the evidence
+    and the best configs are written, before the figures are drawn (``tuner study`` prints its result there).
     Raises :class:`~tuner.errors.UserError` (naming ``where``) when the experiment has no study there.
     """
     studies = load_studies(storage, experiment, None, where)
     built = build_report(studies, target=target, evaluator=importance)
+    made = stamp.made_from(studies, {"target": target, "importance": importance, "source": source})
+    paths = report_paths(out)
+    if only_if_changed and stamp.up_to_date(out, made):
+        configs = {o.name: out / f"best-{o.name}.yaml" for o in built.optimizers if o.summary.best_trial is not None}
+        best = out / "best.yaml" if built.winner is not None else None
+        kept = Outputs(built, paths[0].read_text()[:-1], paths[1].read_text()[:-1], paths, configs, best, False)
+        if before_figures is not None:
+            before_figures(kept)
+        return kept
+    stamp.clear(out)
     # The summary links the config files that exist: they are written first, and again with their MLflow run ids
     # once the figures are drawn (the follower catches up meanwhile).
     configs, best = _write_configs(studies, built, out, source, {})
-    files = write_report(built, out)  # summary.md, evidence.md, then the figures
+    texts = write_texts(built, out)
+    done = Outputs(built, texts[0].read_text()[:-1], texts[1].read_text()[:-1], paths, configs, best)
+    if before_figures is not None:
+        before_figures(done)
+    draw_figures(built, out)
     if run_ids is not None:
         configs, best = _write_configs(studies, built, out, source, run_ids())
-    return Outputs(built, summary_md.summary(built, out), files[1].read_text(), files, configs, best)
+        done = dataclasses.replace(done, configs=configs, best=best)
+    stamp.write(out, made, [*paths, *configs.values(), *([best] if best else [])])
+    return done
 
 
 def _write_configs(
