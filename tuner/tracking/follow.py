@@ -151,7 +151,8 @@ class Background:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
         with contextlib.suppress(Exception):  # a store that fails now is retried by the next message
             self.session.connect()
-        while (message := self.trials.get()) is not None and not self.stopped.is_set():
+        # A trial taken from the queue is always written: stop() waits for it, and returns only those not taken.
+        while not self.stopped.is_set() and (message := self.trials.get()) is not None:
             self.session.handle(message)
 
     def stop(self) -> list[dict[str, Any]]:
