@@ -3,9 +3,12 @@ on its stdin (the protocol: :class:`tuner.tracking.follower.Follower`), and answ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -18,6 +21,8 @@ from tuner.tracking.mirror import Mirror, SyncCount
 
 # After a tracking failure the follower leaves the store alone this long (seconds).
 RETRY_SECONDS = 30.0
+# The priority of the thread that mirrors trials while the training trains (see Background).
+BACKGROUND_NICE = 10
 
 
 def _retry(action: Callable[[], Any], attempts: int = 3, pause: float = 1.0) -> Any:
@@ -120,17 +125,72 @@ class Session:
         return {"op": "report", "error": self.error, "written": self.count.written, "runs": runs}
 
 
+class Background:
+    """The trials the training stores, mirrored by a thread below the training's priority while it trains.
+
+    On Linux a thread has a priority of its own: this one runs at ``nice`` 10, so
+    that it takes the cores the training leaves idle (the report's drawing,
+    waits on the storage) rather than slowing its epochs; it connects to the
+    store (MLflow's import, a new ``mlflow.db``'s tables) at once, before the
+    first trial is stored. Once the training stops training (its first other
+    message, or the end of the pipe: ended or killed), :meth:`stop` hands what
+    is left to the calling thread, which runs at the follower's own priority:
+    a process cannot raise its priority again, and on a loaded machine work
+    left at ``nice`` 10 could wait minutes for a core.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.trials: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="tuner-mirror", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        if sys.platform.startswith("linux"):  # elsewhere the priority is the whole process's
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        with contextlib.suppress(Exception):  # a store that fails now is retried by the next message
+            self.session.connect()
+        # A trial taken from the queue is always written: stop() waits for it, and returns only those not taken.
+        while not self.stopped.is_set() and (message := self.trials.get()) is not None:
+            self.session.handle(message)
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Stop after the trial being written; the trials not written yet, for the caller."""
+        if not self.stopped.is_set():
+            self.stopped.set()
+            self.trials.put(None)
+            self.thread.join()
+        left = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                left.append(self.trials.get_nowait())
+        return [message for message in left if message is not None]
+
+
 def follow(lines: IO[str], reply: IO[str]) -> None:
-    """The follower's loop: mirror what the training process reports; at EOF, however it ended, finish and report."""
+    """The follower's loop: mirror what the training process reports; at EOF, however it ended, finish and report.
+
+    Stored trials are mirrored in the :class:`Background`; questions, attachments and ends, at the follower's own
+    priority, after the trials before them.
+    """
     start = json.loads(lines.readline() or "{}")
     if start.get("op") != "start":
         return
     session = Session(start)
+    background = Background(session)
     for line in lines:
-        answer = session.handle(json.loads(line))
-        if answer is not None:
-            reply.write(json.dumps(answer) + "\n")
-            reply.flush()
+        message = json.loads(line)
+        if message["op"] == "trial" and not background.stopped.is_set():
+            background.trials.put(message)
+            continue
+        for answer in map(session.handle, [*background.stop(), message]):
+            if answer is not None:
+                reply.write(json.dumps(answer) + "\n")
+                reply.flush()
+    # The training is gone: trials not mirrored yet are left to finish(), which syncs their studies whole (and
+    # marks their parents KILLED), rather than written one by one.
+    session.dirty.update(message["study"] for message in background.stop())
     reply.write(json.dumps(session.finish()) + "\n")
     reply.flush()
 
@@ -138,9 +198,5 @@ def follow(lines: IO[str], reply: IO[str]) -> None:
 if __name__ == "__main__":
     # The protocol owns stdout; anything else printed goes to stderr.
     protocol, sys.stdout = sys.stdout, sys.stderr
-    # Below the training's priority: the mirror takes the cores the training leaves idle (the report's drawing,
-    # waits on the storage) rather than slowing its epochs, and catches up at the end.
-    if hasattr(os, "nice"):
-        os.nice(10)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     follow(sys.stdin, protocol)
