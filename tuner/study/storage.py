@@ -283,14 +283,14 @@ class Tables:
                     placed.append((t, ticket.trial_id, ticket.number))
                 else:
                     placed.append((t, *self._add(session, t)))
-            rows: dict[type, list[dict]] = {}
+            rows: dict[sqlalchemy.Table, list[dict]] = {}
             for t, trial_id, _ in placed:
-                for model, children in _children(trial_id, t).items():
-                    rows.setdefault(model, []).extend(children)
+                for table, children in _children(trial_id, t).items():
+                    rows.setdefault(table, []).extend(children)
             # One INSERT per table for all the trials (executemany), without the ORM's bookkeeping of each row.
-            for model, children in rows.items():
+            for table, children in rows.items():
                 if children:
-                    session.connection().execute(sqlalchemy.insert(model.__table__), children)
+                    session.connection().execute(sqlalchemy.insert(table), children)
         return [(trial_id, number) for _, trial_id, number in placed]
 
     def release(self, tickets: Iterable[Ticket]) -> None:
@@ -348,7 +348,7 @@ def models():
     return tables
 
 
-def _children(trial_id: int, trial: FrozenTrial) -> dict[type, list[dict]]:
+def _children(trial_id: int, trial: FrozenTrial) -> dict[sqlalchemy.Table, list[dict]]:
     """The rows that ``create_new_trial(template_trial=trial)`` writes beside the trial's own, by table."""
     m = models()
     values = map(m.TrialValueModel.value_to_stored_repr, trial.values or [])
@@ -357,11 +357,11 @@ def _children(trial_id: int, trial: FrozenTrial) -> dict[type, list[dict]]:
         for step, v in trial.intermediate_values.items()
     )
     return {
-        m.TrialValueModel: [
+        m.TrialValueModel.__table__: [
             {"trial_id": trial_id, "objective": i, "value": value, "value_type": kind}
             for i, (value, kind) in enumerate(values)
         ],
-        m.TrialParamModel: [
+        m.TrialParamModel.__table__: [
             {
                 "trial_id": trial_id,
                 "param_name": name,
@@ -370,13 +370,13 @@ def _children(trial_id: int, trial: FrozenTrial) -> dict[type, list[dict]]:
             }
             for name, value in trial.params.items()
         ],
-        m.TrialUserAttributeModel: [
+        m.TrialUserAttributeModel.__table__: [
             {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in trial.user_attrs.items()
         ],
-        m.TrialSystemAttributeModel: [
+        m.TrialSystemAttributeModel.__table__: [
             {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in trial.system_attrs.items()
         ],
-        m.TrialIntermediateValueModel: [
+        m.TrialIntermediateValueModel.__table__: [
             {"trial_id": trial_id, "step": step, "intermediate_value": value, "intermediate_value_type": kind}
             for step, (value, kind) in steps
         ],
