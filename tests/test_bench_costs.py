@@ -48,7 +48,7 @@ def test_a_study_under_the_clock_is_timed_per_part_and_left_as_it_was(tmp_path):
     assert clock.count("run_trial") == 2 and clock.count("final") == 1
     assert clock.total("train", "run_trial") > 0 and clock.total("train", "final") > 0  # told apart by where it ran
     assert clock.total("train") == clock.total("train", "run_trial") + clock.total("train", "final")
-    assert 0 < clock.cpu_total("train") <= clock.total("train")  # the training thread's CPU time, within its wall time
+    assert clock.cpu_total("train", "run_trial") > 0 and clock.cpu_total("train", "final") > 0  # CPU time, as wall
     assert clock.statements("SELECT", "take") >= 2  # each trial's budget look reads the storage
     assert clock.statements() > clock.statements("SELECT")
 
