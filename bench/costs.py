@@ -57,6 +57,10 @@ PARTS = {
 }
 
 
+# A trial's own parts beside its training, as printed with their CPU time.
+TRIAL_PARTS = (("report", "pruner"), ("ask", "sampling"), ("store", "storing"), ("take", "ticket"))
+
+
 def _resolve(target: str) -> tuple[Any, str, Callable[..., Any]]:
     """The object that holds ``target``'s function, its attribute name, and the function; AttributeError or
     ImportError if it is gone."""
@@ -73,6 +77,9 @@ class Clock:
 
     def __init__(self) -> None:
         self.seconds: collections.Counter[tuple[str, str | None]] = collections.Counter()
+        # The calling thread's CPU seconds: on a loaded machine the wall clock counts other processes' turns too;
+        # the gap between the two is waiting (for the disk, a lock, or a core).
+        self.cpu: collections.Counter[tuple[str, str | None]] = collections.Counter()
         self.calls: collections.Counter[tuple[str, str | None]] = collections.Counter()
         self.sql: collections.Counter[tuple[str, str | None]] = collections.Counter()  # (verb, timed part)
         self.sql_seconds = 0.0
@@ -86,11 +93,12 @@ class Clock:
         def timed(*args: Any, **kwargs: Any) -> Any:
             key = (part, self._stack[-1] if self._stack else None)
             self._stack.append(part)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 return function(*args, **kwargs)
             finally:
                 self.seconds[key] += time.perf_counter() - started
+                self.cpu[key] += time.thread_time() - cpu
                 self.calls[key] += 1
                 self._stack.pop()
 
@@ -131,6 +139,10 @@ class Clock:
         """Seconds in ``part``: all of its calls, or (``inside``) those that ran inside that part (None: at the top)."""
         return sum(s for (p, parent), s in self.seconds.items() if p == part and inside in (ANY, parent))
 
+    def cpu_total(self, part: str, inside: str | None = ANY) -> float:
+        """CPU seconds of the calling thread in ``part``, as :meth:`total` counts wall seconds."""
+        return sum(s for (p, parent), s in self.cpu.items() if p == part and inside in (ANY, parent))
+
     def count(self, part: str) -> int:
         return sum(n for (p, _), n in self.calls.items() if p == part)
 
@@ -141,13 +153,14 @@ class Clock:
 
 @dataclass
 class Side:
-    """A hand-written side's wall and CPU seconds, the wall seconds of its trial runs, final runs and data
-    loading, and how many results matched the tuner's."""
+    """A hand-written side's wall and CPU seconds, the wall seconds of its trial runs, final runs, ablation runs (the
+    evidence's: bias correction off) and data loading, and how many results matched the tuner's."""
 
     wall: float
     cpu: float
     trials: float
     finals: float
+    ablation: float
     load: float
     matched: int
 
@@ -193,8 +206,11 @@ def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
             clock.total("run_trial") - in_trial - clock.total("ask") - clock.total("store"),
         ),
         ("fixed", None),
-        ("final evaluation beyond the bare loop's final runs", clock.total("final") - bare.finals),
-        ("  of which bias-correction ablation (evidence)", clock.total("ablation")),
+        (
+            "final evaluation beyond the bare loop's (with ablations)",
+            clock.total("final") - bare.finals - bare.ablation,
+        ),
+        ("  of which the ablation beyond the bare loop's", clock.total("ablation") - bare.ablation),
         ("  of which step sizes (evidence)", step_sizes),
         ("  of which peak memory (evidence)", clock.total("peak")),
         ("report and exported configs (write_outputs)", clock.total("outputs")),
@@ -204,7 +220,7 @@ def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
     ]
     difference = total - bare.wall
     print(f"\nwhere tuner's {total:.2f} s go beyond the bare loop's {bare.wall:.2f} s ({difference:+.2f} s):")
-    print(f"  {'':52} {'s':>7} {'ms/trial':>9} {'of diff':>8}")
+    print(f"  {'':56} {'s':>7} {'ms/trial':>9} {'of diff':>8}")
     fixed = False
     for label, seconds in rows:
         if seconds is None:  # a heading
@@ -212,7 +228,13 @@ def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
             print(f"  {label}")
             continue
         per_trial = "" if fixed else f"{1000 * seconds / n:.1f}"
-        print(f"  {label:52} {seconds:7.2f} {per_trial:>9} {100 * seconds / difference:7.0f}%")
+        print(f"  {label:56} {seconds:7.2f} {per_trial:>9} {100 * seconds / difference:7.0f}%")
+    cpu = ", ".join(f"{label} {1000 * clock.cpu_total(part) / n:.1f}" for part, label in TRIAL_PARTS)
+    print(f"  per trial, CPU ms of the training thread: {cpu}")
+    print(
+        f"  the bias-correction ablation's own runs, on both sides: tuner {clock.total('ablation'):.2f} s "
+        f"(with its step sizes), bare loop {bare.ablation:.2f} s"
+    )
     statements, selects = clock.statements(), clock.statements("SELECT")
     in_trials = sum(clock.statements(inside=p) for p in ("run_trial", "store", "take", "ask", "broken"))
     print(

@@ -23,7 +23,10 @@ One run of this script does, on a fresh SQLite storage in a temporary folder:
    step), a ``torch.randperm`` shuffle per epoch, and a validation loss and metric
    per epoch under ``torch.no_grad()``; no Optuna, no storage. The final
    evaluation (each study's best config re-trained on the final seeds, with a
-   test evaluation) is re-run too, so every side does the same training work.
+   test evaluation) is re-run too, and so is the evidence's ablation (an Adam or
+   AdamW best config re-trained on the final seeds with its bias correction off,
+   ``tuner.measure.bias_correction.AdamCorrections``, as a user who wants that
+   evidence would train it by hand), so every side does the same training work.
 3. **hand** (a hand-written Optuna loop): the same trainings with the same bare
    loop, each trial inside what a user writing their own objective would do, on
    a fresh SQLite file (``hand.db``, one study per tuner study, the same
@@ -80,6 +83,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import io
 import math
@@ -98,6 +102,7 @@ import tuner.cli.main
 from tuner.config import experiment as tuner_config
 from tuner.config.experiment import Config
 from tuner.config.export import config_from_dict
+from tuner.measure.bias_correction import AdamCorrections
 from tuner.tasks.loading import load_task
 from tuner.tasks.task import Data, Task
 from tuner.train.optim import build_scheduler
@@ -110,13 +115,15 @@ from costs import Clock, Side, command_seconds, load_average, print_costs, print
 class Run:
     """One training the tuner did: a config, a seed, the epochs it ran and its last validation objective.
 
-    ``study``, ``direction`` and ``trial`` (the stored trial; None for a final-evaluation run) are for the hand side.
+    ``kind``: a tuning ``trial``, a ``final`` run (with a test evaluation) or an ``ablation`` run (the config with its
+    bias correction off). ``study``, ``direction`` and ``trial`` (the stored trial; None but for a tuning trial) are
+    for the hand side.
     """
 
     config: Config
     seed: int
     epochs: int
-    test: bool
+    kind: str
     objective: float
     study: str
     direction: optuna.study.StudyDirection
@@ -163,33 +170,39 @@ def read_runs(storage: str) -> list[Run]:
             values = trial.intermediate_values
             if values:  # a trial that failed before its first epoch trained nothing worth timing
                 cfg = config_from_dict(trial.user_attrs["config"])
-                runs.append(Run(cfg, cfg.seed, len(values), False, values[max(values)], name, study.direction, trial))
+                runs.append(Run(cfg, cfg.seed, len(values), "trial", values[max(values)], name, study.direction, trial))
         final = study.user_attrs.get("final")
         if final:
             cfg = config_from_dict(trials[final["trial"]].user_attrs["config"])
             for seed, history, objective in zip(final["seeds"], final["history"], final["val_objective"]):
-                runs.append(Run(cfg, seed, len(history["epoch"]), True, objective, name, study.direction))
+                runs.append(Run(cfg, seed, len(history["epoch"]), "final", objective, name, study.direction))
+            ablated = final.get("bias_correction_off") or {"seeds": [], "history": []}
+            for seed, history in zip(ablated["seeds"], ablated["history"]):
+                objective = history["val_loss" if cfg.objective == "loss" else "val_metric"][-1]
+                runs.append(Run(cfg, seed, len(history["epoch"]), "ablation", objective, name, study.direction))
     return runs
 
 
-def train_bare(
-    task: Task,
-    data: Data,
-    cfg: Config,
-    seed: int,
-    epochs: int,
-    test: bool,
-    on_epoch: Callable[[int, float], object] | None = None,
-) -> float:
-    """The loop a careful user would write by hand; returns the last validation objective.
+def train_bare(task: Task, data: Data, run: Run, on_epoch: Callable[[int, float], object] | None = None) -> float:
+    """The loop a careful user would write by hand for ``run``; returns the last validation objective.
 
     ``on_epoch(epoch, objective)`` (epochs count from 1) is called after every epoch; what it returns is ignored.
     """
+    cfg, seed, epochs = run.config, run.seed, run.epochs
     device = data.train.x.device
     x, y, n, batch = data.train.x, data.train.y, len(data.train.x), cfg.batch_size
     torch.manual_seed(seed)
     model = task.model().to(device)
-    optimizer = getattr(torch.optim, cfg.optimizer)(model.parameters(), **cfg.optimizer_kwargs)
+    if run.kind == "ablation":  # torch's Adam or AdamW, operation for operation, with both corrections off
+        optimizer: torch.optim.Optimizer = AdamCorrections(
+            model.parameters(),
+            **cfg.optimizer_kwargs,
+            decoupled_weight_decay=cfg.optimizer == "AdamW",
+            correct_first=False,
+            correct_second=False,
+        )
+    else:
+        optimizer = getattr(torch.optim, cfg.optimizer)(model.parameters(), **cfg.optimizer_kwargs)
     # The schedule spans the full run (cfg.epochs), even for a trial stopped early.
     scheduler = build_scheduler(cfg.schedule, cfg.schedule_params, optimizer, cfg.epochs * math.ceil(n / batch))
     order = torch.Generator(device=device).manual_seed(seed)
@@ -211,7 +224,7 @@ def train_bare(
             val_loss, val_metric = task.loss(output, data.val.y).item(), task.score(output, data.val.y)
         if on_epoch is not None:
             on_epoch(epoch, val_loss if cfg.objective == "loss" else val_metric)
-    if test:
+    if run.kind == "final":  # with a test evaluation
         with torch.no_grad():
             output = model(data.test.x)
             task.loss(output, data.test.y).item(), task.score(output, data.test.y)
@@ -219,9 +232,9 @@ def train_bare(
 
 
 def train_hand(task: Task, data: Data, run: Run, studies: dict[str, optuna.Study], storage: str) -> float:
-    """``run`` as one trial of a hand-written Optuna loop on ``storage`` (a final-evaluation run: bare)."""
+    """``run`` as one trial of a hand-written Optuna loop on ``storage`` (a final or ablation run: bare)."""
     if run.trial is None:
-        return train_bare(task, data, run.config, run.seed, run.epochs, run.test)
+        return train_bare(task, data, run)
     if run.study not in studies:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, run.config.epochs // 4))
         studies[run.study] = optuna.create_study(
@@ -236,7 +249,7 @@ def train_hand(task: Task, data: Data, run: Run, studies: dict[str, optuna.Study
         trial.report(value, epoch)
         return trial.should_prune()  # ignored: the trial trains for the epochs the tuner's did
 
-    value = train_bare(task, data, run.config, run.seed, run.epochs, run.test, report)
+    value = train_bare(task, data, run, report)
     if run.trial.state == optuna.trial.TrialState.COMPLETE:
         study.tell(trial, value)
     else:  # pruned, diverged (PRUNED) or failed (FAIL), as the tuner stored it
@@ -250,22 +263,22 @@ def time_side(runs: list[Run], device: str, storage: str | None = None) -> Side:
     task = load_task(runs[0].config.task, runs[0].config.task_args)
     data = task.data().to(device)
     load = time.perf_counter() - start
-    seconds: dict[bool, float] = {False: 0.0, True: 0.0}  # by whether the run is a final one
+    seconds = {"trial": 0.0, "final": 0.0, "ablation": 0.0}  # by kind of run
     results: list[float] = []
     studies: dict[str, optuna.Study] = {}
     for r in runs:
         started = time.perf_counter()
         if storage is None:
-            results.append(train_bare(task, data, r.config, r.seed, r.epochs, r.test))
+            results.append(train_bare(task, data, r))
         else:
             results.append(train_hand(task, data, r, studies, storage))
-        seconds[r.test] += time.perf_counter() - started
+        seconds[r.kind] += time.perf_counter() - started
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     # A diverged trial stores NaN where the bare loop sees inf or NaN.
     matched = sum(
         a == r.objective or not (math.isfinite(a) or math.isfinite(r.objective)) for a, r in zip(results, runs)
     )
-    return Side(wall, cpu, seconds[False], seconds[True], load, matched)
+    return Side(wall, cpu, seconds["trial"], seconds["final"], seconds["ablation"], load, matched)
 
 
 def main() -> int:
@@ -323,9 +336,11 @@ def main() -> int:
             hand.append(time_side(runs, args.device, f"sqlite:///{folder}/hand.db"))
         bare.append(time_side(runs, args.device))
 
-    trials, finals, epochs = sum(not r.test for r in runs), sum(r.test for r in runs), sum(r.epochs for r in runs)
+    kinds = collections.Counter(r.kind for r in runs)
+    trials, epochs = kinds["trial"], sum(r.epochs for r in runs)
     print(
-        f"experiment {experiment.name}: {trials} trials + {finals} final runs = {epochs} epochs; "
+        f"experiment {experiment.name}: {trials} trials + {kinds['final']} final runs + {kinds['ablation']} ablation "
+        f"runs = {epochs} epochs; "
         f"results equal to tuner's: bare {bare[-1].matched}/{len(runs)}, hand {hand[-1].matched}/{len(runs)}"
     )
     print(

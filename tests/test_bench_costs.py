@@ -1,4 +1,5 @@
-"""bench/costs.py, make bench's account of where tuner's time goes: it must follow the code it times."""
+"""bench/costs.py, make bench's account of where tuner's time goes: it must follow the code it times; bench/overhead.py's
+bare loop redoes every training the tuner did."""
 
 from __future__ import annotations
 
@@ -9,15 +10,28 @@ from pathlib import Path
 from tuner.cli.main import main
 from tuner.study.runner import StudyRunner
 
-SOURCE = Path(__file__).resolve().parent.parent / "bench" / "costs.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def load_costs():
-    spec = importlib.util.spec_from_file_location("bench_costs", SOURCE)
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def load_costs():
+    return load("costs")
+
+
+def study(tmp_path) -> str:
+    """A ``tuner study`` of 2 one-epoch Adam trials and 1 final seed into ``tmp_path``; its storage URL."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    budget = ["--optimizers", "adam", "--trials", "2", "--epochs", "1", "--final-seeds", "1"]
+    flags = ["--storage", url, "--out", str(tmp_path / "out"), "--no-tracking", "--no-progress"]
+    assert main(["study", "quickstart", *budget, *flags]) == 0
+    return url
 
 
 def test_every_timed_function_still_exists():
@@ -28,21 +42,21 @@ def test_every_timed_function_still_exists():
 
 def test_a_study_under_the_clock_is_timed_per_part_and_left_as_it_was(tmp_path):
     run_trial = StudyRunner.run_trial
-    budget = ["--optimizers", "adam", "--trials", "2", "--epochs", "1", "--final-seeds", "1"]
-    flags = [
-        "--storage",
-        f"sqlite:///{tmp_path}/t.db",
-        "--out",
-        str(tmp_path / "out"),
-        "--no-tracking",
-        "--no-progress",
-    ]
     with load_costs().Clock() as clock:
-        code = main(["study", "quickstart", *budget, *flags])
-    assert code == 0
+        study(tmp_path)
     assert StudyRunner.run_trial is run_trial  # unwrapped on exit
     assert clock.count("run_trial") == 2 and clock.count("final") == 1
     assert clock.total("train", "run_trial") > 0 and clock.total("train", "final") > 0  # told apart by where it ran
     assert clock.total("train") == clock.total("train", "run_trial") + clock.total("train", "final")
+    assert clock.cpu_total("train", "run_trial") > 0 and clock.cpu_total("train", "final") > 0  # CPU time, as wall
     assert clock.statements("SELECT", "take") >= 2  # each trial's budget look reads the storage
     assert clock.statements() > clock.statements("SELECT")
+
+
+def test_the_bare_loop_redoes_every_training_of_the_tuner_ablation_included(tmp_path):
+    overhead = load("overhead")
+    runs = overhead.read_runs(study(tmp_path))
+    assert sorted(r.kind for r in runs) == ["ablation", "final", "trial", "trial"]  # Adam: bias correction ablated
+    bare = overhead.time_side(runs, "cpu")
+    assert bare.matched == len(runs)  # the same validation values, the ablation's too
+    assert bare.trials > 0 and bare.finals > 0 and bare.ablation > 0

@@ -180,40 +180,49 @@ class Tables:
     def __init__(self, storage: optuna.storages.RDBStorage, study: optuna.Study) -> None:
         self.storage = storage
         self.study_id = storage.get_study_id_from_name(study.study_name)
+        # The statements every trial sends, built once: building them again is most of their CPU time.
+        m = models()
+        studies, trial, attr, beat = (
+            m.StudyModel.__table__,
+            m.TrialModel,
+            m.TrialUserAttributeModel,
+            m.TrialHeartbeatModel,
+        )
+        # An UPDATE, not Optuna's SELECT ... FOR UPDATE: SQLite locks on a transaction's first write, and pysqlite
+        # starts the transaction only there.
+        self._lock_study = (
+            sqlalchemy.update(studies)
+            .where(studies.c.study_id == self.study_id)
+            .values(study_name=studies.c.study_name)
+        )
+        # The database's clock, as the heartbeats' (naive, as Optuna compares them).
+        self._look = (
+            sqlalchemy.select(
+                trial.trial_id,
+                trial.number,
+                trial.state,
+                attr.value_json,
+                beat.heartbeat,
+                sqlalchemy.func.now().label("now"),
+            )
+            .outerjoin(attr, (attr.trial_id == trial.trial_id) & (attr.key == "outcome"))
+            .outerjoin(beat, beat.trial_id == trial.trial_id)
+            .where(trial.study_id == self.study_id)
+        )
 
     def _lock(self, session: orm.Session) -> None:
-        """Hold the study's row until the transaction ends: no other worker numbers or counts its trials meanwhile.
-
-        An UPDATE, not Optuna's SELECT ... FOR UPDATE: SQLite locks on a transaction's first write, and pysqlite
-        starts the transaction only there.
-        """
-        studies = models().StudyModel
-        session.execute(
-            sqlalchemy.update(studies).where(studies.study_id == self.study_id).values(study_name=studies.study_name)
-        )
+        """Hold the study's row until the transaction ends: no other worker numbers or counts its trials meanwhile."""
+        session.connection().execute(self._lock_study)
 
     def take(self, n: int, budget: int, known: set[int]) -> Taken:
         """Up to ``n`` new RUNNING trials with their first heartbeat, as many as the ``budget`` has room for, in one
         transaction and one read; RUNNING trials silent for the grace period are failed first. ``known``: the caller's
         trial numbers (the finished trials not among them are read whole, a second read, as ``joined``)."""
         m = models()
-        trial, attr, beat = m.TrialModel, m.TrialUserAttributeModel, m.TrialHeartbeatModel
+        trial, beat = m.TrialModel, m.TrialHeartbeatModel
         with orm.Session(self.storage.engine) as session, session.begin():
             self._lock(session)
-            # The database's clock, as the heartbeats' (naive, as Optuna compares them).
-            rows = session.execute(
-                sqlalchemy.select(
-                    trial.trial_id,
-                    trial.number,
-                    trial.state,
-                    attr.value_json,
-                    beat.heartbeat,
-                    sqlalchemy.func.now().label("now"),
-                )
-                .outerjoin(attr, (attr.trial_id == trial.trial_id) & (attr.key == "outcome"))
-                .outerjoin(beat, beat.trial_id == trial.trial_id)
-                .where(trial.study_id == self.study_id)
-            ).all()
+            rows = session.execute(self._look).all()
             stale = {
                 r.trial_id
                 for r in rows
@@ -245,7 +254,9 @@ class Tables:
             session.add_all(new)
             session.flush()
             if new:
-                session.execute(sqlalchemy.insert(beat), [{"trial_id": row.trial_id} for row in new])
+                session.connection().execute(
+                    sqlalchemy.insert(beat.__table__), [{"trial_id": row.trial_id} for row in new]
+                )
             tickets = [Ticket(row.trial_id, row.number) for row in new]
         fresh = {number for state, _, number in states if state in FINISHED and number not in known}
         # Other workers' trials, read whole through Optuna (a second read, only when there are any).
@@ -272,14 +283,14 @@ class Tables:
                     placed.append((t, ticket.trial_id, ticket.number))
                 else:
                     placed.append((t, *self._add(session, t)))
-            rows: dict[type, list[dict]] = {}
+            rows: dict[sqlalchemy.Table, list[dict]] = {}
             for t, trial_id, _ in placed:
-                for model, children in _children(trial_id, t).items():
-                    rows.setdefault(model, []).extend(children)
+                for table, children in _children(trial_id, t).items():
+                    rows.setdefault(table, []).extend(children)
             # One INSERT per table for all the trials (executemany), without the ORM's bookkeeping of each row.
-            for model, children in rows.items():
+            for table, children in rows.items():
                 if children:
-                    session.execute(sqlalchemy.insert(model), children)
+                    session.connection().execute(sqlalchemy.insert(table), children)
         return [(trial_id, number) for _, trial_id, number in placed]
 
     def release(self, tickets: Iterable[Ticket]) -> None:
@@ -337,7 +348,7 @@ def models():
     return tables
 
 
-def _children(trial_id: int, trial: FrozenTrial) -> dict[type, list[dict]]:
+def _children(trial_id: int, trial: FrozenTrial) -> dict[sqlalchemy.Table, list[dict]]:
     """The rows that ``create_new_trial(template_trial=trial)`` writes beside the trial's own, by table."""
     m = models()
     values = map(m.TrialValueModel.value_to_stored_repr, trial.values or [])
@@ -346,11 +357,11 @@ def _children(trial_id: int, trial: FrozenTrial) -> dict[type, list[dict]]:
         for step, v in trial.intermediate_values.items()
     )
     return {
-        m.TrialValueModel: [
+        m.TrialValueModel.__table__: [
             {"trial_id": trial_id, "objective": i, "value": value, "value_type": kind}
             for i, (value, kind) in enumerate(values)
         ],
-        m.TrialParamModel: [
+        m.TrialParamModel.__table__: [
             {
                 "trial_id": trial_id,
                 "param_name": name,
@@ -359,13 +370,13 @@ def _children(trial_id: int, trial: FrozenTrial) -> dict[type, list[dict]]:
             }
             for name, value in trial.params.items()
         ],
-        m.TrialUserAttributeModel: [
+        m.TrialUserAttributeModel.__table__: [
             {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in trial.user_attrs.items()
         ],
-        m.TrialSystemAttributeModel: [
+        m.TrialSystemAttributeModel.__table__: [
             {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in trial.system_attrs.items()
         ],
-        m.TrialIntermediateValueModel: [
+        m.TrialIntermediateValueModel.__table__: [
             {"trial_id": trial_id, "step": step, "intermediate_value": value, "intermediate_value_type": kind}
             for step, (value, kind) in steps
         ],
