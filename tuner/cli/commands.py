@@ -34,7 +34,7 @@ def run_sync(args: argparse.Namespace) -> int:
     """
     import optuna
 
-    from tuner.study.connection import open_storage
+    from tuner.study.connection import storage_at
     from tuner.study.resume import experiment_names
     from tuner.tracking.mirror import Mirror, SyncCount
     from tuner.tracking.uri import check_reachable, tracking_uri
@@ -43,35 +43,38 @@ def run_sync(args: argparse.Namespace) -> int:
     name = _select_experiment(args)[0]
     uri, where = tracking_uri(args.tracking_uri)
     check_reachable(uri, where)
-    storage = open_storage(args.storage, must_exist=True)
-    studies = [s for s in optuna.get_all_study_names(storage) if s.startswith(f"{name}/")]
-    if not studies:
-        present = ", ".join(experiment_names(storage)) or "none"
-        raise UserError(
-            f"--storage: {mask_url(args.storage)!r} has no study of experiment {name!r} (experiments there: {present})"
-        )
-    from mlflow.exceptions import MlflowException
-
-    mirror = Mirror(uri, name, storage, args.storage, __version__)
-    total = SyncCount()
-    for study in studies:
-        try:
-            count = mirror.sync(study)
-            mirror.settle(study)
-        except MlflowException as err:  # never a traceback: the store's refusal, in one line (no run is left RUNNING)
+    with storage_at(args.storage, must_exist=True) as storage:
+        studies = [s for s in optuna.get_all_study_names(storage) if s.startswith(f"{name}/")]
+        if not studies:
+            present = ", ".join(experiment_names(storage)) or "none"
             raise UserError(
-                f"--tracking-uri {mask_url(uri)!r}: MLflow refused a write while syncing {study!r}: "
-                f"{url_failure(err, uri)}; the Optuna storage is unchanged"
-            ) from None
-        total += count
+                f"--storage: {mask_url(args.storage)!r} has no study of experiment {name!r} "
+                f"(experiments there: {present})"
+            )
+        from mlflow.exceptions import MlflowException
+
+        mirror = Mirror(uri, name, storage, args.storage, __version__)
+        total = SyncCount()
+        for study in studies:
+            try:
+                count = mirror.sync(study)
+                mirror.settle(study)
+            except (
+                MlflowException
+            ) as err:  # never a traceback: the store's refusal, in one line (no run is left RUNNING)
+                raise UserError(
+                    f"--tracking-uri {mask_url(uri)!r}: MLflow refused a write while syncing {study!r}: "
+                    f"{url_failure(err, uri)}; the Optuna storage is unchanged"
+                ) from None
+            total += count
+            print(
+                f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted "
+                "(cut short or stale)"
+            )
         print(
-            f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted "
-            "(cut short or stale)"
+            f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: "
+            f"{total.written + total.kept} runs"
         )
-    print(
-        f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: "
-        f"{total.written + total.kept} runs"
-    )
     return 0
 
 
@@ -96,22 +99,15 @@ def run_plot(args: argparse.Namespace) -> int:
 
     from tuner.run.experiment import check_writable_folder
     from tuner.run.outputs import write_outputs
-    from tuner.study.connection import open_storage
+    from tuner.study.connection import storage_at
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name, target, where = _select_experiment(args)
     out = args.out or Path("runs") / name
     check_writable_folder(out)
     source = {"experiment": name, "storage": mask_url(args.storage), "tuner_version": __version__}
-    done = write_outputs(
-        open_storage(args.storage, must_exist=True),
-        name,
-        out,
-        target=target,
-        importance=args.importance,
-        source=source,
-        where=where,
-    )
+    with storage_at(args.storage, must_exist=True) as storage:
+        done = write_outputs(storage, name, out, target=target, importance=args.importance, source=source, where=where)
     print(done.summary)
     print("\n" + done.evidence)
     files = (
@@ -130,12 +126,13 @@ def run_evidence(args: argparse.Namespace) -> int:
 
     from tuner.report.combined_evidence import write_combined_evidence
     from tuner.run.experiment import check_writable_folder
-    from tuner.study.connection import open_storage
+    from tuner.study.connection import storage_at
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_writable_folder(args.out)
     stored = _select_experiments(args)
-    path = write_combined_evidence(open_storage(args.storage, must_exist=True), stored, args.out)
+    with storage_at(args.storage, must_exist=True) as storage:
+        path = write_combined_evidence(storage, stored, args.out)
     print(path.read_text(), end="")
     print(f"\noutputs in {args.out}/ (experiments {', '.join(s.name for s in stored)}): evidence.md")
     return 0

@@ -145,16 +145,8 @@ def run_study(args: Options, quiet: bool = False) -> Result:
     (finished trials are kept).
     """
     import optuna
-    import pandas
 
-    from tuner.config import export
-    from tuner.run.outputs import write_outputs
-    from tuner.run.progress import Progress
-    from tuner.run.workers import run_workers
-    from tuner.study.connection import open_storage
-    from tuner.study.resume import check_resumable, study_name
-    from tuner.study.runner import StudyRunner, population_of
-    from tuner.tracking.follower import Follower
+    from tuner.study.connection import storage_at
     from tuner.tracking.uri import check_reachable, tracking_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -163,7 +155,31 @@ def run_study(args: Options, quiet: bool = False) -> Result:
     tracking = None if args.no_tracking else tracking_uri(args.tracking_uri)
     if tracking:
         check_reachable(*tracking)
-    storage = open_storage(args.storage)
+    with storage_at(args.storage) as storage:
+        return _tune(args, quiet, storage, (experiment, task, setup, data), out, tracking)
+
+
+def _tune(
+    args: Options,
+    quiet: bool,
+    storage: Any,
+    prepared: tuple[Any, Any, Any, Any],
+    out: Path,
+    tracking: tuple[str, str] | None,
+) -> Result:
+    """:func:`run_study` once the experiment is prepared and its storage open: the studies, the final evaluations, the
+    outputs and the :class:`Result`."""
+    import pandas
+
+    from tuner.config import export
+    from tuner.run.outputs import write_outputs
+    from tuner.run.progress import Progress
+    from tuner.run.workers import run_workers
+    from tuner.study.resume import check_resumable, study_name
+    from tuner.study.runner import StudyRunner, population_of
+    from tuner.tracking.follower import Follower
+
+    experiment, task, setup, data = prepared
     names = {space.name: study_name(experiment, space) for space in experiment.optimizers}
     for space in experiment.optimizers:
         check_resumable(storage, names[space.name], setup, space, experiment.schedules)

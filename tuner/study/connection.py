@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -65,6 +67,20 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStora
         f"--storage: cannot open {mask_url(url)!r}: {url_failure(failure, url)}{driver} "
         "(allowed: an SQLAlchemy URL such as sqlite:///tuner.db or postgresql://user:password@host/db)"
     ) from None
+
+
+@contextlib.contextmanager
+def storage_at(url: str, must_exist: bool = False) -> Iterator[optuna.storages.RDBStorage]:
+    """:func:`open_storage` for the length of a ``with`` block, its connections closed at the end (also on an error):
+    the last connection to an SQLite file folds the write-ahead log back into it, so no ``-wal`` and ``-shm`` files
+    are left beside it, in a process that goes on (a test, a notebook) as in one that exits. Raises as
+    :func:`open_storage` does."""
+    storage = open_storage(url, must_exist)
+    try:
+        yield storage
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
 
 
 def _write_ahead_log(connection: Any, _record: Any) -> None:
