@@ -269,7 +269,7 @@ CASES = [
     study("task-unknown-name", ["exp.yaml", "task", "'nosuch'", "digits-mlp"], exp=experiment(task="nosuch")),
     study(
         "task-path-does-not-import",
-        ["exp.yaml", "task", "nosuchpkg.mod", "import"],
+        ["exp.yaml", "task", "nosuchpkg.mod", "import", "the folder that holds 'nosuchpkg'", "PYTHONPATH"],
         exp=experiment(task="nosuchpkg.mod:factory"),
     ),
     study(

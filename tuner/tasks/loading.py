@@ -65,7 +65,15 @@ def _factory(spec: str, where: str) -> Any:
     try:
         factory: Any = importlib.import_module(module_name)
     except Exception as err:  # a plugin's import can fail in any way
-        raise UserError(f"{where}: {label}: cannot import module {module_name!r}: {reason(err)}") from None
+        top = module_name.split(".")[0]
+        # The module's own package is not on the path (not one of its imports): say where Python looks.
+        hint = (
+            f" (allowed: a module Python can import from here: run from the folder that holds {top!r}, "
+            "or add that folder to PYTHONPATH)"
+            if isinstance(err, ModuleNotFoundError) and err.name == top
+            else ""
+        )
+        raise UserError(f"{where}: {label}: cannot import module {module_name!r}: {reason(err)}{hint}") from None
     for part in attribute.split("."):
         if not hasattr(factory, part):
             raise UserError(
