@@ -122,6 +122,15 @@ def test_convergence_keeps_every_marker_and_line_visible():
         assert to_axes((1, y))[1] < lowest_row - 0.01, (y, lowest_row)
 
 
+def test_the_convergence_legend_starts_under_the_title():
+    # "accuracy": the title runs past the axes into the right margin, where the legend is (a newcomer saw it cut).
+    adam = optimizer("adam", [point("complete", 0.5), point("complete", 0.3)], [0.5, 0.3])
+    base = report(adam)
+    setup = {**base.setup, "objective": "metric", "metric": "top-1 accuracy", "direction": "maximize"}
+    fig = drawn(draw_convergence(dataclasses.replace(base, setup=setup)))
+    assert not fig.legends[0].get_window_extent().overlaps(fig.axes[0].title.get_window_extent())
+
+
 def test_a_log_axis_is_labelled_between_its_decades():
     points = [point("complete", v) for v in (0.05, 0.08, 0.09, 0.3, 0.6)]
     fig = drawn(draw_convergence(report(optimizer("adam", points, [0.05] * 5), untrained=None)))

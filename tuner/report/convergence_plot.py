@@ -51,7 +51,9 @@ def draw_convergence(report: Report) -> Figure:
         Line2D([], [], color=color[o.name], linewidth=2, label=f"{o.name}: best so far") for o in report.optimizers
     ]
     handles = lines + trial_handles(report)
-    fig.legend(handles=handles, loc="upper right", fontsize=8)
+    top = 0.25 + text_height(ax.get_title(), 12)
+    # The legend starts at the axes' top, under the title: a long title runs past the axes into the right margin.
+    fig.legend(handles=handles, loc="upper right", fontsize=8, bbox_to_anchor=(1, 1 - top / fig.get_figheight()))
     ax.grid(alpha=0.3)
-    place(fig, top=0.25 + text_height(ax.get_title(), 12), right=0.15 + legend_width(handles, 8))
+    place(fig, top=top, right=0.15 + legend_width(handles, 8))
     return fig
