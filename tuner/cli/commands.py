@@ -59,9 +59,8 @@ def run_sync(args: argparse.Namespace) -> int:
             try:
                 count = mirror.sync(study)
                 mirror.settle(study)
-            except (
-                MlflowException
-            ) as err:  # never a traceback: the store's refusal, in one line (no run is left RUNNING)
+            # Never a traceback: the store's refusal, in one line (no run is left RUNNING).
+            except MlflowException as err:
                 raise UserError(
                     f"--tracking-uri {mask_url(uri)!r}: MLflow refused a write while syncing {study!r}: "
                     f"{url_failure(err, uri)}; the Optuna storage is unchanged"
@@ -151,10 +150,8 @@ def _select_experiments(args: argparse.Namespace) -> list[Stored]:
     if args.names:
         refs, stored = args.names, [Stored(name, None, "--experiment") for name in args.names]
     elif args.experiments:
-        refs, experiments = (
-            args.experiments,
-            [config.load_experiment(config.find_experiment(r)) for r in args.experiments],
-        )
+        refs = args.experiments
+        experiments = [config.load_experiment(config.find_experiment(r)) for r in refs]
         stored = [Stored(e.name, e.target, e.at("name")) for e in experiments]
     else:
         raise UserError(
