@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuner.measure.bias_correction import first_step_ratio
+from tuner.plural import counted
 from tuner.report import statistics as analysis
 
 if TYPE_CHECKING:
@@ -234,8 +235,8 @@ def speed_row(report: Report) -> Row:
     shown = "None" if target is None else format(target, ".4g")
     test = (
         f"epochs to the target {shown} (DeepOBS's speed; never = epochs + 1) and seconds to it (AlgoPerf's time to "
-        f"target, mean over the seeds that reached it), {n} final seeds: Welch's t-test (two-sided, α = {ALPHA}) on "
-        "the epochs against every optimizer claimed at another speed"
+        f"target, mean over the seeds that reached it), {counted(n, 'final seed')}: Welch's t-test (two-sided, "
+        f"α = {ALPHA}) on the epochs against every optimizer claimed at another speed"
     )
     return Row("convergence speed", cells, test)
 

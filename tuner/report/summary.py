@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from urllib.parse import quote
 
+from tuner.plural import counted
 from tuner.report import statistics as analysis
 from tuner.report.data import Report
 from tuner.report.figures import FIGURES
@@ -61,8 +62,9 @@ def summary(report: Report, out: Path) -> str:
     lines = [
         f"# {report.experiment}: which optimizer trains {task} best",
         "",
-        f"Objective: validation {label}, {better} is better; {setup['epochs']} epochs per trial. `*` marks the winner: "
-        "the best final validation mean (the single best trial, picked out of many on one seed, is optimistic).",
+        f"Objective: validation {label}, {better} is better; {counted(setup['epochs'], 'epoch')} per trial. "
+        "`*` marks the winner: the best final validation mean (the single best trial, picked out of many on one "
+        "seed, is optimistic).",
         "",
         analysis.table(rows),
         "",
