@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +122,39 @@ def test_plot_names_no_mlflow_run_where_the_store_holds_none(tracked, tmp_path):
         source = yaml.safe_load(Path(out, "best.yaml").read_text())["source"]
         assert source["experiment_file"] == "exp.yaml"
         assert not {"tracking_uri", "mlflow_run_id"} & source.keys()
+
+
+def test_a_storage_in_a_folder_it_cannot_write_is_read_by_plot_and_refused_by_study(tracked, tmp_path):
+    """SQLite cannot make its write-ahead log's files beside a file in such a folder: plot opens it read-only, study
+    says so in one line. Root writes anywhere, so there the folder is a read-only mount of the test's own."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    shutil.copy(tracked[0] / "t.db", folder / "t.db")
+    before = (folder / "t.db").read_bytes()
+    storage = ["--storage", f"sqlite:///{folder}/t.db", "--no-tracking"]
+    plot = [sys.executable, "-m", "tuner", "plot", "--experiment", "t", *storage, "--out", str(tmp_path / "out")]
+    study = [sys.executable, "-m", "tuner", "study", str(tracked[0] / "exp.yaml"), *storage, "--out", "s"]
+    if os.geteuid() == 0:
+        if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+            pytest.skip("running as root, and no mount namespace (unshare --mount) for a read-only folder")
+        mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+        runs = [
+            subprocess.run(
+                ["unshare", "--mount", "sh", "-c", mount, str(folder), *command],
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+            )
+            for command in (plot, study)
+        ]
+    else:
+        folder.chmod(0o555)
+        try:
+            runs = [subprocess.run(command, capture_output=True, text=True, cwd=tmp_path) for command in (plot, study)]
+        finally:
+            folder.chmod(0o755)
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert (tmp_path / "out" / "best.yaml").is_file() and (tmp_path / "out" / "summary.md").is_file()
+    assert runs[1].returncode == 2 and runs[1].stderr.count("\n") == 1, runs[1].stderr
+    assert f"{str(folder)!r} is not writable" in runs[1].stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["t.db"] and (folder / "t.db").read_bytes() == before

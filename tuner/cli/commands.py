@@ -44,7 +44,7 @@ def run_sync(args: argparse.Namespace) -> int:
     name = _select_experiment(args)[0]
     uri, where = tracking_uri(args.tracking_uri)
     check_reachable(uri, where)
-    with storage_at(args.storage, must_exist=True) as storage:
+    with storage_at(args.storage, must_exist=True, read_only=True) as storage:
         studies = [s for s in optuna.get_all_study_names(storage) if s.startswith(f"{name}/")]
         if not studies:
             present = ", ".join(experiment_names(storage)) or "none"
@@ -105,7 +105,7 @@ def run_plot(args: argparse.Namespace) -> int:
     name, target, where, experiment_file = _select_experiment(args)
     out = args.out or Path("runs") / name
     check_writable_folder(out)
-    with storage_at(args.storage, must_exist=True) as storage:
+    with storage_at(args.storage, must_exist=True, read_only=True) as storage:
         source, runs = _stored_source(args, name, experiment_file, storage)
         done = write_outputs(
             storage,
@@ -167,7 +167,7 @@ def run_evidence(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_writable_folder(args.out)
     stored = _select_experiments(args)
-    with storage_at(args.storage, must_exist=True) as storage:
+    with storage_at(args.storage, must_exist=True, read_only=True) as storage:
         path = write_combined_evidence(storage, stored, args.out)
     print(path.read_text(), end="")
     print(f"\noutputs in {args.out}/ (experiments {', '.join(s.name for s in stored)}): evidence.md")
