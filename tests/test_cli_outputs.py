@@ -158,3 +158,20 @@ def test_a_storage_in_a_folder_it_cannot_write_is_read_by_plot_and_refused_by_st
     assert runs[1].returncode == 2 and runs[1].stderr.count("\n") == 1, runs[1].stderr
     assert f"{str(folder)!r} is not writable" in runs[1].stderr
     assert sorted(p.name for p in folder.iterdir()) == ["t.db"] and (folder / "t.db").read_bytes() == before
+
+
+def test_an_own_tasks_report_headings_name_it_with_its_arguments(tmp_path):
+    """summary.md and evidence.md name the task by its `name` and its arguments as key=value, not by its import path
+    and a dict."""
+    (tmp_path / "own.yaml").write_text(
+        "name: own\ntask: broken_tasks:Tiny\ntask_args: {batch_size: 8}\noptimizers: [sgd]\nschedules: [constant]\n"
+        "trials: 1\nepochs: 1\nseed: 0\nfinal_seeds: 1\npruner: none\n"
+    )
+    flags = ["--storage", f"sqlite:///{tmp_path}/t.db", "--out", str(tmp_path / "out"), "--no-tracking"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["study", str(tmp_path / "own.yaml"), *flags, "--no-progress"]) == 0
+    summary, evidence = (
+        (tmp_path / "out" / name).read_text().splitlines()[0] for name in ("summary.md", "evidence.md")
+    )
+    assert summary == "# own: which optimizer trains tiny (batch_size=8) best"
+    assert evidence.endswith("measured on tiny (batch_size=8)")

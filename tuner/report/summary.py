@@ -10,6 +10,7 @@ from tuner.plural import counted
 from tuner.report import statistics as analysis
 from tuner.report.data import Report
 from tuner.report.figures import FIGURES
+from tuner.tasks.loading import task_title
 
 
 def _cell(value: float | None, spec: str) -> str:
@@ -52,7 +53,7 @@ def summary(report: Report, out: Path) -> str:
             ]
         )
     origin = "given" if report.target_given else "default: the least good of the optimizers' final validation means"
-    task = setup["task"] + (f" {setup['task_args']}" if setup["task_args"] else "")
+    task = task_title(setup["task"], setup["task_args"])
     floor = (
         "diverged and failed trials have none and are left out (the untrained model was not measured)"
         if report.untrained is None
