@@ -125,15 +125,19 @@ def test_plot_names_no_mlflow_run_where_the_store_holds_none(tracked, tmp_path):
 
 
 def test_a_storage_in_a_folder_it_cannot_write_is_read_by_plot_and_refused_by_study(tracked, tmp_path):
-    """SQLite cannot make its write-ahead log's files beside a file in such a folder: plot opens it read-only, study
-    says so in one line. Root writes anywhere, so there the folder is a read-only mount of the test's own."""
+    """SQLite cannot make its write-ahead log's files beside a file in such a folder: plot opens it read-only (and
+    the MLflow store beside it), study says so in one line. Root writes anywhere, so there the folder is a read-only
+    mount of the test's own."""
     folder = tmp_path / "readonly"
     folder.mkdir()
-    shutil.copy(tracked[0] / "t.db", folder / "t.db")
-    before = (folder / "t.db").read_bytes()
-    storage = ["--storage", f"sqlite:///{folder}/t.db", "--no-tracking"]
-    plot = [sys.executable, "-m", "tuner", "plot", "--experiment", "t", *storage, "--out", str(tmp_path / "out")]
-    study = [sys.executable, "-m", "tuner", "study", str(tracked[0] / "exp.yaml"), *storage, "--out", "s"]
+    for name in ("t.db", "mlflow.db"):
+        shutil.copy(tracked[0] / name, folder / name)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    storage = ["--storage", f"sqlite:///{folder}/t.db"]
+    plot = [sys.executable, "-m", "tuner", "plot", "--experiment", "t", *storage, "--tracking-uri", uri(folder)]
+    plot += ["--out", str(tmp_path / "out")]
+    study = [sys.executable, "-m", "tuner", "study", str(tracked[0] / "exp.yaml"), *storage, "--no-tracking"]
+    study += ["--out", "s"]
     if os.geteuid() == 0:
         if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
             pytest.skip("running as root, and no mount namespace (unshare --mount) for a read-only folder")
@@ -154,10 +158,10 @@ def test_a_storage_in_a_folder_it_cannot_write_is_read_by_plot_and_refused_by_st
         finally:
             folder.chmod(0o755)
     assert runs[0].returncode == 0, runs[0].stderr
-    assert (tmp_path / "out" / "best.yaml").is_file() and (tmp_path / "out" / "summary.md").is_file()
+    assert "mlflow_run_id" in yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())["source"]
     assert runs[1].returncode == 2 and runs[1].stderr.count("\n") == 1, runs[1].stderr
     assert f"{str(folder)!r} is not writable" in runs[1].stderr
-    assert sorted(p.name for p in folder.iterdir()) == ["t.db"] and (folder / "t.db").read_bytes() == before
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_an_own_tasks_report_headings_name_it_with_its_arguments(tmp_path):
@@ -175,3 +179,12 @@ def test_an_own_tasks_report_headings_name_it_with_its_arguments(tmp_path):
     )
     assert summary == "# own: which optimizer trains tiny (batch_size=8) best"
     assert evidence.endswith("measured on tiny (batch_size=8)")
+
+
+def test_plot_says_in_one_line_when_the_tracking_store_cannot_be_read(tracked, capsys):
+    Path("not-a-database.db").write_text("text\n")
+    flags = ["--out", "a", "--tracking-uri", "sqlite:///not-a-database.db"]
+    assert main(["plot", "--experiment", "t", *common(tracked[0]), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tuner: error: --tracking-uri: 'sqlite:///not-a-database.db': MLflow's runs cannot be read: ")
+    assert err.count("\n") == 1 and "--no-tracking" in err

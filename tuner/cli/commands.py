@@ -134,6 +134,8 @@ def _stored_source(
     """``plot``: the ``source`` of the best configs as ``tuner study`` writes it, and the MLflow run ids of the
     experiment's trials (study -> trial number -> run id) at ``--tracking-uri``. The experiment file is the one given,
     else the one the study last ran from (stored with it); ``tracking_uri`` only where the runs are found there."""
+    from urllib.parse import urlsplit
+
     from tuner.tracking.lookup import mirrored_runs
     from tuner.tracking.uri import check_reachable, tracking_uri
 
@@ -150,8 +152,9 @@ def _stored_source(
     if args.no_tracking:
         return source, {}
     uri, where = tracking_uri(args.tracking_uri)
-    check_reachable(uri, where)
-    runs = mirrored_runs(uri, name, storage)
+    if urlsplit(uri).scheme.split("+")[0] != "sqlite":  # an SQLite file is only read, so in any folder
+        check_reachable(uri, where)
+    runs = mirrored_runs(uri, where, name, storage)
     return source | ({"tracking_uri": mask_url(uri)} if runs else {}), runs
 
 

@@ -16,21 +16,35 @@ from urllib.parse import urlsplit
 
 import optuna
 
-from tuner.errors import sqlite_file
+from tuner.errors import UserError, mask_url, sqlite_file, url_failure
 from tuner.tracking.mirror import QUIET_ENV, _finished, _first
 
 
-def mirrored_runs(uri: str, experiment: str, storage: optuna.storages.BaseStorage) -> dict[str, dict[int, str]]:
+def mirrored_runs(
+    uri: str, where: str, experiment: str, storage: optuna.storages.BaseStorage
+) -> dict[str, dict[int, str]]:
     """Study name -> trial number -> MLflow run id of each finished trial run of ``experiment``'s studies found at
     ``uri`` (the first copy, as the mirror keeps it); empty when the store, the MLflow experiment or its runs are
-    missing. An SQLite file that does not exist is not created."""
+    missing. An SQLite file that does not exist is not created. Raises :class:`UserError` naming ``where`` when the
+    store cannot be read."""
     if urlsplit(uri).scheme.split("+")[0] == "sqlite" and not Path(sqlite_file(uri)).is_file():
         return {}
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
-    client = MlflowClient(tracking_uri=uri)
+    try:
+        return _runs(MlflowClient(tracking_uri=uri), experiment, storage)
+    except (MlflowException, SQLAlchemyError, OSError) as err:  # a server's answer, a database's, a file's
+        raise UserError(
+            f"{where}: {mask_url(uri)!r}: MLflow's runs cannot be read: {url_failure(err, uri)} (allowed: the store "
+            "tuner study wrote to, or --no-tracking for best configs without MLflow run ids)"
+        ) from None
+
+
+def _runs(client: Any, experiment: str, storage: optuna.storages.BaseStorage) -> dict[str, dict[int, str]]:
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage == "deleted":
         return {}
