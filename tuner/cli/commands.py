@@ -14,6 +14,8 @@ from tuner.errors import UserError, mask_url, url_failure
 from tuner.plural import counted
 
 if TYPE_CHECKING:
+    import optuna
+
     from tuner.report.combined_evidence import Stored
 
 
@@ -129,7 +131,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def _stored_source(
-    args: argparse.Namespace, name: str, experiment_file: str | None, storage: Any
+    args: argparse.Namespace, name: str, experiment_file: str | None, storage: optuna.storages.BaseStorage
 ) -> tuple[dict[str, Any], dict[str, dict[int, str]]]:
     """``plot``: the ``source`` of the best configs as ``tuner study`` writes it, and the MLflow run ids of the
     experiment's trials (study -> trial number -> run id) at ``--tracking-uri``. The experiment file is the one given,
