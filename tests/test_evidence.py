@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from report_setup import SETUP
 
 from tuner.config.experiment import Config
 from tuner.measure.peak_memory import peak_step_bytes
@@ -89,17 +90,6 @@ def test_the_first_steps_peak_on_the_cpu_grows_with_the_optimizers_state():
     # Adam's two moments over SGD's none (no momentum): 8 bytes a parameter, plus at most what its step's temporaries
     # add where they do not reuse memory freed earlier in the step (measured here: 8.0 to 14.8 bytes a parameter).
     assert 7 * parameters(8192) < big - peak("SGD", 8192) < 20 * parameters(8192)
-
-
-SETUP = {
-    "task_args": {},
-    "epochs": 3,
-    "batch_size": 64,
-    "seed": 0,
-    "objective": "loss",
-    "direction": "minimize",
-    "metric": "accuracy",
-}
 
 
 def record(optimizer: str, low: float, high: float) -> dict:

@@ -14,6 +14,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
+from report_setup import SETUP
 
 from tuner.cli.main import main
 from tuner.config.experiment import load_experiment
@@ -26,16 +27,6 @@ from tuner.report.importance import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_T
 from tuner.report.summary import summary
 from tuner.report.write import write_report
 
-SETUP = {
-    "task": "digits-mlp",
-    "task_args": {},
-    "epochs": 3,
-    "batch_size": 64,
-    "seed": 0,
-    "objective": "loss",
-    "direction": "minimize",
-    "metric": "accuracy",
-}
 STATES = {
     "complete": TrialState.COMPLETE,
     "pruned": TrialState.PRUNED,

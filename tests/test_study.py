@@ -252,7 +252,7 @@ def test_tuner_train_reproduces_the_trial_and_the_final_seeds_bit_for_bit(workdi
         )
         assert f"test loss {final['test_objective'][i]:.6g}, " in out[seed]
         assert out[seed].endswith(f"test accuracy {final['test_metric'][i]:.6g}")
-    assert out[3].startswith("mean ± sd over 3 seed(s): val loss ")
+    assert out[3].startswith("mean ± sd over 3 seeds: val loss ")
     # On the final seeds, the figures of tuner study's summary: val and test, mean ± sd (the runs are recorded).
     assert main(["train", str(workdir / "out" / "best.yaml"), "--first-seed", "1", "--seeds", "2"]) == 0
     shown = ", ".join(
@@ -260,7 +260,7 @@ def test_tuner_train_reproduces_the_trial_and_the_final_seeds_bit_for_bit(workdi
         for name, key in (("loss", "objective"), ("accuracy", "metric"))
         for split in ("val", "test")
     )
-    assert capsys.readouterr().out.splitlines()[-1] == f"mean ± sd over 2 seed(s): {shown}"
+    assert capsys.readouterr().out.splitlines()[-1] == f"mean ± sd over 2 seeds: {shown}"
 
 
 def divergent_space(tmp_path):

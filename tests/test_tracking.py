@@ -305,7 +305,7 @@ def test_sync_rebuilds_the_mirror_idempotently_and_repairs_runs_cut_short(workdi
 
     assert main(sync) == 0
     out = capsys.readouterr().out
-    assert "quickstart/adam: 1 runs written, 4 already there, 2 deleted" in out
+    assert "quickstart/adam: 1 run written, 4 already there, 2 deleted" in out
     assert "quickstart/sgd: 0 runs written, 5 already there, 1 deleted" in out
     assert client.get_run(twin).info.lifecycle_stage == "deleted"
     after = assert_mirrors(workdir, uri, "quickstart", ["quickstart/adam", "quickstart/sgd"])

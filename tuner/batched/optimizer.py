@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 
 from tuner.config.experiment import Config
+from tuner.plural import counted
 from tuner.train.optim import optimizer_arguments, torch_kwargs
 
 Numbers = dict[str, torch.Tensor]
@@ -81,7 +82,7 @@ class VectorizedOptimizer:
 
     def __init__(self, params: torch.Tensor, configs: list[Config], steps_per_epoch: int) -> None:
         if len(configs) != len(params):
-            raise ValueError(f"{len(configs)} configs for {len(params)} members")
+            raise ValueError(f"{counted(len(configs), 'config')} for {counted(len(params), 'member')}")
         self.params = params
         self.steps_per_epoch = steps_per_epoch
         self.state = {name: torch.zeros_like(params) for name in self.states}

@@ -83,7 +83,7 @@ def seed_int(text: str) -> int:
 
 
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--tracking-uri`` (``study`` and ``sync``)."""
+    """``--tracking-uri`` (``study``, ``plot`` and ``sync``)."""
     parser.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db): an SQLite file, "
@@ -198,6 +198,10 @@ def build_parser() -> Parser:
     )
     add_stored_experiment_arguments(plot)
     add_storage_argument(plot)
+    add_tracking_arguments(plot)
+    plot.add_argument(
+        "--no-tracking", action="store_true", help="look up no MLflow run ids for the best configs' source"
+    )
     plot.add_argument("--out", type=Path, help="output folder (default: runs/<experiment name>)")
     plot.add_argument("--target", type=finite_float, help=TARGET_HELP)
     # The keys of tuner.report.importance.IMPORTANCE_EVALUATORS (not imported here, so that --help stays instant).

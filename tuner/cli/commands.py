@@ -7,12 +7,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tuner import __version__
 from tuner.errors import UserError, mask_url, url_failure
+from tuner.plural import counted
 
 if TYPE_CHECKING:
+    import optuna
+
     from tuner.report.combined_evidence import Stored
 
 
@@ -43,7 +46,7 @@ def run_sync(args: argparse.Namespace) -> int:
     name = _select_experiment(args)[0]
     uri, where = tracking_uri(args.tracking_uri)
     check_reachable(uri, where)
-    with storage_at(args.storage, must_exist=True) as storage:
+    with storage_at(args.storage, must_exist=True, read_only=True) as storage:
         studies = [s for s in optuna.get_all_study_names(storage) if s.startswith(f"{name}/")]
         if not studies:
             present = ", ".join(experiment_names(storage)) or "none"
@@ -67,46 +70,55 @@ def run_sync(args: argparse.Namespace) -> int:
                 ) from None
             total += count
             print(
-                f"{study}: {count.written} runs written, {count.kept} already there, {count.deleted} deleted "
-                "(cut short or stale)"
+                f"{study}: {counted(count.written, 'run')} written, {count.kept} already there, "
+                f"{count.deleted} deleted (cut short or stale)"
             )
         print(
-            f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {len(studies)} studies: "
-            f"{total.written + total.kept} runs"
+            f"MLflow experiment {name!r} at {mask_url(uri)} mirrors {counted(len(studies), 'study', 'studies')}: "
+            f"{counted(total.written + total.kept, 'run')}"
         )
     return 0
 
 
-def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str]:
-    """``plot`` and ``sync``: the experiment's name, target, and where they came from
-    (every study of that name is used)."""
+def _select_experiment(args: argparse.Namespace) -> tuple[str, float | None, str, str | None]:
+    """``plot`` and ``sync``: the experiment's name, target, where they came from (every study of that name is used),
+    and its file (None for ``--experiment NAME``)."""
     from tuner.config import experiment as config
 
     if args.experiment and args.name:
         raise UserError(f"--experiment {args.name!r} and the experiment file {args.experiment!r}: give one, not both")
     if args.name:
-        return args.name, getattr(args, "target", None), "--experiment"
+        return args.name, getattr(args, "target", None), "--experiment", None
     experiment = config.load_experiment(
         config.find_experiment(args.experiment), {"target": getattr(args, "target", None)}
     )
-    return experiment.name, experiment.target, experiment.at("name")
+    return experiment.name, experiment.target, experiment.at("name"), experiment.source
 
 
 def run_plot(args: argparse.Namespace) -> int:
     """``tuner plot``: rewrite the output folder from the storage (trains nothing); exit code 0."""
     import optuna
 
-    from tuner.run.experiment import check_writable_folder
+    from tuner.run.folders import check_writable_folder
     from tuner.run.outputs import write_outputs
     from tuner.study.connection import storage_at
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name, target, where = _select_experiment(args)
+    name, target, where, experiment_file = _select_experiment(args)
     out = args.out or Path("runs") / name
     check_writable_folder(out)
-    source = {"experiment": name, "storage": mask_url(args.storage), "tuner_version": __version__}
-    with storage_at(args.storage, must_exist=True) as storage:
-        done = write_outputs(storage, name, out, target=target, importance=args.importance, source=source, where=where)
+    with storage_at(args.storage, must_exist=True, read_only=True) as storage:
+        source, runs = _stored_source(args, name, experiment_file, storage)
+        done = write_outputs(
+            storage,
+            name,
+            out,
+            target=target,
+            importance=args.importance,
+            source=source,
+            run_ids=(lambda: runs) if runs else None,
+            where=where,
+        )
     print(done.summary)
     print("\n" + done.evidence)
     files = (
@@ -118,19 +130,49 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stored_source(
+    args: argparse.Namespace, name: str, experiment_file: str | None, storage: optuna.storages.BaseStorage
+) -> tuple[dict[str, Any], dict[str, dict[int, str]]]:
+    """``plot``: the ``source`` of the best configs as ``tuner study`` writes it, and the MLflow run ids of the
+    experiment's trials (study -> trial number -> run id) at ``--tracking-uri``. The experiment file is the one given,
+    else the one the study last ran from (stored with it); ``tracking_uri`` only where the runs are found there."""
+    from urllib.parse import urlsplit
+
+    from tuner.tracking.lookup import mirrored_runs
+    from tuner.tracking.uri import check_reachable, tracking_uri
+
+    experiment_file = experiment_file or next(
+        (
+            s.user_attrs["experiment_file"]
+            for s in storage.get_all_studies()
+            if s.study_name.startswith(f"{name}/") and "experiment_file" in s.user_attrs
+        ),
+        None,
+    )
+    source = {"experiment": name} | ({"experiment_file": experiment_file} if experiment_file else {})
+    source |= {"storage": mask_url(args.storage), "tuner_version": __version__}
+    if args.no_tracking:
+        return source, {}
+    uri, where = tracking_uri(args.tracking_uri)
+    if urlsplit(uri).scheme.split("+")[0] != "sqlite":  # an SQLite file is only read, so in any folder
+        check_reachable(uri, where)
+    runs = mirrored_runs(uri, where, name, storage)
+    return source | ({"tracking_uri": mask_url(uri)} if runs else {}), runs
+
+
 def run_evidence(args: argparse.Namespace) -> int:
     """``tuner evidence``: one evidence.md over the stored studies of the experiments (files, shipped names, or
     ``--experiment`` names in the storage), training nothing; exit code 0."""
     import optuna
 
     from tuner.report.combined_evidence import write_combined_evidence
-    from tuner.run.experiment import check_writable_folder
+    from tuner.run.folders import check_writable_folder
     from tuner.study.connection import storage_at
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_writable_folder(args.out)
     stored = _select_experiments(args)
-    with storage_at(args.storage, must_exist=True) as storage:
+    with storage_at(args.storage, must_exist=True, read_only=True) as storage:
         path = write_combined_evidence(storage, stored, args.out)
     print(path.read_text(), end="")
     print(f"\noutputs in {args.out}/ (experiments {', '.join(s.name for s in stored)}): evidence.md")
@@ -217,8 +259,11 @@ def run_train(args: argparse.Namespace) -> int:
             runs[-1] |= {f"val {task.metric}": last.val_metric, f"test {task.metric}": test_metric}
         shown = ", ".join(f"{name} {value:.6g}" for name, value in runs[-1].items())
         print(f"seed {seed}: {shown}" + (f" ({result.reason})" if result.reason else ""))
+    if len(runs) == 1:  # one value has no spread to show, and "± 0" would claim one
+        print(f"over 1 seed (n = 1, no sd): {shown}")
+        return 0
     shown = ", ".join(f"{name} {pm(mean_sd([run[name] for run in runs]), 6)}" for name in runs[0])
-    print(f"mean ± sd over {args.seeds} seed(s): {shown}")
+    print(f"mean ± sd over {len(runs)} seeds: {shown}")
     return 0
 
 

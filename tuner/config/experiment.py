@@ -249,7 +249,7 @@ class Config:
             )
         except ZeroDivisionError:  # torch's OneCycleLR when a phase has no step
             raise ValueError(
-                f"steps_per_epoch={steps_per_epoch}: {self.epochs * steps_per_epoch} steps are too few "
+                f"steps_per_epoch={steps_per_epoch}: too few steps in all ({self.epochs * steps_per_epoch}) "
                 f"for schedule {self.schedule} {self.schedule_params}"
             ) from None
         return optimizer, scheduler

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuner.measure.bias_correction import first_step_ratio
+from tuner.plural import counted
 from tuner.report import statistics as analysis
+from tuner.tasks.loading import task_title
 
 if TYPE_CHECKING:
     from tuner.report.data import OptimizerReport, Report
@@ -234,8 +236,8 @@ def speed_row(report: Report) -> Row:
     shown = "None" if target is None else format(target, ".4g")
     test = (
         f"epochs to the target {shown} (DeepOBS's speed; never = epochs + 1) and seconds to it (AlgoPerf's time to "
-        f"target, mean over the seeds that reached it), {n} final seeds: Welch's t-test (two-sided, α = {ALPHA}) on "
-        "the epochs against every optimizer claimed at another speed"
+        f"target, mean over the seeds that reached it), {counted(n, 'final seed')}: Welch's t-test (two-sided, "
+        f"α = {ALPHA}) on the epochs against every optimizer claimed at another speed"
     )
     return Row("convergence speed", cells, test)
 
@@ -366,7 +368,7 @@ def evidence_markdown(report: Report, rows: list[Row]) -> str:
     table = [header] + [[row.claim, *map(cell_text, row.cells)] for row in rows]
     lines = [
         f"# {report.experiment}: the common claims about {listed(families(report))}, "
-        f"measured on {report.setup['task']}",
+        f"measured on {task_title(report.setup['task'], report.setup['task_args'])}",
         "",
         "Each cell: the value measured on this task; the common claim; the verdict (consistent, not consistent, or "
         "no evidence either way when the difference is inside the seeds' spread or nothing here tests it).",

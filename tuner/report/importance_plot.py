@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
+from tuner.plural import counted
 from tuner.report.data import Report
 from tuner.report.drawing import colors, note, place, text_height, wrapped
 
@@ -27,7 +28,7 @@ def draw_importance(report: Report) -> Figure:
         if imp.note and not imp.values:
             note(ax, imp.note)
         weak = f"\n{imp.note}" if imp.note and imp.values else ""
-        titles.append(wrapped(f"{o.name} ({imp.trials} complete trials){weak}", 3.2, 10))
+        titles.append(wrapped(f"{o.name} ({counted(imp.trials, 'complete trial')}){weak}", 3.2, 10))
         ax.set_title(titles[-1], color=color[o.name], fontsize=10)
         # Room right of the longest bar and its error bar for the label.
         ax.set_xlim(0, max([1.3] + [imp.values[n] + imp.sd.get(n, 0.0) + 0.45 for n in imp.values]))

@@ -6,9 +6,11 @@ import math
 from pathlib import Path
 from urllib.parse import quote
 
+from tuner.plural import counted
 from tuner.report import statistics as analysis
 from tuner.report.data import Report
 from tuner.report.figures import FIGURES
+from tuner.tasks.loading import task_title
 
 
 def _cell(value: float | None, spec: str) -> str:
@@ -51,7 +53,7 @@ def summary(report: Report, out: Path) -> str:
             ]
         )
     origin = "given" if report.target_given else "default: the least good of the optimizers' final validation means"
-    task = setup["task"] + (f" {setup['task_args']}" if setup["task_args"] else "")
+    task = task_title(setup["task"], setup["task_args"])
     floor = (
         "diverged and failed trials have none and are left out (the untrained model was not measured)"
         if report.untrained is None
@@ -61,8 +63,9 @@ def summary(report: Report, out: Path) -> str:
     lines = [
         f"# {report.experiment}: which optimizer trains {task} best",
         "",
-        f"Objective: validation {label}, {better} is better; {setup['epochs']} epochs per trial. `*` marks the winner: "
-        "the best final validation mean (the single best trial, picked out of many on one seed, is optimistic).",
+        f"Objective: validation {label}, {better} is better; {counted(setup['epochs'], 'epoch')} per trial. "
+        "`*` marks the winner: the best final validation mean (the single best trial, picked out of many on one "
+        "seed, is optimistic).",
         "",
         analysis.table(rows),
         "",

@@ -6,7 +6,6 @@ Heavy libraries are imported inside the functions, so that ``python -m tuner --h
 
 from __future__ import annotations
 
-import math
 import shlex
 import sys
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from tuner import __version__
 from tuner.errors import UserError, mask_url
+from tuner.plural import counted
+from tuner.run.folders import check_writable_folder
 
 if TYPE_CHECKING:
     import pandas
@@ -73,9 +74,8 @@ class Result:
 
     def __repr__(self) -> str:
         best = ", ".join(f"{s.optimizer}: {s.best_value:.6g}" for s in self.summaries if s.best_value is not None)
-        return (
-            f"Result(winner={self.winner!r}, best values {{{best}}}, {len(self.trials)} trials, out={str(self.out)!r})"
-        )
+        trials = counted(len(self.trials), "trial")
+        return f"Result(winner={self.winner!r}, best values {{{best}}}, {trials}, out={str(self.out)!r})"
 
 
 def configure_process(threads: int | None) -> None:
@@ -190,8 +190,8 @@ def _tune(
         print(why, file=sys.stderr)
     parts = [
         f"task {task.name}",
-        f"{experiment.trials} trials x {len(experiment.optimizers)} optimizers",
-        f"{setup.epochs} epochs",
+        f"{counted(experiment.trials, 'trial')} x {counted(len(experiment.optimizers), 'optimizer')}",
+        counted(setup.epochs, "epoch"),
         f"device {device}" + ("" if args.amp == "none" else f", amp {args.amp}"),
         *([f"{args.jobs} workers"] if args.jobs > 1 else []),
         *([f"a population of {population} trials at once"] if population > 1 else []),
@@ -247,6 +247,9 @@ def _tune(
                         follower.end(runner.name, "FAILED")
                     raise
             runner.final_evaluation(seeds)  # stored in the study, for the outputs below
+            # The file it last ran from, for the best configs that tuner plot --experiment NAME writes.
+            if runner.study.user_attrs.get("experiment_file") != experiment.source:
+                runner.study.set_user_attr("experiment_file", experiment.source)
             studies[space.name] = runner.study
 
         source = {
@@ -359,30 +362,9 @@ def _report_tracking(follower: Follower, experiment: str, args: Options, quiet: 
             f" (browse: {shlex.join(['mlflow', 'ui', '--backend-store-uri', uri])})" if uri.startswith("sqlite") else ""
         )
         print(
-            f"tracking: {report['runs']} runs in MLflow experiment {experiment!r} at {mask_url(uri)}{browse}",
+            f"tracking: {counted(report['runs'], 'run')} in MLflow experiment {experiment!r} at "
+            f"{mask_url(uri)}{browse}",
             file=sys.stderr,
-        )
-
-
-def check_writable_folder(path: Path) -> None:
-    """``path`` is a folder, or can be made one, that we can write to; creates nothing."""
-    import os
-
-    # Room for the longest file written inside (a file name of up to 255 bytes) under the system's path limit.
-    limit = os.pathconf("/", "PC_PATH_MAX") - 256 if hasattr(os, "pathconf") else math.inf
-    if any(len(os.fsencode(part)) > 255 for part in path.parts) or len(os.fsencode(path.absolute())) > limit:
-        shown = str(path) if len(str(path)) <= 60 else str(path)[:60] + "..."
-        raise UserError(
-            f"--out: {shown!r} is too long (allowed: folder names of at most 255 bytes, the whole path at most "
-            f"{limit} bytes)"
-        )
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise UserError(
-            f"--out: {str(path)!r} cannot be a folder here: {str(existing)!r} is not a writable folder "
-            "(allowed: a folder, created if missing)"
         )
 
 

@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -19,9 +20,11 @@ SQLITE_LOCK_SECONDS = 60
 CREATE_ATTEMPTS = 3
 
 
-def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(url: str, must_exist: bool = False, read_only: bool = False) -> optuna.storages.RDBStorage:
     """The Optuna RDB storage at ``url`` (any SQLAlchemy URL), created if missing unless ``must_exist`` (default
-    False), with tuner's heartbeat (``HEARTBEAT_SECONDS``) and grace period (``GRACE_SECONDS``).
+    False), with tuner's heartbeat (``HEARTBEAT_SECONDS``) and grace period (``GRACE_SECONDS``). ``read_only``: for a
+    command that only reads, an SQLite file in a folder this process cannot write is opened read-only
+    (:func:`_read_only`), which a plain open would refuse.
 
     Raises :class:`UserError` naming ``--storage`` if ``must_exist`` and the SQLite file does not exist, if the
     database driver is missing, or if the URL or server cannot be opened (the password masked).
@@ -33,6 +36,7 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStora
     # SQLite: a writer waits for another's lock (several workers on one file)
     # instead of failing with "database is locked" after pysqlite's 5 s.
     engine = {"connect_args": {"timeout": SQLITE_LOCK_SECONDS}} if url.startswith("sqlite") else None
+    opened = _read_only(url) if read_only else url
     failure: Exception | None = None
     for attempt in range(CREATE_ATTEMPTS):
         try:
@@ -40,7 +44,7 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStora
                 # Heartbeats are experimental in Optuna: stable enough for us.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
+                    opened, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
                 )
             if storage.engine.dialect.name == "sqlite":
                 sqlalchemy.event.listen(storage.engine, "connect", _write_ahead_log)
@@ -63,19 +67,25 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStora
         if isinstance(failure, ImportError)
         else ""
     )
+    folder = _unwritable_folder(url)
+    allowed = (
+        f"allowed: an SQLite file in a writable folder: SQLite writes its write-ahead log beside it, and {folder!r} "
+        "is not writable"
+        if folder
+        else "allowed: an SQLAlchemy URL such as sqlite:///tuner.db or postgresql://user:password@host/db"
+    )
     raise UserError(
-        f"--storage: cannot open {mask_url(url)!r}: {url_failure(failure, url)}{driver} "
-        "(allowed: an SQLAlchemy URL such as sqlite:///tuner.db or postgresql://user:password@host/db)"
+        f"--storage: cannot open {mask_url(url)!r}: {url_failure(failure, url)}{driver} ({allowed})"
     ) from None
 
 
 @contextlib.contextmanager
-def storage_at(url: str, must_exist: bool = False) -> Iterator[optuna.storages.RDBStorage]:
+def storage_at(url: str, must_exist: bool = False, read_only: bool = False) -> Iterator[optuna.storages.RDBStorage]:
     """:func:`open_storage` for the length of a ``with`` block, its connections closed at the end (also on an error):
     the last connection to an SQLite file folds the write-ahead log back into it, so no ``-wal`` and ``-shm`` files
     are left beside it, in a process that goes on (a test, a notebook) as in one that exits. Raises as
     :func:`open_storage` does."""
-    storage = open_storage(url, must_exist)
+    storage = open_storage(url, must_exist, read_only)
     try:
         yield storage
     finally:
@@ -96,6 +106,28 @@ def _write_ahead_log(connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _read_only(url: str) -> str:
+    """``url``, or for an SQLite file in a folder this process cannot write, the URL that opens it read-only: SQLite
+    cannot make the write-ahead log's ``-wal`` and ``-shm`` files beside it, which even a read needs. Without a
+    ``-wal`` file no process is writing it, and it is read as immutable (no lock files at all); with one, read-only
+    beside the writer's files."""
+    if not _unwritable_folder(url):
+        return url
+    database = os.path.abspath(sqlite_file(url))
+    immutable = "" if os.path.exists(database + "-wal") else "&immutable=1"
+    return f"sqlite:///file:{quote(database)}?mode=ro{immutable}&uri=true"
+
+
+def _unwritable_folder(url: str) -> str:
+    """The folder of the SQLite file ``url`` names when this process cannot write it; "" otherwise (a writable folder,
+    a URI filename, an in-memory database, another database)."""
+    database = sqlite_file(url) if url.startswith("sqlite:") else ""
+    if not database or database.startswith("file:"):
+        return ""
+    folder = os.path.dirname(os.path.abspath(database))
+    return "" if os.access(folder, os.W_OK) else folder
 
 
 def _sqlite_file_exists(url: str) -> bool:

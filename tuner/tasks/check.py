@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from tuner.errors import UserError, reason
+from tuner.plural import counted
 from tuner.tasks import batches
 from tuner.tasks.task import Data, Split, Task, is_loop
 from tuner.train.loop import LOOP_CHECK_LR, check_loop
@@ -52,7 +53,8 @@ def _check_data(data: Any) -> None:
             )
         if len(split.x) != len(split.y):
             raise _Broken(
-                f"the {name} split has {len(split.x)} inputs but {len(split.y)} targets (allowed: as many of each)"
+                f"the {name} split has {counted(len(split.x), 'input')} but {counted(len(split.y), 'target')} "
+                "(allowed: as many of each)"
             )
         if len(split.x) == 0:
             raise _Broken(f"the {name} split is empty")
@@ -123,7 +125,9 @@ def _check_step(task: Task, data: Data) -> None:
     output = _call(f"model({inputs})", batches.forward, model, x)
     if not isinstance(output, torch.Tensor) or output.dim() == 0 or len(output) != len(y):
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise _Broken(f"model() returned {shape} for {len(y)} inputs (allowed: a tensor with the batch first)")
+        raise _Broken(
+            f"model() returned {shape} for {counted(len(y), 'input')} (allowed: a tensor with the batch first)"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch warns, rather than fails, when shapes broadcast by accident
         loss = _call(

@@ -166,3 +166,14 @@ def _summary(name: str) -> str:
         return f"cannot be loaded: {err}"
     # The first paragraph, its wrapped lines joined: the first line alone can stop mid-sentence.
     return " ".join((inspect.getdoc(factory) or "").partition("\n\n")[0].split())
+
+
+def task_title(spec: str, args: dict[str, Any]) -> str:
+    """A stored task for people, as a report's heading names it: the task's ``name`` with its arguments as
+    ``key=value`` (``augmented-digits (width=32)``), not its ``package.module:factory`` path; the path when the task
+    cannot be built here (its package not installed)."""
+    try:
+        name = load_task(spec, args).name
+    except UserError:
+        name = spec
+    return name + (f" ({', '.join(f'{key}={value}' for key, value in args.items())})" if args else "")

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from tuner.config.experiment import Config
+from tuner.plural import counted
 from tuner.tasks.batches import python_and_numpy_seeded
 from tuner.train.results import EpochMetrics, RunResult, StepHook, divergence
 
@@ -176,7 +177,7 @@ def run_loop(
         raise ReportError("fit(run) returned without calling run.report(epoch, train_loss, val_loss, val_metric)")
     if result.status == "complete" and len(result.history) < config.epochs:
         raise ReportError(
-            f"fit(run) returned after {len(result.history)} of {config.epochs} epochs without being stopped"
+            f"fit(run) returned after {counted(len(result.history), 'epoch')} of {config.epochs} without being stopped"
         )
     if test and result.status == "complete":
         if not (isinstance(returned, dict) and {"test_loss", "test_metric"} <= returned.keys()):
