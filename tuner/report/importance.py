@@ -53,6 +53,9 @@ def importance(study: optuna.Study, evaluator: str = "ped-anova") -> Importance:
             f"too few complete trials for an estimate\n"
             f"({n}; {MIN_WEAK_IMPORTANCE_TRIALS} at least, {MIN_IMPORTANCE_TRIALS} advised)",
         )
+    # Only what the evaluators read: a trial's user attributes (its config, every epoch's history) would be deep-copied
+    # into each resample's in-memory study, most of the report's time on the quickstart's 40 trials a study.
+    trials = [optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value) for t in trials]
     values = _importances(study.direction, trials, evaluator)
     draw = random.Random(0)
     resamples = [_importances(study.direction, draw.choices(trials, k=n), evaluator) for _ in range(BOOTSTRAP)]
