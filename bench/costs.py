@@ -216,7 +216,7 @@ def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
         ("  of which peak memory (evidence)", clock.total("peak")),
         ("report and exported configs (write_outputs)", clock.total("outputs")),
         ("  of which the figures (a forked child draws two)", clock.total("figures")),
-        ("  of which the parameter importances (bootstrap)", clock.total("importance")),
+        ("  of which the importances (bootstrap; 0 where the child computes them)", clock.total("importance")),
         ("data loading and checks beyond the bare loop's", clock.total("prepare") - bare.load),
         ("rest (storage, study setup, printing)", total - sum(clock.total(p, None) for p in top)),
     ]

@@ -2,8 +2,10 @@
 
 The figures are independent of each other, and drawing them is most of a report's time, on one core while the
 others are idle (training is over): on Linux with two cores or more, a child forked once matplotlib is imported
-draws :data:`FORKED` while this process draws the rest (the child only draws and writes its PNGs: no storage, no
-torch). Where the child fails, its figures are drawn here again, so an error reaches the caller as without it.
+draws :data:`FORKED` while this process draws the rest (the child only computes from the report in memory, draws and
+writes its PNGs: no storage, no torch). Where the child fails, its figures are drawn here again, so an error reaches
+the caller as without it. The parameter importances, which only ``importance.png`` shows, can be left for the
+process that draws it to compute (``complete``).
 """
 
 from __future__ import annotations
@@ -35,24 +37,29 @@ FIGURES: dict[str, str] = {
     "step_sizes": "effective per-parameter learning rate over training, per optimizer",
 }
 
-# The figures the forked child draws: about half of the six figures' drawing time on the quickstart (0.8-0.95 s of
-# CPU time against 0.95-1.05 s for the other four, measured in the two processes at load 5).
-FORKED = ("sensitivity", "step_sizes")
+# The figures the forked child draws: about half of the six figures' time on the quickstart with the importances
+# (0.45 s of CPU time for their bootstrap, 0.4 s more to import optuna.importance in a fresh process) and those of
+# importance.png and step_sizes.png (0.25 and 0.35 s) against the other four's (1.0 s), at load 4.
+FORKED = ("importance", "step_sizes")
 
 
-def draw_all(report: Report, folder: Path) -> list[Path]:
+def draw_all(report: Report, folder: Path, complete: Callable[[], Report] | None = None) -> list[Path]:
     """Every figure of :data:`FIGURES` as ``folder/<name>.png``, in that order, :data:`FORKED` by a child process where
-    there are cores for two (see the module's docstring); the paths written. Raises ``OSError`` when ``folder`` cannot
-    be written."""
+    there are cores for two (see the module's docstring); the paths written. ``complete()``: ``report`` with its
+    parameter importances, where ``report`` has them pending (:func:`tuner.report.build.with_importances`), called
+    by the process that draws ``importance.png``. Raises ``OSError`` when ``folder`` cannot be written."""
     _drawers()  # matplotlib imported before the fork, once for both processes
 
-    child = _forked(lambda: save_figures(report, folder, FORKED)) if _cores() > 1 else None
+    def forked_figures() -> None:
+        save_figures(complete() if complete is not None else report, folder, FORKED)
+
+    child = _forked(forked_figures) if _cores() > 1 else None
     try:
-        save_figures(report, folder, [name for name in FIGURES if child is None or name not in FORKED])
+        save_figures(report, folder, [name for name in FIGURES if name not in FORKED])
     finally:  # the child is waited for even when this process's figures fail
-        drawn = child is None or _succeeded(child)
+        drawn = child is not None and _succeeded(child)
     if not drawn:
-        save_figures(report, folder, FORKED)
+        forked_figures()
     return [folder / f"{name}.png" for name in FIGURES]
 
 
