@@ -37,10 +37,11 @@ FIGURES: dict[str, str] = {
     "step_sizes": "effective per-parameter learning rate over training, per optimizer",
 }
 
-# The figures the forked child draws: about half of the six figures' time on the quickstart with the importances
-# (0.45 s of CPU time for their bootstrap, 0.4 s more to import optuna.importance in a fresh process) and those of
-# importance.png and step_sizes.png (0.25 and 0.35 s) against the other four's (1.0 s), at load 4.
-FORKED = ("importance", "step_sizes")
+# The figures the forked child draws, with the importances (their bootstrap: 0.45 s of CPU time on the quickstart,
+# and 0.4 s more to import optuna.importance in a fresh process): about half of the report's time after the fork in
+# `tuner study`'s one report of a process (importance.png 0.25 s and convergence.png 0.15 s, against 1.25 s for
+# the other four), at load 2-3.
+FORKED = ("importance", "convergence")
 
 
 def draw_all(report: Report, folder: Path, complete: Callable[[], Report] | None = None) -> list[Path]:
