@@ -47,6 +47,7 @@ PARTS = {
         "tuner.run.outputs:write_report",
         "tuner.run.outputs:draw_figures",
     ),  # the figures (write_report in older code: with summary.md and evidence.md)
+    "importance": "tuner.report.build:importance",  # a study's parameter importances and their bootstrap sd
     "follower_trial": (
         "tuner.tracking.mirror:Follower.trial",
         "tuner.tracking.follower:Follower.trial",
@@ -214,7 +215,8 @@ def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
         ("  of which step sizes (evidence)", step_sizes),
         ("  of which peak memory (evidence)", clock.total("peak")),
         ("report and exported configs (write_outputs)", clock.total("outputs")),
-        ("  of which summary, evidence and figures", clock.total("figures")),
+        ("  of which the figures (a forked child draws two)", clock.total("figures")),
+        ("  of which the importances (bootstrap; 0 where the child computes them)", clock.total("importance")),
         ("data loading and checks beyond the bare loop's", clock.total("prepare") - bare.load),
         ("rest (storage, study setup, printing)", total - sum(clock.total(p, None) for p in top)),
     ]

@@ -8,16 +8,20 @@ import dataclasses
 import io
 import itertools
 import math
+import os
+import pathlib
+import sys
 
 import optuna
 import pytest
 from matplotlib.figure import Figure
 
-from tuner.report.build import close_call
+from tuner.report.build import close_call, with_importances
 from tuner.report.convergence_plot import draw_convergence
 from tuner.report.data import Importance, OptimizerReport, Report, TrialPoint
 from tuner.report.drawing import place, wrapped
-from tuner.report.importance import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, importance
+from tuner.report.figures import FIGURES, draw_all, save_figures
+from tuner.report.importance import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, importance, pending, sample
 from tuner.report.importance_plot import draw_importance
 from tuner.report.learning_curves_plot import draw_learning_curves
 from tuner.report.log_axis import log_ticks
@@ -311,3 +315,58 @@ def test_the_learning_curves_title_wraps_inside_a_one_panel_figure():
     fig = drawn(draw_learning_curves(built))
     title = fig.get_suptitle()
     assert len(fig.axes) == 1 and max(len(line) for line in title.splitlines()) * 0.6 * 11 / 72 <= fig.get_figwidth()
+
+
+def test_the_figures_drawn_beside_a_forked_child_are_those_drawn_in_one_process(tmp_path):
+    # On Linux with two cores or more, a child draws FORKED: every file is there, byte for byte as drawn here.
+    adam = optimizer("adam", [point("complete", 0.5, eps=1e-8), point("diverged", None)], [0.5, 0.5])
+    built = report(adam, optimizer("sgd", [point("pruned", 0.7, lr=0.1)], [math.nan]))
+    (tmp_path / "both").mkdir()
+    (tmp_path / "here").mkdir()
+    paths = draw_all(built, tmp_path / "both")
+    save_figures(built, tmp_path / "here", FIGURES)
+    assert [p.name for p in paths] == [f"{name}.png" for name in FIGURES]
+    for path in paths:
+        assert path.read_bytes() == (tmp_path / "here" / path.name).read_bytes(), path.name
+
+
+def children() -> set[int]:
+    """This process's child processes, zombies included (Linux)."""
+    return {
+        int(pid)
+        for task in pathlib.Path("/proc/self/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    }
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the figures are drawn in one process elsewhere")
+def test_figures_that_cannot_be_written_raise_oserror_and_leave_no_child(tmp_path):
+    (tmp_path / "file").write_text("")
+    before = children()
+    with pytest.raises(OSError):
+        draw_all(report(optimizer("adam", [point("complete", 0.5)], [0.5])), tmp_path / "file")
+    assert children() == before  # the child was waited for
+
+
+def test_importances_left_pending_are_computed_by_the_process_that_draws_importance_png(tmp_path):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: abs(math.log10(t.suggest_float("lr", 1e-4, 1.0, log=True)) + 2), n_trials=12)
+    adam = optimizer("adam", [], [], pending(12))
+    waiting = dataclasses.replace(report(adam), parameters=[])
+    computed_in = tmp_path / "pid"
+
+    def complete() -> Report:
+        computed_in.write_text(str(os.getpid()))
+        return with_importances(waiting, [sample(study)])
+
+    (tmp_path / "pending").mkdir()
+    (tmp_path / "whole").mkdir()
+    draw_all(waiting, tmp_path / "pending", complete)
+    whole = with_importances(waiting, [sample(study)])
+    assert whole.optimizers[0].importance == importance(study) and whole.parameters == ["lr"]
+    save_figures(whole, tmp_path / "whole", ["importance"])
+    assert (tmp_path / "pending" / "importance.png").read_bytes() == (
+        tmp_path / "whole" / "importance.png"
+    ).read_bytes()
+    if sys.platform == "linux" and len(os.sched_getaffinity(0)) > 1:  # by the child, beside this process's figures
+        assert int(computed_in.read_text()) != os.getpid()

@@ -10,17 +10,18 @@ measures them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config.export import config_from_dict
 from tuner.errors import UserError, mask_url
 from tuner.report import statistics as analysis
 from tuner.report.data import OptimizerReport, Report, TrialPoint
-from tuner.report.importance import IMPORTANCE_EVALUATORS, importance, rank_parameters
+from tuner.report.importance import IMPORTANCE_EVALUATORS, Sample, importance, pending, rank_parameters, sample
 from tuner.report.measured import measured
 from tuner.report.statistics import Summary
 from tuner.study.outcomes import COUNTED, best_trial, outcome
@@ -103,12 +104,16 @@ def _final(study: optuna.Study) -> dict[str, Any] | None:
     return final if final and best is not None and final["trial"] == best.number else None
 
 
-def build_report(studies: list[optuna.Study], *, target: float | None = None, evaluator: str = "ped-anova") -> Report:
+def build_report(
+    studies: list[optuna.Study], *, target: float | None = None, evaluator: str = "ped-anova", importances: bool = True
+) -> Report:
     """The report of one experiment's studies: every figure's data and the summary's numbers; trains nothing.
 
     ``target`` is the speed target in the objective's units; None derives it
     with :func:`tuner.report.statistics.default_target`. ``evaluator`` is a key of
-    :data:`IMPORTANCE_EVALUATORS`.
+    :data:`IMPORTANCE_EVALUATORS`. ``importances``: False leaves the parameter importances pending
+    (:func:`tuner.report.importance.pending`; only ``importance.png`` shows them): :func:`with_importances` computes
+    them.
     """
     setups = [study.user_attrs["setup"] for study in studies]
     setup = setups[0]
@@ -122,12 +127,14 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
         for t, s in zip(trials, summaries)
     ]
     memories, (untrained, untrained_test), measure_notes = measured(setup, [s.final for s in summaries], configs)
-    importances = [importance(study, evaluator) for study in studies]
+    pending_importances = [pending(sum(t.state == TrialState.COMPLETE for t in ts)) for ts in trials]
     given = target is not None
     target = target if given else analysis.default_target(summaries, direction)
     key = "val_loss" if setup["objective"] == "loss" else "val_metric"
     optimizers = []
-    for study_trials, summary, imp, memory, study_setup in zip(trials, summaries, importances, memories, setups):
+    for study_trials, summary, imp, memory, study_setup in zip(
+        trials, summaries, pending_importances, memories, setups
+    ):
         points = trial_points(study_trials)
         worths = [analysis.worth(p.value, untrained, direction) for p in points]
         expected = analysis.expected_best([w for w in worths if w is not None], len(points), direction)
@@ -165,19 +172,29 @@ def build_report(studies: list[optuna.Study], *, target: float | None = None, ev
     samplers = tuple(
         sorted({t.user_attrs.get("sampler", "unknown-sampler") for ts in trials for t in ts if outcome(t) in COUNTED})
     )
-    return Report(
+    built = Report(
         experiment,
         setup,
         target,
         given,
         untrained,
         IMPORTANCE_EVALUATORS[evaluator],
-        rank_parameters(importances),
+        [],
         optimizers,
         None if best is None else best.optimizer,
         notes + measure_notes,
         samplers,
     )
+    return with_importances(built, [sample(study) for study in studies], evaluator) if importances else built
+
+
+def with_importances(report: Report, samples: list[Sample], evaluator: str = "ped-anova") -> Report:
+    """``report`` with the parameter importances of its studies' ``samples`` (:func:`tuner.report.importance.sample`,
+    in the report's order) by ``evaluator``, and its parameters ranked by them. Reads no storage: a forked process can
+    run it."""
+    found = [importance(of, evaluator) for of in samples]
+    optimizers = [dataclasses.replace(o, importance=imp) for o, imp in zip(report.optimizers, found)]
+    return dataclasses.replace(report, parameters=rank_parameters(found), optimizers=optimizers)
 
 
 def close_call(summaries: list[Summary], best: Summary | None, direction: str) -> str | None:

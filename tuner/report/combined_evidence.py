@@ -37,7 +37,11 @@ def combined_evidence(
 ) -> list[tuple[Report, list[Row]]]:
     """Each experiment's report and evidence rows, read from ``storage``; raises UserError (naming ``where``) for an
     experiment with no studies there."""
-    reports = [build_report(load_studies(storage, e.name, where=e.where), target=e.target) for e in experiments]
+    # The importances (importance.png's only) are left pending: evidence.md does not show them.
+    reports = [
+        build_report(load_studies(storage, e.name, where=e.where), target=e.target, importances=False)
+        for e in experiments
+    ]
     return [(report, build_evidence(report)) for report in reports]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 import warnings
+from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -38,14 +39,41 @@ def _evaluator(name: str) -> optuna.importance.BaseImportanceEvaluator:
     return optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
 
 
-def importance(study: optuna.Study, evaluator: str = "ped-anova") -> Importance:
-    """Parameter importances of ``study`` by one of :data:`IMPORTANCE_EVALUATORS`, with their bootstrap sd.
+@dataclass(frozen=True)
+class Sample:
+    """What the importances of one study are computed from: its complete trials, each with only what the evaluators
+    read (its parameters, their distributions and its value), and the study's direction. Plain data in memory: it can
+    be computed from in a forked process, which must not use the parent's storage connections."""
+
+    direction: optuna.study.StudyDirection
+    trials: list[FrozenTrial]
+
+
+def sample(study: optuna.Study) -> Sample:
+    """``study``'s :class:`Sample`."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    # A trial's user attributes (its config, every epoch's history) would be deep-copied into each resample's
+    # in-memory study: most of the importances' time on the quickstart's 40 trials a study.
+    lean = [optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value) for t in trials]
+    return Sample(study.direction, lean)
+
+
+def pending(complete: int) -> Importance:
+    """The importances of a study of ``complete`` complete trials before they are computed (:func:`importance`
+    computes them)."""
+    return Importance({}, complete, "importances not computed")
+
+
+def importance(of: optuna.Study | Sample, evaluator: str = "ped-anova") -> Importance:
+    """Parameter importances of a study (or its :class:`Sample`) by one of :data:`IMPORTANCE_EVALUATORS`, with their
+    bootstrap sd.
 
     None below :data:`MIN_WEAK_IMPORTANCE_TRIALS` complete trials; a note saying the estimate is weak below
     :data:`MIN_IMPORTANCE_TRIALS`. The resamples are seeded: the same study gives the same figure.
     """
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    n = len(trials)
+    if isinstance(of, optuna.Study):
+        of = sample(of)
+    trials, n = of.trials, len(of.trials)
     if n < MIN_WEAK_IMPORTANCE_TRIALS:
         return Importance(
             {},
@@ -53,9 +81,9 @@ def importance(study: optuna.Study, evaluator: str = "ped-anova") -> Importance:
             f"too few complete trials for an estimate\n"
             f"({n}; {MIN_WEAK_IMPORTANCE_TRIALS} at least, {MIN_IMPORTANCE_TRIALS} advised)",
         )
-    values = _importances(study.direction, trials, evaluator)
+    values = _importances(of.direction, trials, evaluator)
     draw = random.Random(0)
-    resamples = [_importances(study.direction, draw.choices(trials, k=n), evaluator) for _ in range(BOOTSTRAP)]
+    resamples = [_importances(of.direction, draw.choices(trials, k=n), evaluator) for _ in range(BOOTSTRAP)]
     sd = {name: statistics.pstdev(r.get(name, 0.0) for r in resamples) for name in values}
     weak = (
         None if n >= MIN_IMPORTANCE_TRIALS else f"weak estimate: {n} complete trials, {MIN_IMPORTANCE_TRIALS} advised"

@@ -18,13 +18,15 @@ def draw_importance(report: Report) -> Figure:
     titles = []
     for ax, o in zip(axes, report.optimizers):
         imp = o.importance
-        for y, name in enumerate(order):
-            if name in imp.values:
-                width, sd = imp.values[name], imp.sd.get(name, 0.0)
-                ax.barh(
-                    y, width, xerr=sd, color=color[o.name], error_kw={"ecolor": "dimgrey", "capsize": 3, "linewidth": 1}
-                )
-                ax.text(width + sd + 0.02, y, f"{width:.2f} ± {sd:.2f}", va="center", fontsize=8)
+        # (row, importance, sd) of each parameter this optimizer has: one barh call for them all (a call a bar made
+        # an error-bar container each, a fifth of the figure's time).
+        bars = [(y, imp.values[name], imp.sd.get(name, 0.0)) for y, name in enumerate(order) if name in imp.values]
+        if bars:
+            rows, widths, sds = zip(*bars)
+            error = {"ecolor": "dimgrey", "capsize": 3, "linewidth": 1}
+            ax.barh(rows, widths, xerr=sds, color=color[o.name], error_kw=error)
+        for y, width, sd in bars:
+            ax.text(width + sd + 0.02, y, f"{width:.2f} ± {sd:.2f}", va="center", fontsize=8)
         if imp.note and not imp.values:
             note(ax, imp.note)
         weak = f"\n{imp.note}" if imp.note and imp.values else ""

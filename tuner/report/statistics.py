@@ -106,7 +106,7 @@ def best_config(
     ``ValueError`` when the study has no best trial."""
     if summary.best_trial is None:
         raise ValueError(f"best_config: study {summary.study!r} has no best trial")
-    trial = study.trials[summary.best_trial]
+    trial = study.get_trials(deepcopy=False)[summary.best_trial]  # study.trials would copy every trial's history
     return dataclasses.replace(
         config_from_dict(trial.user_attrs["config"]),
         metrics=metrics(summary, objective, direction),

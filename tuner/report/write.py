@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tuner.report import evidence
@@ -24,11 +25,12 @@ def write_texts(report: Report, out: Path) -> list[Path]:
     return [path, evidence.write_evidence(report, out)]
 
 
-def draw_figures(report: Report, out: Path) -> list[Path]:
-    """Draw every figure into ``out/plots/``; their paths. Raises ``OSError`` when ``out`` cannot be written."""
+def draw_figures(report: Report, out: Path, complete: Callable[[], Report] | None = None) -> list[Path]:
+    """Draw every figure into ``out/plots/``; their paths. ``complete``: as :func:`tuner.report.figures.draw_all`
+    takes it. Raises ``OSError`` when ``out`` cannot be written."""
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
-    return draw_all(report, folder)
+    return draw_all(report, folder, complete)
 
 
 def write_report(report: Report, out: Path) -> list[Path]:

@@ -15,6 +15,7 @@ same optimizer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ import yaml
 from tuner.config import export, strict_yaml
 from tuner.config.experiment import Config
 from tuner.report import statistics as analysis
-from tuner.report.build import build_report, load_studies
+from tuner.report.build import build_report, load_studies, with_importances
 from tuner.report.data import Report
+from tuner.report.importance import sample
 from tuner.report.write import draw_figures, report_paths, write_texts
 from tuner.run import stamp
 
@@ -72,7 +74,10 @@ def write_outputs(
     Raises :class:`~tuner.errors.UserError` (naming ``where``) when the experiment has no study there.
     """
     studies = load_studies(storage, experiment, None, where)
-    built = build_report(studies, target=target, evaluator=importance)
+    # The importances, which only importance.png shows, are computed where it is drawn (beside the other figures,
+    # after the result is printed): from the studies' samples, read here.
+    built = build_report(studies, target=target, evaluator=importance, importances=False)
+    samples = [sample(study) for study in studies]
     made = stamp.made_from(studies, {"target": target, "importance": importance, "source": source})
     paths = report_paths(out)
     if only_if_changed and stamp.up_to_date(out, made):
@@ -90,7 +95,7 @@ def write_outputs(
     done = Outputs(built, texts[0].read_text()[:-1], texts[1].read_text()[:-1], paths, configs, best)
     if before_figures is not None:
         before_figures(done)
-    draw_figures(built, out)
+    draw_figures(built, out, functools.partial(with_importances, built, samples, importance))
     if run_ids is not None:
         configs, best = _write_configs(studies, built, out, source, run_ids())
         done = dataclasses.replace(done, configs=configs, best=best)
