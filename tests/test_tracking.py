@@ -533,3 +533,32 @@ def test_artifacts_go_next_to_the_sqlite_tracking_store_not_into_the_working_dir
     parent = next(iter(layout(uri, "quickstart")[0].values()))
     assert (store / "mlruns" / "quickstart" / parent.info.run_id / "artifacts" / "best.yaml").is_file()
     assert sorted(p.name for p in workdir.iterdir()) == ["elsewhere", "out", "t.db"]
+
+
+def test_a_stored_final_evaluation_is_mirrored_at_once_and_the_end_writes_nothing_more(workdir):
+    """The ``final`` message (sent after each study's final evaluation) writes its runs then, while the next study
+    trains, rather than in the end's sync, which the command waits for; the end then keeps them as they are."""
+    from tuner.tracking.follow import Session
+
+    args = ["study", "--optimizers", "adam", "--trials", "2", "--storage", f"sqlite:///{workdir}/t.db"]
+    assert main([*args, "--out", str(workdir / "out"), "--no-tracking", *FAST]) == 0
+    uri, study = f"sqlite:///{workdir}/mlflow.db", "quickstart/adam"
+    start = {"tracking_uri": uri, "storage": f"sqlite:///{workdir}/t.db", "experiment": "quickstart"}
+    session = Session(start | {"op": "start", "studies": [study], "version": "test"})
+    # As in a study: the trials are stored (and mirrored) before the final evaluation.
+    final = load(workdir, study).user_attrs["final"]
+    load(workdir, study).set_user_attr("final", None)
+    for trial in stored(load(workdir, study)):
+        session.handle({"op": "trial", "study": study, "id": trial._trial_id})
+    assert session.count.written == 2
+    load(workdir, study).set_user_attr("final", final)
+    session.handle({"op": "final", "study": study})
+    _, children = layout(uri, "quickstart")
+    finals = [r for r in children[study] if r.data.tags["tuner.role"] == "final"]
+    assert sorted(r.data.tags["tuner.seed"] for r in finals) == ["1", "2"] and session.count.written == 4
+    assert all(r.info.status == "FINISHED" and "step_size/0.weight/lr_p50" in r.data.metrics for r in finals)
+    kept = session.count.kept
+    session.handle({"op": "end", "study": study, "status": "FINISHED"})
+    assert session.finish()["written"] == 4 and session.count.kept == kept + 4
+    assert_mirrors(workdir, uri, "quickstart", [study])
+    assert {r.info.run_id for r in layout(uri, "quickstart")[1][study]} >= {r.info.run_id for r in finals}

@@ -247,6 +247,8 @@ def _tune(
                         follower.end(runner.name, "FAILED")
                     raise
             runner.final_evaluation(seeds)  # stored in the study, for the outputs below
+            if follower:
+                follower.final(runner.name)
             studies[space.name] = runner.study
 
         source = {
