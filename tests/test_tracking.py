@@ -562,3 +562,25 @@ def test_a_stored_final_evaluation_is_mirrored_at_once_and_the_end_writes_nothin
     assert session.finish()["written"] == 4 and session.count.kept == kept + 4
     assert_mirrors(workdir, uri, "quickstart", [study])
     assert {r.info.run_id for r in layout(uri, "quickstart")[1][study]} >= {r.info.run_id for r in finals}
+
+
+def test_the_follower_closes_the_storage_before_its_report_so_no_write_ahead_log_is_left(workdir):
+    """Once the training process is gone (killed), the follower holds the last connection to an SQLite storage: it
+    closes it before reporting (its exit skips the final garbage collection, which would have closed it)."""
+    import io
+    import json
+
+    from tuner.tracking.follow import follow
+
+    args = ["study", "--optimizers", "sgd", "--trials", "2", "--storage", f"sqlite:///{workdir}/t.db"]
+    assert main([*args, "--out", str(workdir / "out"), "--no-tracking", *FAST]) == 0
+    assert not (workdir / "t.db-wal").exists()
+    start = {"op": "start", "tracking_uri": f"sqlite:///{workdir}/mlflow.db", "storage": f"sqlite:///{workdir}/t.db"}
+    lines = [start | {"experiment": "quickstart", "studies": ["quickstart/sgd"], "version": "test"}]
+    lines += [
+        {"op": "trial", "study": "quickstart/sgd", "id": t._trial_id} for t in stored(load(workdir, "quickstart/sgd"))
+    ]
+    reply = io.StringIO()
+    follow(io.StringIO("".join(json.dumps(line) + "\n" for line in lines)), reply)
+    assert json.loads(reply.getvalue())["runs"] == 4  # 2 trials, 2 final runs: the study synced whole
+    assert not (workdir / "t.db-wal").exists() and not (workdir / "t.db-shm").exists()
