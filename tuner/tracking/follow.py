@@ -103,7 +103,7 @@ class Session:
                 mirror.parent(study, "RUNNING")
                 self.running.add(study)
                 self.dirty.discard(study)
-            if op in ("trial", "final"):  # each run written as it is stored: no search of the tracking store
+            if op in STORED:  # each run written as it is stored: no search of the tracking store
                 stored = (
                     mirror.records(study, [mirror.storage.get_trial(message["id"])])
                     if op == "trial"
