@@ -533,3 +533,54 @@ def test_artifacts_go_next_to_the_sqlite_tracking_store_not_into_the_working_dir
     parent = next(iter(layout(uri, "quickstart")[0].values()))
     assert (store / "mlruns" / "quickstart" / parent.info.run_id / "artifacts" / "best.yaml").is_file()
     assert sorted(p.name for p in workdir.iterdir()) == ["elsewhere", "out", "t.db"]
+
+
+def test_a_stored_final_evaluation_is_mirrored_at_once_and_the_end_writes_nothing_more(workdir):
+    """The ``final`` message (sent after each study's final evaluation) writes its runs then, while the next study
+    trains, rather than in the end's sync, which the command waits for; the end then keeps them as they are."""
+    from tuner.tracking.follow import Session
+
+    args = ["study", "--optimizers", "adam", "--trials", "2", "--storage", f"sqlite:///{workdir}/t.db"]
+    assert main([*args, "--out", str(workdir / "out"), "--no-tracking", *FAST]) == 0
+    uri, study = f"sqlite:///{workdir}/mlflow.db", "quickstart/adam"
+    start = {"tracking_uri": uri, "storage": f"sqlite:///{workdir}/t.db", "experiment": "quickstart"}
+    session = Session(start | {"op": "start", "studies": [study], "version": "test"})
+    # As in a study: the trials are stored (and mirrored) before the final evaluation.
+    final = load(workdir, study).user_attrs["final"]
+    load(workdir, study).set_user_attr("final", None)
+    for trial in stored(load(workdir, study)):
+        session.handle({"op": "trial", "study": study, "id": trial._trial_id})
+    assert session.count.written == 2
+    load(workdir, study).set_user_attr("final", final)
+    session.handle({"op": "final", "study": study})
+    _, children = layout(uri, "quickstart")
+    finals = [r for r in children[study] if r.data.tags["tuner.role"] == "final"]
+    assert sorted(r.data.tags["tuner.seed"] for r in finals) == ["1", "2"] and session.count.written == 4
+    assert all(r.info.status == "FINISHED" and "step_size/0.weight/lr_p50" in r.data.metrics for r in finals)
+    kept = session.count.kept
+    session.handle({"op": "end", "study": study, "status": "FINISHED"})
+    assert session.finish()["written"] == 4 and session.count.kept == kept + 4
+    assert_mirrors(workdir, uri, "quickstart", [study])
+    assert {r.info.run_id for r in layout(uri, "quickstart")[1][study]} >= {r.info.run_id for r in finals}
+
+
+def test_the_follower_closes_the_storage_before_its_report_so_no_write_ahead_log_is_left(workdir):
+    """Once the training process is gone (killed), the follower holds the last connection to an SQLite storage: it
+    closes it before reporting (its exit skips the final garbage collection, which would have closed it)."""
+    import io
+    import json
+
+    from tuner.tracking.follow import follow
+
+    args = ["study", "--optimizers", "sgd", "--trials", "2", "--storage", f"sqlite:///{workdir}/t.db"]
+    assert main([*args, "--out", str(workdir / "out"), "--no-tracking", *FAST]) == 0
+    assert not (workdir / "t.db-wal").exists()
+    start = {"op": "start", "tracking_uri": f"sqlite:///{workdir}/mlflow.db", "storage": f"sqlite:///{workdir}/t.db"}
+    lines = [start | {"experiment": "quickstart", "studies": ["quickstart/sgd"], "version": "test"}]
+    lines += [
+        {"op": "trial", "study": "quickstart/sgd", "id": t._trial_id} for t in stored(load(workdir, "quickstart/sgd"))
+    ]
+    reply = io.StringIO()
+    follow(io.StringIO("".join(json.dumps(line) + "\n" for line in lines)), reply)
+    assert json.loads(reply.getvalue())["runs"] == 4  # 2 trials, 2 final runs: the study synced whole
+    assert not (workdir / "t.db-wal").exists() and not (workdir / "t.db-shm").exists()

@@ -250,6 +250,8 @@ def _tune(
             # The file it last ran from, for the best configs that tuner plot --experiment NAME writes.
             if runner.study.user_attrs.get("experiment_file") != experiment.source:
                 runner.study.set_user_attr("experiment_file", experiment.source)
+            if follower:
+                follower.final(runner.name)
             studies[space.name] = runner.study
 
         source = {

@@ -30,9 +30,10 @@ class Follower:
     """The training process's end of the follower: tells it what was stored; waits for it only at the end.
 
     Messages are JSON lines: ``start`` (where to read and write), ``trial`` (a
-    stored trial's id), ``runs`` (answered with the study's trial number -> run
-    id), ``attach`` (files for the parent run), ``end`` (the parent run's final
-    status). If the follower dies, the study goes on and :meth:`close` says so.
+    stored trial's id), ``final`` (a study's final evaluation is stored), ``runs``
+    (answered with the study's trial number -> run id), ``attach`` (files for
+    the parent run), ``end`` (the parent run's final status). If the follower
+    dies, the study goes on and :meth:`close` says so.
     """
 
     def __init__(self, uri: str, storage_url: str, experiment: str, studies: list[str], version: str) -> None:
@@ -83,6 +84,11 @@ class Follower:
     def trial(self, study: str, trial_id: int) -> None:
         """Tell the follower that the trial of storage id ``trial_id`` is stored; returns at once."""
         self._send(op="trial", study=study, id=trial_id)
+
+    def final(self, study: str) -> None:
+        """Tell the follower that the study's final evaluation is stored: it writes the final runs while the next
+        study trains (or the report is drawn), not at the end; returns at once."""
+        self._send(op="final", study=study)
 
     def runs(self, study: str, timeout: float = 60.0) -> dict[int, str]:
         """Trial number -> MLflow run id of the study's trials mirrored so far (waits for the follower to catch up)."""

@@ -263,13 +263,19 @@ class Mirror:
         # to an end.
         finished = self.storage.get_all_trials(study_id, deepcopy=False, states=FINISHED)
         records = [trial_record(study, optimizer, metric, t) for t in finished if "outcome" in t.user_attrs]
+        return records + self._final_records(study, study_id, attrs)
+
+    def final_runs(self, study: str) -> list[RunRecord]:
+        """The child runs of the study's final evaluation, none before it is stored."""
+        study_id = self.storage.get_study_id_from_name(study)
+        return self._final_records(study, study_id, self.storage.get_study_user_attrs(study_id))
+
+    def _final_records(self, study: str, study_id: int, attrs: dict[str, Any]) -> list[RunRecord]:
         final = attrs.get("final")
-        if final:
-            best = self.storage.get_trial(
-                self.storage.get_trial_id_from_study_id_trial_number(study_id, final["trial"])
-            )
-            records += final_records(study, optimizer, setup, final, best)
-        return records
+        if not final:
+            return []
+        best = self.storage.get_trial(self.storage.get_trial_id_from_study_id_trial_number(study_id, final["trial"]))
+        return final_records(study, study.rsplit("/", 1)[-1], attrs.get("setup", {}), final, best)
 
     def _metric(self, study: str) -> str:
         """The study's metric name (``accuracy``), read once: a study's setup never changes (resume refuses that)."""
