@@ -188,3 +188,25 @@ def test_plot_says_in_one_line_when_the_tracking_store_cannot_be_read(tracked, c
     err = capsys.readouterr().err
     assert err.startswith("tuner: error: --tracking-uri: 'sqlite:///not-a-database.db': MLflow's runs cannot be read: ")
     assert err.count("\n") == 1 and "--no-tracking" in err
+
+
+def test_the_installed_command_imports_a_task_from_the_current_folder_as_python_m_does(tmp_path):
+    script = Path(sys.executable).with_name("tuner")
+    if not script.exists():
+        pytest.skip("tuner is not installed as a command in this environment")
+    # A task module in the current folder, as the README's examples/ is in the repository's root.
+    (tmp_path / "mytasks.py").write_text("from broken_tasks import Tiny\n")
+    (tmp_path / "exp.yaml").write_text(
+        "name: own\ntask: mytasks:Tiny\noptimizers: [sgd]\nschedules: [constant]\ntrials: 1\nepochs: 1\nseed: 0\n"
+    )
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent)}
+    argv = ["exp.yaml", "--trials", "1", "--epochs", "1", "--final-seeds", "1", "--storage", "sqlite:///s.db"]
+    done = subprocess.run(
+        [str(script), "study", *argv, "--no-tracking", "--no-progress", "--threads", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "own" / "best.yaml").exists()

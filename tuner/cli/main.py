@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr, no traceback),
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tuner.cli.arguments import build_parser
@@ -25,3 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tuner: interrupted; finished trials are kept: run the same command to resume", file=sys.stderr)
         return 130
+
+
+def command() -> int:
+    """The installed ``tuner`` command: :func:`main`, with the current folder first on the import path as ``python -m
+    tuner`` has it, so that a task's ``package.module:factory`` path given from the folder holding the package (the
+    README's ``examples.image_cnn:...`` from the repository's root) imports the same with either."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return main()
