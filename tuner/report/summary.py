@@ -104,7 +104,7 @@ def summary(report: Report, out: Path) -> str:
 def _seeds(seeds: list[int]) -> str:
     """The final seeds and what the final columns show of them, for people."""
     if len(seeds) == 1:
-        return f"seed {seeds[0]} only: one value, no spread (--final-seeds 3 or more would show one)"
+        return f"seed {seeds[0]} only: one value, no spread (--final-seeds 2 or more would show one)"
     return f"seeds {', '.join(map(str, seeds)) or '-'}, mean ± sd"
 
 
