@@ -210,3 +210,19 @@ def test_the_installed_command_imports_a_task_from_the_current_folder_as_python_
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "runs" / "own" / "best.yaml").exists()
+
+
+def test_a_study_of_another_storage_removes_the_best_configs_tuner_wrote_for_studies_it_does_not_report(
+    tracked, tmp_path
+):
+    folder, _, _ = tracked
+    out = tmp_path / "out"
+    shutil.copytree(folder / "out", out)
+    (out / "best-mine.yaml").write_text("mine: 1\n")  # not tuner's: never removed
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT)
+    stdout = io.StringIO()
+    argv = ["study", str(tmp_path / "exp.yaml"), "--optimizers", "adam", "--storage", f"sqlite:///{tmp_path}/solo.db"]
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        assert main([*argv, "--out", str(out), "--no-progress", "--no-tracking"]) == 0
+    assert sorted(p.name for p in out.glob("best*.yaml")) == ["best-adam.yaml", "best-mine.yaml", "best.yaml"]
+    assert "removed, of studies no longer reported here: best-sgd.yaml" in stdout.getvalue()

@@ -22,6 +22,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tuner.cli.main import main
+from tuner.study.connection import storage_at
 from tuner.study.outcomes import outcome
 from tuner.tracking.records import STATUS
 
@@ -577,9 +578,10 @@ def test_the_follower_closes_the_storage_before_its_report_so_no_write_ahead_log
     assert not (workdir / "t.db-wal").exists()
     start = {"op": "start", "tracking_uri": f"sqlite:///{workdir}/mlflow.db", "storage": f"sqlite:///{workdir}/t.db"}
     lines = [start | {"experiment": "quickstart", "studies": ["quickstart/sgd"], "version": "test"}]
-    lines += [
-        {"op": "trial", "study": "quickstart/sgd", "id": t._trial_id} for t in stored(load(workdir, "quickstart/sgd"))
-    ]
+    # Read through a storage closed at once: a connection of this process left open would keep the log itself.
+    with storage_at(f"sqlite:///{workdir}/t.db") as storage:
+        study = optuna.load_study(study_name="quickstart/sgd", storage=storage)
+        lines += [{"op": "trial", "study": "quickstart/sgd", "id": t._trial_id} for t in stored(study)]
     reply = io.StringIO()
     follow(io.StringIO("".join(json.dumps(line) + "\n" for line in lines)), reply)
     assert json.loads(reply.getvalue())["runs"] == 4  # 2 trials, 2 final runs: the study synced whole

@@ -126,7 +126,7 @@ def run_plot(args: argparse.Namespace) -> int:
         + [p.name for p in done.configs.values()]
         + [str(p.relative_to(out)) for p in done.report_files]
     )
-    print(f"\noutputs in {out}/ (every study of experiment {name!r}): {', '.join(files)}")
+    print(f"\noutputs in {out}/ (every study of experiment {name!r}): {', '.join(files)}{done.removed_note()}")
     return 0
 
 

@@ -320,7 +320,7 @@ def _print_files(done: Outputs, out: Path, experiment: str) -> None:
         f"\noutputs in {out}/ (every study of experiment {experiment!r}"
         f"{'' if done.redrawn else '; up to date, left as they were'}): "
         f"{', '.join(written) or 'none (no trial completed)'}; "
-        f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}"
+        f"report: {', '.join(str(p.relative_to(out)) for p in done.report_files)}" + done.removed_note()
     )
 
 

@@ -38,7 +38,8 @@ from tuner.run import stamp
 class Outputs:
     """What :func:`write_outputs` wrote: the report, the summary and evidence as printed, and the best-config files by
     space name (the winner's also as ``best.yaml``); ``redrawn``: False when the folder was up to date and left as it
-    was."""
+    was; ``removed``: the files tuner wrote there before that these studies no longer make (a study of another
+    storage's best config), removed so that the folder does not contradict its summary."""
 
     report: Report
     summary: str
@@ -47,6 +48,11 @@ class Outputs:
     configs: dict[str, Path]
     best: Path | None
     redrawn: bool = True
+    removed: tuple[str, ...] = ()
+
+    def removed_note(self) -> str:
+        """What the files line adds when files were removed (``; removed, ...: best-sgd.yaml``); else nothing."""
+        return f"; removed, of studies no longer reported here: {', '.join(self.removed)}" if self.removed else ""
 
 
 def write_outputs(
@@ -87,6 +93,7 @@ def write_outputs(
         if before_figures is not None:
             before_figures(kept)
         return kept
+    before = stamp.files(out)
     stamp.clear(out)
     # The summary links the config files that exist: they are written first, and again with their MLflow run ids
     # once the figures are drawn (the follower catches up meanwhile).
@@ -99,8 +106,12 @@ def write_outputs(
     if run_ids is not None:
         configs, best = _write_configs(studies, built, out, source, run_ids())
         done = dataclasses.replace(done, configs=configs, best=best)
-    stamp.write(out, made, [*paths, *configs.values(), *([best] if best else [])])
-    return done
+    written = [*paths, *configs.values(), *([best] if best else [])]
+    stale = sorted(set(before) - {str(path.relative_to(out)) for path in written})
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    stamp.write(out, made, written)
+    return dataclasses.replace(done, removed=tuple(stale))
 
 
 def _write_configs(

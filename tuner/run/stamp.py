@@ -55,6 +55,15 @@ def up_to_date(out: Path, made: dict[str, Any]) -> bool:
         return False
 
 
+def files(out: Path) -> list[str]:
+    """The files ``out``'s stamp lists (relative to it): what tuner wrote there last; none without a stamp."""
+    try:
+        names = json.loads((out / STAMP).read_text())["files"]
+        return [name for name in names if isinstance(name, str)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def clear(out: Path) -> None:
     """Remove ``out``'s stamp: its files are about to change."""
     (out / STAMP).unlink(missing_ok=True)
