@@ -9,7 +9,6 @@ only when the store exists.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 import optuna
 
 from tuner.errors import UserError, mask_url, sqlite_file, url_failure
-from tuner.tracking.mirror import QUIET_ENV, _finished, _first
+from tuner.tracking.mirror import QUIET_ENV, finished, search, study_parents
 
 
 def mirrored_runs(
@@ -48,26 +47,16 @@ def _runs(client: Any, experiment: str, storage: optuna.storages.BaseStorage) ->
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage == "deleted":
         return {}
-
-    def search(filter_string: str) -> Iterator[Any]:
-        token = None
-        while True:
-            page = client.search_runs([found.experiment_id], filter_string, max_results=1000, page_token=token)
-            yield from page
-            token = page.token
-            if not token:
-                return
-
     runs: dict[str, dict[int, str]] = {}
     for study in storage.get_all_studies():
         if not study.study_name.startswith(f"{experiment}/"):
             continue
-        uid = study.user_attrs.get("uid") or str(storage.get_study_id_from_name(study.study_name))
-        parents = sorted(search(f"tags.`tuner.study_uid` = '{uid}' and tags.`tuner.role` = 'study'"), key=_first)
+        parents = study_parents(client, found.experiment_id, storage, study.study_name)[0]
         if not parents:
             continue
         ids = runs[study.study_name] = {}
-        for run in _finished(list(search(f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'"))):
+        children = search(client, found.experiment_id, f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+        for run in finished(list(children)):
             if run.data.tags.get("tuner.role") == "trial":
                 ids.setdefault(int(run.data.tags["tuner.trial"]), run.info.run_id)
     return runs

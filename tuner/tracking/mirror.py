@@ -62,9 +62,32 @@ def _first(run: Any) -> tuple[int, str]:
     return run.info.start_time, run.info.run_id
 
 
-def _finished(runs: list[Any]) -> list[Any]:
+def finished(runs: list[Any]) -> list[Any]:
     """The finished copies of one run, the one to keep first; a copy left RUNNING was cut short, or is being written."""
     return sorted((run for run in runs if run.info.status != "RUNNING"), key=_first)
+
+
+def search(client: Any, experiment_id: str, filter_string: str) -> Iterator[Any]:
+    """Every run of the MLflow experiment ``experiment_id`` that ``filter_string`` matches, 1,000 a page."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def study_parents(
+    client: Any, experiment_id: str, storage: optuna.storages.BaseStorage, study: str
+) -> tuple[list[Any], str, dict[str, Any]]:
+    """The parent runs of ``study``, the one to keep first, found by its ``uid`` (its storage id for a study of an
+    older tuner); its uid and user attributes."""
+    study_id = storage.get_study_id_from_name(study)
+    attrs = storage.get_study_user_attrs(study_id)
+    uid = attrs.get("uid") or str(study_id)
+    filter_string = f"tags.`tuner.study_uid` = '{uid}' and tags.`tuner.role` = 'study'"
+    return sorted(search(client, experiment_id, filter_string), key=_first), uid, attrs
 
 
 class Mirror:
@@ -107,26 +130,10 @@ class Mirror:
         self.metrics: dict[str, str] = {}  # study name -> its metric's name
 
     def _search(self, filter_string: str) -> Iterator[Any]:
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id], filter_string=filter_string, max_results=1000, page_token=token
-            )
-            yield from page
-            token = page.token
-            if not token:
-                return
+        return search(self.client, self.experiment_id, filter_string)
 
     def _parents(self, study: str) -> tuple[list[Any], str, dict[str, Any]]:
-        """The study's parent runs, first first; its uid and user attributes."""
-        study_id = self.storage.get_study_id_from_name(study)
-        attrs = self.storage.get_study_user_attrs(study_id)
-        uid = attrs.get("uid") or str(study_id)
-        return (
-            sorted(self._search(f"tags.`tuner.study_uid` = '{uid}' and tags.`tuner.role` = 'study'"), key=_first),
-            uid,
-            attrs,
-        )
+        return study_parents(self.client, self.experiment_id, self.storage, study)
 
     def parent(self, study: str, status: str | None = None) -> str:
         """The parent run of ``study`` (created if missing); ``status`` (e.g. RUNNING) is set on it."""
@@ -233,7 +240,7 @@ class Mirror:
         parent = self.parent(study)
         existing = existing or []
         # The first finished copy is kept (two writers at once); one left RUNNING was cut short.
-        done = _finished(existing)
+        done = finished(existing)
         count = SyncCount()
         for run in existing:
             if not done or run is not done[0]:
@@ -298,7 +305,7 @@ class Mirror:
                 count.deleted += 1
         # What another mirror wrote meanwhile: the first finished copy of each run stays.
         for key, runs in self._children(parent).items():
-            done = _finished(runs)
+            done = finished(runs)
             for run in done[1:]:
                 self.client.delete_run(run.info.run_id)
                 count.deleted += 1
