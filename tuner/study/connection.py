@@ -89,8 +89,14 @@ def storage_at(url: str, must_exist: bool = False, read_only: bool = False) -> I
     try:
         yield storage
     finally:
-        storage.remove_session()
-        storage.engine.dispose()
+        close_storage(storage)
+
+
+def close_storage(storage: optuna.storages.RDBStorage) -> None:
+    """Close ``storage``'s connections (it opens new ones if used again): the last connection to an SQLite file folds
+    the write-ahead log back into it, and its ``-wal`` and ``-shm`` files go."""
+    storage.remove_session()
+    storage.engine.dispose()
 
 
 def _write_ahead_log(connection: Any, _record: Any) -> None:

@@ -18,6 +18,7 @@ from typing import IO, Any
 import optuna
 
 from tuner.errors import reason
+from tuner.study.connection import close_storage
 from tuner.tracking.mirror import Mirror, SyncCount
 
 # After a tracking failure the follower leaves the store alone this long (seconds).
@@ -76,8 +77,7 @@ class Session:
         """Close the connections to the Optuna storage: the last one to an SQLite file folds its write-ahead log back
         into it, so no ``-wal`` file is left beside it when the training process was killed before this one ends."""
         if self.storage is not None:
-            self.storage.remove_session()
-            self.storage.engine.dispose()
+            close_storage(self.storage)
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
         """Act on one message of the training process; the answer to a ``runs`` question, else None."""
