@@ -45,14 +45,7 @@ def config(optimizer: str = "Adam", **kwargs: float) -> dict:
         "format": 1,
         "optimizer": {"class": f"torch.optim.{optimizer}", "kwargs": kwargs or {"lr": 0.01, "eps": 1e-8}},
         "schedule": {"name": "constant", "interval": "step", "params": {}},
-        "training": {
-            "task": "digits-mlp",
-            "task_args": {},
-            "epochs": 3,
-            "batch_size": 64,
-            "seed": 0,
-            "objective": "loss",
-        },
+        "training": {key: value for key, value in SETUP.items() if key not in ("direction", "metric")},
     }
 
 
