@@ -64,12 +64,14 @@ TOGETHER_ENV = os.environ | {
 }
 
 
-def together(workdir: Path, parties: int, workers_only: bool = False) -> str:
-    """An experiment named quickstart whose task (digits-mlp) is handed out once ``parties`` processes have loaded it."""
+def together(workdir: Path, parties: int, workers_only: bool = False, first_trial: bool = False) -> str:
+    """An experiment named quickstart whose task (digits-mlp) is handed out once ``parties`` processes have loaded it
+    (``first_trial``: whose processes meet at their first trial instead, see tests/started_together.py)."""
     path = workdir / "together.yaml"
     path.write_text(
         "name: quickstart\ntask: started_together:digits\n"
-        f"task_args: {{parties: {parties}, folder: {workdir / 'met'}, workers_only: {str(workers_only).lower()}}}\n"
+        f"task_args: {{parties: {parties}, folder: {workdir / 'met'}, workers_only: {str(workers_only).lower()}, "
+        f"first_trial: {str(first_trial).lower()}}}\n"
         "seed: 0\n"
     )
     return str(path)
@@ -237,9 +239,11 @@ def test_jobs_2_trains_in_two_processes_to_the_exact_budget_and_mirrors_every_tr
 
 
 def test_three_commands_at_once_on_one_sqlite_file_share_the_budget_exactly(workdir):
-    # The commands meet once torch and the task are loaded (tests/started_together.py): otherwise the last one to start
-    # on a loaded machine may find the budget already trained, and rightly train nothing.
-    cmd = command(workdir, "--trials", "9", "--no-tracking", experiment=together(workdir, parties=3))
+    # The commands meet at their first trial, each with its budget ticket (tests/started_together.py): otherwise the
+    # last one to start on a loaded machine may find the budget already trained, and rightly train nothing (CI once
+    # saw two of three commands train all 9 trials of 4 epochs while the third was still opening the storage).
+    experiment = together(workdir, parties=3, first_trial=True)
+    cmd = command(workdir, "--trials", "9", "--no-tracking", experiment=experiment)
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TOGETHER_ENV)
         for _ in range(3)
