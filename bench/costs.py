@@ -15,6 +15,7 @@ import importlib
 import math
 import pathlib
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,10 +44,10 @@ PARTS = {
     "step_sizes_result": "tuner.measure.step_sizes:StepSizes.result",
     "outputs": "tuner.run.outputs:write_outputs",  # report and exported configs
     "figures": (
-        "tuner.report.data:write_report",
-        "tuner.run.outputs:write_report",
+        "tuner.report.figures:save_figures",
         "tuner.run.outputs:draw_figures",
-    ),  # the figures (write_report in older code: with summary.md and evidence.md)
+    ),  # the figures this process draws (draw_figures in older code: all of them)
+    "child_wait": "tuner.report.figures:_succeeded",  # waiting for the forked child's figures
     "importance": "tuner.report.build:importance",  # a study's parameter importances and their bootstrap sd
     "follower_trial": (
         "tuner.tracking.mirror:Follower.trial",
@@ -188,6 +189,31 @@ def command_seconds(command: list[str], repeat: int = 3) -> float:
     return best
 
 
+# A report written in a new process, which imports what `tuner study` has imported by then (torch, with torch._dynamo
+# that a first optimizer step pulls in, and Optuna): the report's own imports (matplotlib, scipy, scikit-learn with
+# optuna.importance) are paid in every `tuner study`, and the in-process run counts them on no side.
+FRESH_REPORT = """
+import pathlib, sys, tempfile, time
+import optuna, torch, torch._dynamo
+from tuner.run.outputs import write_outputs
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+storage = optuna.storages.RDBStorage(sys.argv[1])
+with tempfile.TemporaryDirectory() as out:
+    started, result = time.perf_counter(), []
+    write_outputs(storage, sys.argv[2], pathlib.Path(out), before_figures=lambda _: result.append(time.perf_counter()))
+    print(result[0] - started, time.perf_counter() - started)
+"""
+
+
+def fresh_report(storage: str, experiment: str) -> tuple[float, float]:
+    """Seconds from the start of the report of ``experiment`` in ``storage`` to its result and to its end, written in
+    a new process (:data:`FRESH_REPORT`), as `tuner study` writes its one report of a process."""
+    printed = subprocess.run(
+        [sys.executable, "-c", FRESH_REPORT, storage, experiment], check=True, capture_output=True, text=True
+    ).stdout.split()
+    return float(printed[0]), float(printed[1])
+
+
 def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
     """Where the untracked tuner's wall time beyond the bare loop's goes, per trial and fixed."""
     n = max(1, trials)
@@ -215,7 +241,8 @@ def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
         ("  of which step sizes (evidence)", step_sizes),
         ("  of which peak memory (evidence)", clock.total("peak")),
         ("report and exported configs (write_outputs)", clock.total("outputs")),
-        ("  of which the figures (a forked child draws two)", clock.total("figures")),
+        ("  of which the figures drawn here (a forked child draws importance.png)", clock.total("figures")),
+        ("  of which waiting for the child's figures", clock.total("child_wait")),
         ("  of which the importances (bootstrap; 0 where the child computes them)", clock.total("importance")),
         ("data loading and checks beyond the bare loop's", clock.total("prepare") - bare.load),
         ("rest (storage, study setup, printing)", total - sum(clock.total(p, None) for p in top)),

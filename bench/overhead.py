@@ -59,10 +59,13 @@ the bare loop's final runs, with the evidence's ablation and step sizes; the
 report; data loading; the rest), in seconds, ms a trial and share of the
 difference; the same for the tracked run against the untracked one. Last,
 issue 19's targets, each with its verdict: tuner / bare <= 1.10 (<= 1.02 with
-100 epochs a trial or more), tracked / untracked <= 1.05, and
-``python -m tuner --help`` under 0.3 s. Imports are paid once per process and
-counted on no side (the warm-up's time is printed); ``bench/memory.py``
-measures the RSS growth over 200 trials.
+100 epochs a trial or more), tracked / untracked <= 1.05, the report under
+1.5 s and ``python -m tuner --help`` under 0.3 s. Imports are paid once per
+process and counted on no side (the warm-up's time is printed), except the
+report's own (matplotlib, scipy, scikit-learn), which ``tuner study`` pays in
+every run and no other side pays: the report is also written again in a new
+process from the run's storage (``costs.fresh_report``), and its target is
+judged there; ``bench/memory.py`` measures the RSS growth over 200 trials.
 
 Reading the result: what Optuna adds to the bare loop is a fixed cost per epoch
 (``trial.report`` and ``trial.should_prune``) and per trial (sampling, ask,
@@ -108,7 +111,7 @@ from tuner.tasks.task import Data, Task
 from tuner.train.optim import build_scheduler
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from costs import Clock, Side, command_seconds, load_average, print_costs, print_tracking, verdict
+from costs import Clock, Side, command_seconds, fresh_report, load_average, print_costs, print_tracking, verdict
 
 
 @dataclass(frozen=True)
@@ -323,6 +326,7 @@ def main() -> int:
 
     tuner_runs: list[tuple[float, float, Clock]] = []  # (wall, cpu, its parts) per repeat, and the same for:
     tracked_runs: list[tuple[float, float, Clock]] = []
+    reports: list[tuple[float, float]] = []  # the report in a new process: seconds to its result, to its end
     hand: list[Side] = []
     bare: list[Side] = []
     for _ in range(args.repeat):
@@ -332,6 +336,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
             clock = Clock()
             tuner_runs.append((*time_tuner(args, folder, budget, clock=clock), clock))
+            reports.append(fresh_report(f"sqlite:///{folder}/bench.db", experiment.name))
             runs = read_runs(f"sqlite:///{folder}/bench.db")
             hand.append(time_side(runs, args.device, f"sqlite:///{folder}/hand.db"))
         bare.append(time_side(runs, args.device))
@@ -386,6 +391,12 @@ def main() -> int:
         f"; a trial took {per_trial:.2f} s here): {wall:.3f} {verdict(wall <= limit)}"
     )
     print(f"  tracked / untracked <= 1.05: {ratio:.3f} ({tracked[0]:.2f} s) {verdict(ratio <= 1.05)}")
+    result, report = min(reports, key=lambda r: r[1])
+    print(
+        f"  the report < 1.5 s, in a new process as `tuner study` writes it (its imports included; "
+        f"{fastest[2].total('outputs'):.2f} s in-process above): {report:.2f} s, its result printed after "
+        f"{result:.2f} s {verdict(report < 1.5)}"
+    )
     print(f"  python -m tuner --help < 0.3 s (best of 3, a new process): {help_s:.2f} s {verdict(help_s < 0.3)}")
     return 0
 

@@ -60,3 +60,8 @@ def test_the_bare_loop_redoes_every_training_of_the_tuner_ablation_included(tmp_
     bare = overhead.time_side(runs, "cpu")
     assert bare.matched == len(runs)  # the same validation values, the ablation's too
     assert bare.trials > 0 and bare.finals > 0 and bare.ablation > 0
+
+
+def test_the_report_is_written_again_in_a_new_process_its_result_before_its_end(tmp_path):
+    result, end = load_costs().fresh_report(study(tmp_path), "quickstart")
+    assert 0 < result < end

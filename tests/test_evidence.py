@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 import subprocess
 import sys
 import warnings
@@ -26,7 +27,7 @@ from tuner.report.evidence import (
     compare,
     evidence_markdown,
 )
-from tuner.report.statistics import ExpectedBest, Summary
+from tuner.report.statistics import ExpectedBest, Summary, welch_pvalue
 from tuner.tasks.check import load_data
 from tuner.tasks.loading import load_task
 
@@ -200,10 +201,28 @@ def test_the_suited_to_row_says_what_kind_of_task_this_is_in_a_sentence(task, se
 
 
 def test_compare_of_near_identical_values_says_nothing_on_the_console():
-    # Seeds that agree to rounding: scipy warns of precision loss; the report prints no warning, and decides by the p-value.
+    # Seeds that agree to rounding: the report prints no warning (scipy's ttest_ind warns of precision loss), and the
+    # p-value decides.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert compare([1.0, 1.0 + 1e-15, 1.0], [1.0 + 2e-15, 1.0, 1.0 + 1e-15], -1) == NO_EVIDENCE
+
+
+def test_welchs_p_value_is_scipys_ttest_ind_without_equal_variances():
+    from scipy.stats import ttest_ind
+
+    def scipys(a: list[float], b: list[float]) -> float:
+        with warnings.catch_warnings():  # of precision loss, where one side's seeds (nearly) agree
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+    draw = random.Random(0)
+    for _ in range(300):
+        a = [draw.gauss(0.0, draw.choice([1e-4, 1.0, 5.0])) for _ in range(draw.randint(2, 7))]
+        b = [draw.gauss(draw.random(), draw.choice([1e-3, 1.0, 3.0])) for _ in range(draw.randint(2, 7))]
+        assert welch_pvalue(a, b) == pytest.approx(scipys(a, b), rel=1e-12)
+    assert welch_pvalue([2.0, 3.0], [1.0, 1.0]) == pytest.approx(scipys([2.0, 3.0], [1.0, 1.0]))  # one side varies
+    assert math.isnan(welch_pvalue([1.0, 1.0], [2.0, 2.0]))  # neither side varies: no t
 
 
 def test_the_claims_come_from_the_search_spaces_class_even_without_step_sizes():

@@ -20,7 +20,7 @@ from tuner.report.build import close_call, with_importances
 from tuner.report.convergence_plot import draw_convergence
 from tuner.report.data import Importance, OptimizerReport, Report, TrialPoint
 from tuner.report.drawing import place, wrapped
-from tuner.report.figures import FIGURES, draw_all, save_figures
+from tuner.report.figures import FIGURES, FORKED, draw_all, drawing, save_figures
 from tuner.report.importance import MIN_IMPORTANCE_TRIALS, MIN_WEAK_IMPORTANCE_TRIALS, importance, pending, sample
 from tuner.report.importance_plot import draw_importance
 from tuner.report.learning_curves_plot import draw_learning_curves
@@ -346,6 +346,18 @@ def test_figures_that_cannot_be_written_raise_oserror_and_leave_no_child(tmp_pat
     with pytest.raises(OSError):
         draw_all(report(optimizer("adam", [point("complete", 0.5)], [0.5])), tmp_path / "file")
     assert children() == before  # the child was waited for
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the figures are drawn in one process elsewhere")
+def test_a_block_that_fails_beside_the_figures_leaves_no_child_and_draws_nothing_more_here(tmp_path):
+    before = children()
+    with (
+        pytest.raises(KeyboardInterrupt),
+        drawing(report(optimizer("adam", [point("complete", 0.5)], [0.5])), tmp_path),
+    ):
+        raise KeyboardInterrupt  # Ctrl-C while the texts are written
+    assert children() == before  # the child was waited for
+    assert not any((tmp_path / f"{name}.png").exists() for name in FIGURES if name not in FORKED)
 
 
 def test_importances_left_pending_are_computed_by_the_process_that_draws_importance_png(tmp_path):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,11 +96,7 @@ def compare(a: list[float], b: list[float], expect: int, alpha: float = ALPHA, *
         return NO_EVIDENCE
     if len(set(a)) == 1 and len(set(b)) == 1:
         return NO_EVIDENCE if sign == 0 or 2 / math.comb(len(a) + len(b), len(a)) >= alpha else agreed
-    from scipy.stats import ttest_ind  # scipy comes with scikit-learn; imported only when a report is written
-
-    with warnings.catch_warnings():  # near-identical values: scipy warns of precision loss, and its p-value may be NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        pvalue = ttest_ind(a, b, equal_var=False).pvalue
+    pvalue = analysis.welch_pvalue(a, b)
     if not pvalue < alpha:  # NaN decides nothing
         return NO_EVIDENCE
     return agreed

@@ -1,19 +1,21 @@
-"""The report's figures: each one's name and what it shows; :func:`draw_all` draws and saves them as PNG.
+"""The report's figures: each one's name and what it shows; :func:`drawing` and :func:`draw_all` draw and save
+them as PNG.
 
 The figures are independent of each other, and drawing them is most of a report's time, on one core while the
-others are idle (training is over): on Linux with two cores or more, a child forked once matplotlib is imported
-draws :data:`FORKED` while this process draws the rest (the child only computes from the report in memory, draws and
-writes its PNGs: no storage, no torch). Where the child fails, its figures are drawn here again, so an error reaches
-the caller as without it. The parameter importances, which only ``importance.png`` shows, can be left for the
-process that draws it to compute (``complete``).
+others are idle (training is over): on Linux with two cores or more, a child forked as the report starts draws
+:data:`FORKED` while this process writes the rest of the report and draws the other figures (the child only
+computes from the report in memory, draws and writes its PNGs: no storage, no torch). Where the child fails, its
+figures are drawn here again, so an error reaches the caller as without it. The parameter importances, which only
+``importance.png`` shows, can be left for the process that draws it to compute (``complete``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,31 +39,45 @@ FIGURES: dict[str, str] = {
     "step_sizes": "effective per-parameter learning rate over training, per optimizer",
 }
 
-# The figures the forked child draws, with the importances (their bootstrap: 0.45 s of CPU time on the quickstart,
-# and 0.4 s more to import optuna.importance in a fresh process): about half of the report's time after the fork in
-# `tuner study`'s one report of a process (importance.png 0.25 s and convergence.png 0.15 s, against 1.25 s for
-# the other four), at load 2-3.
-FORKED = ("importance", "convergence")
+# The figures the forked child draws, with the importances. In `tuner study`'s one report of a process the child
+# first imports matplotlib (0.5 s) and optuna.importance (about 1 s: it imports scikit-learn), then computes the
+# importances' bootstrap (0.45 s of CPU time on the quickstart) and draws importance.png (0.25 s) and convergence.png
+# (0.15 s), while this process writes the texts, prints the result, imports matplotlib and draws the other four
+# (1-1.25 s).
+FORKED = ("importance",)
 
 
 def draw_all(report: Report, folder: Path, complete: Callable[[], Report] | None = None) -> list[Path]:
-    """Every figure of :data:`FIGURES` as ``folder/<name>.png``, in that order, :data:`FORKED` by a child process where
-    there are cores for two (see the module's docstring); the paths written. ``complete()``: ``report`` with its
-    parameter importances, where ``report`` has them pending (:func:`tuner.report.build.with_importances`), called
-    by the process that draws ``importance.png``. Raises ``OSError`` when ``folder`` cannot be written."""
-    _drawers()  # matplotlib imported before the fork, once for both processes
+    """Every figure of :data:`FIGURES` as ``folder/<name>.png``, in that order (:func:`drawing` with nothing
+    beside it); the paths written."""
+    with drawing(report, folder, complete):
+        pass
+    return [folder / f"{name}.png" for name in FIGURES]
+
+
+@contextlib.contextmanager
+def drawing(report: Report, folder: Path, complete: Callable[[], Report] | None = None) -> Iterator[None]:
+    """Draw every figure of :data:`FIGURES` as ``folder/<name>.png`` (an existing folder): :data:`FORKED` by a child
+    process forked on entering, where there are cores for two (see the module's docstring), the rest here when the
+    block has run without an error. The block runs beside the child: ``tuner study`` writes its texts and prints its
+    result there. The child is always waited for; the figures it did not draw are drawn here. ``complete()``:
+    ``report`` with its parameter importances, where ``report`` has them pending
+    (:func:`tuner.report.build.with_importances`), called by the process that draws ``importance.png``. Raises
+    ``OSError`` when ``folder`` cannot be written."""
 
     def forked_figures() -> None:
         save_figures(complete() if complete is not None else report, folder, FORKED)
 
+    # Forked before matplotlib is imported (where it is not yet): the block, which prints the result, does not wait
+    # for that import; each process pays it, side by side.
     child = _forked(forked_figures) if _cores() > 1 else None
     try:
+        yield
         save_figures(report, folder, [name for name in FIGURES if name not in FORKED])
-    finally:  # the child is waited for even when this process's figures fail
+    finally:  # the child is waited for even when the block or this process's figures fail
         drawn = child is not None and _succeeded(child)
     if not drawn:
         forked_figures()
-    return [folder / f"{name}.png" for name in FIGURES]
 
 
 def save_figures(report: Report, folder: Path, names: Iterable[str]) -> None:

@@ -51,6 +51,22 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def welch_pvalue(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test (Welch 1947) that ``a`` and ``b`` (two values or more each) come from
+    distributions of the same mean, without assuming equal variances: what ``scipy.stats.ttest_ind(a, b,
+    equal_var=False).pvalue`` gives, through the Student t distribution of ``scipy.special`` (``stdtr``), whose import
+    takes a fifth of ``scipy.stats``'s (0.2 s against 0.8-1 s, before a study's result line). NaN where neither side
+    varies."""
+    from scipy.special import stdtr  # imported only when a report is written
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    spread = va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)
+    if spread == 0:
+        return math.nan
+    t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    return float(2 * stdtr((va + vb) ** 2 / spread, -abs(t)))
+
+
 def summarize(optimizer: str, study: optuna.Study, final: dict[str, Any] | None) -> Summary:
     best = studies.best_trial(study)
     return Summary(

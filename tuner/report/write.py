@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tuner.report import evidence
 from tuner.report.data import Report
-from tuner.report.figures import FIGURES, draw_all
+from tuner.report.figures import FIGURES, drawing
 from tuner.report.summary import summary
 
 
@@ -25,14 +26,19 @@ def write_texts(report: Report, out: Path) -> list[Path]:
     return [path, evidence.write_evidence(report, out)]
 
 
-def draw_figures(report: Report, out: Path, complete: Callable[[], Report] | None = None) -> list[Path]:
-    """Draw every figure into ``out/plots/``; their paths. ``complete``: as :func:`tuner.report.figures.draw_all`
-    takes it. Raises ``OSError`` when ``out`` cannot be written."""
+@contextlib.contextmanager
+def drawing_figures(report: Report, out: Path, complete: Callable[[], Report] | None = None) -> Iterator[list[Path]]:
+    """Draw every figure into ``out/plots/`` (:func:`tuner.report.figures.drawing`: the block runs beside a child
+    drawing some of them); yields their paths. ``complete``: as :func:`~tuner.report.figures.drawing` takes it.
+    Raises ``OSError`` when ``out`` cannot be written."""
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
-    return draw_all(report, folder, complete)
+    with drawing(report, folder, complete):
+        yield [folder / f"{name}.png" for name in FIGURES]
 
 
 def write_report(report: Report, out: Path) -> list[Path]:
-    """:func:`write_texts`, then :func:`draw_figures`: the paths written, as :func:`report_paths` lists them."""
-    return [*write_texts(report, out), *draw_figures(report, out)]
+    """:func:`write_texts` beside the figures' drawing: the paths written, as :func:`report_paths` lists them."""
+    with drawing_figures(report, out) as figures:
+        texts = write_texts(report, out)
+    return [*texts, *figures]

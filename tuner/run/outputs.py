@@ -30,7 +30,7 @@ from tuner.report import statistics as analysis
 from tuner.report.build import build_report, load_studies, with_importances
 from tuner.report.data import Report
 from tuner.report.importance import sample
-from tuner.report.write import draw_figures, report_paths, write_texts
+from tuner.report.write import drawing_figures, report_paths, write_texts
 from tuner.run import stamp
 
 
@@ -96,13 +96,14 @@ def write_outputs(
     before = stamp.files(out)
     stamp.clear(out)
     # The summary links the config files that exist: they are written first, and again with their MLflow run ids
-    # once the figures are drawn (the follower catches up meanwhile).
-    configs, best = _write_configs(studies, built, out, source, {})
-    texts = write_texts(built, out)
-    done = Outputs(built, texts[0].read_text()[:-1], texts[1].read_text()[:-1], paths, configs, best)
-    if before_figures is not None:
-        before_figures(done)
-    draw_figures(built, out, functools.partial(with_importances, built, samples, importance))
+    # once the figures are drawn (the follower catches up meanwhile). The figures' child starts first, before the
+    # texts and the result, which do not wait for it.
+    with drawing_figures(built, out, functools.partial(with_importances, built, samples, importance)):
+        configs, best = _write_configs(studies, built, out, source, {})
+        texts = write_texts(built, out)
+        done = Outputs(built, texts[0].read_text()[:-1], texts[1].read_text()[:-1], paths, configs, best)
+        if before_figures is not None:
+            before_figures(done)
     if run_ids is not None:
         configs, best = _write_configs(studies, built, out, source, run_ids())
         done = dataclasses.replace(done, configs=configs, best=best)
