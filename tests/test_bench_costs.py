@@ -65,3 +65,17 @@ def test_the_bare_loop_redoes_every_training_of_the_tuner_ablation_included(tmp_
 def test_the_report_is_written_again_in_a_new_process_its_result_before_its_end(tmp_path):
     result, end = load_costs().fresh_report(study(tmp_path), "quickstart")
     assert 0 < result < end
+
+
+def test_a_paired_run_follows_every_training_with_the_bare_loops_and_restores_the_trainer(tmp_path):
+    import tuner.study.runner
+
+    train = tuner.study.runner.train
+    with load("paired").Paired(load("overhead").bare_run) as paired:
+        study(tmp_path)
+    assert tuner.study.runner.train is train
+    assert (
+        paired.runs == 4 and paired.bare_seconds > 0 and paired.load_seconds > 0
+    )  # 2 trials, a final and ablation run
+    tuner_seconds, bare_seconds, ratio = paired.ratio(100.0)
+    assert tuner_seconds + bare_seconds == 100.0 and ratio == tuner_seconds / bare_seconds
