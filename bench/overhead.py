@@ -342,6 +342,7 @@ def main() -> int:
     tracked_runs: list[tuple[float, float, Clock]] = []
     reports: list[tuple[float, float]] = []  # the report in a new process: seconds to its result, to its end
     pairs: list[tuple[float, float, float]] = []  # paired: the tuner's seconds, the bare loop's, their ratio
+    trainings: list[Paired] = []
     hand: list[Side] = []
     bare: list[Side] = []
     for _ in range(args.repeat):
@@ -358,6 +359,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder, Paired(bare_run) as paired:
             wall, _ = time_tuner(args, folder, budget)
         pairs.append(paired.ratio(wall))
+        trainings.append(paired)
 
     kinds = collections.Counter(r.kind for r in runs)
     trials, epochs = kinds["trial"], sum(r.epochs for r in runs)
@@ -386,6 +388,14 @@ def main() -> int:
     print(
         f"paired {paired_tuner:8.2f} {'':8} {paired_bare:8.2f} {paired_ratio:10.3f}   (a third run: each training "
         "followed at once by the bare loop's, bench/paired.py)"
+    )
+    best_pair = trainings[min(range(len(pairs)), key=lambda k: pairs[k][2])]
+    print(
+        "       paired, the trainings alone, tuner's trainer / bare loop: "
+        + ", ".join(
+            f"{kind} {best_pair.trainer[kind]:.2f} / {best_pair.bare_loop[kind]:.2f} s"
+            for kind in ("trial", "final", "ablation")
+        )
     )
     if args.repeat > 1:
         print(

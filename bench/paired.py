@@ -10,6 +10,7 @@ is those trainings plus its data loading.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import time
 from collections.abc import Callable
@@ -33,19 +34,24 @@ Bare = Callable[[Task, Data, Config, int, int, str], object]
 class Paired:
     """Inside a ``with`` block, every ``train`` call of :data:`CALLERS` is followed by ``bare`` on the same config,
     seed and epochs, in the bare loop's own copy of the task's data; ``bare_seconds`` and ``load_seconds`` add up
-    its time."""
+    its time, ``trainer`` and ``bare_loop`` the two sides' trainings by kind of run."""
 
     def __init__(self, bare: Bare) -> None:
         self.bare = bare
         self.bare_seconds = 0.0
         self.load_seconds = 0.0
         self.runs = 0
+        # By kind of run (CALLERS' values): the seconds of the tuner's trainer, and of the bare loop right after it.
+        self.trainer: collections.Counter[str] = collections.Counter()
+        self.bare_loop: collections.Counter[str] = collections.Counter()
         self._data: tuple[Task, Data] | None = None
         self._patched: list[tuple[Any, Callable[..., Any]]] = []
 
     def _followed(self, kind: str, train: Callable[..., Any]) -> Callable[..., Any]:
         def paired(task: Task, data: Data, config: Config, *args: Any, seed: int | None = None, **kw: Any) -> Any:
+            started = time.perf_counter()
             result = train(task, data, config, *args, seed=seed, **kw)
+            self.trainer[kind] += time.perf_counter() - started
             started = time.perf_counter()
             if self._data is None:  # the bare loop loads the task's data once, as its side does
                 own = load_task(config.task, config.task_args)
@@ -53,7 +59,9 @@ class Paired:
                 self.load_seconds = time.perf_counter() - started
                 started = time.perf_counter()
             self.bare(*self._data, config, config.seed if seed is None else seed, len(result.history), kind)
-            self.bare_seconds += time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            self.bare_seconds += seconds
+            self.bare_loop[kind] += seconds
             self.runs += 1
             return result
 

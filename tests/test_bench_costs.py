@@ -7,6 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 from tuner.cli.main import main
 from tuner.study.runner import StudyRunner
 
@@ -74,8 +76,10 @@ def test_a_paired_run_follows_every_training_with_the_bare_loops_and_restores_th
     with load("paired").Paired(load("overhead").bare_run) as paired:
         study(tmp_path)
     assert tuner.study.runner.train is train
-    assert (
-        paired.runs == 4 and paired.bare_seconds > 0 and paired.load_seconds > 0
-    )  # 2 trials, a final and ablation run
+    assert paired.runs == 4  # 2 trials, a final run and an ablation run
+    assert paired.bare_seconds > 0 and paired.load_seconds > 0
+    for times in (paired.trainer, paired.bare_loop):  # both sides' trainings, by kind of run
+        assert sorted(times) == ["ablation", "final", "trial"] and all(seconds > 0 for seconds in times.values())
+    assert sum(paired.bare_loop.values()) == pytest.approx(paired.bare_seconds)
     tuner_seconds, bare_seconds, ratio = paired.ratio(100.0)
     assert tuner_seconds + bare_seconds == 100.0 and ratio == tuner_seconds / bare_seconds
