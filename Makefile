@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 # multi-GB CUDA build. Only torch itself is looked up on the CPU index
 # (--no-deps); its dependencies come from PyPI with the project. A torch
 # already importable in the venv is kept (create the venv with
-# VENV_ARGS=--system-site-packages to reuse your own GPU build).
+# VENV_ARGS=--system-site-packages to reuse your own GPU build), and one that
+# pip's find-links (PIP_FIND_LINKS) hold is installed from there first, with no
+# index: offline, no retry warnings.
 TORCH ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(shell command -v nvidia-smi),,--extra-index-url $(TORCH_CPU_INDEX))
@@ -19,7 +21,8 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --no-deps --retries 1 $(TORCH_INDEX_ARGS) "$(TORCH)"
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --no-deps --no-index "$(TORCH)" 2>/dev/null \
+		|| $(PIP) install --no-deps --retries 1 $(TORCH_INDEX_ARGS) "$(TORCH)"
 	$(PIP) install -e ".[test]"
 	touch $@
 

@@ -222,7 +222,7 @@ def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
     step_sizes = sum(clock.total(p) for p in ("step_sizes", "step_sizes_after", "step_sizes_result"))
     rows = [
         ("per trial", None),
-        ("the trainer beyond the bare loop's training", in_trial - clock.total("report") - bare.trials),
+        ("the trainer beyond the bare loop (drift: see paired)", in_trial - clock.total("report") - bare.trials),
         ("pruner: trial.report + should_prune, per epoch", clock.total("report")),
         ("sampling a config (ask)", clock.total("ask")),
         ("storing the finished trial", clock.total("store")),
@@ -241,14 +241,18 @@ def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
         ("  of which step sizes (evidence)", step_sizes),
         ("  of which peak memory (evidence)", clock.total("peak")),
         ("report and exported configs (write_outputs)", clock.total("outputs")),
-        ("  of which the figures drawn here (a forked child draws importance.png)", clock.total("figures")),
+        ("  of which figures drawn here (a child draws importance)", clock.total("figures")),
         ("  of which waiting for the child's figures", clock.total("child_wait")),
-        ("  of which the importances (bootstrap; 0 where the child computes them)", clock.total("importance")),
+        ("  of which importances (0 where the child computes them)", clock.total("importance")),
         ("data loading and checks beyond the bare loop's", clock.total("prepare") - bare.load),
         ("rest (storage, study setup, printing)", total - sum(clock.total(p, None) for p in top)),
     ]
     difference = total - bare.wall
     print(f"\nwhere tuner's {total:.2f} s go beyond the bare loop's {bare.wall:.2f} s ({difference:+.2f} s):")
+    print(
+        "  (the sides timed one after the other: rows that subtract the bare loop's trainings carry the machine's "
+        "drift, and can be negative)"
+    )
     print(f"  {'':56} {'s':>7} {'ms/trial':>9} {'of diff':>8}")
     fixed = False
     for label, seconds in rows:
@@ -258,6 +262,13 @@ def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
             continue
         per_trial = "" if fixed else f"{1000 * seconds / n:.1f}"
         print(f"  {label:56} {seconds:7.2f} {per_trial:>9} {100 * seconds / difference:7.0f}%")
+    values = dict(rows)
+    bookkeeping = sum(values[label] or 0.0 for label, _ in rows[2 : rows.index(("fixed", None))])
+    fixed = sum(values[label] or 0.0 for label, _ in rows[rows.index(("fixed", None)) + 1 :] if label[:2] != "  ")
+    print(
+        f"  in short: {1000 * bookkeeping / n:.1f} ms of bookkeeping a trial, {100 * bookkeeping / bare.trials:.1f}% "
+        f"of the bare loop's trials; {fixed:.2f} s fixed, which weigh less the longer the study"
+    )
     cpu = ", ".join(f"{label} {1000 * clock.cpu_total(part) / n:.1f}" for part, label in TRIAL_PARTS)
     print(f"  per trial, CPU ms of the training thread: {cpu}")
     print(
