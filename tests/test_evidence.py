@@ -225,6 +225,18 @@ def test_welchs_p_value_is_scipys_ttest_ind_without_equal_variances():
     assert math.isnan(welch_pvalue([1.0, 1.0], [2.0, 2.0]))  # neither side varies: no t
 
 
+def test_a_speed_cell_says_how_many_seeds_its_seconds_are_the_mean_of():
+    # Epochs count every seed (a miss as epochs + 1), the seconds only those that reached the target.
+    optimizers = [
+        optimizer("adam", "Adam", [0.3] * 3, [1, 2, 4], 1.0, 8.0),
+        optimizer("sgd", "SGD", [0.3] * 3, [2] * 3, 1.0, 4.0),
+    ]
+    report = Report("x", SETUP, 0.5, True, None, "", [], optimizers, "adam", [])
+    row = next(row for row in build_evidence(report) if row.claim == "convergence speed")
+    assert row.cells[0].measured.endswith("1.5 s (2 of 3 seeds reached it)")
+    assert row.cells[1].measured.endswith("epochs, 2 s")  # every seed reached it
+
+
 def test_the_claims_come_from_the_search_spaces_class_even_without_step_sizes():
     # A task with its own loop records no step sizes: the optimizer's family still comes from its study's setup.
     setup = SETUP | {"task": "t"}

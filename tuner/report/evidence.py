@@ -224,6 +224,11 @@ def speed_row(report: Report) -> Row:
             continue
         reached = [s for s in seconds[o.name] if math.isfinite(s)]
         time = f", {statistics.fmean(reached):.3g} s" if reached else ", never reached"
+        # The seconds are the mean over the seeds that reached the target, the epochs over every seed: say how many.
+        misses = sum(e > report.setup["epochs"] for e in epochs[o.name])
+        if reached and misses:
+            n_seeds = len(epochs[o.name])
+            time += f" ({n_seeds - misses} of {n_seeds} seeds reached it)"
         cells.append(
             _cell(f"{analysis.pm(analysis.mean_sd(epochs[o.name]), 3)} epochs{time}", claims[o.name], verdicts[o.name])
         )
