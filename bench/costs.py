@@ -175,6 +175,23 @@ def load_average() -> str:
         return "?"
 
 
+def busy_share(seconds: float = 2.0) -> float | None:
+    """The share of the machine's CPU time spent by running processes over the next ``seconds`` (from /proc/stat), this
+    one sleeping meanwhile: other processes' work, the load average's lag left out; None where /proc/stat is not."""
+
+    def times() -> tuple[int, int]:
+        fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+    try:
+        total, idle = times()
+        time.sleep(seconds)
+        total2, idle2 = times()
+    except OSError:
+        return None
+    return 1.0 - (idle2 - idle) / max(1, total2 - total)
+
+
 def verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 

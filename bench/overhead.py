@@ -98,7 +98,6 @@ import collections
 import contextlib
 import io
 import math
-import os
 import pathlib
 import sys
 import tempfile
@@ -120,7 +119,17 @@ from tuner.tasks.task import Data, Task
 from tuner.train.optim import build_scheduler
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from costs import Clock, Side, command_seconds, fresh_report, load_average, print_costs, print_tracking, verdict
+from costs import (
+    Clock,
+    Side,
+    busy_share,
+    command_seconds,
+    fresh_report,
+    load_average,
+    print_costs,
+    print_tracking,
+    verdict,
+)
 from paired import Paired
 
 
@@ -327,7 +336,7 @@ def main() -> int:
     )
     parser.add_argument("--device", default="cpu", help="device of both sides (default: cpu)")
     args = parser.parse_args()
-    load = load_average()
+    load, others = load_average(), busy_share()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -381,9 +390,11 @@ def main() -> int:
         "sides: tuner = `tuner study`; hand = the same trainings in a hand-written Optuna loop; bare = the same "
         "trainings in a bare PyTorch loop"
     )
-    busy = float(load) > len(os.sched_getaffinity(0)) / 2 if load != "?" else False
-    if busy:
-        print(f"  (load average {load} before the run: other processes share the cores; these timings are unreliable)")
+    if others is not None and others > 0.1:
+        print(
+            f"  (before the run other processes kept {100 * others:.0f}% of the cores busy: they share the cores, and "
+            "these timings are unreliable)"
+        )
     print(f"{'':6} {'tuner s':>8} {'hand s':>8} {'bare s':>8} {'tuner/bare':>10} {'hand/bare':>10}")
     for k, label in enumerate(("wall", "cpu")):
         tuner_s, hand_s, bare_s = (

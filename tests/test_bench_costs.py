@@ -83,3 +83,8 @@ def test_a_paired_run_follows_every_training_with_the_bare_loops_and_restores_th
     assert sum(paired.bare_loop.values()) == pytest.approx(paired.bare_seconds)
     tuner_seconds, bare_seconds, ratio = paired.ratio(100.0)
     assert tuner_seconds + bare_seconds == 100.0 and ratio == tuner_seconds / bare_seconds
+
+
+def test_the_share_of_the_cores_other_processes_use_is_read_from_proc_stat():
+    share = load_costs().busy_share(0.2)
+    assert share is None or 0.0 <= share <= 1.0  # None off Linux
