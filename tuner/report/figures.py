@@ -40,10 +40,9 @@ FIGURES: dict[str, str] = {
 }
 
 # The figures the forked child draws, with the importances. In `tuner study`'s one report of a process the child
-# first imports matplotlib (0.5 s) and optuna.importance (about 1 s: it imports scikit-learn), then computes the
-# importances' bootstrap (0.45 s of CPU time on the quickstart) and draws importance.png (0.25 s) and convergence.png
-# (0.15 s), while this process writes the texts, prints the result, imports matplotlib and draws the other four
-# (1-1.25 s).
+# first imports optuna.importance (about 1 s: it imports scikit-learn) and matplotlib (0.5 s), computes the
+# importances' bootstrap (0.45 s of CPU time on the quickstart) and draws importance.png (0.25 s), while this process
+# writes the texts, prints the result, imports matplotlib and draws the other five (1.1-1.4 s).
 FORKED = ("importance",)
 
 
