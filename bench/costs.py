@@ -279,12 +279,13 @@ def print_costs(clock: Clock, total: float, trials: int, bare: Side) -> None:
             continue
         per_trial = "" if fixed else f"{1000 * seconds / n:.1f}"
         print(f"  {label:56} {seconds:7.2f} {per_trial:>9} {100 * seconds / difference:7.0f}%")
-    values = dict(rows)
-    bookkeeping = sum(values[label] or 0.0 for label, _ in rows[2 : rows.index(("fixed", None))])
-    fixed = sum(values[label] or 0.0 for label, _ in rows[rows.index(("fixed", None)) + 1 :] if label[:2] != "  ")
+    # A trial's own rows after the trainer's (the drift), and the fixed rows without their "of which" parts.
+    heading = rows.index(("fixed", None))
+    bookkeeping = sum(seconds or 0.0 for _, seconds in rows[2:heading])
+    fixed_seconds = sum(seconds or 0.0 for label, seconds in rows[heading + 1 :] if not label.startswith("  "))
     print(
         f"  in short: {1000 * bookkeeping / n:.1f} ms of bookkeeping a trial, {100 * bookkeeping / bare.trials:.1f}% "
-        f"of the bare loop's trials; {fixed:.2f} s fixed, which weigh less the longer the study"
+        f"of the bare loop's trials; {fixed_seconds:.2f} s fixed, which weigh less the longer the study"
     )
     cpu = ", ".join(f"{label} {1000 * clock.cpu_total(part) / n:.1f}" for part, label in TRIAL_PARTS)
     print(f"  per trial, CPU ms of the training thread: {cpu}")

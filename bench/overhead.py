@@ -351,8 +351,7 @@ def main() -> int:
     tuner_runs: list[tuple[float, float, Clock]] = []  # (wall, cpu, its parts) per repeat, and the same for:
     tracked_runs: list[tuple[float, float, Clock]] = []
     reports: list[tuple[float, float]] = []  # the report in a new process: seconds to its result, to its end
-    pairs: list[tuple[float, float, float]] = []  # paired: the tuner's seconds, the bare loop's, their ratio
-    trainings: list[Paired] = []
+    pairs: list[tuple[Paired, float]] = []  # a paired run and its wall seconds
     hand: list[Side] = []
     bare: list[Side] = []
     for _ in range(args.repeat):
@@ -368,8 +367,7 @@ def main() -> int:
         bare.append(time_side(runs, args.device))
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder, Paired(bare_run) as paired:
             wall, _ = time_tuner(args, folder, budget)
-        pairs.append(paired.ratio(wall))
-        trainings.append(paired)
+        pairs.append((paired, wall))
 
     kinds = collections.Counter(r.kind for r in runs)
     trials, epochs = kinds["trial"], sum(r.epochs for r in runs)
@@ -403,12 +401,12 @@ def main() -> int:
             min((b.wall, b.cpu)[k] for b in bare),
         )
         print(f"{label:6} {tuner_s:8.2f} {hand_s:8.2f} {bare_s:8.2f} {tuner_s / bare_s:10.3f} {hand_s / bare_s:10.3f}")
-    paired_tuner, paired_bare, paired_ratio = min(pairs, key=lambda p: p[2])
+    best_pair, paired_wall = min(pairs, key=lambda pair: pair[0].ratio(pair[1])[2])
+    paired_tuner, paired_bare, paired_ratio = best_pair.ratio(paired_wall)
     print(
         f"paired {paired_tuner:8.2f} {'':8} {paired_bare:8.2f} {paired_ratio:10.3f}   (one more tuner run, each "
         "training followed at once by the bare loop's, bench/paired.py: the machine's drift falls on both sides)"
     )
-    best_pair = trainings[min(range(len(pairs)), key=lambda k: pairs[k][2])]
     print(
         "       paired, the trainings alone, tuner's trainer / bare loop: "
         + ", ".join(

@@ -33,12 +33,11 @@ Bare = Callable[[Task, Data, Config, int, int, str], object]
 
 class Paired:
     """Inside a ``with`` block, every ``train`` call of :data:`CALLERS` is followed by ``bare`` on the same config,
-    seed and epochs, in the bare loop's own copy of the task's data; ``bare_seconds`` and ``load_seconds`` add up
-    its time, ``trainer`` and ``bare_loop`` the two sides' trainings by kind of run."""
+    seed and epochs, in the bare loop's own copy of the task's data: ``trainer`` and ``bare_loop`` add up the two
+    sides' trainings by kind of run, ``load_seconds`` is the bare loop's data loading."""
 
     def __init__(self, bare: Bare) -> None:
         self.bare = bare
-        self.bare_seconds = 0.0
         self.load_seconds = 0.0
         self.runs = 0
         # By kind of run (CALLERS' values): the seconds of the tuner's trainer, and of the bare loop right after it.
@@ -59,9 +58,7 @@ class Paired:
                 self.load_seconds = time.perf_counter() - started
                 started = time.perf_counter()
             self.bare(*self._data, config, config.seed if seed is None else seed, len(result.history), kind)
-            seconds = time.perf_counter() - started
-            self.bare_seconds += seconds
-            self.bare_loop[kind] += seconds
+            self.bare_loop[kind] += time.perf_counter() - started
             self.runs += 1
             return result
 
@@ -78,6 +75,11 @@ class Paired:
         for module, train in reversed(self._patched):
             module.train = train
         self._patched = []
+
+    @property
+    def bare_seconds(self) -> float:
+        """The bare loop's trainings, all kinds of run."""
+        return sum(self.bare_loop.values())
 
     def ratio(self, wall: float) -> tuple[float, float, float]:
         """The tuner's seconds, the bare loop's and their ratio, for a run of ``wall`` seconds timed around the block."""
