@@ -11,3 +11,5 @@ SETUP = {
     "direction": "minimize",
     "metric": "accuracy",
 }
+# A Config's training fields (and a stored config's training section): SETUP less what only a study has.
+TRAINING = {key: value for key, value in SETUP.items() if key not in ("direction", "metric")}

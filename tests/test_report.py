@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
-from report_setup import SETUP
+from report_setup import SETUP, TRAINING
 
 from tuner.cli.main import main
 from tuner.config.experiment import load_experiment
@@ -45,7 +45,7 @@ def config(optimizer: str = "Adam", **kwargs: float) -> dict:
         "format": 1,
         "optimizer": {"class": f"torch.optim.{optimizer}", "kwargs": kwargs or {"lr": 0.01, "eps": 1e-8}},
         "schedule": {"name": "constant", "interval": "step", "params": {}},
-        "training": {key: value for key, value in SETUP.items() if key not in ("direction", "metric")},
+        "training": dict(TRAINING),  # a copy: a stored config is a fresh dict
     }
 
 

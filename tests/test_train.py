@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from report_setup import TRAINING
 
 from tuner.config.experiment import Config
 from tuner.train.trainer import evaluate, steps_per_epoch, train
@@ -20,12 +21,7 @@ def adam(**changes) -> Config:
         "optimizer_kwargs": {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8},
         "schedule": "cosine",
         "schedule_params": {},
-        "task": "digits-mlp",
-        "task_args": {},
-        "epochs": 3,
-        "batch_size": 64,
-        "seed": 0,
-        "objective": "loss",
+        **TRAINING,
     }
     return Config(**(values | changes))
 
